@@ -1,0 +1,178 @@
+"""Checkpoints: a folder of ``arrays.npz`` + ``meta.json`` (+ ``titles.json``), never pickle.
+
+Layout of a checkpoint folder::
+
+    meta.json     format name and version, model name, model config, array shapes and
+                  dtypes, rating scale, and free-form ``extra`` (metrics, train config)
+    arrays.npz    params as ``params/<field>``, and the id maps ``user_ids``, ``item_ids``
+    titles.json   optional: raw item id -> title
+
+Loading uses ``np.load(..., allow_pickle=False)``, so an object array planted in the file
+is refused instead of unpickled, and every array is checked against ``meta.json``, the
+model's ``Params`` fields and the id maps before it is used: a truncated or mismatched
+checkpoint gives a `CheckpointError` naming the file and what is wrong.
+
+Saving is atomic: the folder is written beside the target under a temporary name, each
+file fsynced, and renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recsys_jax.models import get_model, make_config
+from recsys_jax.recommender import Recommender
+
+FORMAT = "recsys_jax.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def _write_file(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None) -> Path:
+    """Writes ``rec`` to the folder ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = {f"params/{k}": np.asarray(v) for k, v in rec.params._asdict().items()}
+    arrays = {**params, "user_ids": np.asarray(rec.user_ids, np.int64), "item_ids": np.asarray(rec.item_ids, np.int64)}
+    config = rec.config._asdict()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": rec.model,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
+        "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in arrays.items()},
+        "rating_scale": list(rec.rating_scale),
+        "extra": extra or {},
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _write_file(tmp / "arrays.npz", lambda f: np.savez(f, **arrays))
+        if rec.titles is not None:
+            titles = {str(k): v for k, v in rec.titles.items()}
+            _write_file(tmp / "titles.json", lambda f: f.write(json.dumps(titles).encode()))
+        # meta.json last: a folder without it is never mistaken for a checkpoint.
+        _write_file(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> Recommender:
+    """Reads a checkpoint folder written by `save`, checking every array before use."""
+    path = Path(path)
+    meta_path, arrays_path = path / "meta.json", path / "arrays.npz"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint folder (no meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: not a recsys_jax checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: format version {meta.get('format_version')!r}, this recsys_jax "
+            f"reads version {FORMAT_VERSION}"
+        )
+    try:
+        module = get_model(meta["model"])
+        config = make_config(meta["model"], **meta["config"])
+        rating_scale = tuple(float(v) for v in meta["rating_scale"])
+        declared = meta["arrays"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_path}: bad metadata ({e})") from e
+
+    try:
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{arrays_path}: missing") from e
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        # ValueError is also what allow_pickle=False raises for an object array.
+        raise CheckpointError(f"{arrays_path}: unreadable or truncated ({e})") from e
+
+    expected = {f"params/{f}" for f in module.Params._fields} | {"user_ids", "item_ids"}
+    if set(arrays) != expected or set(declared) != expected:
+        raise CheckpointError(
+            f"{arrays_path}: arrays {sorted(arrays)} do not match model {meta['model']!r} "
+            f"(expected {sorted(expected)})"
+        )
+    for name, a in arrays.items():
+        want = declared[name]
+        if list(a.shape) != list(want.get("shape", [])) or str(a.dtype) != want.get("dtype"):
+            raise CheckpointError(
+                f"{arrays_path}: array {name!r} is {a.dtype}{list(a.shape)}, meta.json says "
+                f"{want.get('dtype')}{want.get('shape')}"
+            )
+    user_ids, item_ids = arrays["user_ids"], arrays["item_ids"]
+    for name, ids in (("user_ids", user_ids), ("item_ids", item_ids)):
+        if ids.ndim != 1 or (ids.size > 1 and not np.all(np.diff(ids) > 0)):
+            raise CheckpointError(f"{arrays_path}: {name} must be a sorted 1-D array of unique ids")
+    params = module.Params(**{f: jnp.asarray(arrays[f"params/{f}"]) for f in module.Params._fields})
+    for field, a in params._asdict().items():
+        rows = len(user_ids) if field.startswith("user_") else len(item_ids) if field.startswith("item_") else None
+        if rows is not None and (a.ndim == 0 or a.shape[0] != rows):
+            raise CheckpointError(
+                f"{arrays_path}: {field} has shape {tuple(a.shape)} but the id map has {rows} entries"
+            )
+    fresh = jax.eval_shape(lambda: module.init(jax.random.key(0), len(user_ids), len(item_ids), config))
+    for field, a in params._asdict().items():
+        if a.shape != getattr(fresh, field).shape:
+            raise CheckpointError(
+                f"{arrays_path}: {field} has shape {tuple(a.shape)}, the config implies "
+                f"{tuple(getattr(fresh, field).shape)}"
+            )
+
+    titles = None
+    titles_path = path / "titles.json"
+    if titles_path.is_file():
+        try:
+            titles = {int(k): str(v) for k, v in json.loads(titles_path.read_text()).items()}
+        except (OSError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{titles_path}: unreadable ({e})") from e
+    return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The ``meta.json`` of a checkpoint (for its ``extra``: metrics, train config)."""
+    return json.loads((Path(path) / "meta.json").read_text())

@@ -1,0 +1,255 @@
+"""The ``recsys-jax`` command line.
+
+    recsys-jax train   --dataset ml-latest-small --model bias --seed 0 [--json] [--out DIR]
+    recsys-jax predict --checkpoint DIR --user 1 --movie 1
+    recsys-jax download --dataset ml-latest-small
+
+``train`` splits the ratings (random 80/20 by default), carves a validation slice from the
+training split for per-epoch scores and early stopping, scores the test split once at the
+end, and saves a checkpoint. A user's mistake (bad file, unknown id, bad option) ends with
+one line on stderr and exit status 2, never a traceback (set RECSYS_JAX_DEBUG=1 to see one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys_jax import __version__
+
+EXIT_USAGE = 2
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default="ml-latest-small", help="a MovieLens variant (default: %(default)s)")
+    src.add_argument("--ratings", metavar="FILE", help="your own ratings file (CSV/TSV) instead of --dataset")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (else $RECSYS_JAX_DATA, the cache)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
+    p.add_argument("--sep", help="--ratings: field separator (default: sniffed)")
+    p.add_argument("--user-col", default="userId", help="--ratings: user column (default: %(default)s)")
+    p.add_argument("--item-col", default="movieId", help="--ratings: item column (default: %(default)s)")
+    p.add_argument("--rating-col", default="rating", help="--ratings: rating column (default: %(default)s)")
+    p.add_argument("--timestamp-col", default=None, help="--ratings: optional timestamp column")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys-jax", description="Collaborative filtering on MovieLens in JAX.")
+    parser.add_argument("--version", action="version", version=f"recsys-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model, score the test split, save a checkpoint")
+    _add_data_args(t)
+    t.add_argument("--model", default="bias", help="a name in recsys_jax.models.MODELS (default: %(default)s)")
+    t.add_argument("--preset", default="default", help="default (tuned) or notebook (the course's regimen)")
+    t.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
+    t.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
+    t.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s)")
+    t.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
+    t.add_argument("--val-frac", type=float, default=0.1, help="validation slice of the training split")
+    t.add_argument("--split-file", metavar="NPZ", help="use this saved split (recsys_jax.data.save_split)")
+    t.add_argument("--save-split", metavar="NPZ", help="write the train/test split used to this file")
+    for name, typ, helptext in [
+        ("--epochs", int, "number of epochs"),
+        ("--batch-size", int, "ratings per step"),
+        ("--lr", float, "peak learning rate"),
+        ("--schedule", str, "constant, piecewise, one_cycle or warmup_cosine"),
+        ("--l2", float, "L2 on the touched embedding rows"),
+        ("--bias-l2", float, "L2 on the touched biases"),
+        ("--weight-decay", float, "decoupled weight decay (AdamW)"),
+        ("--loss", str, "a name in recsys_jax.losses.LOSSES"),
+        ("--patience", int, "early stopping patience in epochs"),
+    ]:
+        t.add_argument(name, type=typ, default=None, help=f"{helptext} (default: from the preset)")
+    t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")
+    t.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), help="sigmoid squash of the output")
+    t.add_argument("--out", metavar="DIR", help="checkpoint folder (default: runs/<model>-<data>-seed<seed>)")
+    t.add_argument("--no-save", action="store_true", help="do not write a checkpoint")
+    t.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    t.add_argument("--json", action="store_true", help="end with one line of JSON with the results")
+
+    p = sub.add_parser("predict", help="predict ratings from a checkpoint by raw MovieLens ids")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--user", type=int, required=True, help="raw user id")
+    p.add_argument("--movie", type=int, nargs="+", required=True, help="raw movie id(s)")
+    p.add_argument("--fallback", action="store_true", help="bias-only prediction for unknown ids instead of an error")
+    p.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("download", help="fetch, verify and extract a MovieLens variant into the cache")
+    d.add_argument("--dataset", default="ml-latest-small")
+    d.add_argument("--data-dir", metavar="DIR")
+    return parser
+
+
+def _load(args):
+    from recsys_jax.data import load_movielens, load_ratings
+
+    if args.ratings:
+        return load_ratings(
+            args.ratings, sep=args.sep, user_col=args.user_col, item_col=args.item_col,
+            rating_col=args.rating_col, timestamp_col=args.timestamp_col,
+        )
+    return load_movielens(args.dataset, data_dir=args.data_dir, download=not args.no_download)
+
+
+def _split(args, ratings):
+    from recsys_jax.data import load_split, random_split, temporal_split, user_split
+
+    if args.split_file:
+        return load_split(args.split_file, num_ratings=len(ratings))
+    if args.split == "random":
+        return random_split(ratings, args.seed, args.test_frac)
+    if args.split == "user":
+        return user_split(ratings, args.seed, args.test_frac)
+    return temporal_split(ratings, k=args.last_k)
+
+
+def _device() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')}".rstrip(":")
+
+
+def cmd_train(args) -> dict:
+    import jax
+
+    from recsys_jax import checkpoint, metrics
+    from recsys_jax.data import random_split, save_split
+    from recsys_jax.models import make_config
+    from recsys_jax.predict import predict_indices
+    from recsys_jax.models import make_apply
+    from recsys_jax.presets import get_preset
+    from recsys_jax.recommender import Recommender
+    from recsys_jax.train import fit
+
+    ratings = _load(args)
+    split = _split(args, ratings)
+    if args.save_split:
+        save_split(args.save_split, split, seed=args.seed)
+    train_all, test = ratings.take(split.train), ratings.take(split.test)
+    # Validation is carved from the training split; the test split is scored once, below.
+    carve = random_split(len(train_all), np.random.default_rng([args.seed, 1]), args.val_frac)
+    train, val = train_all.take(carve.train), train_all.take(carve.test)
+
+    tc = get_preset(args.preset, args.model)
+    overrides = {
+        k: getattr(args, k)
+        for k in ("epochs", "batch_size", "lr", "schedule", "l2", "bias_l2", "weight_decay", "loss", "patience")
+        if getattr(args, k) is not None
+    }
+    tc = tc._replace(**overrides)
+    if "lr" in overrides and tc.schedule == "piecewise":
+        tc = tc._replace(schedule="constant")  # an explicit --lr replaces the annealing
+    model_overrides = {}
+    if args.embedding_dim is not None:
+        model_overrides["embedding_dim"] = args.embedding_dim
+    if args.y_range is not None:
+        model_overrides["y_range"] = tuple(args.y_range)
+    model_config = make_config(args.model, **model_overrides)
+
+    def on_epoch(epoch, rec):
+        val_txt = f"  val_rmse {rec['val_rmse']:.4f}  val_mae {rec['val_mae']:.4f}" if rec["val_rmse"] else ""
+        print(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}{val_txt}  ({rec['seconds']:.2f} s)", flush=True)
+
+    t0 = time.perf_counter()
+    result = fit(
+        args.model, train, val, key=jax.random.key(args.seed), model_config=model_config,
+        train_config=tc, progress=args.progress, on_epoch=on_epoch,
+    )
+    jax.block_until_ready(result.params)
+    fit_seconds = time.perf_counter() - t0
+
+    apply_fn = make_apply(args.model, result.model_config)
+    pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale)
+    out = {
+        "model": args.model,
+        "dataset": ratings.name,
+        "preset": args.preset,
+        "seed": args.seed,
+        "split": "file" if args.split_file else args.split,
+        "test_rmse": metrics.rmse(pred, test.ratings),
+        "test_mae": metrics.mae(pred, test.ratings),
+        "val_rmse": min((v for v in result.history["val_rmse"] if v is not None), default=None),
+        "best_epoch": result.best_epoch,
+        "fit_seconds": fit_seconds,
+        "epochs": len(result.history["epoch"]),
+        "num_ratings": len(ratings),
+        "num_train": len(train),
+        "num_val": len(val),
+        "num_test": len(test),
+        "num_users": ratings.num_users,
+        "num_items": ratings.num_items,
+        "train_config": {k: v for k, v in tc._asdict().items()},
+        "model_config": result.model_config._asdict(),
+        "device": _device(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+    print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  "
+          f"({len(test)} ratings; fit {fit_seconds:.2f} s, best epoch {result.best_epoch})")
+    if not args.no_save:
+        dest = Path(args.out or f"runs/{args.model}-{Path(ratings.name).stem}-seed{args.seed}")
+        titles = None
+        if ratings.movies is not None:
+            rated = set(ratings.item_ids.tolist())
+            titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
+        rec = Recommender(args.model, result.model_config, result.params, ratings.user_ids, ratings.item_ids,
+                          ratings.rating_scale, titles)
+        checkpoint.save(dest, rec, extra={k: v for k, v in out.items() if k not in ("model_config",)})
+        out["checkpoint"] = str(dest)
+        print(f"saved checkpoint to {dest}")
+    if args.json:
+        print(json.dumps(out))
+    return out
+
+
+def cmd_predict(args) -> None:
+    from recsys_jax import checkpoint
+
+    rec = checkpoint.load(args.checkpoint)
+    movies = np.asarray(args.movie, np.int64)
+    users = np.full(movies.shape, args.user, np.int64)
+    preds = rec.predict(users, movies, unknown="fallback" if args.fallback else "error")
+    rows = [{"user": args.user, "movie": int(m), "rating": float(r), "title": rec.title(m)} for m, r in zip(movies, preds)]
+    for row in rows:
+        title = f" ({row['title']})" if row["title"] else ""
+        print(f"user {row['user']}  movie {row['movie']}{title}: {row['rating']:.2f}")
+    if args.json:
+        print(json.dumps(rows))
+
+
+def cmd_download(args) -> None:
+    from recsys_jax.data import load_movielens
+
+    r = load_movielens(args.dataset, data_dir=args.data_dir, download=True)
+    print(f"{args.dataset}: {len(r)} ratings, {r.num_users} users, {r.num_items} items")
+
+
+def main(argv=None) -> int:
+    from recsys_jax.checkpoint import CheckpointError
+    from recsys_jax.data import DataError, UnknownIdError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "predict": cmd_predict, "download": cmd_download}
+    try:
+        handlers[args.command](args)
+    except (DataError, UnknownIdError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        if os.environ.get("RECSYS_JAX_DEBUG"):
+            raise
+        print(f"recsys-jax {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("recsys-jax: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Models. Every module has the same face:
+
+- ``Config``: a NamedTuple of hyperparameters (JSON-serialisable, saved in checkpoints);
+- ``Params``: a NamedTuple of arrays, shapes in comments;
+- ``init(key, num_users, num_items, config) -> Params``;
+- ``predict_one(params, user, item, key=None, *, config) -> float32[]`` (the formula);
+- ``apply(params, users[B], items[B], key=None, *, config) -> float32[B]`` (vmap).
+
+`MODELS` is written out by hand: tests and benchmarks iterate over it, so listing a
+model here gets it tested and benchmarked.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from recsys_jax.models import bias, dot, mlp
+
+MODELS = {
+    "dot": dot,
+    "bias": bias,
+    "mlp": mlp,
+}
+
+
+def get_model(name: str):
+    """The model module registered as ``name``; a clear error lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+
+
+def make_config(name: str, **overrides):
+    """The model's ``Config`` with ``overrides``; unknown fields are a clear error."""
+    config_cls = get_model(name).Config
+    unknown = set(overrides) - set(config_cls._fields)
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; options: {config_cls._fields}")
+    if overrides.get("y_range") is not None:
+        overrides["y_range"] = tuple(float(v) for v in overrides["y_range"])
+    return config_cls(**overrides)
+
+
+def make_apply(name: str, config):
+    """``apply(params, users, items, key=None)`` for the model with its config bound.
+
+    When ``config.y_range = (lo, hi)`` the output ``x`` is squashed to
+    ``lo + (hi - lo) * sigmoid(x)`` (fastai's y-range), a link applied to any model.
+    """
+    apply = functools.partial(get_model(name).apply, config=config)
+    y_range = getattr(config, "y_range", None)
+    if y_range is None:
+        return apply
+    lo, hi = y_range
+
+    def squashed(params, users, items, key=None):
+        return lo + (hi - lo) * jax.nn.sigmoid(apply(params, users, items, key))
+
+    return squashed

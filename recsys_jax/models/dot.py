@@ -1,0 +1,57 @@
+r"""Dot-product latent factors: the course notebook's first model.
+
+.. math::
+
+   \hat r_{ui} = p_u^\top q_i
+
+=================  ==========================
+symbol             argument
+=================  ==========================
+:math:`p_u`        ``params.user_factors[u]``
+:math:`q_i`        ``params.item_factors[i]``
+=================  ==========================
+
+With no biases the factors must also carry each user's and item's mean, which is why
+the notebook's second model adds them. L2 on the rows a batch touches (the notebook's
+``l2(1e-4)``) comes from `recsys_jax.penalties`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from recsys_jax.models._common import batched
+
+
+class Config(NamedTuple):
+    embedding_dim: int = 50
+    init_scale: float = 0.1  # std of the normal init; the dot product starts near 0
+    mean_rating: float = 3.5  # unused: kept so every model takes the same fields
+
+
+class Params(NamedTuple):
+    user_factors: Array  # float32[U, K]
+    item_factors: Array  # float32[I, K]
+
+
+def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
+    """Factors drawn from N(0, init_scale^2)."""
+    ukey, ikey = jax.random.split(key)
+    k, s = config.embedding_dim, config.init_scale
+    return Params(
+        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
+        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+    )
+
+
+def predict_one(
+    params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config()
+) -> Array:
+    """r_ui = p_u . q_i"""
+    return params.user_factors[user] @ params.item_factors[item]
+
+
+apply = batched(predict_one)

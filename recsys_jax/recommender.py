@@ -1,0 +1,107 @@
+"""A trained model with its id maps: prediction by raw MovieLens ids.
+
+`Recommender` bundles what prediction needs — the model's name and config, its params, the
+sorted raw user and item ids that define the indices, the rating scale and the titles —
+and is what `recsys_jax.checkpoint` saves and loads.
+
+Unknown ids. JAX clamps out-of-range gather indices silently, so every raw id is checked
+against the id maps before any device work. ``unknown="error"`` (the default) raises
+`UnknownIdError` naming the first unknown id. ``unknown="fallback"`` predicts, for the
+pairs with an unknown user or item, the part of the model that is still defined:
+
+=====================  ===========================================================
+case                   fallback prediction
+=====================  ===========================================================
+unknown user           :math:`\\mu + b_i`  (models without biases: the training mean)
+unknown item           :math:`\\mu + b_u`  (models without biases: the training mean)
+both unknown           :math:`\\mu`        (the training mean)
+=====================  ===========================================================
+
+(passed through the y-range squash when the model has one), then clipped to the scale.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from recsys_jax.data.ratings import UnknownIdError, lookup_ids
+from recsys_jax.models import make_apply
+from recsys_jax.predict import predict_indices
+
+
+class Recommender(NamedTuple):
+    model: str  # a name in recsys_jax.models.MODELS
+    config: Any  # the model's Config
+    params: Any  # the model's Params
+    user_ids: np.ndarray  # int64[U] sorted raw user ids
+    item_ids: np.ndarray  # int64[I] sorted raw item ids
+    rating_scale: tuple[float, float]
+    titles: dict[int, str] | None = None  # raw item id -> title
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    def predict(self, raw_users, raw_items, *, unknown: str = "error") -> np.ndarray:
+        """Ratings for raw (user, item) id pairs, float32[N], clipped to the scale."""
+        raw_users, raw_items = _as_id_array(raw_users, "user"), _as_id_array(raw_items, "item")
+        if raw_users.shape != raw_items.shape:
+            raise ValueError(
+                f"predict: got {raw_users.shape[0]} user ids but {raw_items.shape[0]} item ids"
+            )
+        if unknown not in ("error", "fallback"):
+            raise ValueError(f"predict: unknown must be 'error' or 'fallback', got {unknown!r}")
+        users, user_found = lookup_ids(self.user_ids, raw_users)
+        items, item_found = lookup_ids(self.item_ids, raw_items)
+        if unknown == "error":
+            for found, raw, what in ((user_found, raw_users, "user"), (item_found, raw_items, "item")):
+                if not found.all():
+                    first = int(raw[np.argmin(found)])
+                    raise UnknownIdError(
+                        f"unknown {what} id {first}: not in the training data "
+                        f"(pass unknown='fallback' for a bias-only prediction)"
+                    )
+        known = user_found & item_found
+        out = np.empty(raw_users.shape[0], np.float32)
+        apply_fn = make_apply(self.model, self.config)
+        out[known] = predict_indices(apply_fn, self.params, users[known], items[known])
+        if not known.all():
+            out[~known] = self._fallback(users[~known], user_found[~known], items[~known], item_found[~known])
+        return np.clip(out, *self.rating_scale)
+
+    def _fallback(self, users, user_found, items, item_found) -> np.ndarray:
+        p = self.params
+        if not all(hasattr(p, f) for f in ("global_bias", "user_bias", "item_bias")):
+            return np.full(users.shape[0], self.config.mean_rating, np.float32)
+        x = float(p.global_bias) + np.where(user_found, np.asarray(p.user_bias)[users], 0.0)
+        x = x + np.where(item_found, np.asarray(p.item_bias)[items], 0.0)
+        y_range = getattr(self.config, "y_range", None)
+        if y_range is not None:
+            lo, hi = y_range
+            x = lo + (hi - lo) * np.asarray(jax.nn.sigmoid(x))
+        return x.astype(np.float32)
+
+    def title(self, raw_item_id: int) -> str | None:
+        return None if self.titles is None else self.titles.get(int(raw_item_id))
+
+
+def _as_id_array(ids, what: str) -> np.ndarray:
+    """A 1-D int64 array of ids; a clear error for floats with fractions, strings, 2-D input."""
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"predict: {what} ids must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        return arr.astype(np.int64)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    raise ValueError(f"predict: {what} ids must be integers, got dtype {arr.dtype} ({arr[:3].tolist()}...)")

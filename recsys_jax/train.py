@@ -1,0 +1,228 @@
+"""Training: a jitted Adam step, an epoch as a `jax.lax.scan`, and `fit`.
+
+The verbs, from the inside out:
+
+- ``make_train_step(apply_fn, loss_fn, optimizer, penalty_fn) -> train_step``:
+  ``train_step(state, batch, key) -> (state, loss)``, compiled with `jax.jit`. The
+  objective is the masked mean over the batch of ``loss_fn(pred, rating) + penalty``.
+- ``make_train_epoch(train_step, batch_size) -> train_epoch``: shuffles the training
+  arrays on the device with `jax.random.permutation`, cuts them into batches (the last
+  partial batch is padded and masked, not dropped) and scans ``train_step`` over them:
+  one compiled program per epoch, no Python in the loop.
+- ``fit(model, train, val, ...)``: initialises, runs epochs, evaluates RMSE/MAE on the
+  validation ratings after each, optionally stops early, and returns the best parameters
+  with a history.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+from recsys_jax import metrics
+from recsys_jax.data.ratings import Ratings
+from recsys_jax.losses import get_loss
+from recsys_jax.models import get_model, make_apply, make_config
+from recsys_jax.optim import make_optimizer, make_schedule
+from recsys_jax.penalties import make_l2_penalty
+from recsys_jax.predict import predict_indices
+
+
+class TrainState(NamedTuple):
+    params: Any  # the model's Params pytree
+    opt_state: Any  # optax state
+    step: Array  # int32[]
+
+
+class Batch(NamedTuple):
+    users: Array  # int32[B]
+    items: Array  # int32[B]
+    ratings: Array  # float32[B]
+    mask: Array  # bool[B]; False on the padding of the last batch
+
+
+class TrainConfig(NamedTuple):
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 1e-2
+    schedule: str = "one_cycle"  # see recsys_jax.optim.SCHEDULES
+    phases: tuple | None = None  # ((epochs, lr), ...) for schedule="piecewise"
+    weight_decay: float = 0.0  # decoupled (AdamW), matrices only
+    l2: float = 0.0  # L2 on touched embedding rows, per example (recsys_jax.penalties)
+    bias_l2: float = 0.0  # the same on the touched bias entries
+    loss: str = "mse"  # a name in recsys_jax.losses.LOSSES
+    patience: int | None = None  # stop after this many epochs without a better val RMSE
+
+
+def make_train_step(
+    apply_fn: Callable,
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    penalty_fn: Callable | None = None,
+) -> Callable:
+    """A jitted ``train_step(state, batch, key) -> (state, loss)``.
+
+    Args:
+      apply_fn: ``apply(params, users[B], items[B], key=None) -> float32[B]``.
+      loss_fn: element-wise ``loss(predictions, targets) -> float32[B]``.
+      optimizer: an Optax transformation (e.g. `recsys_jax.optim.make_optimizer`).
+      penalty_fn: optional ``penalty(params, users, items) -> float32[B]``.
+    """
+
+    def objective(params, batch: Batch, key: Array) -> Array:
+        per_example = loss_fn(apply_fn(params, batch.users, batch.items, key), batch.ratings)
+        if penalty_fn is not None:
+            per_example = per_example + penalty_fn(params, batch.users, batch.items)
+        weight = batch.mask.astype(jnp.float32)
+        return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+    @jax.jit
+    def train_step(state: TrainState, batch: Batch, key: Array) -> tuple[TrainState, Array]:
+        loss, grads = jax.value_and_grad(objective)(state.params, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), loss
+
+    return train_step
+
+
+def num_batches(num_ratings: int, batch_size: int) -> int:
+    return max(math.ceil(num_ratings / batch_size), 1)
+
+
+def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
+    """A jitted ``train_epoch(state, users, items, ratings, key) -> (state, losses[num_batches])``.
+
+    The arrays stay on the device; each epoch draws a fresh permutation from ``key``.
+    """
+
+    @jax.jit
+    def train_epoch(state: TrainState, users: Array, items: Array, ratings: Array, key: Array):
+        n = users.shape[0]
+        nb = num_batches(n, batch_size)
+        perm_key, step_key = jax.random.split(key)
+        order = jnp.concatenate(
+            [jax.random.permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)]
+        ).reshape(nb, batch_size)
+        mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
+
+        def body(state, xs):
+            idx, m, k = xs
+            return train_step(state, Batch(users[idx], items[idx], ratings[idx], m), k)
+
+        return jax.lax.scan(body, state, (order, mask, jax.random.split(step_key, nb)))
+
+    return train_epoch
+
+
+class FitResult(NamedTuple):
+    params: Any  # the best parameters (by validation RMSE when there is a validation set)
+    history: dict  # lists per epoch: epoch, train_loss, val_rmse, val_mae, seconds
+    model: str
+    model_config: Any
+    train_config: TrainConfig
+    best_epoch: int
+
+
+def fit(
+    model: str,
+    train: Ratings,
+    val: Ratings | None = None,
+    *,
+    key: Array | int = 0,
+    model_config=None,
+    train_config: TrainConfig = TrainConfig(),
+    loss_fn: Callable | None = None,
+    penalty_fn: Callable | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Trains the model registered as ``model`` on ``train``.
+
+    Args:
+      model: a name in `recsys_jax.models.MODELS`.
+      train: training ratings (the id maps fix the table sizes).
+      val: optional validation ratings, scored after every epoch (RMSE, MAE, predictions
+        clipped to the rating scale); with ``train_config.patience`` the best epoch wins.
+      key: a `jax.random` key or an int seed: it fixes the initialisation, the shuffles
+        and the dropout masks, so the same key gives the same parameters.
+      model_config: the model's ``Config``; ``mean_rating`` is set to the training mean.
+      train_config: epochs, batch size, learning rate and schedule, regularisation, loss.
+      loss_fn: a custom element-wise loss ``(predictions, targets) -> per-example``;
+        overrides ``train_config.loss``.
+      penalty_fn: a custom ``penalty(params, users, items) -> per-example``; overrides
+        ``train_config.l2`` / ``bias_l2``.
+      progress: show a tqdm bar over epochs.
+      on_epoch: called as ``on_epoch(epoch, record)`` after every epoch.
+    """
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    tc = train_config
+    if len(train) == 0:
+        raise ValueError("fit: the training set is empty")
+    if tc.epochs < 1 or tc.batch_size < 1:
+        raise ValueError(f"fit: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
+    module = get_model(model)
+    base = model_config if model_config is not None else make_config(model)
+    model_config = base._replace(mean_rating=float(np.mean(train.ratings)))
+    apply_fn = make_apply(model, model_config)
+
+    loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
+    if penalty_fn is None and (tc.l2 or tc.bias_l2):
+        penalty_fn = make_l2_penalty(tc.l2, tc.bias_l2)
+    steps_per_epoch = num_batches(len(train), tc.batch_size)
+    schedule = make_schedule(
+        tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, phases=tc.phases
+    )
+    optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
+    train_epoch = make_train_epoch(make_train_step(apply_fn, loss_fn, optimizer, penalty_fn), tc.batch_size)
+
+    key, init_key = jax.random.split(key)
+    params = module.init(init_key, train.num_users, train.num_items, model_config)
+    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    users, items, ratings = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
+
+    history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
+    best = (math.inf, state.params, 0)
+    epochs = range(1, tc.epochs + 1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(epochs, desc=f"fit {model}", unit="epoch", leave=False)
+        epochs = bar
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        state, losses = train_epoch(state, users, items, ratings, jax.random.fold_in(key, epoch))
+        losses = np.asarray(losses)  # waits for the epoch to finish
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_rmse": None, "val_mae": None}
+        if val is not None and len(val):
+            pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=train.rating_scale)
+            record["val_rmse"] = metrics.rmse(pred, val.ratings)
+            record["val_mae"] = metrics.mae(pred, val.ratings)
+        record["seconds"] = time.perf_counter() - t0
+        for k, v in record.items():
+            history[k].append(v)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_rmse=record["val_rmse"])
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if not math.isfinite(record["train_loss"]):
+            raise FloatingPointError(
+                f"fit: the training loss became {record['train_loss']} in epoch {epoch}; "
+                "lower the learning rate or raise the regularisation"
+            )
+        score = record["val_rmse"] if record["val_rmse"] is not None else -epoch  # no val: last wins
+        if score < best[0]:
+            best = (score, state.params, epoch)
+        elif tc.patience is not None and epoch - best[2] >= tc.patience:
+            break
+    if bar is not None:
+        bar.close()
+    return FitResult(best[1], history, model, model_config, tc, best[2])

@@ -213,3 +213,33 @@ def test_any_text_loads_or_raises_data_error(tmp_path, text, header):
     except DataError:
         return
     assert len(r) > 0 and np.all(np.isfinite(r.ratings))
+
+
+def test_double_colon_translation_across_chunk_boundaries():
+    # `::` files are streamed through a translator; a pair split between two reads
+    # must still become one tab, exactly as a whole-file replace would do.
+    import io
+
+    from recsys_jax.data.files import _DoubleColonAsTab
+
+    data = b"1::2::3.5::4\n" * 3 + b"a:::b:c::::d::" + b":"
+    expected = data.replace(b"::", b"\t")
+    for size in range(1, 9):
+        raw = _DoubleColonAsTab(io.BytesIO(data))
+        buffer, out = bytearray(size), b""
+        while n := raw.readinto(buffer):
+            out += bytes(buffer[:n])
+        assert out == expected, size
+
+
+def test_large_double_colon_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 200_000  # several of pandas' read chunks
+    users, items = rng.integers(1, 10**6, n), np.arange(n)
+    ratings, stamps = rng.integers(1, 11, n) / 2, rng.integers(0, 2**31, n)
+    text = "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in zip(users, items, ratings, stamps))
+    r = load_ratings(write(tmp_path, text, "ratings.dat"), header=False, rating_scale=(0.5, 5))
+    np.testing.assert_array_equal(r.user_ids[r.users], users)
+    np.testing.assert_array_equal(r.item_ids[r.items], items)
+    np.testing.assert_array_equal(r.ratings, ratings.astype(np.float32))
+    np.testing.assert_array_equal(r.timestamps, stamps)

@@ -281,9 +281,10 @@ class _DoubleColonAsTab(io.RawIOBase):
             if not chunk:
                 self._out, self._held = self._held, b""
                 break
-            data = self._held + chunk
-            self._held = b":" if data.endswith(b":") else b""
-            self._out = (data[:-1] if self._held else data).replace(b"::", b"\t")
+            out = (self._held + chunk).replace(b"::", b"\t")
+            # A colon left unpaired at the end may pair with the next chunk's first byte.
+            self._held = b":" if out.endswith(b":") else b""
+            self._out = out[:-1] if self._held else out
         n = min(len(buffer), len(self._out))
         buffer[:n] = self._out[:n]
         self._out = self._out[n:]

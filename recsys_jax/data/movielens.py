@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.client
+import io
 import os
 import re
 import shutil
@@ -200,7 +201,9 @@ def ensure_local(
             return folder
     url = archive_url(dataset, base_url)
     if not download:
-        raise DataError(_not_found(dataset, url, searched, "downloading is turned off (download=False)"))
+        raise DataError(
+            _not_found(dataset, url, searched, cache, "downloading is turned off (download=False)")
+        )
     return _download_and_extract(dataset, url, cache, timeout, searched)
 
 
@@ -242,7 +245,7 @@ def load_ml100k_fold(
         np.concatenate([p.items for p in parts]),
         np.concatenate([p.ratings for p in parts]),
         np.concatenate([p.timestamps for p in parts]),
-        movies=_read_u_item(folder / dataset.movies_file),
+        movies=_optional(folder / dataset.movies_file, _read_u_item),
         name=dataset.name,
         rating_scale=dataset.rating_scale,
     )
@@ -280,7 +283,7 @@ def get_dataset(name: str | Dataset) -> Dataset:
 
 
 def cache_path(cache_dir: str | Path | None = None) -> Path:
-    """The download cache: ``cache_dir``, else ``$RECSYS_JAX_CACHE``, else ``~/.cache/recsys_jax``."""
+    """The cache: ``cache_dir``, else ``$RECSYS_JAX_CACHE``, else ``~/.cache/recsys_jax``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("RECSYS_JAX_CACHE")
@@ -313,9 +316,9 @@ def _candidate_folders(dataset: Dataset, data_dir: str | Path | None, cache: Pat
     return list(dict.fromkeys(folders))  # the same folder twice says nothing new
 
 
-def _not_found(dataset: Dataset, url: str, searched: list[Path], reason: str) -> str:
+def _not_found(dataset: Dataset, url: str, searched: list[Path], cache: Path, reason: str) -> str:
     looked = "\n".join(f"  {folder}" for folder in searched)
-    cache_folder = searched[-1]  # `_candidate_folders` puts the cache last
+    cache_folder = cache / dataset.folder
     return (
         f"MovieLens {dataset.name} is not available: {reason}.\n"
         f"URL: {url}\n"
@@ -338,11 +341,11 @@ def _download_and_extract(
     temporary: list[Path] = []
     done = False
     try:
-        created = _make_dirs(cache)
+        _make_dirs(cache, created)
         fd, name = tempfile.mkstemp(prefix=f".{dataset.name}-", suffix=".zip.part", dir=cache)
         temporary.append(Path(name))
         with os.fdopen(fd, "wb") as out:
-            digest = _download(dataset, url, out, timeout, limit, searched)
+            digest = _download(dataset, url, out, timeout, limit, searched, cache)
         _verify(dataset, url, digest)
         staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}-", suffix=".unpacking", dir=cache))
         temporary.append(staging)
@@ -377,8 +380,8 @@ def _download_and_extract(
                     break
 
 
-def _make_dirs(path: Path) -> list[Path]:
-    """mkdir -p, returning the directories it created, outermost first."""
+def _make_dirs(path: Path, created: list[Path]) -> None:
+    """mkdir -p, appending each directory it creates to ``created``, outermost first."""
     missing: list[Path] = []
     current = path
     while not current.exists():
@@ -386,7 +389,7 @@ def _make_dirs(path: Path) -> list[Path]:
         current = current.parent
     for folder in reversed(missing):
         folder.mkdir(exist_ok=True)
-    return list(reversed(missing))
+        created.append(folder)
 
 
 # Errors that mean "the server could not be reached or the transfer broke off".
@@ -394,7 +397,13 @@ _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutErro
 
 
 def _download(
-    dataset: Dataset, url: str, out: BinaryIO, timeout: float, limit: int, searched: list[Path]
+    dataset: Dataset,
+    url: str,
+    out: BinaryIO,
+    timeout: float,
+    limit: int,
+    searched: list[Path],
+    cache: Path,
 ) -> str:
     """Streams ``url`` into ``out`` with a size cap; returns the sha256 hex digest."""
     digest = hashlib.sha256()
@@ -411,14 +420,20 @@ def _download(
             while chunk := response.read(_MB):
                 total += len(chunk)
                 if total > limit:
-                    raise DataError(f"{url}: the download exceeds the {limit:,} bytes allowed for {dataset.name}")
+                    raise DataError(
+                        f"{url}: the download exceeds the {limit:,} bytes allowed for "
+                        f"{dataset.name}"
+                    )
                 digest.update(chunk)
                 out.write(chunk)
     except DataError:
         raise
     except _NETWORK_ERRORS as e:
-        reason = getattr(e, "reason", None) or e
-        raise DataError(_not_found(dataset, url, searched, f"the download failed ({reason})")) from None
+        # HTTPError's str() carries the status code; URLError's reason says what failed.
+        reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+        raise DataError(
+            _not_found(dataset, url, searched, cache, f"the download failed ({reason})")
+        ) from None
     except ValueError as e:  # a malformed base URL
         raise DataError(f"cannot download {url!r}: {e}") from None
     return digest.hexdigest()
@@ -443,13 +458,17 @@ def _member_parts(name: str, url: str) -> list[str]:
     """The path components of a zip member, refusing any that could leave the target."""
     normal = name.replace("\\", "/")
     if normal.startswith("/") or re.match(r"[A-Za-z]:", normal):
-        raise DataError(f"{url}: refusing the archive: member {name!r} has an absolute path")
+        raise _refuse(url, f"member {name!r} has an absolute path")
     parts = [p for p in normal.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise DataError(f"{url}: refusing the archive: member {name!r} points outside its folder")
+        raise _refuse(url, f"member {name!r} points outside its folder")
     if not parts or any("\0" in p for p in parts):
-        raise DataError(f"{url}: refusing the archive: member name {name!r} is invalid")
+        raise _refuse(url, f"member name {name!r} is invalid")
     return parts
+
+
+def _refuse(url: str, why: str) -> DataError:
+    return DataError(f"{url}: refusing the archive: {why}")
 
 
 def _safe_extract(archive: Path, dest: Path, limit: int, url: str) -> None:
@@ -463,15 +482,15 @@ def _safe_extract(archive: Path, dest: Path, limit: int, url: str) -> None:
             for info in members:
                 path = root.joinpath(*_member_parts(info.filename, url))
                 if not path.resolve().is_relative_to(root):
-                    raise DataError(f"{url}: refusing the archive: member {info.filename!r} escapes it")
+                    raise _refuse(url, f"member {info.filename!r} escapes it")
                 mode = info.external_attr >> 16  # Unix mode bits, 0 for archives made elsewhere
                 if stat.S_ISLNK(mode):
-                    raise DataError(f"{url}: refusing the archive: member {info.filename!r} is a symbolic link")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                    raise DataError(f"{url}: refusing the archive: member {info.filename!r} is not a plain file")
+                    raise _refuse(url, f"member {info.filename!r} is a symbolic link")
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: type unrecorded
+                    raise _refuse(url, f"member {info.filename!r} is not a plain file")
                 total += info.file_size
                 if total > limit:
-                    raise DataError(f"{url}: refusing the archive: it unpacks to more than {limit:,} bytes")
+                    raise _refuse(url, f"it unpacks to more than {limit:,} bytes")
                 plan.append((info, path))
             written = 0
             for info, path in plan:
@@ -483,10 +502,10 @@ def _safe_extract(archive: Path, dest: Path, limit: int, url: str) -> None:
                     while chunk := src.read(_MB):
                         written += len(chunk)
                         if written > limit:  # the headers lied about the sizes
-                            raise DataError(f"{url}: refusing the archive: it unpacks to more than {limit:,} bytes")
+                            raise _refuse(url, f"it unpacks to more than {limit:,} bytes")
                         dst.write(chunk)
     except FileExistsError as e:
-        raise DataError(f"{url}: refusing the archive: member {e.filename!r} occurs twice") from None
+        raise _refuse(url, f"member {e.filename!r} occurs twice") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
         raise DataError(f"{url}: not a readable zip archive: {e}") from None
 
@@ -543,14 +562,20 @@ def _optional(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFram
     return reader(path)
 
 
-def _decode(path: Path, encodings: tuple[str, ...]) -> list[str]:
+def _decode(path: Path, encodings: tuple[str, ...]) -> str:
     data = path.read_bytes()
     for encoding in encodings:
         try:
-            return data.decode(encoding).splitlines()
+            return data.decode(encoding)
         except UnicodeDecodeError:
             continue
     raise DataError(f"{path}: the file is not {' or '.join(encodings)} text")
+
+
+def _lines(text: str) -> list[str]:
+    # Only LF, CRLF and CR end a line; str.splitlines would also split at U+0085 or
+    # U+2028 inside a title and put every later line number off.
+    return [line.rstrip("\r\n") for line in io.StringIO(text, newline=None)]
 
 
 def _movies_frame(path: Path, rows: list[tuple[int, int, str, str]]) -> pd.DataFrame:
@@ -558,49 +583,59 @@ def _movies_frame(path: Path, rows: list[tuple[int, int, str, str]]) -> pd.DataF
     seen: dict[int, int] = {}
     for number, movie, _, _ in rows:
         if movie in seen:
-            raise DataError(f"{path}, line {number}: movie id {movie} already appeared on line {seen[movie]}")
+            raise DataError(
+                f"{path}, line {number}: movie id {movie} already appeared on line {seen[movie]}"
+            )
         seen[movie] = number
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {"title": [r[2] for r in rows], "genres": [r[3] for r in rows]},
         index=pd.Index(np.array([r[1] for r in rows], dtype=np.int64), name="movieId"),
     )
-    return frame
 
 
 def _movie_id(path: Path, number: int, text: str, line: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise DataError(f"{path}, line {number}: movie id {text!r} is not an integer (line: {line!r})") from None
+        raise DataError(
+            f"{path}, line {number}: movie id {text!r} is not an integer (line: {line!r})"
+        ) from None
 
 
 def _read_movies_csv(path: Path) -> pd.DataFrame:
     """movies.csv: ``movieId,title,genres`` with a header; titles may be quoted."""
-    lines = _decode(path, ("utf-8-sig", "latin-1"))
-    reader = csv.reader(lines)
-    rows = []
+    text = _decode(path, ("utf-8-sig", "latin-1"))
+    lines = _lines(text)
+    reader = csv.reader(io.StringIO(text, newline=""))  # the csv module handles CRLF
     header = next(reader, None)
-    if header is None or [h.strip() for h in header[:3]] != ["movieId", "title", "genres"]:
+    if header is None or [h.strip() for h in header] != ["movieId", "title", "genres"]:
         raise DataError(f"{path}, line 1: expected the header movieId,title,genres, got {header!r}")
+    rows = []
     for fields in reader:
         number = reader.line_num
         if not fields:
             continue
         if len(fields) != 3:
-            raise DataError(f"{path}, line {number}: expected 3 fields, got {len(fields)}: {fields!r}")
-        rows.append((number, _movie_id(path, number, fields[0], lines[number - 1]), fields[1], fields[2]))
+            raise DataError(
+                f"{path}, line {number}: expected 3 fields, got {len(fields)} "
+                f"(line: {lines[number - 1]!r})"
+            )
+        movie = _movie_id(path, number, fields[0], lines[number - 1])
+        rows.append((number, movie, fields[1], fields[2]))
     return _movies_frame(path, rows)
 
 
 def _read_movies_dat(path: Path) -> pd.DataFrame:
     """movies.dat: ``MovieID::Title::Genres``; ml-1m's is Latin-1, ml-10m's UTF-8."""
     rows = []
-    for number, line in enumerate(_decode(path, ("utf-8", "latin-1")), start=1):
+    for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"))), start=1):
         if not line.strip():
             continue
         fields = line.split("::")
         if len(fields) < 3:
-            raise DataError(f"{path}, line {number}: expected MovieID::Title::Genres (line: {line!r})")
+            raise DataError(
+                f"{path}, line {number}: expected MovieID::Title::Genres (line: {line!r})"
+            )
         title = "::".join(fields[1:-1])  # tolerate '::' inside a title
         rows.append((number, _movie_id(path, number, fields[0], line), title, fields[-1]))
     return _movies_frame(path, rows)
@@ -610,7 +645,7 @@ def _read_u_item(path: Path) -> pd.DataFrame:
     """ml-100k u.item: id|title|release|video release|IMDb URL|19 genre flags, Latin-1."""
     rows = []
     n_tail = 3 + len(GENRES_100K)  # the fields after the title
-    for number, line in enumerate(_decode(path, ("latin-1",)), start=1):
+    for number, line in enumerate(_lines(_decode(path, ("latin-1",))), start=1):
         if not line.strip():
             continue
         fields = line.split("|")

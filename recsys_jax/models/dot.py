@@ -30,6 +30,7 @@ class Config(NamedTuple):
     embedding_dim: int = 50
     init_scale: float = 0.1  # std of the normal init; the dot product starts near 0
     mean_rating: float = 3.5  # unused: kept so every model takes the same fields
+    y_range: tuple[float, float] | None = None  # optional sigmoid squash (models.make_apply)
 
 
 class Params(NamedTuple):

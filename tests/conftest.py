@@ -1,0 +1,26 @@
+"""Shared fixtures: where the genuine MovieLens copy is, and small seeded data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def shared_data_dir() -> Path | None:
+    """``$RECSYS_JAX_DATA`` if set, else ``../shared/data`` beside the checkout, else None."""
+    env = os.environ.get("RECSYS_JAX_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    for c in candidates:
+        if (c / "ml-latest-small" / "ratings.csv").is_file():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("genuine ml-latest-small not available (set RECSYS_JAX_DATA)")
+    return d

@@ -1,0 +1,169 @@
+"""Contract and hand-computed tests for every model in MODELS."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from recsys_jax.models import MODELS, bias, dot, make_apply, make_config, mlp
+
+NUM_USERS, NUM_ITEMS = 5, 7
+USERS = jnp.array([0, 4, 2, 2, 1], jnp.int32)
+ITEMS = jnp.array([6, 0, 3, 3, 5], jnp.int32)
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def model(request):
+    name = request.param
+    module = MODELS[name]
+    config = make_config(name, embedding_dim=4)
+    params = module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, config)
+    # Move off the init (zero biases, tiny factors) so every term matters.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return name, module, config, jax.tree.unflatten(treedef, leaves)
+
+
+def test_init_shapes_and_dtypes(model):
+    name, module, config, params = model
+    assert isinstance(params, module.Params)
+    for field, value in params._asdict().items():
+        assert value.dtype == jnp.float32, field
+        if field.startswith("user_"):
+            assert value.shape[0] == NUM_USERS, field
+        if field.startswith("item_"):
+            assert value.shape[0] == NUM_ITEMS, field
+    assert params.user_factors.shape == (NUM_USERS, 4)
+
+
+def test_init_is_deterministic(model):
+    name, module, config, _ = model
+    a = module.init(jax.random.key(3), NUM_USERS, NUM_ITEMS, config)
+    b = module.init(jax.random.key(3), NUM_USERS, NUM_ITEMS, config)
+    c = module.init(jax.random.key(4), NUM_USERS, NUM_ITEMS, config)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.user_factors, c.user_factors)
+
+
+def test_apply_equals_loop_over_predict_one(model):
+    name, module, config, params = model
+    batched = module.apply(params, USERS, ITEMS, config=config)
+    looped = [module.predict_one(params, u, i, config=config) for u, i in zip(USERS, ITEMS)]
+    assert batched.shape == (len(USERS),) and batched.dtype == jnp.float32
+    np.testing.assert_allclose(batched, np.array(looped), rtol=1e-6, atol=1e-6)
+
+
+def test_jit_equals_no_jit(model):
+    name, module, config, params = model
+    apply_fn = make_apply(name, config)
+    eager = apply_fn(params, USERS, ITEMS)
+    jitted = jax.jit(apply_fn)(params, USERS, ITEMS)
+    np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_match_finite_differences(model):
+    name, module, config, params = model
+    apply_fn = make_apply(name, config)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        # check_grads perturbs with NumPy arithmetic; make the leaves JAX arrays again.
+        f = lambda p: apply_fn(jax.tree.map(jnp.asarray, p), USERS, ITEMS)  # noqa: E731
+        check_grads(f, (p64,), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_y_range_squash_bounds_the_output(model):
+    name, module, _, params = model
+    config = make_config(name, embedding_dim=4, y_range=(0.5, 5.5))
+    squashed = make_apply(name, config)(params, USERS, ITEMS)
+    raw = module.apply(params, USERS, ITEMS, config=config)
+    np.testing.assert_allclose(squashed, 0.5 + 5.0 / (1.0 + np.exp(-np.asarray(raw))), rtol=1e-5)
+    assert np.all((squashed > 0.5) & (squashed < 5.5))
+
+
+def test_dot_by_hand():
+    p = dot.Params(
+        user_factors=jnp.array([[1.0, 2.0], [0.5, -1.0]]),
+        item_factors=jnp.array([[3.0, 0.5], [-2.0, 4.0], [0.0, 1.0]]),
+    )
+    got = dot.apply(p, jnp.array([0, 1, 0]), jnp.array([0, 1, 2]))
+    np.testing.assert_allclose(got, [1 * 3 + 2 * 0.5, 0.5 * -2 + -1 * 4, 2.0])
+
+
+def test_bias_by_hand():
+    p = bias.Params(
+        global_bias=jnp.array(3.5),
+        user_bias=jnp.array([0.25, -0.5]),
+        item_bias=jnp.array([0.1, 0.0, -0.3]),
+        user_factors=jnp.array([[1.0, 2.0], [0.5, -1.0]]),
+        item_factors=jnp.array([[3.0, 0.5], [-2.0, 4.0], [0.0, 1.0]]),
+    )
+    got = bias.apply(p, jnp.array([0, 1]), jnp.array([0, 2]))
+    np.testing.assert_allclose(got, [3.5 + 0.25 + 0.1 + 4.0, 3.5 - 0.5 - 0.3 - 1.0], rtol=1e-6)
+
+
+def test_bias_init_starts_at_the_mean():
+    config = make_config("bias", mean_rating=3.2)
+    params = bias.init(jax.random.key(0), 3, 4, config)
+    assert float(params.global_bias) == pytest.approx(3.2)
+    squashed = make_config("bias", mean_rating=3.2, y_range=(0.0, 5.0))
+    p2 = bias.init(jax.random.key(0), 3, 4, squashed)
+    assert 5.0 * float(jax.nn.sigmoid(p2.global_bias)) == pytest.approx(3.2, abs=1e-5)
+
+
+def test_mlp_by_hand():
+    # K=1, H=2: h = relu(W1 [p; q] + c1), r = w2 . h + c2
+    p = mlp.Params(
+        user_factors=jnp.array([[1.0], [-2.0]]),
+        item_factors=jnp.array([[0.5], [3.0]]),
+        hidden_w=jnp.array([[1.0, -1.0], [2.0, 1.0]]),
+        hidden_b=jnp.array([0.0, 0.5]),
+        out_w=jnp.array([2.0, -1.0]),
+        out_b=jnp.array(0.25),
+    )
+    config = mlp.Config(embedding_dim=1, hidden=2)
+    # user 0, item 1: x = [1, 3]; W1^T x + c1 = [1 + 6, -1 + 3 + 0.5] = [7, 2.5]
+    # user 1, item 0: x = [-2, 0.5]; = [-2 + 1, 2 + 0.5 + 0.5] = [-1 -> 0, 3]
+    got = mlp.apply(p, jnp.array([0, 1]), jnp.array([1, 0]), config=config)
+    np.testing.assert_allclose(got, [2 * 7 - 2.5 + 0.25, -3 + 0.25], rtol=1e-6)
+
+
+def test_mlp_dropout_only_with_a_key():
+    config = make_config("mlp", embedding_dim=8)
+    params = mlp.init(jax.random.key(0), 50, 60, config)
+    users = jnp.arange(50) % 50
+    items = jnp.arange(50) % 60
+    a = mlp.apply(params, users, items, config=config)
+    b = mlp.apply(params, users, items, config=config)
+    np.testing.assert_array_equal(a, b)
+    c = mlp.apply(params, users, items, jax.random.key(1), config=config)
+    d = mlp.apply(params, users, items, jax.random.key(1), config=config)
+    e = mlp.apply(params, users, items, jax.random.key(2), config=config)
+    np.testing.assert_array_equal(c, d)
+    assert not np.allclose(c, a) and not np.allclose(c, e)
+    no_drop = config._replace(input_dropout=0.0, hidden_dropout=0.0)
+    np.testing.assert_allclose(mlp.apply(params, users, items, jax.random.key(1), config=no_drop), a, rtol=1e-6)
+
+
+def test_mlp_dropout_is_unbiased_in_the_hidden_layer():
+    # Inverted dropout keeps E[h] fixed: average many masks of the *input* layer only,
+    # on a net whose hidden layer is linear in its input (relu inactive region avoided by
+    # a large positive hidden bias), and compare with the deterministic output.
+    config = mlp.Config(embedding_dim=2, hidden=3, input_dropout=0.3, hidden_dropout=0.0)
+    params = mlp.init(jax.random.key(0), 1, 1, config)._replace(hidden_b=jnp.full((3,), 100.0))
+    u = jnp.zeros(20_000, jnp.int32)
+    noisy = mlp.apply(params, u, u, jax.random.key(5), config=config)
+    clean = mlp.apply(params, u[:1], u[:1], config=config)
+    assert float(jnp.mean(noisy)) == pytest.approx(float(clean[0]), abs=0.02)
+
+
+def test_unknown_model_and_option_errors():
+    from recsys_jax.models import get_model
+
+    with pytest.raises(ValueError, match="known models"):
+        get_model("svd9000")
+    with pytest.raises(ValueError, match="no option"):
+        make_config("bias", hidden=3)

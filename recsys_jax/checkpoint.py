@@ -119,6 +119,8 @@ def load(path: str | os.PathLike) -> Recommender:
         config = make_config(meta["model"], **meta["config"])
         rating_scale = tuple(float(v) for v in meta["rating_scale"])
         declared = meta["arrays"]
+        if not isinstance(declared, dict) or not all(isinstance(v, dict) for v in declared.values()):
+            raise ValueError("'arrays' must map each array name to {shape, dtype}")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path}: bad metadata ({e})") from e
 

@@ -7,16 +7,14 @@
 ``train`` splits the ratings (random 80/20 by default), carves a validation slice from the
 training split for per-epoch scores and early stopping, scores the test split once at the
 end, and saves a checkpoint. A user's mistake (bad file, unknown id, bad option) ends with
-one line on stderr and exit status 2, never a traceback (set RECSYS_JAX_DEBUG=1 to see one).
+a short message on stderr and exit status 2, never a traceback (set RECSYS_JAX_DEBUG=1 to see one).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user-col", default="userId", help="--ratings: user column (default: %(default)s)")
     p.add_argument("--item-col", default="movieId", help="--ratings: item column (default: %(default)s)")
     p.add_argument("--rating-col", default="rating", help="--ratings: rating column (default: %(default)s)")
-    p.add_argument("--timestamp-col", default=None, help="--ratings: optional timestamp column")
+    p.add_argument("--timestamp-col", default="timestamp",
+                   help="--ratings: timestamp column, used when present (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,33 +109,17 @@ def _split(args, ratings):
     return temporal_split(ratings, k=args.last_k)
 
 
-def _device() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '')}".rstrip(":")
-
-
 def cmd_train(args) -> dict:
-    import jax
-
-    from recsys_jax import checkpoint, metrics
-    from recsys_jax.data import random_split, save_split
+    from recsys_jax import checkpoint
+    from recsys_jax.data import save_split
+    from recsys_jax.experiment import run_experiment, to_recommender
     from recsys_jax.models import make_config
-    from recsys_jax.predict import predict_indices
-    from recsys_jax.models import make_apply
     from recsys_jax.presets import get_preset
-    from recsys_jax.recommender import Recommender
-    from recsys_jax.train import fit
 
     ratings = _load(args)
     split = _split(args, ratings)
     if args.save_split:
         save_split(args.save_split, split, seed=args.seed)
-    train_all, test = ratings.take(split.train), ratings.take(split.test)
-    # Validation is carved from the training split; the test split is scored once, below.
-    carve = random_split(len(train_all), np.random.default_rng([args.seed, 1]), args.val_frac)
-    train, val = train_all.take(carve.train), train_all.take(carve.test)
 
     tc = get_preset(args.preset, args.model)
     overrides = {
@@ -158,51 +141,16 @@ def cmd_train(args) -> dict:
         val_txt = f"  val_rmse {rec['val_rmse']:.4f}  val_mae {rec['val_mae']:.4f}" if rec["val_rmse"] else ""
         print(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}{val_txt}  ({rec['seconds']:.2f} s)", flush=True)
 
-    t0 = time.perf_counter()
-    result = fit(
-        args.model, train, val, key=jax.random.key(args.seed), model_config=model_config,
-        train_config=tc, progress=args.progress, on_epoch=on_epoch,
+    out, result = run_experiment(
+        ratings, split, args.model, seed=args.seed, train_config=tc, model_config=model_config,
+        val_frac=args.val_frac, progress=args.progress, on_epoch=on_epoch,
     )
-    jax.block_until_ready(result.params)
-    fit_seconds = time.perf_counter() - t0
-
-    apply_fn = make_apply(args.model, result.model_config)
-    pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale)
-    out = {
-        "model": args.model,
-        "dataset": ratings.name,
-        "preset": args.preset,
-        "seed": args.seed,
-        "split": "file" if args.split_file else args.split,
-        "test_rmse": metrics.rmse(pred, test.ratings),
-        "test_mae": metrics.mae(pred, test.ratings),
-        "val_rmse": min((v for v in result.history["val_rmse"] if v is not None), default=None),
-        "best_epoch": result.best_epoch,
-        "fit_seconds": fit_seconds,
-        "epochs": len(result.history["epoch"]),
-        "num_ratings": len(ratings),
-        "num_train": len(train),
-        "num_val": len(val),
-        "num_test": len(test),
-        "num_users": ratings.num_users,
-        "num_items": ratings.num_items,
-        "train_config": {k: v for k, v in tc._asdict().items()},
-        "model_config": result.model_config._asdict(),
-        "device": _device(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-    }
-    print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  "
-          f"({len(test)} ratings; fit {fit_seconds:.2f} s, best epoch {result.best_epoch})")
+    out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
+    print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
+          f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']})")
     if not args.no_save:
         dest = Path(args.out or f"runs/{args.model}-{Path(ratings.name).stem}-seed{args.seed}")
-        titles = None
-        if ratings.movies is not None:
-            rated = set(ratings.item_ids.tolist())
-            titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
-        rec = Recommender(args.model, result.model_config, result.params, ratings.user_ids, ratings.item_ids,
-                          ratings.rating_scale, titles)
-        checkpoint.save(dest, rec, extra={k: v for k, v in out.items() if k not in ("model_config",)})
+        checkpoint.save(dest, to_recommender(ratings, result), extra=out)
         out["checkpoint"] = str(dest)
         print(f"saved checkpoint to {dest}")
     if args.json:

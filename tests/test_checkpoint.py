@@ -228,12 +228,6 @@ def test_missing_or_extra_array(ck):
         checkpoint.load(ck)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="checkpoint.load: a meta.json whose 'arrays' entry is not an object (e.g. a list) "
-    "escapes as AttributeError ('list' object has no attribute 'get') instead of CheckpointError",
-)
 def test_malformed_array_entry_in_meta(ck):
     meta = json.loads((ck / "meta.json").read_text())
     meta["arrays"]["user_ids"] = [4]

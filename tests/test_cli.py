@@ -194,12 +194,6 @@ def test_missing_ratings_file(tmp_path, capsys):
     assert_user_error(code, err, str(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli: --timestamp-col defaults to None, so `train --ratings FILE --split temporal` "
-    "ignores the file's timestamp column (load_ratings' own default is 'timestamp') and splits "
-    "by row order",
-)
 def test_temporal_split_uses_file_timestamps(workdir, tmp_path, capsys):
     split_path = tmp_path / "temporal.npz"
     code, _, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--epochs", "1",

@@ -43,8 +43,12 @@ def make_config(name: str, **overrides):
     return config_cls(**overrides)
 
 
+@functools.lru_cache(maxsize=128)
 def make_apply(name: str, config):
     """``apply(params, users, items, key=None)`` for the model with its config bound.
+
+    Cached per ``(name, config)``, so the same function object comes back and jitted
+    callers (`recsys_jax.predict`) compile once per model and config.
 
     When ``config.y_range = (lo, hi)`` the output ``x`` is squashed to
     ``lo + (hi - lo) * sigmoid(x)`` (fastai's y-range), a link applied to any model.

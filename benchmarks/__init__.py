@@ -1,0 +1,1 @@
+"""Benchmark scripts: accuracy (RMSE/MAE per model), throughput, scaling. See README."""

@@ -1,0 +1,98 @@
+"""One experiment, the same way everywhere: split, carve validation, fit, score test once.
+
+`run_experiment` is what ``recsys-jax train`` and ``benchmarks/accuracy.py`` both call, so
+a number from the CLI and a number in the benchmark table come from the same procedure:
+
+1. the test split is fixed by the caller (a `Split`, e.g. ``random_split(ratings, seed)``);
+2. a validation slice (``val_frac`` of the training split, drawn from ``seed``) is carved
+   off the training split; training sees only the rest;
+3. `fit` scores the validation slice after every epoch and keeps the best epoch;
+4. the test split is scored once, at the end, with predictions clipped to the scale.
+
+``fit_seconds`` is the wall time of step 3, compilation included, data loading excluded.
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import jax
+import numpy as np
+
+from recsys_jax import metrics
+from recsys_jax.data.ratings import Ratings
+from recsys_jax.data.split import Split, random_split
+from recsys_jax.models import make_apply
+from recsys_jax.predict import predict_indices
+from recsys_jax.recommender import Recommender
+from recsys_jax.train import FitResult, TrainConfig, fit
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", "") or ""
+    return d.platform if kind in ("", d.platform) else f"{d.platform}:{kind}"
+
+
+def run_experiment(
+    ratings: Ratings,
+    split: Split,
+    model: str,
+    *,
+    seed: int,
+    train_config: TrainConfig,
+    model_config=None,
+    val_frac: float = 0.1,
+    loss_fn=None,
+    progress: bool = False,
+    on_epoch=None,
+) -> tuple[dict, FitResult]:
+    """Runs steps 1-4 above; returns a flat record of the results and the `FitResult`."""
+    train_all, test = ratings.take(split.train), ratings.take(split.test)
+    carve = random_split(len(train_all), np.random.default_rng([seed, 1]), val_frac)
+    train, val = train_all.take(carve.train), train_all.take(carve.test)
+
+    t0 = time.perf_counter()
+    result = fit(
+        model, train, val, key=jax.random.key(seed), model_config=model_config,
+        train_config=train_config, loss_fn=loss_fn, progress=progress, on_epoch=on_epoch,
+    )
+    jax.block_until_ready(result.params)
+    fit_seconds = time.perf_counter() - t0
+
+    apply_fn = make_apply(model, result.model_config)
+    pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale)
+    val_scores = [v for v in result.history["val_rmse"] if v is not None]
+    record = {
+        "model": model,
+        "dataset": ratings.name,
+        "seed": seed,
+        "test_rmse": metrics.rmse(pred, test.ratings),
+        "test_mae": metrics.mae(pred, test.ratings),
+        "val_rmse": min(val_scores) if val_scores else None,
+        "best_epoch": result.best_epoch,
+        "fit_seconds": fit_seconds,
+        "epochs": len(result.history["epoch"]),
+        "num_ratings": len(ratings),
+        "num_train": len(train),
+        "num_val": len(val),
+        "num_test": len(test),
+        "num_users": ratings.num_users,
+        "num_items": ratings.num_items,
+        "train_config": train_config._asdict(),
+        "model_config": result.model_config._asdict(),
+        "device": device_name(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+    return record, result
+
+
+def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
+    """The trained model with the full data set's id maps and titles, ready to save."""
+    titles = None
+    if ratings.movies is not None:
+        rated = set(ratings.item_ids.tolist())
+        titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
+    return Recommender(result.model, result.model_config, result.params, ratings.user_ids,
+                       ratings.item_ids, ratings.rating_scale, titles)

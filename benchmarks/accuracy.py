@@ -1,0 +1,163 @@
+"""Accuracy benchmark: test RMSE and MAE per model, preset and protocol, over seeds.
+
+    python -m benchmarks.accuracy                 # full: every model, both presets, 5 seeds
+    python -m benchmarks.accuracy --quick         # bias and dot, default preset, 2 seeds
+    python -m benchmarks.accuracy --models bias --seeds 0 1 2 --json out.json
+
+Protocols, run for each data set that is present locally (nothing is downloaded):
+
+===================  ==============================================================
+ml-latest-small      random 80/20, one split per seed (the course notebook's protocol)
+ml-100k              canonical folds u1..u5; and 5-fold random CV (Surprise's protocol)
+ml-1m                random 90/10 per seed; and 5-fold random CV
+ml-10m               random 90/10 per seed
+===================  ==============================================================
+
+Every run goes through `recsys_jax.experiment.run_experiment`: a validation slice is carved
+from the training split for per-epoch scores and the best epoch; the test split is scored
+once. Hyperparameters come from `recsys_jax.presets` (``default``: tuned on a validation
+slice of the training split; ``notebook``: the course's own regimen) and are written into
+every record. Each summary row carries the published reference for the same protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS, environment, markdown_table, write_json
+from recsys_jax.data import DataError, kfold_split, load_movielens, random_split
+from recsys_jax.experiment import run_experiment
+from recsys_jax.models import MODELS
+from recsys_jax.presets import get_preset
+
+# Published results (facts, with their sources), keyed by (dataset, protocol).
+REFERENCES = {
+    ("ml-latest-small", "random 80/20"): [
+        ("course notebook: bias model / NN (old ml-latest-small)", "~0.893 / ~0.891"),
+        ("Surprise SVD, 5-fold (community runs on the 2018 build)", "~0.87"),
+        ("notebook's 'academic state of the art' (LibRec, ml-100k)", "0.89"),
+    ],
+    ("ml-100k", "u1..u5 folds"): [("GLocal-K (u1) / GC-MC (u1)", "0.8889 / 0.905-0.910")],
+    ("ml-100k", "5-fold CV"): [("Surprise SVD / SVD++ / BaselineOnly", "0.934 / 0.919 / 0.944")],
+    ("ml-1m", "random 90/10"): [("GLocal-K / Sparse FC / I-AutoRec", "0.8227 / 0.824 / 0.831")],
+    ("ml-1m", "5-fold CV"): [("Surprise SVD / SVD++", "0.873 / 0.862")],
+    ("ml-10m", "random 90/10"): [("SGD MF (Rendle 2019) / Bayesian timeSVD++ flipped", "0.7720 / 0.7485")],
+}
+
+
+def protocols(name: str, ratings, seeds: list[int]):
+    """Yields ``(protocol, seed, split, ratings)`` for the data set ``name``."""
+    if name == "ml-latest-small":
+        for s in seeds:
+            yield "random 80/20", s, random_split(ratings, s, 0.2), ratings
+    elif name == "ml-100k":
+        from recsys_jax.data.movielens import load_ml100k_fold
+        from recsys_jax.data.split import Split  # noqa: I001
+
+        for k in range(1, 6):
+            train, test = load_ml100k_fold(k, download=False)  # shared id maps
+            both = dataclasses.replace(train, **{
+                f: np.concatenate([getattr(train, f), getattr(test, f)])
+                for f in ("users", "items", "ratings", "timestamps")
+            })
+            n = len(train)
+            yield "u1..u5 folds", k, Split(np.arange(n), np.arange(n, len(both))), both
+        for f, split in enumerate(kfold_split(ratings, 5, seeds[0])):
+            yield "5-fold CV", f, split, ratings
+    elif name == "ml-1m":
+        for s in seeds:
+            yield "random 90/10", s, random_split(ratings, s, 0.1), ratings
+        for f, split in enumerate(kfold_split(ratings, 5, seeds[0])):
+            yield "5-fold CV", f, split, ratings
+    elif name == "ml-10m":
+        for s in seeds:
+            yield "random 90/10", s, random_split(ratings, s, 0.1), ratings
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["protocol"], r["model"], r["preset"], r["loss"])].append(r)
+    rows = []
+    for (dataset, protocol, model, preset, loss), rs in groups.items():
+        rmse = np.array([r["test_rmse"] for r in rs])
+        mae = np.array([r["test_mae"] for r in rs])
+        secs = np.array([r["fit_seconds"] for r in rs])
+        rows.append({
+            "dataset": dataset, "protocol": protocol, "model": model, "preset": preset, "loss": loss,
+            "runs": len(rs), "rmse_mean": float(rmse.mean()), "rmse_std": float(rmse.std(ddof=1)) if len(rs) > 1 else 0.0,
+            "mae_mean": float(mae.mean()), "mae_std": float(mae.std(ddof=1)) if len(rs) > 1 else 0.0,
+            "fit_seconds_median": float(np.median(secs)), "epochs": rs[0]["epochs"],
+        })
+    return rows
+
+
+def markdown(summary: list[dict], env: dict) -> str:
+    out = []
+    by_protocol = defaultdict(list)
+    for row in summary:
+        by_protocol[(row["dataset"], row["protocol"])].append(row)
+    for (dataset, protocol), rows in by_protocol.items():
+        rows.sort(key=lambda r: r["rmse_mean"])
+        out.append(f"### {dataset}, {protocol} ({rows[0]['runs']} runs each; mean ± std)\n")
+        out.append(markdown_table(
+            ["model", "preset", "loss", "test RMSE", "test MAE", "fit s (median)"],
+            [[r["model"], r["preset"], r["loss"], f"{r['rmse_mean']:.4f} ± {r['rmse_std']:.4f}",
+              f"{r['mae_mean']:.4f} ± {r['mae_std']:.4f}", f"{r['fit_seconds_median']:.1f}"] for r in rows],
+        ))
+        refs = REFERENCES.get((dataset, protocol), [])
+        if refs:
+            out.append("\nPublished, same protocol unless noted: " + "; ".join(f"{n}: {v}" for n, v in refs) + ".")
+        out.append("")
+    out.append(f"Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}, "
+               f"optax {env['optax']}; commit {env['git_commit']}; `{env['command']}`.")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="bias and dot, default preset, seeds 0 1")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--presets", nargs="+", default=["default", "notebook"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k", "ml-1m", "ml-10m"])
+    p.add_argument("--json", default=None, help="records (default: benchmarks/results/accuracy.json)")
+    p.add_argument("--md", default=None, help="summary (default: benchmarks/results/accuracy.md)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.presets, args.seeds = ["bias", "dot"], ["default"], [0, 1]
+    env = environment()
+    records = []
+    for name in args.datasets:
+        try:
+            ratings = load_movielens(name, download=False)
+        except DataError:
+            print(f"[accuracy] {name}: not present locally, skipped", file=sys.stderr)
+            continue
+        for protocol, seed, split, data in protocols(name, ratings, args.seeds):
+            for model in args.models:
+                for preset in args.presets:
+                    tc = get_preset(preset, model)
+                    rec, _ = run_experiment(data, split, model, seed=seed, train_config=tc)
+                    rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset,
+                               loss=tc.loss, **{k: env[k] for k in env if k not in rec})
+                    records.append(rec)
+                    print(f"[accuracy] {name} {protocol} seed/fold {seed} {model:5s} {preset:8s} "
+                          f"rmse {rec['test_rmse']:.4f} mae {rec['test_mae']:.4f} "
+                          f"fit {rec['fit_seconds']:.1f} s", flush=True)
+    summary = summarise(records)
+    json_path = write_json(args.json or RESULTS / "accuracy.json", records)
+    md_path = Path(args.md or RESULTS / "accuracy.md")
+    md_path.write_text(markdown(summary, env))
+    print(markdown(summary, env))
+    print(f"[accuracy] wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), help="sigmoid squash of the output")
     t.add_argument("--out", metavar="DIR", help="checkpoint folder (default: runs/<model>-<data>-seed<seed>)")
     t.add_argument("--no-save", action="store_true", help="do not write a checkpoint")
+    t.add_argument("--resume-dir", metavar="DIR",
+                   help="save training progress here after every epoch; rerunning the same command resumes")
     t.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     t.add_argument("--json", action="store_true", help="end with one line of JSON with the results")
 
@@ -141,10 +144,14 @@ def cmd_train(args) -> dict:
         val_txt = f"  val_rmse {rec['val_rmse']:.4f}  val_mae {rec['val_mae']:.4f}" if rec["val_rmse"] else ""
         print(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}{val_txt}  ({rec['seconds']:.2f} s)", flush=True)
 
+    # fit warns about divergence; the CLI reports it once, below, as its own line.
+    warnings.filterwarnings("ignore", message="fit: non-finite", category=RuntimeWarning)
     out, result = run_experiment(
         ratings, split, args.model, seed=args.seed, train_config=tc, model_config=model_config,
-        val_frac=args.val_frac, progress=args.progress, on_epoch=on_epoch,
+        val_frac=args.val_frac, progress=args.progress, on_epoch=on_epoch, checkpoint_dir=args.resume_dir,
     )
+    if out["stop_reason"]:
+        print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
     out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
     print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
           f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']})")
@@ -187,8 +194,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "predict": cmd_predict, "download": cmd_download}
     try:
-        handlers[args.command](args)
-    except (DataError, UnknownIdError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        out = handlers[args.command](args)
+        if isinstance(out, dict) and out.get("stop_reason"):
+            return 1  # training diverged: results were printed, but the run did not succeed
+    except (DataError, UnknownIdError, CheckpointError, ValueError, FileNotFoundError) as e:
         if os.environ.get("RECSYS_JAX_DEBUG"):
             raise
         print(f"recsys-jax {args.command}: error: {e}", file=sys.stderr)

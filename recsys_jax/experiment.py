@@ -46,6 +46,7 @@ def run_experiment(
     loss_fn=None,
     progress: bool = False,
     on_epoch=None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[dict, FitResult]:
     """Runs steps 1-4 above; returns a flat record of the results and the `FitResult`."""
     train_all, test = ratings.take(split.train), ratings.take(split.test)
@@ -56,6 +57,7 @@ def run_experiment(
     result = fit(
         model, train, val, key=jax.random.key(seed), model_config=model_config,
         train_config=train_config, loss_fn=loss_fn, progress=progress, on_epoch=on_epoch,
+        checkpoint_dir=checkpoint_dir,
     )
     jax.block_until_ready(result.params)
     fit_seconds = time.perf_counter() - t0
@@ -73,6 +75,7 @@ def run_experiment(
         "best_epoch": result.best_epoch,
         "fit_seconds": fit_seconds,
         "epochs": len(result.history["epoch"]),
+        "stop_reason": result.stop_reason,
         "num_ratings": len(ratings),
         "num_train": len(train),
         "num_val": len(val),

@@ -15,8 +15,10 @@ The verbs, from the inside out:
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from recsys_jax import metrics
+from recsys_jax import metrics, resume
 from recsys_jax.data.ratings import Ratings
 from recsys_jax.losses import get_loss
 from recsys_jax.models import get_model, make_apply, make_config
@@ -97,13 +99,17 @@ def num_batches(num_ratings: int, batch_size: int) -> int:
 
 
 def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
-    """A jitted ``train_epoch(state, users, items, ratings, key) -> (state, losses[num_batches])``.
+    """A jitted ``train_epoch(state, users, items, ratings, key, num_steps=None)``.
 
-    The arrays stay on the device; each epoch draws a fresh permutation from ``key``.
+    Returns ``(state, losses[num_batches])``. The arrays stay on the device; each epoch
+    draws a fresh permutation from ``key``. ``num_steps`` (static) stops after that many
+    batches of the same epoch plan: `fit` uses it to replay an epoch up to the last
+    finite step.
     """
 
-    @jax.jit
-    def train_epoch(state: TrainState, users: Array, items: Array, ratings: Array, key: Array):
+    @functools.partial(jax.jit, static_argnames="num_steps")
+    def train_epoch(state: TrainState, users: Array, items: Array, ratings: Array, key: Array,
+                    num_steps: int | None = None):
         n = users.shape[0]
         nb = num_batches(n, batch_size)
         perm_key, step_key = jax.random.split(key)
@@ -111,14 +117,21 @@ def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
             [jax.random.permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)]
         ).reshape(nb, batch_size)
         mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
+        keys = jax.random.split(step_key, nb)
+        if num_steps is not None:
+            order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
 
         def body(state, xs):
             idx, m, k = xs
             return train_step(state, Batch(users[idx], items[idx], ratings[idx], m), k)
 
-        return jax.lax.scan(body, state, (order, mask, jax.random.split(step_key, nb)))
+        return jax.lax.scan(body, state, (order, mask, keys))
 
     return train_epoch
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
 
 
 class FitResult(NamedTuple):
@@ -128,6 +141,8 @@ class FitResult(NamedTuple):
     model_config: Any
     train_config: TrainConfig
     best_epoch: int
+    state: Any = None  # the final TrainState (the last finite one if training diverged)
+    stop_reason: str | None = None  # why training ended early, e.g. a non-finite loss
 
 
 def fit(
@@ -142,6 +157,8 @@ def fit(
     penalty_fn: Callable | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
 ) -> FitResult:
     """Trains the model registered as ``model`` on ``train``.
 
@@ -149,7 +166,8 @@ def fit(
       model: a name in `recsys_jax.models.MODELS`.
       train: training ratings (the id maps fix the table sizes).
       val: optional validation ratings, scored after every epoch (RMSE, MAE, predictions
-        clipped to the rating scale); with ``train_config.patience`` the best epoch wins.
+        clipped to the rating scale); the best epoch's parameters are returned, and with
+        ``train_config.patience`` training stops once it has not improved for that long.
       key: a `jax.random` key or an int seed: it fixes the initialisation, the shuffles
         and the dropout masks, so the same key gives the same parameters.
       model_config: the model's ``Config``; ``mean_rating`` is set to the training mean.
@@ -160,6 +178,12 @@ def fit(
         ``train_config.l2`` / ``bias_l2``.
       progress: show a tqdm bar over epochs.
       on_epoch: called as ``on_epoch(epoch, record)`` after every epoch.
+      checkpoint_dir: if set, the training progress is saved there (atomically) every
+        ``checkpoint_every`` epochs, and a run started with the same folder, data, configs
+        and key resumes from it, ending with the same parameters as an uninterrupted run.
+
+    A non-finite loss or parameter stops training: the result carries the last finite
+    state and a ``stop_reason`` naming the epoch and step, and a warning is issued.
     """
     if isinstance(key, (int, np.integer)):
         key = jax.random.key(int(key))
@@ -183,14 +207,23 @@ def fit(
     optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
     train_epoch = make_train_epoch(make_train_step(apply_fn, loss_fn, optimizer, penalty_fn), tc.batch_size)
 
+    run_key = key
     key, init_key = jax.random.split(key)
     params = module.init(init_key, train.num_users, train.num_items, model_config)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     users, items, ratings = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
 
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
-    best = (math.inf, state.params, 0)
-    epochs = range(1, tc.epochs + 1)
+    best_score, best_params, best_epoch, start = math.inf, state.params, 0, 1
+    fp = None
+    if checkpoint_dir is not None:
+        fp = resume.fingerprint(model, model_config, tc, len(train), run_key)
+        saved = resume.load_progress(checkpoint_dir, state, state.params, fp)
+        if saved is not None:
+            state, history = saved.state, saved.history
+            best_score, best_params, best_epoch, start = saved.best_score, saved.best_params, saved.best_epoch, saved.epoch + 1
+    stop_reason = None
+    epochs = range(start, tc.epochs + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -198,9 +231,19 @@ def fit(
         bar = tqdm(epochs, desc=f"fit {model}", unit="epoch", leave=False)
         epochs = bar
     for epoch in epochs:
+        if tc.patience is not None and best_epoch and epoch - 1 - best_epoch >= tc.patience:
+            break  # a resumed run that had already stopped early
         t0 = time.perf_counter()
-        state, losses = train_epoch(state, users, items, ratings, jax.random.fold_in(key, epoch))
+        epoch_key = jax.random.fold_in(key, epoch)
+        new_state, losses = train_epoch(state, users, items, ratings, epoch_key)
         losses = np.asarray(losses)  # waits for the epoch to finish
+        if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
+            state, stop_reason = _last_finite(train_epoch, state, (users, items, ratings), epoch_key, losses, epoch)
+            warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
+            if best_epoch == 0:
+                best_params = state.params
+            break
+        state = new_state
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_rmse": None, "val_mae": None}
         if val is not None and len(val):
             pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=train.rating_scale)
@@ -209,20 +252,35 @@ def fit(
         record["seconds"] = time.perf_counter() - t0
         for k, v in record.items():
             history[k].append(v)
+        score = record["val_rmse"] if record["val_rmse"] is not None else -epoch  # no val: last wins
+        if score < best_score:
+            best_score, best_params, best_epoch = score, state.params, epoch
+        if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == tc.epochs):
+            resume.save_progress(checkpoint_dir, resume.Progress(state, epoch, history, best_score, best_params,
+                                                                 best_epoch), fp)
         if bar is not None:
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_rmse=record["val_rmse"])
         if on_epoch is not None:
             on_epoch(epoch, record)
-        if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(
-                f"fit: the training loss became {record['train_loss']} in epoch {epoch}; "
-                "lower the learning rate or raise the regularisation"
-            )
-        score = record["val_rmse"] if record["val_rmse"] is not None else -epoch  # no val: last wins
-        if score < best[0]:
-            best = (score, state.params, epoch)
-        elif tc.patience is not None and epoch - best[2] >= tc.patience:
+        if tc.patience is not None and epoch - best_epoch >= tc.patience:
             break
     if bar is not None:
         bar.close()
-    return FitResult(best[1], history, model, model_config, tc, best[2])
+    return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason)
+
+
+def _last_finite(train_epoch, state, data, epoch_key, losses, epoch) -> tuple[TrainState, str]:
+    """Replays the epoch from ``state`` up to the last step whose result is finite."""
+    bad = int(np.argmin(np.isfinite(losses))) if not np.all(np.isfinite(losses)) else len(losses)
+    steps = bad
+    while steps > 0:
+        replayed, _ = train_epoch(state, *data, epoch_key, num_steps=steps)
+        if _all_finite(replayed.params):
+            state = replayed
+            break
+        steps -= 1
+    what = f"loss {losses[bad]}" if bad < len(losses) else "parameters"
+    reason = (f"fit: non-finite {what} in epoch {epoch}, step {steps + 1} of {len(losses)} (global step "
+              f"{int(state.step) + 1}); training stopped with the last finite state. Lower the learning "
+              "rate or raise the regularisation.")
+    return state, reason

@@ -153,6 +153,20 @@ def test_early_stopping_and_bad_input(planted):
     assert min(rmse[result.best_epoch:]) > rmse[result.best_epoch - 1]
     with pytest.raises(ValueError, match="empty"):
         fit("bias", train.take(np.array([], np.int64)), None, progress=False)
-    with pytest.raises(FloatingPointError, match="epoch 1"):
-        fit("bias", train, None, progress=False, loss_fn=lambda p, t: jnp.log(p - 100.0),
-            train_config=TrainConfig(epochs=2, batch_size=4096))
+
+
+def test_divergence_stops_with_the_last_finite_state(planted):
+    train, _ = planted
+    # Adam's first step moves every touched parameter by ~lr = 1e30; the next prediction
+    # (a dot product of 1e30-sized factors) overflows float32, so the loss of step 2 is
+    # the first non-finite one and the last finite state is the one after step 1.
+    tc = TrainConfig(epochs=3, batch_size=256, lr=1e30, schedule="constant")
+    seen = []
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        result = fit("bias", train, None, key=0, progress=False, train_config=tc,
+                     on_epoch=lambda e, r: seen.append(e))
+    assert "epoch 1, step 2 of" in result.stop_reason
+    assert int(result.state.step) == 1
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(result.state.params))
+    assert np.abs(np.asarray(result.state.params.global_bias)) > 1e29  # it did take step 1
+    assert seen == [] and result.history["epoch"] == []

@@ -1,0 +1,121 @@
+"""Training progress on disk, so a killed `fit` can resume where it stopped.
+
+A progress folder holds ``progress.npz`` (every leaf of the `TrainState` — params, Adam's
+moments, the step — and of the best parameters so far) and ``progress.json`` (the epoch
+reached, the history, the best score and epoch, and a fingerprint of the run). It is
+written atomically after an epoch (temporary folder, fsync, rename), so a kill at any
+moment leaves either the previous progress or the new one, never a torn one.
+
+Resuming restores the state bit for bit; because every epoch's shuffle, dropout and
+batch keys are derived from ``(key, epoch)`` alone, the resumed run continues exactly as
+the uninterrupted one would have. The fingerprint (model, configs, data size, key) must
+match, so a folder is never resumed into a different run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recsys_jax.checkpoint import CheckpointError, _fsync_dir, _write_file
+
+FORMAT = "recsys_jax.progress"
+FORMAT_VERSION = 1
+
+
+class Progress(NamedTuple):
+    state: Any  # TrainState after `epoch`
+    epoch: int
+    history: dict
+    best_score: float
+    best_params: Any
+    best_epoch: int
+
+
+def _jsonable(x):
+    if isinstance(x, tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    return x
+
+
+def fingerprint(model: str, model_config, train_config, num_ratings: int, key) -> dict:
+    """What must be equal for a progress folder to belong to this run."""
+    return _jsonable({
+        "model": model,
+        "model_config": model_config._asdict(),
+        "train_config": train_config._asdict(),
+        "num_ratings": int(num_ratings),
+        "key": np.asarray(jax.random.key_data(key)).tolist(),
+    })
+
+
+def save_progress(path: str | os.PathLike, progress: Progress, fp: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"state/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(progress.state))}
+    arrays.update({f"best/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(progress.best_params))})
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fp, "epoch": progress.epoch,
+        "history": progress.history, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _write_file(tmp / "progress.npz", lambda f: np.savez(f, **arrays))
+        _write_file(tmp / "progress.json", lambda f: f.write(json.dumps(meta).encode()))
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_progress(path: str | os.PathLike, like_state, like_params, fp: dict) -> Progress | None:
+    """The saved progress, shaped like ``like_state``; None when there is none yet."""
+    path = Path(path)
+    meta_path, arrays_path = path / "progress.json", path / "progress.npz"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable training progress ({e})") from e
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: not training progress of format version {FORMAT_VERSION}")
+    if meta.get("fingerprint") != fp:
+        raise CheckpointError(
+            f"{path}: this progress belongs to a different run (model, configs, data size or key "
+            "differ); use another checkpoint folder or delete it"
+        )
+
+    def restore(prefix, like):
+        leaves, treedef = jax.tree.flatten(like)
+        out = []
+        for i, leaf in enumerate(leaves):
+            a = arrays.get(f"{prefix}/{i}")
+            if a is None or a.shape != np.shape(leaf) or a.dtype != np.asarray(leaf).dtype:
+                raise CheckpointError(f"{arrays_path}: {prefix}/{i} is missing or has the wrong shape or dtype")
+            out.append(jnp.asarray(a))
+        return jax.tree.unflatten(treedef, out)
+
+    return Progress(restore("state", like_state), int(meta["epoch"]), meta["history"],
+                    float(meta["best_score"]), restore("best", like_params), int(meta["best_epoch"]))

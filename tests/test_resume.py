@@ -1,0 +1,84 @@
+"""Training faults: a fit killed with SIGKILL and resumed ends bit-identical."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from recsys_jax.checkpoint import CheckpointError
+from recsys_jax.data import make_synthetic
+from recsys_jax.train import TrainConfig, fit
+
+EPOCHS = 6
+SETUP = """
+import jax
+from recsys_jax.data import make_synthetic
+from recsys_jax.train import TrainConfig, fit
+ratings, _ = make_synthetic(jax.random.key(0), 200, 100, 5000)
+val = ratings.take(range(0, 5000, 10))
+tc = TrainConfig(epochs=%d, batch_size=128, lr=1e-2, l2=0.01)
+""" % EPOCHS
+
+
+def _data():
+    ratings, _ = make_synthetic(jax.random.key(0), 200, 100, 5000)
+    return ratings, ratings.take(range(0, 5000, 10))
+
+
+TC = TrainConfig(epochs=EPOCHS, batch_size=128, lr=1e-2, l2=0.01)
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
+    ck = tmp_path / "progress"
+    script = SETUP + textwrap.dedent(f"""
+        import sys, time
+        def on_epoch(epoch, record):
+            print(f"EPOCH {{epoch}}", flush=True)
+            if epoch == 3:
+                time.sleep(600)  # killed here
+        fit("mlp", ratings, val, key=5, train_config=tc, progress=False,
+            checkpoint_dir={str(ck)!r}, on_epoch=on_epoch)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "EPOCH 3":
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress"]  # no temporary folders
+    ratings, val = _data()
+    resumed_epochs = []
+    resumed = fit("mlp", ratings, val, key=5, train_config=TC, progress=False, checkpoint_dir=str(ck),
+                  on_epoch=lambda e, r: resumed_epochs.append(e))
+    assert resumed_epochs == [4, 5, 6]  # epochs 1-3 came from the progress folder
+    straight = fit("mlp", ratings, val, key=5, train_config=TC, progress=False)
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.history == straight.history | {"seconds": resumed.history["seconds"]}
+    assert resumed.best_epoch == straight.best_epoch
+
+
+def test_progress_of_another_run_is_refused(tmp_path):
+    ratings, val = _data()
+    ck = str(tmp_path / "progress")
+    fit("bias", ratings, val, key=1, train_config=TC._replace(epochs=1), progress=False, checkpoint_dir=ck)
+    with pytest.raises(CheckpointError, match="different run"):
+        fit("bias", ratings, val, key=2, train_config=TC._replace(epochs=1), progress=False, checkpoint_dir=ck)
+    # A finished run resumed again does no more epochs and returns the same parameters.
+    again = []
+    done = fit("bias", ratings, val, key=1, train_config=TC._replace(epochs=1), progress=False,
+               checkpoint_dir=ck, on_epoch=lambda e, r: again.append(e))
+    assert again == [] and done.best_epoch == 1

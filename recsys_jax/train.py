@@ -34,6 +34,7 @@ from recsys_jax.models import get_model, make_apply, make_config
 from recsys_jax.optim import make_optimizer, make_schedule
 from recsys_jax.penalties import make_l2_penalty
 from recsys_jax.predict import predict_indices
+from recsys_jax.shuffle import permutation
 
 
 class TrainState(NamedTuple):
@@ -67,6 +68,8 @@ def make_train_step(
     loss_fn: Callable,
     optimizer: optax.GradientTransformation,
     penalty_fn: Callable | None = None,
+    *,
+    row_local: bool = False,
 ) -> Callable:
     """A jitted ``train_step(state, batch, key) -> (state, loss)``.
 
@@ -75,18 +78,41 @@ def make_train_step(
       loss_fn: element-wise ``loss(predictions, targets) -> float32[B]``.
       optimizer: an Optax transformation (e.g. `recsys_jax.optim.make_optimizer`).
       penalty_fn: optional ``penalty(params, users, items) -> float32[B]``.
+      row_local: promise that ``apply_fn`` and ``penalty_fn`` read the ``user_*`` and
+        ``item_*`` tables only at rows ``users[b]`` / ``items[b]`` for example ``b``. The
+        step then gathers each table's rows once, differentiates with respect to the
+        gathered rows (``float32[B, ...]``), and sums them back into the tables with one
+        `jax.ops.segment_sum` per table. Same gradient, less work: autodiff would scatter
+        once per gather (model and penalty each). The model modules say whether they are
+        row-local (``ROW_LOCAL``); `fit` passes it on.
     """
 
-    def objective(params, batch: Batch, key: Array) -> Array:
-        per_example = loss_fn(apply_fn(params, batch.users, batch.items, key), batch.ratings)
+    def objective(params, users: Array, items: Array, batch: Batch, key: Array) -> Array:
+        per_example = loss_fn(apply_fn(params, users, items, key), batch.ratings)
         if penalty_fn is not None:
-            per_example = per_example + penalty_fn(params, batch.users, batch.items)
+            per_example = per_example + penalty_fn(params, users, items)
         weight = batch.mask.astype(jnp.float32)
         return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
+    def grad_dense(params, batch: Batch, key: Array):
+        return jax.value_and_grad(objective)(params, batch.users, batch.items, batch, key)
+
+    def grad_rows(params, batch: Batch, key: Array):
+        index = {f: batch.users if f.startswith("user_") else batch.items
+                 for f in params._fields if f.startswith(("user_", "item_"))}
+        rows = params._replace(**{f: getattr(params, f)[i] for f, i in index.items()})
+        b = jnp.arange(batch.users.shape[0])
+        loss, g = jax.value_and_grad(objective)(rows, b, b, batch, key)
+        return loss, g._replace(**{
+            f: jax.ops.segment_sum(getattr(g, f), i, num_segments=getattr(params, f).shape[0])
+            for f, i in index.items()
+        })
+
+    value_and_grad = grad_rows if row_local else grad_dense
+
     @jax.jit
     def train_step(state: TrainState, batch: Batch, key: Array) -> tuple[TrainState, Array]:
-        loss, grads = jax.value_and_grad(objective)(state.params, batch, key)
+        loss, grads = value_and_grad(state.params, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), loss
@@ -113,19 +139,21 @@ def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
         n = users.shape[0]
         nb = num_batches(n, batch_size)
         perm_key, step_key = jax.random.split(key)
-        order = jnp.concatenate(
-            [jax.random.permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)]
-        ).reshape(nb, batch_size)
+        # An O(n) keyed shuffle: jax.random.permutation sorts, and XLA's CPU sort cost
+        # more than the epoch itself (see recsys_jax.shuffle).
+        order = jnp.concatenate([permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)])
+        order = order.reshape(nb, batch_size)
         mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
         keys = jax.random.split(step_key, nb)
         if num_steps is not None:
             order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
+        batches = Batch(users[order], items[order], ratings[order], mask)  # one gather per epoch
 
         def body(state, xs):
-            idx, m, k = xs
-            return train_step(state, Batch(users[idx], items[idx], ratings[idx], m), k)
+            batch, k = xs
+            return train_step(state, batch, k)
 
-        return jax.lax.scan(body, state, (order, mask, keys))
+        return jax.lax.scan(body, state, (batches, keys))
 
     return train_epoch
 
@@ -198,6 +226,7 @@ def fit(
     apply_fn = make_apply(model, model_config)
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
+    builtin_penalty = penalty_fn is None
     if penalty_fn is None and (tc.l2 or tc.bias_l2):
         penalty_fn = make_l2_penalty(tc.l2, tc.bias_l2)
     steps_per_epoch = num_batches(len(train), tc.batch_size)
@@ -205,7 +234,10 @@ def fit(
         tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, phases=tc.phases
     )
     optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
-    train_epoch = make_train_epoch(make_train_step(apply_fn, loss_fn, optimizer, penalty_fn), tc.batch_size)
+    # The gather-once step is valid when the model and the penalty read only touched rows.
+    row_local = getattr(module, "ROW_LOCAL", False) and (penalty_fn is None or builtin_penalty)
+    step = make_train_step(apply_fn, loss_fn, optimizer, penalty_fn, row_local=row_local)
+    train_epoch = make_train_epoch(step, tc.batch_size)
 
     run_key = key
     key, init_key = jax.random.split(key)

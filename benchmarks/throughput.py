@@ -56,7 +56,7 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3):
     config = make_config(model)._replace(mean_rating=float(ratings.ratings.mean()))
     apply_fn = make_apply(model, config)
     optimizer = make_optimizer(lr)
-    step = make_train_step(apply_fn, mse, optimizer, make_l2_penalty(1e-4), row_local=getattr(module, "ROW_LOCAL", False))
+    step = make_train_step(apply_fn, mse, optimizer, make_l2_penalty(1e-4))
     params = module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     return step, make_train_epoch(step, batch_size), state, apply_fn

@@ -56,9 +56,17 @@ def test_l2_penalty_on_touched_rows():
         user_factors=jnp.array([[1.0, 2.0], [0.0, 1.0]]),
         item_factors=jnp.array([[1.0, 1.0], [2.0, 0.0], [0.0, 0.0]]),
     )
-    users, items = jnp.array([0, 1, 1]), jnp.array([2, 0, 1])
-    # ||p_u||^2 + ||q_i||^2 per example: [5 + 0, 1 + 2, 1 + 4]; biases^2: [1 + 9, 4 + .25, 4 + 1]
-    got = make_l2_penalty(0.1)(p, users, items)
-    np.testing.assert_allclose(got, 0.1 * np.array([5.0, 3.0, 5.0]), rtol=1e-6)
-    got = make_l2_penalty(0.1, bias_weight=0.01)(p, users, items)
-    np.testing.assert_allclose(got, 0.1 * np.array([5.0, 3.0, 5.0]) + 0.01 * np.array([10.0, 4.25, 5.0]), rtol=1e-6)
+    users, items = jnp.array([0, 1, 1, 0]), jnp.array([2, 0, 1, 1])
+    w = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last example is padding
+    # ||p_u||^2 + ||q_i||^2 per example: [5 + 0, 1 + 2, 1 + 4, (5 + 4)]; biases^2: [1 + 9, 4 + .25, 4 + 1, (1 + 1)]
+    got = make_l2_penalty(0.1)(p, users, items, w)
+    assert float(got) == pytest.approx(0.1 * (5.0 + 3.0 + 5.0), rel=1e-6)
+    got = make_l2_penalty(0.1, bias_weight=0.01)(p, users, items, w)
+    assert float(got) == pytest.approx(0.1 * 13.0 + 0.01 * (10.0 + 4.25 + 5.0), rel=1e-6)
+    # Equal to the per-example definition: gather the rows and sum, weighted.
+    per_example = (jnp.sum(p.user_factors[users] ** 2, 1) + jnp.sum(p.item_factors[items] ** 2, 1))
+    assert float(make_l2_penalty(0.3)(p, users, items, w)) == pytest.approx(0.3 * float(jnp.sum(w * per_example)), rel=1e-6)
+    grad = jax.grad(lambda q: make_l2_penalty(0.1)(q, users, items, w))(p)
+    # d/dp_1 = 2 * 0.1 * (count of user 1 = 2) * p_1
+    np.testing.assert_allclose(grad.user_factors[1], 0.4 * np.array([0.0, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(grad.item_factors[1], 0.2 * np.array([2.0, 0.0]), rtol=1e-6)

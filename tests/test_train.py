@@ -170,28 +170,3 @@ def test_divergence_stops_with_the_last_finite_state(planted):
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(result.state.params))
     assert np.abs(np.asarray(result.state.params.global_bias)) > 1e29  # it did take step 1
     assert seen == [] and result.history["epoch"] == []
-
-
-@pytest.mark.parametrize("name", [n for n, m in __import__("recsys_jax.models", fromlist=["MODELS"]).MODELS.items()
-                                  if getattr(m, "ROW_LOCAL", False)])
-def test_gather_once_step_equals_autodiff_step(name):
-    from recsys_jax.models import get_model
-    from recsys_jax.penalties import make_l2_penalty
-
-    module = get_model(name)
-    config = make_config(name, embedding_dim=3)
-    params = module.init(jax.random.key(0), 6, 9, config)
-    params = jax.tree.map(lambda x: x + 0.1, params)  # non-zero biases
-    rng = np.random.default_rng(0)
-    # Repeated users and items, and a masked tail: the cases a segment sum must get right.
-    batch = Batch(jnp.asarray(rng.integers(0, 6, 16), jnp.int32), jnp.asarray(rng.integers(0, 9, 16), jnp.int32),
-                  jnp.asarray(rng.uniform(1, 5, 16), jnp.float32), jnp.arange(16) < 13)
-    opt = optax.sgd(0.5)
-    penalty = make_l2_penalty(0.05, 0.01)
-    apply_fn = make_apply(name, config)
-    state = TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
-    dense = make_train_step(apply_fn, mse, opt, penalty)(state, batch, jax.random.key(3))
-    rows = make_train_step(apply_fn, mse, opt, penalty, row_local=True)(state, batch, jax.random.key(3))
-    assert float(dense[1]) == pytest.approx(float(rows[1]), rel=1e-6)
-    for a, b in zip(jax.tree.leaves(dense[0].params), jax.tree.leaves(rows[0].params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -33,10 +33,6 @@ from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset
 
-# predict_one reads the user_*/item_* tables only at rows `user` and `item`
-# (recsys_jax.train.make_train_step can then gather once per table).
-ROW_LOCAL = True
-
 
 class Config(NamedTuple):
     embedding_dim: int = 50

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -79,6 +80,20 @@ def protocols(name: str, ratings, seeds: list[int]):
             yield "random 90/10", s, random_split(ratings, s, 0.1), ratings
 
 
+def train_config(preset: str, model: str):
+    """A preset from `recsys_jax.presets`, or ``tuned``: ``default`` with the values that
+    ``benchmarks.tune`` chose on a validation slice of the training split."""
+    if preset != "tuned":
+        return get_preset(preset, model)
+    path = RESULTS / "tuned.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `python -m benchmarks.tune` first")
+    tuned = json.loads(path.read_text())[0]["models"]
+    if model not in tuned:
+        raise SystemExit(f"{path} has no entry for {model!r}: run `python -m benchmarks.tune --models {model}`")
+    return get_preset("default", model)._replace(**tuned[model]["best"])
+
+
 def summarise(records: list[dict]) -> list[dict]:
     groups = defaultdict(list)
     for r in records:
@@ -123,7 +138,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="bias and dot, default preset, seeds 0 1")
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--presets", nargs="+", default=["default", "notebook"])
+    p.add_argument("--presets", nargs="+", default=["default", "notebook"],
+                   help="default, notebook, or tuned (from benchmarks/results/tuned.json)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k", "ml-1m", "ml-10m"])
     p.add_argument("--json", default=None, help="records (default: benchmarks/results/accuracy.json)")
@@ -142,7 +158,7 @@ def main(argv=None) -> int:
         for protocol, seed, split, data in protocols(name, ratings, args.seeds):
             for model in args.models:
                 for preset in args.presets:
-                    tc = get_preset(preset, model)
+                    tc = train_config(preset, model)
                     rec, _ = run_experiment(data, split, model, seed=seed, train_config=tc)
                     rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset,
                                loss=tc.loss, **{k: env[k] for k in env if k not in rec})

@@ -26,6 +26,8 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         "dot": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "bias": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "mlp": TrainConfig(epochs=8, batch_size=1024, lr=3e-3, schedule="one_cycle"),
+        "gmf": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
+        "neumf": TrainConfig(epochs=8, batch_size=1024, lr=3e-3, schedule="one_cycle", l2=0.01),
     },
     "notebook": {
         "dot": TrainConfig(

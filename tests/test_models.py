@@ -36,7 +36,9 @@ def test_init_shapes_and_dtypes(model):
             assert value.shape[0] == NUM_USERS, field
         if field.startswith("item_"):
             assert value.shape[0] == NUM_ITEMS, field
-    assert params.user_factors.shape == (NUM_USERS, 4)
+    tables = [f for f in params._fields if f.startswith(("user_", "item_"))]
+    assert tables, "every model has user_* / item_* tables (the penalties find them by name)"
+    assert any(getattr(params, f).shape[-1] == 4 for f in tables)
 
 
 def test_init_is_deterministic(model):
@@ -46,7 +48,8 @@ def test_init_is_deterministic(model):
     c = module.init(jax.random.key(4), NUM_USERS, NUM_ITEMS, config)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    assert not np.array_equal(a.user_factors, c.user_factors)
+    table = next(f for f in a._fields if f.startswith("user_") and not f.endswith("_bias"))
+    assert not np.array_equal(getattr(a, table), getattr(c, table))
 
 
 def test_apply_equals_loop_over_predict_one(model):
@@ -167,3 +170,36 @@ def test_unknown_model_and_option_errors():
         get_model("svd9000")
     with pytest.raises(ValueError, match="no option"):
         make_config("bias", hidden=3)
+
+
+def test_gmf_by_hand_and_reduces_to_dot():
+    from recsys_jax.models import gmf
+
+    p = gmf.Params(
+        user_factors=jnp.array([[1.0, 2.0], [0.5, -1.0]]),
+        item_factors=jnp.array([[3.0, 0.5], [-2.0, 4.0]]),
+        out_w=jnp.array([2.0, -1.0]),
+        out_b=jnp.array(0.5),
+    )
+    got = gmf.apply(p, jnp.array([0, 1]), jnp.array([0, 1]))
+    np.testing.assert_allclose(got, [0.5 + 2 * 3 - 1 * 1, 0.5 + 2 * -1 - 1 * -4], rtol=1e-6)
+    as_dot = p._replace(out_w=jnp.ones(2), out_b=jnp.array(0.0))
+    d = dot.Params(p.user_factors, p.item_factors)
+    np.testing.assert_allclose(gmf.apply(as_dot, USERS % 2, ITEMS % 2), dot.apply(d, USERS % 2, ITEMS % 2), rtol=1e-6)
+
+
+def test_neumf_by_hand():
+    from recsys_jax.models import neumf
+
+    # K=1, hidden (2, 1, 1): MLP embeddings are 1-d each.
+    p = neumf.Params(
+        user_gmf=jnp.array([[2.0]]), item_gmf=jnp.array([[3.0]]),
+        user_mlp=jnp.array([[1.0]]), item_mlp=jnp.array([[-1.0]]),
+        w1=jnp.array([[1.0, 2.0], [3.0, 0.0]]), b1=jnp.array([0.0, 1.0]),   # [1,-1] -> [-2, 3] -> relu [0, 3]
+        w2=jnp.array([[1.0], [2.0]]), b2=jnp.array([-1.0]),                  # 0 + 6 - 1 = 5
+        w3=jnp.array([[0.5]]), b3=jnp.array([0.0]),                          # 2.5
+        out_w=jnp.array([1.0, 2.0]), out_b=jnp.array(0.25),                  # 6 + 5 + .25
+    )
+    config = neumf.Config(embedding_dim=1, hidden=(2, 1, 1))
+    got = neumf.apply(p, jnp.array([0]), jnp.array([0]), config=config)
+    np.testing.assert_allclose(got, [11.25], rtol=1e-6)

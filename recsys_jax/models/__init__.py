@@ -15,12 +15,14 @@ import functools
 
 import jax
 
-from recsys_jax.models import bias, dot, mlp
+from recsys_jax.models import bias, dot, gmf, mlp, neumf
 
 MODELS = {
     "dot": dot,
     "bias": bias,
     "mlp": mlp,
+    "gmf": gmf,
+    "neumf": neumf,
 }
 
 
@@ -40,6 +42,9 @@ def make_config(name: str, **overrides):
         raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; options: {config_cls._fields}")
     if overrides.get("y_range") is not None:
         overrides["y_range"] = tuple(float(v) for v in overrides["y_range"])
+    for field, default in config_cls._field_defaults.items():  # JSON gives lists back
+        if isinstance(default, tuple) and isinstance(overrides.get(field), list):
+            overrides[field] = tuple(overrides[field])
     return config_cls(**overrides)
 
 

@@ -83,6 +83,12 @@ def make_train_step(
     back" variant was measured slower on CPU and dropped.
     """
 
+    return jax.jit(make_update(make_objective(apply_fn, loss_fn, penalty_fn), optimizer))
+
+
+def make_objective(apply_fn: Callable, loss_fn: Callable, penalty_fn: Callable | None = None) -> Callable:
+    """``objective(params, batch, key) -> float32[]``: the masked mean of loss + penalty."""
+
     def objective(params, batch: Batch, key: Array) -> Array:
         weight = batch.mask.astype(jnp.float32)
         total = jnp.sum(loss_fn(apply_fn(params, batch.users, batch.items, key), batch.ratings) * weight)
@@ -90,14 +96,19 @@ def make_train_step(
             total = total + penalty_fn(params, batch.users, batch.items, weight)
         return total / jnp.maximum(jnp.sum(weight), 1.0)
 
-    @jax.jit
-    def train_step(state: TrainState, batch: Batch, key: Array) -> tuple[TrainState, Array]:
+    return objective
+
+
+def make_update(objective: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """``update(state, batch, key) -> (state, loss)``: one optimizer step on ``objective``."""
+
+    def update(state: TrainState, batch: Batch, key: Array) -> tuple[TrainState, Array]:
         loss, grads = jax.value_and_grad(objective)(state.params, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), loss
 
-    return train_step
+    return update
 
 
 def num_batches(num_ratings: int, batch_size: int) -> int:
@@ -116,26 +127,32 @@ def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
     @functools.partial(jax.jit, static_argnames="num_steps")
     def train_epoch(state: TrainState, users: Array, items: Array, ratings: Array, key: Array,
                     num_steps: int | None = None):
-        n = users.shape[0]
-        nb = num_batches(n, batch_size)
-        perm_key, step_key = jax.random.split(key)
-        # An O(n) keyed shuffle: jax.random.permutation sorts, and XLA's CPU sort cost
-        # more than the epoch itself (see recsys_jax.shuffle).
-        order = jnp.concatenate([permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)])
-        order = order.reshape(nb, batch_size)
-        mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
-        keys = jax.random.split(step_key, nb)
-        if num_steps is not None:
-            order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
-        batches = Batch(users[order], items[order], ratings[order], mask)  # one gather per epoch
-
-        def body(state, xs):
-            batch, k = xs
-            return train_step(state, batch, k)
-
-        return jax.lax.scan(body, state, (batches, keys))
+        return run_epoch(train_step, batch_size, state, users, items, ratings, key, num_steps)
 
     return train_epoch
+
+
+def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: Array, items: Array,
+              ratings: Array, key: Array, num_steps: int | None = None):
+    """One epoch, traceable: the body of `make_train_epoch` (and of `recsys_jax.many`)."""
+    n = users.shape[0]
+    nb = num_batches(n, batch_size)
+    perm_key, step_key = jax.random.split(key)
+    # An O(n) keyed shuffle: jax.random.permutation sorts, and XLA's CPU sort cost more
+    # than the epoch itself (see recsys_jax.shuffle).
+    order = jnp.concatenate([permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)])
+    order = order.reshape(nb, batch_size)
+    mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
+    keys = jax.random.split(step_key, nb)
+    if num_steps is not None:
+        order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
+    batches = Batch(users[order], items[order], ratings[order], mask)  # one gather per epoch
+
+    def body(state, xs):
+        batch, k = xs
+        return train_step(state, batch, k)
+
+    return jax.lax.scan(body, state, (batches, keys))
 
 
 def _all_finite(tree) -> bool:

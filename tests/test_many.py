@@ -1,0 +1,80 @@
+"""fit_many: K members in one vmapped program equal K separate fits."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from recsys_jax.data import make_synthetic, random_split
+from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many, random_search
+from recsys_jax.train import TrainConfig, fit
+
+TC = TrainConfig(epochs=3, batch_size=256, lr=1e-2, l2=0.01)
+
+
+@pytest.fixture(scope="module")
+def data():
+    r, _ = make_synthetic(jax.random.key(0), 150, 100, 6000, embedding_dim=4, noise_std=0.3, round_to_half=False)
+    split = random_split(r, 0, 0.2)
+    return r.take(split.train), r.take(split.test)
+
+
+@pytest.fixture(scope="module")
+def many(data):
+    train, val = data
+    members = [Member(seed=0), Member(seed=1, lr=3e-3), Member(seed=2, l2=0.1, loss="huber"),
+               Member(seed=3, embedding_dim=4)]
+    return fit_many("bias", train, val, members, train_config=TC)
+
+
+def _assert_same(a, b, tol=2e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=tol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k, overrides", [(0, {}), (1, {"lr": 3e-3}), (2, {"l2": 0.1, "loss": "huber"})])
+def test_members_equal_separate_fits(data, many, k, overrides):
+    train, val = data
+    single = fit("bias", train, val, key=k, train_config=TC._replace(**overrides), progress=False)
+    _assert_same(single.params, many.member_params(k))
+    np.testing.assert_allclose([h[k] for h in many.history["val_rmse"]], single.history["val_rmse"], rtol=1e-5)
+    assert many.best_epoch[k] == single.best_epoch
+
+
+def test_smaller_embedding_is_masked(data, many):
+    p = many.member_params(3)
+    assert many.members[3].embedding_dim == 4 and many.model_config.embedding_dim == 50
+    assert np.all(np.asarray(p.user_factors)[:, 4:] == 0) and np.all(np.asarray(p.item_factors)[:, 4:] == 0)
+    assert np.any(np.asarray(p.user_factors)[:, :4] != 0)
+    # Its predictions only use the first 4 columns.
+    train, val = data
+    preds = predict_many(many, val.users, val.items)
+    x = (p.global_bias + p.user_bias[val.users] + p.item_bias[val.items]
+         + np.sum(np.asarray(p.user_factors)[val.users, :4] * np.asarray(p.item_factors)[val.items, :4], axis=1))
+    np.testing.assert_allclose(preds[3], x, rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_is_the_mean(data, many):
+    _, val = data
+    preds = predict_many(many, val.users, val.items)
+    np.testing.assert_allclose(ensemble_predict(many, val.users, val.items), preds.mean(axis=0), rtol=1e-6)
+    ens = ensemble_predict(many, val.users, val.items, clip=(0.5, 5.0), members=[0, 2])
+    np.testing.assert_allclose(ens, np.clip(preds[[0, 2]].mean(axis=0), 0.5, 5.0), rtol=1e-6)
+
+
+def test_random_search_picks_the_lowest_validation_rmse(data):
+    train, val = data
+    best, result = random_search("bias", train, val, num_members=4, seed=3, train_config=TC._replace(epochs=2))
+    scores = np.nanmin(np.stack(result.history["val_rmse"]), axis=0)
+    assert best == result.members[int(np.argmin(scores))]
+    assert len({m.lr for m in result.members}) == 4  # sampled, not repeated
+
+
+def test_bad_members():
+    r, _ = make_synthetic(jax.random.key(0), 20, 20, 100)
+    with pytest.raises(ValueError, match="no members"):
+        fit_many("bias", r, None, [])
+    with pytest.raises(ValueError, match="unknown loss"):
+        fit_many("bias", r, None, [Member(loss="nope")])
+    with pytest.raises(ValueError, match="mask by size"):
+        fit_many("neumf", r, None, [Member(embedding_dim=4), Member(embedding_dim=8)])

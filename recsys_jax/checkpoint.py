@@ -13,7 +13,11 @@ model's ``Params`` fields and the id maps before it is used: a truncated or mism
 checkpoint gives a `CheckpointError` naming the file and what is wrong.
 
 Saving is atomic: the folder is written beside the target under a temporary name, each
-file fsynced, and renamed into place only when complete.
+file fsynced, and renamed into place only when complete. Replacing an existing checkpoint
+takes two renames (old folder aside, new folder in); if the second fails the old folder is
+renamed back, so a failed save leaves the previous checkpoint as it was and no temporary
+folder. (A crash of the whole process between the two renames leaves the previous
+checkpoint complete under ``.<name>.old-*`` beside the target.)
 """
 from __future__ import annotations
 
@@ -74,6 +78,7 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
         "extra": extra or {},
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = None
     try:
         _write_file(tmp / "arrays.npz", lambda f: np.savez(f, **arrays))
         if rec.titles is not None:
@@ -82,18 +87,22 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
         # meta.json last: a folder without it is never mistaken for a checkpoint.
         _write_file(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
         _fsync_dir(tmp)
-        old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.rmdir(old)
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            if path.exists():  # the new checkpoint is in place; only the final fsync failed
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, path)  # put the previous checkpoint back
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -148,7 +157,8 @@ def load(path: str | os.PathLike) -> Recommender:
             )
     user_ids, item_ids = arrays["user_ids"], arrays["item_ids"]
     for name, ids in (("user_ids", user_ids), ("item_ids", item_ids)):
-        if ids.ndim != 1 or (ids.size > 1 and not np.all(np.diff(ids) > 0)):
+        # ids[1:] > ids[:-1], not np.diff: a difference of two int64 ids can overflow
+        if ids.ndim != 1 or (ids.size > 1 and not np.all(ids[1:] > ids[:-1])):
             raise CheckpointError(f"{arrays_path}: {name} must be a sorted 1-D array of unique ids")
     params = module.Params(**{f: jnp.asarray(arrays[f"params/{f}"]) for f in module.Params._fields})
     for field, a in params._asdict().items():

@@ -197,7 +197,8 @@ def main(argv=None) -> int:
         out = handlers[args.command](args)
         if isinstance(out, dict) and out.get("stop_reason"):
             return 1  # training diverged: results were printed, but the run did not succeed
-    except (DataError, UnknownIdError, CheckpointError, ValueError, FileNotFoundError) as e:
+    # OSError: a file that cannot be read or written (missing, permissions, disk full).
+    except (DataError, UnknownIdError, CheckpointError, ValueError, OSError) as e:
         if os.environ.get("RECSYS_JAX_DEBUG"):
             raise
         print(f"recsys-jax {args.command}: error: {e}", file=sys.stderr)

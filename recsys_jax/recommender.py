@@ -99,8 +99,13 @@ def _as_id_array(ids, what: str) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"predict: {what} ids must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"predict: {what} id {int(arr.max())} is beyond the int64 range")
         return arr.astype(np.int64)
-    if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+    if (
+        arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+        and np.all(np.abs(arr) < 2.0**63)  # beyond int64 the cast would wrap to another id
+    ):
         return arr.astype(np.int64)
     if arr.size == 0:
         return arr.astype(np.int64)

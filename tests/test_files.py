@@ -140,7 +140,7 @@ H = "userId,movieId,rating,timestamp\n"
         ("1::2::3::4\n1::3::3:4\n", {"header": False}, 2, "rating"),
         ("1\t2\t3\t4\n1\t3\t3\n", {"header": False}, 2, "missing timestamp"),
         ("1 2 3 4\n1 3 3 x\n", {"header": False}, 2, "timestamp is not an integer"),
-        (H + "1,2,3,4\n99999999999999999999999,2,3,4\n", {}, None, "cannot parse"),
+        (H + "1,2,3,4\n99999999999999999999999,2,3,4\n", {}, 3, "user id is beyond the int64 range"),
     ],
 )
 def test_bad_values_name_file_and_line(tmp_path, text, kwargs, line, fragment):

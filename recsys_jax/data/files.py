@@ -12,15 +12,18 @@ Contract of `load_ratings`:
 * Each (user, item) pair occurs once, unless ``duplicates`` says how to merge repeats.
 
 Every violation raises `DataError` whose message names the file, the 1-based line number
-of the first offending line and that line's text; a user's mistake never surfaces as a
-traceback from inside pandas.
+of the first offending line and that line's text (cut to `MAX_SHOWN` characters, so that
+a binary file gives a short message); a user's mistake never surfaces as a traceback from
+inside pandas. Ids are int64: raw ids beyond int32 load (the indices stay contiguous
+int32), ids beyond int64 are refused with the line that holds them.
 
 Speed: the clean case is one pass of pandas' C parser with explicit dtypes (``::`` is
 translated to a tab while streaming so that the C parser can read it). Only when that
 fails does a slower diagnostic pass run, to find the first bad line.
 
 `read_columns` and `first_duplicate` are the building blocks that the MovieLens loaders
-share with `load_ratings`.
+share with `load_ratings`. `parse_ratings` is `load_ratings` on bytes already in memory
+(the fuzz tests use it to skip the disk).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import csv
 import io
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
@@ -44,9 +47,20 @@ WHITESPACE = r"\s+"  # the `sep` value meaning "one or more spaces or tabs"
 
 _DEFAULT_NAMES = ("userId", "movieId", "rating", "timestamp")
 _ROLES = ("user id", "item id", "rating", "timestamp")
-_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_SPACE = " \t\v\f\r\n"  # what pandas' C parser skips around a number (not all of \s)
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: pandas reads no others
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _PANDAS_LINE = re.compile(r"line (\d+)")
+_INT64_DIGITS = 19  # 2**63 - 1 has 19 digits: a shorter integer string always fits
+
+MAX_SHOWN = 120  # characters of an offending line quoted in an error message
+
+
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text``, or its first ``limit`` characters and how long it really is."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # -- where a data row lives in the file ----------------------------------------------
@@ -55,16 +69,18 @@ class Source:
     """A parsed text file and how its data rows map back to physical lines.
 
     ``skip`` physical lines (header and anything above it) precede the data; after them
-    every non-blank line is one data row, exactly as pandas counts them.
+    every non-blank line is one data row, exactly as pandas counts them. ``data`` holds
+    the content when it was parsed from memory; ``path`` then only names it.
     """
 
     path: Path
     skip: int
+    data: bytes | None = field(default=None, repr=False)
 
     def line_of(self, row: int) -> tuple[int, str]:
         """(1-based line number, text) of data row ``row``; slow, for error messages."""
         seen = -1
-        with _open_text(self.path) as fh:
+        with _open_text(self.path, self.data) as fh:
             for number, line in enumerate(fh, start=1):
                 if number <= self.skip or _blank(line):
                     continue
@@ -74,7 +90,7 @@ class Source:
         return -1, ""
 
     def text_of_line(self, number: int) -> str:
-        with _open_text(self.path) as fh:
+        with _open_text(self.path, self.data) as fh:
             for current, line in enumerate(fh, start=1):
                 if current == number:
                     return line.rstrip("\r\n")
@@ -85,9 +101,11 @@ class Source:
         return _line_error(self.path, number, problem, text)
 
 
-def _open_text(path: Path):
+def _open_text(path: Path, data: bytes | None = None):
     # Universal newlines end a line at LF, CRLF or a lone CR, as pandas' parser does, so
     # that line numbers agree with it; "utf-8-sig" drops a byte-order mark.
+    if data is not None:
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="replace", newline=None)
     return open(path, encoding="utf-8-sig", errors="replace", newline=None)
 
 
@@ -97,7 +115,7 @@ def _blank(line: str) -> bool:
 
 def _line_error(path: Path, number: int, problem: str, text: str | None = None) -> DataError:
     where = f"{path}, line {number}" if number > 0 else str(path)
-    shown = f" (line: {text!r})" if text else ""
+    shown = f" (line: {shorten(text)!r})" if text else ""
     return DataError(f"{where}: {problem}{shown}")
 
 
@@ -122,13 +140,16 @@ def read_columns(
     timestamp_col: Column | None = "timestamp",
     header: bool = True,
     rating_scale: tuple[float, float] | None = None,
+    data: bytes | None = None,
 ) -> RatingColumns:
     """Parses and validates the four rating columns; see the module docstring.
 
-    Duplicate (user, item) pairs are not looked for here (see `first_duplicate`).
+    ``data``, when given, is the file's content: nothing is read from disk and ``path``
+    only names it in messages. Duplicate (user, item) pairs are not looked for here
+    (see `first_duplicate`).
     """
     path = Path(path)
-    first_index, first_line = _first_line(path)
+    first_index, first_line = _first_line(path, data)
     if sep is None:
         sep = _sniff_separator(path, first_index, first_line)
     if len(sep) != 1 and sep not in ("::", WHITESPACE):
@@ -138,7 +159,7 @@ def read_columns(
     positions = _resolve_columns(
         path, first_index + 1, fields, header, (user_col, item_col, rating_col, timestamp_col)
     )
-    source = Source(path, skip=first_index + 1 if header else 0)
+    source = Source(path, skip=first_index + 1 if header else 0, data=data)
     frame = _read_typed(source, sep, len(fields), positions)
     if frame is None:  # the fast path failed: find the first bad line and say so
         raise _diagnose(source, sep, len(fields), positions)
@@ -165,10 +186,10 @@ def read_columns(
     return RatingColumns(users, items, ratings, timestamps, source)
 
 
-def _first_line(path: Path) -> tuple[int, str]:
+def _first_line(path: Path, data: bytes | None = None) -> tuple[int, str]:
     """0-based physical index and text of the first non-blank line."""
     try:
-        with _open_text(path) as fh:
+        with _open_text(path, data) as fh:
             for index, line in enumerate(fh):
                 if not _blank(line):
                     return index, line.rstrip("\r\n")
@@ -256,7 +277,7 @@ def _resolve_columns(
             hint = " (the first line looks like data: pass header=False)"
         raise DataError(
             f"{path}, line {first_number}: missing column(s) {', '.join(map(repr, missing))}; "
-            f"the header has {', '.join(map(repr, names))}{hint}"
+            f"the header has {shorten(', '.join(map(repr, names)))}{hint}"
         )
     used = [p for p in positions if p is not None]
     if len(set(used)) != len(used):
@@ -302,10 +323,11 @@ def _read_frame(source: Source, sep: str, dtype, **kwargs) -> pd.DataFrame:
         encoding_errors="replace",
         **kwargs,
     )
+    in_memory = source.data is not None
     if sep == "::":
-        with open(source.path, "rb") as fh:
+        with io.BytesIO(source.data) if in_memory else open(source.path, "rb") as fh:
             return pd.read_csv(io.BufferedReader(_DoubleColonAsTab(fh)), sep="\t", **options)
-    return pd.read_csv(source.path, sep=sep, **options)
+    return pd.read_csv(io.BytesIO(source.data) if in_memory else source.path, sep=sep, **options)
 
 
 def _read_typed(
@@ -318,7 +340,11 @@ def _read_typed(
         if position is not None:
             dtype[position] = kind
     try:
-        frame = _read_frame(source, sep, dtype)
+        with warnings.catch_warnings():
+            # pandas warns while it tries a float cast on '1e400' in an int column; the
+            # ValueError that follows is diagnosed below, so the warning says nothing.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frame = _read_frame(source, sep, dtype)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=range(ncols))
     except (ValueError, OverflowError, TypeError):
@@ -335,36 +361,78 @@ def _diagnose(source: Source, sep: str, ncols: int, positions: list[int | None])
         frame = _read_frame(source, sep, str, keep_default_na=False, na_filter=False)
     except pd.errors.ParserError as e:
         match = _PANDAS_LINE.search(str(e))
-        if match:  # pandas counts physical lines, as we do
-            number = int(match.group(1))
-            return _line_error(
-                path, number, f"expected {ncols} fields like the first line",
-                source.text_of_line(number),
-            )
-        return DataError(f"{path}: cannot parse the file: {e}")
+        if not match:
+            return DataError(f"{path}: cannot parse the file: {e}")
+        # pandas stops at the first line with too many fields (it counts physical lines,
+        # as we do); a line above it may be bad in another way, so check those first.
+        number = int(match.group(1))
+        earlier = _first_bad_row_before(source, sep, ncols, positions, number)
+        if earlier is not None:
+            return source.error_at_row(*earlier)
+        return _line_error(
+            path, number, f"expected {ncols} fields like the first line", source.text_of_line(number)
+        )
     except (ValueError, OSError) as e:
         return DataError(f"{path}: cannot parse the file: {e}")
+    failure = _first_bad_row(frame, ncols, positions)
+    if failure is None:
+        return DataError(f"{path}: cannot parse the file (pandas refused a value that looks valid)")
+    return source.error_at_row(*failure)
+
+
+def _first_bad_row_before(
+    source: Source, sep: str, ncols: int, positions: list[int | None], number: int
+) -> tuple[int, str] | None:
+    """`_first_bad_row` among the data rows above physical line ``number``."""
+    rows = 0
+    with _open_text(source.path, source.data) as fh:
+        for current, line in enumerate(fh, start=1):
+            if current >= number:
+                break
+            if current > source.skip and not _blank(line):
+                rows += 1
+    if rows == 0:
+        return None
+    try:
+        frame = _read_frame(source, sep, str, keep_default_na=False, na_filter=False, nrows=rows)
+    except (ValueError, OSError):  # a quoted field spanning lines put the count off
+        return None
+    return _first_bad_row(frame, ncols, positions)
+
+
+def _first_bad_row(frame: pd.DataFrame, ncols: int, positions: list[int | None]) -> tuple[int, str] | None:
+    """(row, problem) of the first row of a string-typed frame that cannot be used.
+
+    Plain Python over each column: as fast as pandas' string methods on a large file (they
+    loop in Python too) and much faster on a small one.
+    """
     if frame.shape[1] != ncols:
-        return source.error_at_row(0, f"expected {ncols} fields like the header")
+        return 0, f"expected {ncols} fields like the header"
     frame = frame.fillna("")  # short lines leave NaN even with na_filter=False
     checks: list[tuple[np.ndarray, str]] = []
     for role, position in zip(_ROLES, positions):
         if position is None:
             continue
-        values = frame[position].astype(str).str.strip()
-        empty = values.eq("").to_numpy(bool)
+        values = [str(v).strip(_SPACE) for v in frame[position].tolist()]
+        empty = np.array([v == "" for v in values], dtype=bool)
         checks.append((empty, f"missing {role}"))
         if role == "rating":
-            bad = pd.to_numeric(values, errors="coerce").isna().to_numpy()
-            checks.append((bad & ~empty, "rating is not a number"))
+            numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+            checks.append((numbers.isna().to_numpy() & ~empty, "rating is not a number"))
         else:
-            bad = ~values.str.fullmatch(_INTEGER).to_numpy(bool)
-            checks.append((bad & ~empty, f"{role} is not an integer"))
-    failure = _first_failure(checks)
-    if failure is None:
-        return DataError(f"{path}: cannot parse the file (a value out of the int64 range?)")
-    row, problem = failure
-    return source.error_at_row(row, problem)
+            integer = np.array([_INTEGER.fullmatch(v) is not None for v in values], dtype=bool)
+            checks.append((~integer & ~empty, f"{role} is not an integer"))
+            checks.append((_beyond_int64(values, integer), f"{role} is beyond the int64 range"))
+    return _first_failure(checks)
+
+
+def _beyond_int64(values: list[str], integer: np.ndarray) -> np.ndarray:
+    """Which of the ``integer`` strings do not fit in int64 (only long ones are converted)."""
+    out = np.zeros(len(values), dtype=bool)
+    for row in np.flatnonzero(integer):
+        if len(values[row]) >= _INT64_DIGITS:
+            out[row] = not -(2**63) <= int(values[row]) < 2**63
+    return out
 
 
 def _first_failure(checks: list[tuple[np.ndarray, str]]) -> tuple[int, str] | None:
@@ -451,8 +519,7 @@ def load_ratings(
     Raises:
       DataError: naming the file and the first bad line; see the module docstring.
     """
-    if duplicates not in ("error", "last", "mean"):
-        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', got {duplicates!r}")
+    _check_duplicates_policy(duplicates)
     columns = read_columns(
         path,
         sep=sep,
@@ -463,6 +530,40 @@ def load_ratings(
         header=header,
         rating_scale=rating_scale,
     )
+    return _to_ratings(columns, path, rating_scale, duplicates, name)
+
+
+def parse_ratings(
+    data: bytes,
+    path: str | Path = "<memory>",
+    *,
+    rating_scale: tuple[float, float] | None = None,
+    duplicates: Duplicates = "error",
+    name: str | None = None,
+    **options,
+) -> Ratings:
+    """`load_ratings` on a file's content already in memory; ``path`` names it in messages.
+
+    ``options`` are `load_ratings`' column options (``sep``, ``header``, ``*_col``).
+    """
+    _check_duplicates_policy(duplicates)
+    columns = read_columns(path, rating_scale=rating_scale, data=bytes(data), **options)
+    return _to_ratings(columns, path, rating_scale, duplicates, name)
+
+
+def _check_duplicates_policy(duplicates) -> None:
+    if duplicates not in ("error", "last", "mean"):
+        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', got {duplicates!r}")
+
+
+def _to_ratings(
+    columns: RatingColumns,
+    path: str | Path,
+    rating_scale: tuple[float, float] | None,
+    duplicates: Duplicates,
+    name: str | None,
+) -> Ratings:
+    """The `Ratings` of parsed columns, with repeated pairs refused or merged."""
     if rating_scale is None:
         rating_scale = (float(columns.ratings.min()), float(columns.ratings.max()))
     ratings = Ratings.from_raw(
@@ -488,6 +589,6 @@ def load_ratings(
     warnings.warn(
         f"{path}: {len(ratings) - len(merged)} repeated (user, item) rows merged "
         f"(duplicates={duplicates!r}); the first repeat is line {columns.source.line_of(row)[0]}",
-        stacklevel=2,
+        stacklevel=3,
     )
     return merged

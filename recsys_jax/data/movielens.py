@@ -50,7 +50,7 @@ from typing import BinaryIO, Callable, Literal
 import numpy as np
 import pandas as pd
 
-from recsys_jax.data.files import Source, first_duplicate, load_ratings, read_columns
+from recsys_jax.data.files import Source, first_duplicate, load_ratings, read_columns, shorten
 from recsys_jax.data.ratings import DataError, Ratings
 
 Format = Literal["csv", "dat", "100k"]
@@ -412,7 +412,9 @@ def _download(
         request = urllib.request.Request(url, headers={"User-Agent": "recsys_jax"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > limit:
+            if length is not None and not length.isdigit():
+                length = None  # a malformed header promises nothing
+            if length is not None and int(length) > limit:
                 raise DataError(
                     f"{url}: the server announces {int(length):,} bytes, more than the "
                     f"{limit:,} allowed for {dataset.name}"
@@ -426,6 +428,13 @@ def _download(
                     )
                 digest.update(chunk)
                 out.write(chunk)
+            # http.client returns a short body without complaint when the server closes
+            # the connection early; the announced length tells.
+            if length is not None and total != int(length):
+                raise DataError(
+                    f"{url}: the connection closed after {total:,} of the {int(length):,} bytes "
+                    f"announced; the partial download was discarded"
+                )
     except DataError:
         raise
     except _NETWORK_ERRORS as e:
@@ -511,11 +520,21 @@ def _safe_extract(archive: Path, dest: Path, limit: int, url: str) -> None:
 
 
 # -- parsers: one per format -----------------------------------------------------------
+_POSITIONS = {"header": False, "user_col": 0, "item_col": 1, "rating_col": 2, "timestamp_col": 3}
+
+# How `load_ratings` reads each format's ratings file (the fuzz tests reuse these).
+RATINGS_OPTIONS: dict[str, dict] = {
+    "csv": {"sep": ","},  # userId,movieId,rating,timestamp with a header
+    "dat": {"sep": "::", **_POSITIONS},  # UserID::MovieID::Rating::Timestamp
+    "100k": {"sep": "\t", **_POSITIONS},  # user item rating timestamp
+}
+
+
 def parse_csv(folder: Path, dataset: Dataset) -> Ratings:
     """``ratings.csv`` (userId,movieId,rating,timestamp) and ``movies.csv``."""
     ratings = load_ratings(
-        folder / dataset.ratings_file, sep=",", rating_scale=dataset.rating_scale,
-        name=dataset.name,
+        folder / dataset.ratings_file, **RATINGS_OPTIONS["csv"],
+        rating_scale=dataset.rating_scale, name=dataset.name,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_csv))
 
@@ -523,8 +542,7 @@ def parse_csv(folder: Path, dataset: Dataset) -> Ratings:
 def parse_dat(folder: Path, dataset: Dataset) -> Ratings:
     """``ratings.dat`` (UserID::MovieID::Rating::Timestamp) and ``movies.dat``."""
     ratings = load_ratings(
-        folder / dataset.ratings_file, sep="::", header=False,
-        user_col=0, item_col=1, rating_col=2, timestamp_col=3,
+        folder / dataset.ratings_file, **RATINGS_OPTIONS["dat"],
         rating_scale=dataset.rating_scale, name=dataset.name,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_dat))
@@ -533,8 +551,7 @@ def parse_dat(folder: Path, dataset: Dataset) -> Ratings:
 def parse_100k(folder: Path, dataset: Dataset) -> Ratings:
     """``u.data`` (user item rating timestamp, tab-separated) and ``u.item``."""
     ratings = load_ratings(
-        folder / dataset.ratings_file, sep="\t", header=False,
-        user_col=0, item_col=1, rating_col=2, timestamp_col=3,
+        folder / dataset.ratings_file, **RATINGS_OPTIONS["100k"],
         rating_scale=dataset.rating_scale, name=dataset.name,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_u_item))
@@ -562,8 +579,10 @@ def _optional(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFram
     return reader(path)
 
 
-def _decode(path: Path, encodings: tuple[str, ...]) -> str:
-    data = path.read_bytes()
+def _decode(path: Path, encodings: tuple[str, ...], data: bytes | None = None) -> str:
+    """The text of ``path`` (or of ``data``, its content) in the first encoding that fits."""
+    if data is None:
+        data = path.read_bytes()
     for encoding in encodings:
         try:
             return data.decode(encoding)
@@ -593,59 +612,73 @@ def _movies_frame(path: Path, rows: list[tuple[int, int, str, str]]) -> pd.DataF
     )
 
 
+_MOVIE_ID = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")  # ASCII digits only, as in the ratings files
+
+
 def _movie_id(path: Path, number: int, text: str, line: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
+    if not _MOVIE_ID.fullmatch(text):
         raise DataError(
-            f"{path}, line {number}: movie id {text!r} is not an integer (line: {line!r})"
-        ) from None
+            f"{path}, line {number}: movie id {shorten(text)!r} is not an integer "
+            f"(line: {shorten(line)!r})"
+        )
+    movie = int(text.strip(" \t"))
+    if not -(2**63) <= movie < 2**63:
+        raise DataError(f"{path}, line {number}: movie id {shorten(text)!r} is beyond the int64 range")
+    return movie
 
 
-def _read_movies_csv(path: Path) -> pd.DataFrame:
+def _read_movies_csv(path: Path, data: bytes | None = None) -> pd.DataFrame:
     """movies.csv: ``movieId,title,genres`` with a header; titles may be quoted."""
-    text = _decode(path, ("utf-8-sig", "latin-1"))
+    text = _decode(path, ("utf-8-sig", "latin-1"), data)
     lines = _lines(text)
     reader = csv.reader(io.StringIO(text, newline=""))  # the csv module handles CRLF
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header] != ["movieId", "title", "genres"]:
-        raise DataError(f"{path}, line 1: expected the header movieId,title,genres, got {header!r}")
     rows = []
-    for fields in reader:
+    try:
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != ["movieId", "title", "genres"]:
+            shown = None if header is None else shorten(",".join(header))
+            raise DataError(f"{path}, line 1: expected the header movieId,title,genres, got {shown!r}")
+        for fields in reader:
+            number = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != 3:
+                raise DataError(
+                    f"{path}, line {number}: expected 3 fields, got {len(fields)} "
+                    f"(line: {shorten(lines[number - 1])!r})"
+                )
+            movie = _movie_id(path, number, fields[0], lines[number - 1])
+            rows.append((number, movie, fields[1], fields[2]))
+    except csv.Error as e:  # an over-long field, a stray quote at the end of the file
         number = reader.line_num
-        if not fields:
-            continue
-        if len(fields) != 3:
-            raise DataError(
-                f"{path}, line {number}: expected 3 fields, got {len(fields)} "
-                f"(line: {lines[number - 1]!r})"
-            )
-        movie = _movie_id(path, number, fields[0], lines[number - 1])
-        rows.append((number, movie, fields[1], fields[2]))
+        raise DataError(
+            f"{path}, line {number}: cannot parse the line ({e}) "
+            f"(line: {shorten(lines[number - 1] if 0 < number <= len(lines) else '')!r})"
+        ) from None
     return _movies_frame(path, rows)
 
 
-def _read_movies_dat(path: Path) -> pd.DataFrame:
+def _read_movies_dat(path: Path, data: bytes | None = None) -> pd.DataFrame:
     """movies.dat: ``MovieID::Title::Genres``; ml-1m's is Latin-1, ml-10m's UTF-8."""
     rows = []
-    for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"))), start=1):
+    for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"), data)), start=1):
         if not line.strip():
             continue
         fields = line.split("::")
         if len(fields) < 3:
             raise DataError(
-                f"{path}, line {number}: expected MovieID::Title::Genres (line: {line!r})"
+                f"{path}, line {number}: expected MovieID::Title::Genres (line: {shorten(line)!r})"
             )
         title = "::".join(fields[1:-1])  # tolerate '::' inside a title
         rows.append((number, _movie_id(path, number, fields[0], line), title, fields[-1]))
     return _movies_frame(path, rows)
 
 
-def _read_u_item(path: Path) -> pd.DataFrame:
+def _read_u_item(path: Path, data: bytes | None = None) -> pd.DataFrame:
     """ml-100k u.item: id|title|release|video release|IMDb URL|19 genre flags, Latin-1."""
     rows = []
     n_tail = 3 + len(GENRES_100K)  # the fields after the title
-    for number, line in enumerate(_lines(_decode(path, ("latin-1",))), start=1):
+    for number, line in enumerate(_lines(_decode(path, ("latin-1",), data)), start=1):
         if not line.strip():
             continue
         fields = line.split("|")
@@ -653,7 +686,7 @@ def _read_u_item(path: Path) -> pd.DataFrame:
         if len(fields) < 2 + n_tail or any(f not in ("0", "1") for f in flags):
             raise DataError(
                 f"{path}, line {number}: expected id|title|release date|video release date|"
-                f"IMDb URL|19 genre flags of 0 or 1 (line: {line!r})"
+                f"IMDb URL|19 genre flags of 0 or 1 (line: {shorten(line)!r})"
             )
         title = "|".join(fields[1:len(fields) - n_tail])
         genres = "|".join(g for g, flag in zip(GENRES_100K, flags) if flag == "1")

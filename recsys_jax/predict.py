@@ -3,6 +3,13 @@
 `predict_indices` runs a model's ``apply`` (already `jax.vmap`-batched) over any number
 of (user, item) index pairs in fixed-size chunks: one compiled program per chunk size, the
 last chunk padded, memory bounded by the chunk whatever the number of pairs.
+
+JAX clamps out-of-range gather indices silently, so the indices are checked first, on
+the host: 1-D integer arrays (floats only when integral; no bools or strings) of equal
+length, each inside its table. The table sizes are read from the params: the first
+dimension of the ``user_*`` and ``item_*`` fields (every model in `recsys_jax.models`
+names its tables so). The check is one min/max per array; a bad input raises
+`ValueError` before any device work.
 """
 from __future__ import annotations
 
@@ -15,8 +22,16 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted(apply_fn: Callable) -> Callable:
-    return jax.jit(lambda params, users, items: apply_fn(params, users, items))
+def _jitted(apply_fn: Callable, with_aux: bool, with_times: bool) -> Callable:
+    def predict(params, users, items, aux, times):
+        kw = {}
+        if with_aux:
+            kw["aux"] = aux
+        if with_times:
+            kw["times"] = times
+        return apply_fn(params, users, items, **kw)
+
+    return jax.jit(predict)
 
 
 def predict_indices(
@@ -27,28 +42,84 @@ def predict_indices(
     *,
     clip: tuple[float, float] | None = None,
     chunk_size: int = 65_536,
+    aux=None,
+    times=None,
 ) -> np.ndarray:
     """Predictions for index pairs, ``float32[N]``, optionally clipped to ``clip``.
 
-    Indices must already be valid (``0 <= u < num_users``): JAX clamps out-of-range
-    gathers silently, so the raw-id API in `recsys_jax.recommender` validates first.
+    ``aux`` (the model's data from ``prepare``) and ``times`` (float32 days since the
+    epoch, one per pair) are passed on to models that use them.
+
+    Raises `ValueError` for indices outside ``0 <= u < num_users``, ``0 <= i < num_items``
+    (see the module docstring), mismatched lengths or non-integer values. Raw MovieLens
+    ids go through `recsys_jax.recommender.Recommender.predict` instead.
     """
-    users = np.asarray(users, np.int32)
-    items = np.asarray(items, np.int32)
+    num_users, num_items = table_sizes(params)
+    users = _as_indices(users, "users", num_users)
+    items = _as_indices(items, "items", num_items)
+    if users.shape != items.shape:
+        raise ValueError(f"predict_indices: {users.shape[0]} users but {items.shape[0]} items")
     n = users.shape[0]
     out = np.empty(n, np.float32)
     if n == 0:
         return out
     # Small inputs get a small power-of-two chunk, so a handful of shapes cover all sizes.
     size = min(chunk_size, 1 << max(n - 1, 1).bit_length())
-    fn = _jitted(apply_fn)
+    if times is not None:
+        times = np.asarray(times, np.float32)
+        if times.shape != users.shape:
+            raise ValueError(f"predict_indices: {users.shape[0]} pairs but {times.shape[0]} times")
+    fn = _jitted(apply_fn, aux is not None, times is not None)
     for start in range(0, n, size):
         u, i = users[start : start + size], items[start : start + size]
+        t = None if times is None else times[start : start + size]
         m = u.shape[0]
         if m < size:
             u = np.pad(u, (0, size - m))
             i = np.pad(i, (0, size - m))
-        out[start : start + m] = np.asarray(fn(params, jnp.asarray(u), jnp.asarray(i)))[:m]
+            t = None if t is None else np.pad(t, (0, size - m), mode="edge")
+        out[start : start + m] = np.asarray(fn(params, jnp.asarray(u), jnp.asarray(i), aux,
+                                               None if t is None else jnp.asarray(t)))[:m]
     if clip is not None:
         np.clip(out, clip[0], clip[1], out=out)
     return out
+
+
+def table_sizes(params) -> tuple[int | None, int | None]:
+    """(num_users, num_items) from the params' ``user_*`` / ``item_*`` tables; None if none.
+
+    Where several tables exist the smallest first dimension is taken, so an index that
+    passes is valid for every table.
+    """
+    fields = params._asdict() if hasattr(params, "_asdict") else params if isinstance(params, dict) else {}
+    sizes: dict[str, int | None] = {"user_": None, "item_": None}
+    for name, value in fields.items():
+        shape = getattr(value, "shape", ())
+        for prefix, size in sizes.items():
+            if isinstance(name, str) and name.startswith(prefix) and len(shape) >= 1:
+                sizes[prefix] = shape[0] if size is None else min(size, shape[0])
+    return sizes["user_"], sizes["item_"]
+
+
+def _as_indices(x, what: str, size: int | None) -> np.ndarray:
+    """A 1-D int32 array of indices in ``[0, size)``; `ValueError` otherwise."""
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"predict_indices: {what} must be 1-D, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, np.int32)
+    if a.dtype.kind == "f":
+        if not (np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+            raise ValueError(
+                f"predict_indices: {what} must be integers, got {a.dtype} values such as {a[:3].tolist()}"
+            )
+    elif a.dtype.kind not in "iu":
+        raise ValueError(f"predict_indices: {what} must be integers, got dtype {a.dtype}")
+    upper = size if size is not None else 2**31  # no table to read: int32 is the bound
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi >= upper:
+        raise ValueError(
+            f"predict_indices: {what} index {int(lo if lo < 0 else hi)} is out of range "
+            f"0..{upper - 1}" + (" (the table size in params)" if size is not None else "")
+        )
+    return a.astype(np.int32, copy=False)

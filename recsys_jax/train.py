@@ -48,6 +48,7 @@ class Batch(NamedTuple):
     items: Array  # int32[B]
     ratings: Array  # float32[B]
     mask: Array  # bool[B]; False on the padding of the last batch
+    times: Array | None = None  # float32[B] days since the epoch, for time-aware models
 
 
 class TrainConfig(NamedTuple):
@@ -91,7 +92,8 @@ def make_objective(apply_fn: Callable, loss_fn: Callable, penalty_fn: Callable |
 
     def objective(params, batch: Batch, key: Array) -> Array:
         weight = batch.mask.astype(jnp.float32)
-        total = jnp.sum(loss_fn(apply_fn(params, batch.users, batch.items, key), batch.ratings) * weight)
+        kw = {} if batch.times is None else {"times": batch.times}
+        total = jnp.sum(loss_fn(apply_fn(params, batch.users, batch.items, key, **kw), batch.ratings) * weight)
         if penalty_fn is not None:
             total = total + penalty_fn(params, batch.users, batch.items, weight)
         return total / jnp.maximum(jnp.sum(weight), 1.0)
@@ -126,14 +128,14 @@ def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
 
     @functools.partial(jax.jit, static_argnames="num_steps")
     def train_epoch(state: TrainState, users: Array, items: Array, ratings: Array, key: Array,
-                    num_steps: int | None = None):
-        return run_epoch(train_step, batch_size, state, users, items, ratings, key, num_steps)
+                    num_steps: int | None = None, times: Array | None = None):
+        return run_epoch(train_step, batch_size, state, users, items, ratings, key, num_steps, times)
 
     return train_epoch
 
 
 def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: Array, items: Array,
-              ratings: Array, key: Array, num_steps: int | None = None):
+              ratings: Array, key: Array, num_steps: int | None = None, times: Array | None = None):
     """One epoch, traceable: the body of `make_train_epoch` (and of `recsys_jax.many`)."""
     n = users.shape[0]
     nb = num_batches(n, batch_size)
@@ -146,7 +148,8 @@ def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: A
     keys = jax.random.split(step_key, nb)
     if num_steps is not None:
         order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
-    batches = Batch(users[order], items[order], ratings[order], mask)  # one gather per epoch
+    batches = Batch(users[order], items[order], ratings[order], mask,  # one gather per epoch
+                    None if times is None else times[order])
 
     def body(state, xs):
         batch, k = xs
@@ -168,6 +171,7 @@ class FitResult(NamedTuple):
     best_epoch: int
     state: Any = None  # the final TrainState (the last finite one if training diverged)
     stop_reason: str | None = None  # why training ended early, e.g. a non-finite loss
+    aux: Any = None  # the model's constant data from its prepare(train), if it has one
 
 
 def fit(
@@ -220,7 +224,13 @@ def fit(
     module = get_model(model)
     base = model_config if model_config is not None else make_config(model)
     model_config = base._replace(mean_rating=float(np.mean(train.ratings)))
+    aux = module.prepare(train, model_config) if hasattr(module, "prepare") else None
+    if hasattr(module, "configure"):
+        model_config = module.configure(model_config, aux)
     apply_fn = make_apply(model, model_config)
+    train_apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
+    times = jnp.asarray(days(train.timestamps)) if getattr(module, "USES_TIME", False) else None
+    val_times = days(val.timestamps) if times is not None and val is not None else None
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
     if penalty_fn is None and (tc.l2 or tc.bias_l2):
@@ -230,7 +240,7 @@ def fit(
         tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, phases=tc.phases
     )
     optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
-    train_epoch = make_train_epoch(make_train_step(apply_fn, loss_fn, optimizer, penalty_fn), tc.batch_size)
+    train_epoch = make_train_epoch(make_train_step(train_apply, loss_fn, optimizer, penalty_fn), tc.batch_size)
 
     run_key = key
     key, init_key = jax.random.split(key)
@@ -260,10 +270,11 @@ def fit(
             break  # a resumed run that had already stopped early
         t0 = time.perf_counter()
         epoch_key = jax.random.fold_in(key, epoch)
-        new_state, losses = train_epoch(state, users, items, ratings, epoch_key)
+        new_state, losses = train_epoch(state, users, items, ratings, epoch_key, times=times)
         losses = np.asarray(losses)  # waits for the epoch to finish
         if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
-            state, stop_reason = _last_finite(train_epoch, state, (users, items, ratings), epoch_key, losses, epoch)
+            state, stop_reason = _last_finite(train_epoch, state, (users, items, ratings), epoch_key, losses,
+                                              epoch, times)
             warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
             if best_epoch == 0:
                 best_params = state.params
@@ -271,7 +282,8 @@ def fit(
         state = new_state
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_rmse": None, "val_mae": None}
         if val is not None and len(val):
-            pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=train.rating_scale)
+            pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=train.rating_scale,
+                                   aux=aux, times=val_times)
             record["val_rmse"] = metrics.rmse(pred, val.ratings)
             record["val_mae"] = metrics.mae(pred, val.ratings)
         record["seconds"] = time.perf_counter() - t0
@@ -291,15 +303,20 @@ def fit(
             break
     if bar is not None:
         bar.close()
-    return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason)
+    return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux)
 
 
-def _last_finite(train_epoch, state, data, epoch_key, losses, epoch) -> tuple[TrainState, str]:
+def days(timestamps) -> np.ndarray:
+    """Seconds since the epoch -> float32 days since the epoch (the models' time unit)."""
+    return (np.asarray(timestamps, np.float64) / 86_400.0).astype(np.float32)
+
+
+def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None) -> tuple[TrainState, str]:
     """Replays the epoch from ``state`` up to the last step whose result is finite."""
     bad = int(np.argmin(np.isfinite(losses))) if not np.all(np.isfinite(losses)) else len(losses)
     steps = bad
     while steps > 0:
-        replayed, _ = train_epoch(state, *data, epoch_key, num_steps=steps)
+        replayed, _ = train_epoch(state, *data, epoch_key, num_steps=steps, times=times)
         if _all_finite(replayed.params):
             state = replayed
             break

@@ -12,23 +12,65 @@ from recsys_jax.models import MODELS, bias, dot, make_apply, make_config, mlp
 NUM_USERS, NUM_ITEMS = 5, 7
 USERS = jnp.array([0, 4, 2, 2, 1], jnp.int32)
 ITEMS = jnp.array([6, 0, 3, 3, 5], jnp.int32)
+TIMES = jnp.array([11000.5, 12000.0, 9000.25, 15000.0, 11500.0], jnp.float32)  # days since the epoch
+
+
+def tiny_train():
+    """A small training set with timestamps and titles/genres, for models with `prepare`."""
+    import pandas as pd
+
+    from recsys_jax.data import Ratings
+
+    rng = np.random.default_rng(0)
+    pairs = [(u, i) for u in range(NUM_USERS) for i in range(NUM_ITEMS) if (u + 2 * i) % 3]
+    users, items = np.array(pairs).T
+    movies = pd.DataFrame(
+        {"title": [f"Film {i} ({1980 + 7 * i})" for i in range(NUM_ITEMS)],
+         "genres": ["Drama|Comedy", "Action", "(no genres listed)", "Drama", "Sci-Fi|Action|Drama", "Comedy", "Horror"]},
+        index=pd.Index(np.arange(NUM_ITEMS), name="movieId"))
+    return Ratings.from_raw(users, items, rng.integers(1, 11, len(users)) / 2,
+                            rng.integers(8e8, 1.4e9, len(users)), movies=movies)
+
+
+class Ctx:
+    """A model with its tiny config, perturbed params, and the extra inputs it reads."""
+
+    def __init__(self, name):
+        self.name, self.module = name, MODELS[name]
+        config = make_config(name, embedding_dim=4)
+        self.aux = self.module.prepare(tiny_train(), config) if hasattr(self.module, "prepare") else None
+        if hasattr(self.module, "configure"):
+            config = self.module.configure(config, self.aux)
+        self.config = config
+        params = self.module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, config)
+        # Move off the init (zero biases, tiny factors) so every term matters.
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+        self.params = jax.tree.unflatten(treedef, leaves)
+        self.kw = {"aux": self.aux, "times": TIMES}  # every apply takes both; ignores what it does not use
+
+    def one_kw(self, n):
+        """Keyword arguments of predict_one for pair n."""
+        import inspect
+
+        names = inspect.signature(self.module.predict_one).parameters
+        kw = {"config": self.config}
+        if "aux" in names:
+            kw["aux"] = self.aux
+        if "time" in names:
+            kw["time"] = TIMES[n]
+        return kw
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def model(request):
-    name = request.param
-    module = MODELS[name]
-    config = make_config(name, embedding_dim=4)
-    params = module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, config)
-    # Move off the init (zero biases, tiny factors) so every term matters.
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return name, module, config, jax.tree.unflatten(treedef, leaves)
+    ctx = Ctx(request.param)
+    return ctx.name, ctx.module, ctx.config, ctx.params, ctx
 
 
 def test_init_shapes_and_dtypes(model):
-    name, module, config, params = model
+    name, module, config, params, ctx = model
     assert isinstance(params, module.Params)
     for field, value in params._asdict().items():
         assert value.dtype == jnp.float32, field
@@ -42,7 +84,7 @@ def test_init_shapes_and_dtypes(model):
 
 
 def test_init_is_deterministic(model):
-    name, module, config, _ = model
+    name, module, config, _, ctx = model
     a = module.init(jax.random.key(3), NUM_USERS, NUM_ITEMS, config)
     b = module.init(jax.random.key(3), NUM_USERS, NUM_ITEMS, config)
     c = module.init(jax.random.key(4), NUM_USERS, NUM_ITEMS, config)
@@ -53,36 +95,36 @@ def test_init_is_deterministic(model):
 
 
 def test_apply_equals_loop_over_predict_one(model):
-    name, module, config, params = model
-    batched = module.apply(params, USERS, ITEMS, config=config)
-    looped = [module.predict_one(params, u, i, config=config) for u, i in zip(USERS, ITEMS)]
+    name, module, config, params, ctx = model
+    batched = module.apply(params, USERS, ITEMS, config=config, **ctx.kw)
+    looped = [module.predict_one(params, u, i, **ctx.one_kw(n)) for n, (u, i) in enumerate(zip(USERS, ITEMS))]
     assert batched.shape == (len(USERS),) and batched.dtype == jnp.float32
     np.testing.assert_allclose(batched, np.array(looped), rtol=1e-6, atol=1e-6)
 
 
 def test_jit_equals_no_jit(model):
-    name, module, config, params = model
+    name, module, config, params, ctx = model
     apply_fn = make_apply(name, config)
-    eager = apply_fn(params, USERS, ITEMS)
-    jitted = jax.jit(apply_fn)(params, USERS, ITEMS)
+    eager = apply_fn(params, USERS, ITEMS, **ctx.kw)
+    jitted = jax.jit(apply_fn)(params, USERS, ITEMS, **ctx.kw)
     np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-6)
 
 
 def test_gradients_match_finite_differences(model):
-    name, module, config, params = model
+    name, module, config, params, ctx = model
     apply_fn = make_apply(name, config)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
         # check_grads perturbs with NumPy arithmetic; make the leaves JAX arrays again.
-        f = lambda p: apply_fn(jax.tree.map(jnp.asarray, p), USERS, ITEMS)  # noqa: E731
+        f = lambda p: apply_fn(jax.tree.map(jnp.asarray, p), USERS, ITEMS, **ctx.kw)  # noqa: E731
         check_grads(f, (p64,), order=1, modes=["rev"], eps=1e-6)
 
 
 def test_y_range_squash_bounds_the_output(model):
-    name, module, _, params = model
-    config = make_config(name, embedding_dim=4, y_range=(0.5, 5.5))
-    squashed = make_apply(name, config)(params, USERS, ITEMS)
-    raw = module.apply(params, USERS, ITEMS, config=config)
+    name, module, _, params, ctx = model
+    config = ctx.config._replace(y_range=(0.5, 5.5))
+    squashed = make_apply(name, config)(params, USERS, ITEMS, **ctx.kw)
+    raw = module.apply(params, USERS, ITEMS, config=config, **ctx.kw)
     np.testing.assert_allclose(squashed, 0.5 + 5.0 / (1.0 + np.exp(-np.asarray(raw))), rtol=1e-5)
     assert np.all((squashed > 0.5) & (squashed < 5.5))
 
@@ -203,3 +245,84 @@ def test_neumf_by_hand():
     config = neumf.Config(embedding_dim=1, hidden=(2, 1, 1))
     got = neumf.apply(p, jnp.array([0]), jnp.array([0]), config=config)
     np.testing.assert_allclose(got, [11.25], rtol=1e-6)
+
+
+def test_svdpp_by_hand():
+    from recsys_jax.models import svdpp
+
+    p = svdpp.Params(
+        global_bias=jnp.array(3.0), user_bias=jnp.array([0.5, -0.5]), item_bias=jnp.array([0.1, 0.2, 0.3]),
+        user_factors=jnp.array([[1.0, 0.0], [0.0, 1.0]]),
+        item_factors=jnp.array([[1.0, 2.0], [3.0, -1.0], [0.0, 1.0]]),
+        item_implicit=jnp.array([[2.0, 0.0], [0.0, 4.0], [2.0, 2.0]]),
+    )
+    # N(0) = {0, 2}: implicit = (y0 + y2) / sqrt 2 = [4, 2] / sqrt 2; N(1) = {1}: y1 = [0, 4]
+    aux = svdpp.Aux(jnp.array([0, 0, 1]), jnp.array([0, 2, 1]), jnp.array([2 ** -0.5, 1.0]))
+    z0 = np.array([1.0, 0.0]) + np.array([4.0, 2.0]) / np.sqrt(2)
+    z1 = np.array([0.0, 1.0]) + np.array([0.0, 4.0])
+    want = [3.0 + 0.5 + 0.2 + np.dot([3.0, -1.0], z0), 3.0 - 0.5 + 0.1 + np.dot([1.0, 2.0], z1)]
+    np.testing.assert_allclose(svdpp.apply(p, jnp.array([0, 1]), jnp.array([1, 0]), aux=aux), want, rtol=1e-6)
+    np.testing.assert_allclose(svdpp.predict_one(p, 0, 1, aux=aux), want[0], rtol=1e-6)
+
+
+def test_svdpp_prepare_uses_the_training_pairs():
+    from recsys_jax.models import svdpp
+
+    train = tiny_train()
+    aux = svdpp.prepare(train)
+    counts = np.bincount(train.users, minlength=train.num_users)
+    np.testing.assert_allclose(aux.norm, 1 / np.sqrt(counts), rtol=1e-6)
+    got = sorted(zip(np.asarray(aux.rated_users).tolist(), np.asarray(aux.rated_items).tolist()))
+    assert got == sorted(zip(train.users.tolist(), train.items.tolist()))
+
+
+def test_timesvd_by_hand():
+    from recsys_jax.models import timesvd
+
+    config = timesvd.Config(embedding_dim=1, num_bins=4, beta=0.5)
+    p = timesvd.Params(
+        global_bias=jnp.array(3.0), user_bias=jnp.array([0.5]), user_drift_bias=jnp.array([0.2]),
+        item_bias=jnp.array([-0.1]), item_bin_bias=jnp.array([[0.0, 0.1, 0.2, 0.3]]),
+        user_factors=jnp.array([[2.0]]), item_factors=jnp.array([[0.5]]),
+    )
+    aux = timesvd.Aux(user_mean_day=jnp.array([100.0]), first_day=jnp.array(0.0), bin_days=jnp.array(50.0),
+                      dev_scale=jnp.array(2.0))
+    # t = 116: dev = +sqrt(16) / 2 = 2; bin = floor(116 / 50) = 2.  t = 91: dev = -3 / 2; bin 1.
+    # t = 400: past the range -> last bin (3); dev = sqrt(300) / 2.
+    got = timesvd.apply(p, jnp.array([0, 0, 0]), jnp.array([0, 0, 0]), config=config, aux=aux,
+                        times=jnp.array([116.0, 91.0, 400.0]))
+    base = 3.0 + 0.5 - 0.1 + 1.0
+    np.testing.assert_allclose(got, [base + 0.2 * 2 + 0.2, base - 0.2 * 1.5 + 0.1, base + 0.2 * np.sqrt(300) / 2 + 0.3],
+                               rtol=1e-6)
+
+
+def test_fm_equals_the_explicit_pairwise_sum():
+    from recsys_jax.models import fm
+
+    train = tiny_train()
+    config = fm.Config(embedding_dim=3)
+    aux = fm.prepare(train, config)
+    config = fm.configure(config, aux)
+    params = fm.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, config)
+    params = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.key(2), x.shape), params)
+    got = fm.apply(params, USERS, ITEMS, config=config, aux=aux)
+    for n, (u, i) in enumerate(zip(np.asarray(USERS), np.asarray(ITEMS))):
+        # Explicit feature list: (bias, factor, value) for the one-hots and the side features.
+        feats = [(params.user_bias[u], params.user_factors[u], 1.0), (params.item_bias[i], params.item_factors[i], 1.0)]
+        for j, x in zip(np.asarray(aux.item_features[i]), np.asarray(aux.item_values[i])):
+            if x != 0:
+                feats.append((params.feature_bias[j], params.feature_factors[j], float(x)))
+        want = float(params.global_bias) + sum(float(b) * x for b, _, x in feats)
+        want += sum(float(np.dot(va, vb)) * xa * xb
+                    for a, (_, va, xa) in enumerate(feats) for (_, vb, xb) in feats[a + 1:])
+        assert float(got[n]) == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def test_fm_side_features_from_titles_and_genres():
+    from recsys_jax.models.fm import item_side_features
+
+    feats = item_side_features([("Toy Story (1995)", "Adventure|Animation"), ("Untitled", "(no genres listed)"),
+                                ("Heat (1995) ", "Action")], year_bucket=5)
+    assert feats[0] == [("genre=Adventure", 2 ** -0.5), ("genre=Animation", 2 ** -0.5), ("year=1995", 1.0)]
+    assert feats[1] == []
+    assert feats[2] == [("genre=Action", 1.0), ("year=1995", 1.0)]

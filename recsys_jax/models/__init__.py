@@ -4,7 +4,14 @@
 - ``Params``: a NamedTuple of arrays, shapes in comments;
 - ``init(key, num_users, num_items, config) -> Params``;
 - ``predict_one(params, user, item, key=None, *, config) -> float32[]`` (the formula);
-- ``apply(params, users[B], items[B], key=None, *, config) -> float32[B]`` (vmap).
+- ``apply(params, users[B], items[B], key=None, *, config, aux=None, times=None)``
+  ``-> float32[B]`` (vmap).
+
+A model that needs constant data derived from the training split (SVD++'s implicit
+feedback lists, timeSVD's per-user mean day) also has ``Aux`` (a NamedTuple of arrays)
+and ``prepare(train_ratings, config) -> Aux``; `recsys_jax.train.fit` calls it and
+checkpoints save the result. Time-aware models read ``times`` (float32 days since the
+epoch) per pair; the others ignore it.
 
 `MODELS` is written out by hand: tests and benchmarks iterate over it, so listing a
 model here gets it tested and benchmarked.
@@ -15,7 +22,7 @@ import functools
 
 import jax
 
-from recsys_jax.models import bias, dot, gmf, mlp, neumf
+from recsys_jax.models import bias, dot, fm, gmf, mlp, neumf, svdpp, timesvd
 
 MODELS = {
     "dot": dot,
@@ -23,6 +30,9 @@ MODELS = {
     "mlp": mlp,
     "gmf": gmf,
     "neumf": neumf,
+    "svdpp": svdpp,
+    "timesvd": timesvd,
+    "fm": fm,
 }
 
 
@@ -50,7 +60,7 @@ def make_config(name: str, **overrides):
 
 @functools.lru_cache(maxsize=128)
 def make_apply(name: str, config):
-    """``apply(params, users, items, key=None)`` for the model with its config bound.
+    """``apply(params, users, items, key=None, *, aux=None, times=None)``, config bound.
 
     Cached per ``(name, config)``, so the same function object comes back and jitted
     callers (`recsys_jax.predict`) compile once per model and config.
@@ -64,7 +74,7 @@ def make_apply(name: str, config):
         return apply
     lo, hi = y_range
 
-    def squashed(params, users, items, key=None):
-        return lo + (hi - lo) * jax.nn.sigmoid(apply(params, users, items, key))
+    def squashed(params, users, items, key=None, **kw):
+        return lo + (hi - lo) * jax.nn.sigmoid(apply(params, users, items, key, **kw))
 
     return squashed

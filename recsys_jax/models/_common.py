@@ -7,22 +7,40 @@ import jax
 from jax import Array
 
 
-def batched(predict_one, *, stochastic: bool = False):
-    """``apply(params, users[B], items[B], key=None, *, config) -> float32[B]``.
+def batched(predict_one, *, stochastic: bool = False, uses_aux: bool = False, uses_time: bool = False):
+    """``apply(params, users[B], items[B], key=None, *, config, aux=None, times=None) -> float32[B]``.
 
-    Built from ``predict_one(params, user, item, key, *, config)``: parameters are shared
-    across the batch (``in_axes=None``), users and items are mapped. A key (for dropout)
-    is split into one key per example so each pair draws its own mask; with no key the
-    model runs in inference mode. ``config`` carries static hyperparameters (dropout
-    rates); it is a NamedTuple, hashable, so it can be closed over under `jax.jit`.
-    A model that is not ``stochastic`` ignores the key (no per-example key splitting).
+    Built from ``predict_one(params, user, item, key, *, config[, aux][, time])``:
+    parameters (and ``aux``, the constant data a model derives from the training split)
+    are shared across the batch (``in_axes=None``); users, items and ``times`` are mapped.
+    A key (for dropout) is split into one key per example so each pair draws its own mask;
+    with no key the model runs in inference mode. ``config`` carries static
+    hyperparameters; it is a hashable NamedTuple. Every model's ``apply`` takes the same
+    arguments; a model ignores what it does not use (``uses_aux``, ``uses_time``), and a
+    model that is not ``stochastic`` ignores the key (no per-example key splitting).
     """
 
-    def apply(params, users: Array, items: Array, key: Array | None = None, **kw) -> Array:
+    def apply(params, users: Array, items: Array, key: Array | None = None, *, config=None,
+              aux=None, times: Array | None = None) -> Array:
+        kw = {} if config is None else {"config": config}
+        if uses_aux:
+            if aux is None:
+                raise ValueError(f"{predict_one.__module__}: this model needs aux (from its prepare())")
+            kw["aux"] = aux
+        mapped = [users, items]
+        if uses_time:
+            if times is None:
+                raise ValueError(f"{predict_one.__module__}: this model needs times (days since the epoch)")
+            mapped.append(times)
+
+        def one(u, i, *rest, k=None):
+            extra = {"time": rest[0]} if uses_time else {}
+            return predict_one(params, u, i, k, **kw, **extra)
+
         if key is None or not stochastic:
-            return jax.vmap(lambda u, i: predict_one(params, u, i, None, **kw))(users, items)
+            return jax.vmap(one)(*mapped)
         keys = jax.random.split(key, users.shape[0])
-        return jax.vmap(lambda u, i, k: predict_one(params, u, i, k, **kw))(users, items, keys)
+        return jax.vmap(lambda *xs: one(*xs[:-1], k=xs[-1]))(*mapped, keys)
 
     apply.__doc__ = f"Batched over (users[B], items[B]):\n\n    {predict_one.__doc__}"
     return apply

@@ -1,0 +1,112 @@
+r"""Time-aware biases (the bias part of Koren's timeSVD, 2009) with latent factors.
+
+.. math::
+
+   \hat r_{ui}(t) = \mu + b_u + \alpha_u\,\mathrm{dev}_u(t) + b_i + b_{i,\mathrm{Bin}(t)}
+                    + p_u^\top q_i,
+   \qquad \mathrm{dev}_u(t) = \operatorname{sign}(t - \bar t_u)\,
+                              \frac{|t - \bar t_u|^{\beta}}{s}
+
+======================  ===============================================================
+symbol                  argument
+======================  ===============================================================
+:math:`t`               the rating's time in days since the epoch (``time``)
+:math:`\bar t_u`        the mean day of u's training ratings: ``aux.user_mean_day[u]``
+:math:`\alpha_u`        ``params.user_drift_bias[u]``: u's linear-ish drift
+:math:`b_{i,\mathrm{Bin}(t)}`  ``params.item_bin_bias[i, bin]``: item bias per time bin
+:math:`\beta, s`        ``config.beta`` (0.4, Koren's value) and ``aux.dev_scale``
+======================  ===============================================================
+
+The training time range is cut into ``config.num_bins`` equal bins (``aux.first_day``,
+``aux.bin_days``); times outside it fall into the first or last bin. :math:`s` is the mean
+of :math:`|t - \bar t_u|^\beta` over the training ratings, so that :math:`\mathrm{dev}` is of
+order one and :math:`\alpha_u` trains at the same learning rate as the other biases.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from recsys_jax.models._common import batched, initial_offset
+
+# predict_one reads the time of each rating (float32 days since the epoch).
+USES_TIME = True
+
+
+class Config(NamedTuple):
+    embedding_dim: int = 50
+    init_scale: float = 0.01
+    mean_rating: float = 3.5  # set by `fit` to the training mean
+    y_range: tuple[float, float] | None = None
+    num_bins: int = 30
+    beta: float = 0.4
+
+
+class Params(NamedTuple):
+    global_bias: Array  # float32[]
+    user_bias: Array  # float32[U]
+    user_drift_bias: Array  # float32[U]
+    item_bias: Array  # float32[I]
+    item_bin_bias: Array  # float32[I, num_bins]
+    user_factors: Array  # float32[U, K]
+    item_factors: Array  # float32[I, K]
+
+
+class Aux(NamedTuple):
+    user_mean_day: Array  # float32[U]
+    first_day: Array  # float32[]
+    bin_days: Array  # float32[]
+    dev_scale: Array  # float32[]
+
+
+def prepare(train, config: Config = Config()) -> Aux:
+    """Per-user mean day, the bins and the drift scale from the training ratings."""
+    t = np.asarray(train.timestamps, np.float64) / 86_400.0
+    counts = np.bincount(train.users, minlength=train.num_users)
+    mean_day = np.bincount(train.users, weights=t, minlength=train.num_users) / np.maximum(counts, 1)
+    mean_day = np.where(counts > 0, mean_day, t.mean() if len(t) else 0.0)
+    first, last = (float(t.min()), float(t.max())) if len(t) else (0.0, 1.0)
+    dev = np.abs(t - mean_day[train.users]) ** config.beta
+    scale = float(dev.mean()) if len(dev) and dev.mean() > 0 else 1.0
+    return Aux(jnp.asarray(mean_day, jnp.float32), jnp.asarray(first, jnp.float32),
+               jnp.asarray(max((last - first) / config.num_bins, 1e-6), jnp.float32), jnp.asarray(scale, jnp.float32))
+
+
+def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
+    """Zero biases and drifts, factors from N(0, init_scale^2), mu at the mean."""
+    ukey, ikey = jax.random.split(key)
+    k, s = config.embedding_dim, config.init_scale
+    return Params(
+        global_bias=jnp.asarray(initial_offset(config), jnp.float32),
+        user_bias=jnp.zeros((num_users,), jnp.float32),
+        user_drift_bias=jnp.zeros((num_users,), jnp.float32),
+        item_bias=jnp.zeros((num_items,), jnp.float32),
+        item_bin_bias=jnp.zeros((num_items, config.num_bins), jnp.float32),
+        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
+        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+    )
+
+
+def predict_one(
+    params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(),
+    aux: Aux, time: Array,
+) -> Array:
+    """r_ui(t) = mu + b_u + alpha_u dev_u(t) + b_i + b_{i,Bin(t)} + p_u . q_i"""
+    delta = time - aux.user_mean_day[user]
+    dev = jnp.sign(delta) * jnp.abs(delta) ** config.beta / aux.dev_scale
+    bin_ = jnp.clip(jnp.floor((time - aux.first_day) / aux.bin_days), 0, config.num_bins - 1).astype(jnp.int32)
+    return (
+        params.global_bias
+        + params.user_bias[user]
+        + params.user_drift_bias[user] * dev
+        + params.item_bias[item]
+        + params.item_bin_bias[item, bin_]
+        + params.user_factors[user] @ params.item_factors[item]
+    )
+
+
+apply = batched(predict_one, uses_aux=True, uses_time=True)

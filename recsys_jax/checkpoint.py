@@ -4,7 +4,8 @@ Layout of a checkpoint folder::
 
     meta.json     format name and version, model name, model config, array shapes and
                   dtypes, rating scale, and free-form ``extra`` (metrics, train config)
-    arrays.npz    params as ``params/<field>``, and the id maps ``user_ids``, ``item_ids``
+    arrays.npz    params as ``params/<field>``, the id maps ``user_ids``, ``item_ids``, and
+                  for models with ``prepare`` their constant data as ``aux/<field>``
     titles.json   optional: raw item id -> title
 
 Loading uses ``np.load(..., allow_pickle=False)``, so an object array planted in the file
@@ -67,6 +68,8 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     params = {f"params/{k}": np.asarray(v) for k, v in rec.params._asdict().items()}
     arrays = {**params, "user_ids": np.asarray(rec.user_ids, np.int64), "item_ids": np.asarray(rec.item_ids, np.int64)}
+    if rec.aux is not None:
+        arrays.update({f"aux/{k}": np.asarray(v) for k, v in rec.aux._asdict().items()})
     config = rec.config._asdict()
     meta = {
         "format": FORMAT,
@@ -143,6 +146,8 @@ def load(path: str | os.PathLike) -> Recommender:
         raise CheckpointError(f"{arrays_path}: unreadable or truncated ({e})") from e
 
     expected = {f"params/{f}" for f in module.Params._fields} | {"user_ids", "item_ids"}
+    if hasattr(module, "Aux"):
+        expected |= {f"aux/{f}" for f in module.Aux._fields}
     if set(arrays) != expected or set(declared) != expected:
         raise CheckpointError(
             f"{arrays_path}: arrays {sorted(arrays)} do not match model {meta['model']!r} "
@@ -182,7 +187,10 @@ def load(path: str | os.PathLike) -> Recommender:
             titles = {int(k): str(v) for k, v in json.loads(titles_path.read_text()).items()}
         except (OSError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{titles_path}: unreadable ({e})") from e
-    return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles)
+    aux = None
+    if hasattr(module, "Aux"):
+        aux = module.Aux(**{f: jnp.asarray(arrays[f"aux/{f}"]) for f in module.Aux._fields})
+    return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles, aux)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

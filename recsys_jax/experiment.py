@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from recsys_jax import metrics
-from recsys_jax.data.ratings import Ratings
+from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.data.split import Split, random_split
-from recsys_jax.models import make_apply
+from recsys_jax.models import get_model, make_apply
 from recsys_jax.predict import predict_indices
 from recsys_jax.recommender import Recommender
 from recsys_jax.train import FitResult, TrainConfig, fit
@@ -63,7 +63,9 @@ def run_experiment(
     fit_seconds = time.perf_counter() - t0
 
     apply_fn = make_apply(model, result.model_config)
-    pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale)
+    times = days(test.timestamps) if getattr(get_model(model), "USES_TIME", False) else None
+    pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale,
+                           aux=result.aux, times=times)
     val_scores = [v for v in result.history["val_rmse"] if v is not None]
     record = {
         "model": model,
@@ -98,4 +100,4 @@ def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
         rated = set(ratings.item_ids.tolist())
         titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
     return Recommender(result.model, result.model_config, result.params, ratings.user_ids,
-                       ratings.item_ids, ratings.rating_scale, titles)
+                       ratings.item_ids, ratings.rating_scale, titles, result.aux)

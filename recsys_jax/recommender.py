@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from recsys_jax.data.ratings import UnknownIdError, lookup_ids
-from recsys_jax.models import make_apply
+from recsys_jax.data.ratings import UnknownIdError, days, lookup_ids
+from recsys_jax.models import get_model, make_apply
 from recsys_jax.predict import predict_indices
 
 
@@ -39,6 +39,7 @@ class Recommender(NamedTuple):
     item_ids: np.ndarray  # int64[I] sorted raw item ids
     rating_scale: tuple[float, float]
     titles: dict[int, str] | None = None  # raw item id -> title
+    aux: Any = None  # the model's constant data from prepare(train), for models that have one
 
     @property
     def num_users(self) -> int:
@@ -48,8 +49,13 @@ class Recommender(NamedTuple):
     def num_items(self) -> int:
         return int(self.item_ids.shape[0])
 
-    def predict(self, raw_users, raw_items, *, unknown: str = "error") -> np.ndarray:
-        """Ratings for raw (user, item) id pairs, float32[N], clipped to the scale."""
+    def predict(self, raw_users, raw_items, *, unknown: str = "error", timestamps=None) -> np.ndarray:
+        """Ratings for raw (user, item) id pairs, float32[N], clipped to the scale.
+
+        ``timestamps`` (seconds since the epoch, one per pair) are read by time-aware
+        models; without them such a model predicts each user at the mean day of that
+        user's training ratings (where the user's drift term is zero).
+        """
         raw_users, raw_items = _as_id_array(raw_users, "user"), _as_id_array(raw_items, "item")
         if raw_users.shape != raw_items.shape:
             raise ValueError(
@@ -70,7 +76,14 @@ class Recommender(NamedTuple):
         known = user_found & item_found
         out = np.empty(raw_users.shape[0], np.float32)
         apply_fn = make_apply(self.model, self.config)
-        out[known] = predict_indices(apply_fn, self.params, users[known], items[known])
+        times = None
+        if getattr(get_model(self.model), "USES_TIME", False):
+            if timestamps is None:
+                times = np.asarray(self.aux.user_mean_day, np.float32)[users]
+            else:
+                times = days(np.broadcast_to(np.asarray(timestamps, np.float64), raw_users.shape))
+            times = times[known]
+        out[known] = predict_indices(apply_fn, self.params, users[known], items[known], aux=self.aux, times=times)
         if not known.all():
             out[~known] = self._fallback(users[~known], user_found[~known], items[~known], item_found[~known])
         return np.clip(out, *self.rating_scale)

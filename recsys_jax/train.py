@@ -28,7 +28,7 @@ import optax
 from jax import Array
 
 from recsys_jax import metrics, resume
-from recsys_jax.data.ratings import Ratings
+from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.losses import get_loss
 from recsys_jax.models import get_model, make_apply, make_config
 from recsys_jax.optim import make_optimizer, make_schedule
@@ -304,11 +304,6 @@ def fit(
     if bar is not None:
         bar.close()
     return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux)
-
-
-def days(timestamps) -> np.ndarray:
-    """Seconds since the epoch -> float32 days since the epoch (the models' time unit)."""
-    return (np.asarray(timestamps, np.float64) / 86_400.0).astype(np.float32)
 
 
 def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None) -> tuple[TrainState, str]:

@@ -150,3 +150,8 @@ def _lookup(sorted_ids: np.ndarray, raw_ids, what: str) -> np.ndarray:
             f"({len(sorted_ids)} known {what}s)"
         )
     return index
+
+
+def days(timestamps) -> np.ndarray:
+    """Seconds since the epoch -> float32 days since the epoch (time-aware models' unit)."""
+    return (np.asarray(timestamps, np.float64) / 86_400.0).astype(np.float32)

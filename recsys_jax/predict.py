@@ -21,15 +21,29 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# Pairs per inner block. Gathering [N, K] embedding rows for a large N writes them out to
+# memory and reads them back; blocks of a few thousand pairs stay in cache. On the 2-core
+# CPU this took the bias model from ~7M to ~20M+ pairs/s at 1M pairs (one jitted vmap over
+# all pairs vs these blocks; see benchmarks/results/throughput-cpu.md).
+BLOCK = 8192
+
+
 @functools.lru_cache(maxsize=64)
 def _jitted(apply_fn: Callable, with_aux: bool, with_times: bool) -> Callable:
     def predict(params, users, items, aux, times):
         kw = {}
         if with_aux:
             kw["aux"] = aux
-        if with_times:
-            kw["times"] = times
-        return apply_fn(params, users, items, **kw)
+
+        def block(xs):
+            u, i, t = xs
+            return apply_fn(params, u, i, **kw, **({"times": t} if with_times else {}))
+
+        n = users.shape[0]
+        b = min(BLOCK, n)  # n is a power of two (see predict_indices), so b divides it
+        t = times if with_times else jnp.zeros_like(users, jnp.float32)
+        blocks = (users.reshape(-1, b), items.reshape(-1, b), t.reshape(-1, b))
+        return jax.lax.map(block, blocks).reshape(n)
 
     return jax.jit(predict)
 
@@ -41,7 +55,7 @@ def predict_indices(
     items,
     *,
     clip: tuple[float, float] | None = None,
-    chunk_size: int = 65_536,
+    chunk_size: int = 1 << 20,
     aux=None,
     times=None,
 ) -> np.ndarray:
@@ -64,7 +78,9 @@ def predict_indices(
     if n == 0:
         return out
     # Small inputs get a small power-of-two chunk, so a handful of shapes cover all sizes.
-    size = min(chunk_size, 1 << max(n - 1, 1).bit_length())
+    if chunk_size < 1:
+        raise ValueError(f"predict_indices: chunk_size must be >= 1, got {chunk_size}")
+    size = min(1 << (chunk_size.bit_length() - 1), 1 << max(n - 1, 1).bit_length())  # powers of two
     if times is not None:
         times = np.asarray(times, np.float32)
         if times.shape != users.shape:

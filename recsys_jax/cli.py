@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", action="store_true", help="bias-only prediction for unknown ids instead of an error")
     p.add_argument("--json", action="store_true")
 
+    b = sub.add_parser("bench", help="run the quick benchmark suite (from a source checkout)")
+    b.add_argument("--out", default="runs/bench-quick", metavar="DIR", help="where the results go (default: %(default)s)")
+
     d = sub.add_parser("download", help="fetch, verify and extract a MovieLens variant into the cache")
     d.add_argument("--dataset", default="ml-latest-small")
     d.add_argument("--data-dir", metavar="DIR")
@@ -180,6 +183,27 @@ def cmd_predict(args) -> None:
         print(json.dumps(rows))
 
 
+QUICK_SUITE = ("accuracy", "throughput", "scaling", "many")
+
+
+def cmd_bench(args) -> None:
+    """Runs ``python -m benchmarks.<name> --quick`` for each script, results into ``--out``."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "benchmarks" / "accuracy.py").is_file():
+        raise FileNotFoundError(f"the benchmark scripts live in the source checkout; none beside {repo}")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in QUICK_SUITE:
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--json", str(out / f"{name}.json"),
+               "--md", str(out / f"{name}.md")] + (["--png", str(out / "scaling.png")] if name == "scaling" else [])
+        print(f"[bench] {' '.join(cmd[2:])}", flush=True)
+        if subprocess.run(cmd, cwd=repo).returncode != 0:
+            raise ValueError(f"benchmarks.{name} failed")
+    print(f"[bench] results in {out}")
+
+
 def cmd_download(args) -> None:
     from recsys_jax.data import load_movielens
 
@@ -192,7 +216,7 @@ def main(argv=None) -> int:
     from recsys_jax.data import DataError, UnknownIdError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "predict": cmd_predict, "download": cmd_download}
+    handlers = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench, "download": cmd_download}
     try:
         out = handlers[args.command](args)
         if isinstance(out, dict) and out.get("stop_reason"):

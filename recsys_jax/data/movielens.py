@@ -249,6 +249,7 @@ def load_ml100k_fold(
         name=dataset.name,
         rating_scale=dataset.rating_scale,
     )
+    both = replace(both, user_info=_optional(folder / "u.user", _read_u_user, quiet=True))
     n_train = len(parts[0].users)
     duplicate = first_duplicate(both.users, both.items)
     if duplicate is not None:  # a repeat inside a file, or a test pair leaking from train
@@ -545,7 +546,8 @@ def parse_dat(folder: Path, dataset: Dataset) -> Ratings:
         folder / dataset.ratings_file, **RATINGS_OPTIONS["dat"],
         rating_scale=dataset.rating_scale, name=dataset.name,
     )
-    return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_dat))
+    return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_dat),
+                   user_info=_optional(folder / "users.dat", _read_users_dat, quiet=True))
 
 
 def parse_100k(folder: Path, dataset: Dataset) -> Ratings:
@@ -554,7 +556,8 @@ def parse_100k(folder: Path, dataset: Dataset) -> Ratings:
         folder / dataset.ratings_file, **RATINGS_OPTIONS["100k"],
         rating_scale=dataset.rating_scale, name=dataset.name,
     )
-    return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_u_item))
+    return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_u_item),
+                   user_info=_optional(folder / "u.user", _read_u_user, quiet=True))
 
 
 _PARSERS: dict[str, Callable[[Path, Dataset], Ratings]] = {
@@ -571,12 +574,55 @@ GENRES_100K = (
 )
 
 
-def _optional(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame | None:
-    """The movies table is a convenience: without the file the ratings still load."""
+def _optional(path: Path, reader: Callable[[Path], pd.DataFrame], quiet: bool = False) -> pd.DataFrame | None:
+    """Side tables are a convenience: without the file the ratings still load."""
     if not path.is_file():
-        warnings.warn(f"{path} not found; the ratings have no movie titles", stacklevel=3)
+        if not quiet:
+            warnings.warn(f"{path} not found; the ratings have no movie titles", stacklevel=3)
         return None
     return reader(path)
+
+
+def _users_frame(path: Path, rows: list[tuple[int, str, str, str, str]]) -> pd.DataFrame:
+    """``rows`` are (line number, user id text, age, gender, occupation)."""
+    ids = []
+    for number, uid, *_ in rows:
+        if not uid.strip().isdigit():
+            raise DataError(f"{path}, line {number}: user id {shorten(uid)!r} is not a whole number")
+        ids.append(int(uid))
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: a user id appears twice")
+    return pd.DataFrame({"age": [r[2] for r in rows], "gender": [r[3] for r in rows],
+                         "occupation": [r[4] for r in rows]},
+                        index=pd.Index(np.array(ids, dtype=np.int64), name="userId"))
+
+
+def _read_u_user(path: Path, data: bytes | None = None) -> pd.DataFrame:
+    """ml-100k u.user: ``user id | age | gender | occupation | zip code``; ages by decade."""
+    rows = []
+    for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"), data)), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) != 5 or not fields[1].strip().isdigit():
+            raise DataError(f"{path}, line {number}: expected user id|age|gender|occupation|zip code "
+                            f"(line: {shorten(line)!r})")
+        rows.append((number, fields[0], f"{int(fields[1]) // 10 * 10}s", fields[2].strip(), fields[3].strip()))
+    return _users_frame(path, rows)
+
+
+def _read_users_dat(path: Path, data: bytes | None = None) -> pd.DataFrame:
+    """ml-1m users.dat: ``UserID::Gender::Age::Occupation::Zip-code`` (age and occupation are codes)."""
+    rows = []
+    for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"), data)), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("::")
+        if len(fields) != 5:
+            raise DataError(f"{path}, line {number}: expected UserID::Gender::Age::Occupation::Zip-code "
+                            f"(line: {shorten(line)!r})")
+        rows.append((number, fields[0], fields[2].strip(), fields[1].strip(), fields[3].strip()))
+    return _users_frame(path, rows)
 
 
 def _decode(path: Path, encodings: tuple[str, ...], data: bytes | None = None) -> str:

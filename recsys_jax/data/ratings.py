@@ -43,6 +43,8 @@ class Ratings:
       movies: optional table indexed by raw item id with columns ``title``, ``genres``.
       name: where the data came from (a dataset name or a file path).
       rating_scale: (lowest, highest) rating the source allows.
+      user_info: optional table indexed by raw user id with side information (ml-100k
+        and ml-1m: ``age``, ``gender``, ``occupation``), used by the fm model.
     """
 
     users: np.ndarray
@@ -54,6 +56,7 @@ class Ratings:
     movies: pd.DataFrame | None = field(default=None, repr=False)
     name: str = ""
     rating_scale: tuple[float, float] = (0.5, 5.0)
+    user_info: pd.DataFrame | None = field(default=None, repr=False)
 
     # -- construction -------------------------------------------------------------
     @classmethod

@@ -94,7 +94,8 @@ def _pad(rows: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare(train, config: Config = Config()) -> Aux:
-    """Side features from ``train.movies`` (title, genres) and ``train.users`` if present."""
+    """Side features from ``train.movies`` (title, genres) and ``train.user_info`` (ml-100k,
+    ml-1m: age, gender, occupation) when present."""
     vocab: dict[str, int] = {"<null>": 0}
 
     def encode(rows):
@@ -107,7 +108,7 @@ def prepare(train, config: Config = Config()) -> Aux:
     else:
         pairs = [("", "")] * train.num_items
     item_idx, item_val = _pad(encode(item_side_features(pairs, config.year_bucket)))
-    users = getattr(train, "users_table", None)
+    users = getattr(train, "user_info", None)
     user_rows = [[] for _ in range(train.num_users)]
     if users is not None:
         for n, raw in enumerate(train.user_ids.tolist()):

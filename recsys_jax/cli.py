@@ -183,7 +183,7 @@ def cmd_predict(args) -> None:
         print(json.dumps(rows))
 
 
-QUICK_SUITE = ("accuracy", "throughput", "scaling", "many")
+QUICK_SUITE = ("accuracy", "time_to_accuracy", "throughput", "scaling", "many")
 
 
 def cmd_bench(args) -> None:

@@ -228,3 +228,27 @@ def test_missing_dataset_without_download(tmp_path, monkeypatch, capsys):
     assert err.startswith("recsys-jax train: error: ") and "ml-latest-small" in err.splitlines()[0]
     assert str(empty / "ml-latest-small") in err  # the folders it looked in
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing downloaded
+
+
+def test_bench_runs_the_quick_suite_into_its_own_folder(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from recsys_jax import cli
+
+    calls = []
+
+    def fake_run(cmd, cwd=None, **kw):
+        calls.append((cmd, cwd))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert cli.main(["bench", "--out", str(tmp_path / "q")]) == 0
+    names = [c[0][2] for c in calls]
+    assert names == [f"benchmarks.{n}" for n in cli.QUICK_SUITE]
+    for cmd, cwd in calls:
+        assert "--quick" in cmd and str(tmp_path / "q") in cmd[cmd.index("--json") + 1]
+        assert (Path(cwd) / "benchmarks").is_dir()  # run from the source checkout
+    # A failing script is a clear error, exit 2.
+    monkeypatch.setattr(subprocess, "run", lambda cmd, cwd=None, **kw: subprocess.CompletedProcess(cmd, 1))
+    assert cli.main(["bench", "--out", str(tmp_path / "q")]) == 2
+    assert "benchmarks.accuracy failed" in capsys.readouterr().err

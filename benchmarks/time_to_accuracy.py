@@ -1,0 +1,67 @@
+"""Time to accuracy: ``recsys-jax train --model bias`` from a cold process, compile included.
+
+    python -m benchmarks.time_to_accuracy            # 5 fresh processes
+    python -m benchmarks.time_to_accuracy --quick    # 2
+
+Each run is a new Python process (so JAX compiles from scratch) running the CLI's default
+``train`` on ml-latest-small, random 80/20, split seed 0. Reported: the test RMSE (scored
+once, at the end), ``fit_seconds`` (training wall time, compilation included, data
+loading excluded: the CLI's own figure), and the wall time of the whole process
+(interpreter start, imports, data loading, training, scoring), median over the runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS, environment, markdown_table, write_json
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--model", default="bias")
+    p.add_argument("--json", default=None)
+    p.add_argument("--md", default=None)
+    args = p.parse_args(argv)
+    runs = 2 if args.quick else args.runs
+    env = environment()
+    cmd = [sys.executable, "-m", "recsys_jax.cli", "train", "--model", args.model, "--seed", "0", "--json", "--no-save"]
+    records = []
+    for r in range(runs):
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return 1
+        rec = json.loads(out.stdout.strip().splitlines()[-1])
+        records.append({"bench": "time_to_accuracy", "model": args.model, "dataset": rec["dataset"], "run": r,
+                        "test_rmse": rec["test_rmse"], "test_mae": rec["test_mae"], "fit_seconds": rec["fit_seconds"],
+                        "process_seconds": wall, "epochs": rec["epochs"], **env,
+                        "command": "recsys-jax train --model %s --seed 0 --json --no-save" % args.model})
+        print(f"[time_to_accuracy] run {r}: test rmse {rec['test_rmse']:.4f}, fit {rec['fit_seconds']:.2f} s, "
+              f"process {wall:.2f} s", flush=True)
+    tag = env["device"].split(":")[0]
+    write_json(args.json or RESULTS / f"time_to_accuracy-{tag}.json", records)
+    fit_s = np.median([r["fit_seconds"] for r in records])
+    proc_s = np.median([r["process_seconds"] for r in records])
+    md = (f"### Time to accuracy: `recsys-jax train --model {args.model}` from a cold process ({runs} runs)\n\n"
+          + markdown_table(["test RMSE (seed 0)", "fit s, compile included (median)", "whole process s (median)"],
+                           [[f"{records[0]['test_rmse']:.4f}", f"{fit_s:.2f}", f"{proc_s:.2f}"]])
+          + f"\n\nDevice: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}; "
+          f"commit {env['git_commit']}; `{env['command']}`.\n")
+    Path(args.md or RESULTS / f"time_to_accuracy-{tag}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

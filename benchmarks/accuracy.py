@@ -115,7 +115,46 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(summary: list[dict], env: dict) -> str:
+def comparisons(records: list[dict]) -> list[str]:
+    """The questions the notebook and the literature raise, answered with these numbers.
+
+    Both models of a comparison ran on the same splits (seeds or folds), so the gap is the
+    mean of the per-split differences, stated with its standard error.
+    """
+    lines = []
+    by = defaultdict(dict)
+    for r in records:
+        by[(r["dataset"], r["protocol"], r["model"], r["preset"], r["loss"])][r["seed"]] = r["test_rmse"]
+
+    def compare(dataset, protocol, a, b, question):
+        ra, rb = by.get((dataset, protocol, *a), {}), by.get((dataset, protocol, *b), {})
+        common = sorted(set(ra) & set(rb))
+        if not common:
+            return
+        d = np.array([ra[s] - rb[s] for s in common])
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        verdict = "lower (better)" if d.mean() < 0 else "higher (worse)"
+        wins = int(np.sum(d < 0))
+        lines.append(f"- {question} On {dataset} ({protocol}), {a[0]} ({a[1]}) has test RMSE "
+                     f"{np.mean([ra[s] for s in common]):.4f} against {np.mean([rb[s] for s in common]):.4f} "
+                     f"for {b[0]} ({b[1]}): {abs(d.mean()):.4f} {verdict} (paired over {len(d)} splits, "
+                     f"standard error {se:.4f}; lower on {wins} of {len(d)}).")
+
+    for dataset, protocol in sorted({(r["dataset"], r["protocol"]) for r in records}):
+        compare(dataset, protocol, ("mlp", "notebook", "mse"), ("bias", "notebook", "mse"),
+                "Does the notebook's NN beat its bias model, each with the notebook's own regimen?")
+        compare(dataset, protocol, ("mlp", "default", "mse"), ("bias", "default", "mse"),
+                "Does the NN beat the bias model when both are tuned?")
+        compare(dataset, protocol, ("neumf", "default", "mse"), ("bias", "default", "mse"),
+                "Learned similarity vs dot product (Rendle et al. 2020): NeuMF against the biased dot product.")
+        compare(dataset, protocol, ("gmf", "default", "mse"), ("bias", "default", "mse"),
+                "GMF (a weighted dot product without biases) against the biased dot product.")
+    if lines:
+        lines = ["#### Comparisons\n"] + lines + [""]
+    return lines
+
+
+def markdown(summary: list[dict], env: dict, records: list[dict]) -> str:
     out = []
     by_protocol = defaultdict(list)
     for row in summary:
@@ -132,6 +171,7 @@ def markdown(summary: list[dict], env: dict) -> str:
         if refs:
             out.append("\nPublished, same protocol unless noted: " + "; ".join(f"{n}: {v}" for n, v in refs) + ".")
         out.append("")
+    out += comparisons(records)
     out.append(f"Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}, "
                f"optax {env['optax']}; commit {env['git_commit']}; `{env['command']}`.")
     return "\n".join(out) + "\n"
@@ -174,8 +214,8 @@ def main(argv=None) -> int:
     summary = summarise(records)
     json_path = write_json(args.json or RESULTS / "accuracy.json", records)
     md_path = Path(args.md or RESULTS / "accuracy.md")
-    md_path.write_text(markdown(summary, env))
-    print(markdown(summary, env))
+    md_path.write_text(markdown(summary, env, records))
+    print(markdown(summary, env, records))
     print(f"[accuracy] wrote {json_path} and {md_path}")
     return 0
 

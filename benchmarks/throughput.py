@@ -143,7 +143,7 @@ def markdown(records: list[dict], env: dict) -> str:
                             [[r["model"], r["path"], r["batch_size"], f"{r['ratings_per_s']:,.0f}",
                               f"{r['seconds_per_epoch']:.4f}", f"{r['compile_s']:.2f}" if "compile_s" in r else ""]
                              for r in train]),
-             "\n### Prediction throughput (pairs/s, jitted vmap, median)\n",
+             "\n### Prediction throughput (pairs/s, `predict_indices`, median)\n",
              markdown_table(["model", "batch", "pairs/s", "s/call"],
                             [[r["model"], f"{r['batch_size']:,}", f"{r['pairs_per_s']:,.0f}", f"{r['seconds']:.5f}"]
                              for r in pred]),

@@ -3,10 +3,16 @@
 Layout of a checkpoint folder::
 
     meta.json     format name and version, model name, model config, array shapes and
-                  dtypes, rating scale, and free-form ``extra`` (metrics, train config)
-    arrays.npz    params as ``params/<field>``, the id maps ``user_ids``, ``item_ids``, and
-                  for models with ``prepare`` their constant data as ``aux/<field>``
+                  dtypes, rating scale, and free-form ``extra`` (metrics, train config);
+                  for a model trained with a loss that has parameters, ``loss`` (its name
+                  in `recsys_jax.losses.PARAM_LOSSES`)
+    arrays.npz    params as ``params/<field>``, the id maps ``user_ids``, ``item_ids``, for
+                  models with ``prepare`` their constant data as ``aux/<field>``, and the
+                  loss's parameters as ``loss/<field>``
     titles.json   optional: raw item id -> title
+
+A checkpoint without ``loss`` (every one written before losses had parameters) loads as
+before.
 
 Loading uses ``np.load(..., allow_pickle=False)``, so an object array planted in the file
 is refused instead of unpickled, and every array is checked against ``meta.json``, the
@@ -33,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recsys_jax.losses import get_param_loss
 from recsys_jax.models import get_model, make_config
 from recsys_jax.recommender import Recommender
 
@@ -70,6 +77,9 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     arrays = {**params, "user_ids": np.asarray(rec.user_ids, np.int64), "item_ids": np.asarray(rec.item_ids, np.int64)}
     if rec.aux is not None:
         arrays.update({f"aux/{k}": np.asarray(v) for k, v in rec.aux._asdict().items()})
+    if rec.loss is not None:
+        get_param_loss(rec.loss)  # a clear error for a name that could not be loaded back
+        arrays.update({f"loss/{k}": np.asarray(v) for k, v in rec.loss_params._asdict().items()})
     config = rec.config._asdict()
     meta = {
         "format": FORMAT,
@@ -80,6 +90,8 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
         "rating_scale": list(rec.rating_scale),
         "extra": extra or {},
     }
+    if rec.loss is not None:
+        meta["loss"] = rec.loss
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     old = None
     try:
@@ -133,6 +145,8 @@ def load(path: str | os.PathLike) -> Recommender:
         declared = meta["arrays"]
         if not isinstance(declared, dict) or not all(isinstance(v, dict) for v in declared.values()):
             raise ValueError("'arrays' must map each array name to {shape, dtype}")
+        loss_name = meta.get("loss")
+        param_loss = None if loss_name is None else get_param_loss(loss_name)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path}: bad metadata ({e})") from e
 
@@ -148,6 +162,8 @@ def load(path: str | os.PathLike) -> Recommender:
     expected = {f"params/{f}" for f in module.Params._fields} | {"user_ids", "item_ids"}
     if hasattr(module, "Aux"):
         expected |= {f"aux/{f}" for f in module.Aux._fields}
+    if param_loss is not None:
+        expected |= {f"loss/{f}" for f in param_loss.Params._fields}
     if set(arrays) != expected or set(declared) != expected:
         raise CheckpointError(
             f"{arrays_path}: arrays {sorted(arrays)} do not match model {meta['model']!r} "
@@ -190,7 +206,17 @@ def load(path: str | os.PathLike) -> Recommender:
     aux = None
     if hasattr(module, "Aux"):
         aux = module.Aux(**{f: jnp.asarray(arrays[f"aux/{f}"]) for f in module.Aux._fields})
-    return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles, aux)
+    loss_params = None
+    if param_loss is not None:
+        loss_params = param_loss.Params(**{f: jnp.asarray(arrays[f"loss/{f}"]) for f in param_loss.Params._fields})
+        try:  # the loss's arrays must fit together (e.g. K levels, K-2 cut-point gaps)
+            out = jax.eval_shape(param_loss.predict, loss_params, jax.ShapeDtypeStruct((1,), jnp.float32))
+            if out.shape != (1,):
+                raise ValueError(f"predict gives shape {out.shape}")
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{arrays_path}: the {loss_name!r} loss arrays do not fit together ({e})") from e
+    return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles, aux,
+                       loss_name, loss_params)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

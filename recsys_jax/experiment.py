@@ -7,7 +7,9 @@ a number from the CLI and a number in the benchmark table come from the same pro
 2. a validation slice (``val_frac`` of the training split, drawn from ``seed``) is carved
    off the training split; training sees only the rest;
 3. `fit` scores the validation slice after every epoch and keeps the best epoch;
-4. the test split is scored once, at the end, with predictions clipped to the scale.
+4. the test split is scored once, at the end, with predictions clipped to the scale (for a
+   loss with parameters, the loss's ``predict`` of the model's scores: e.g. the expected
+   rating of the ordinal model).
 
 ``fit_seconds`` is the wall time of step 3, compilation included, data loading excluded.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from recsys_jax import metrics
 from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.data.split import Split, random_split
+from recsys_jax.losses import param_loss_name
 from recsys_jax.models import get_model, make_apply
 from recsys_jax.predict import predict_indices
 from recsys_jax.recommender import Recommender
@@ -65,7 +68,7 @@ def run_experiment(
     apply_fn = make_apply(model, result.model_config)
     times = days(test.timestamps) if getattr(get_model(model), "USES_TIME", False) else None
     pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale,
-                           aux=result.aux, times=times)
+                           aux=result.aux, times=times, **result.predict_link())
     val_scores = [v for v in result.history["val_rmse"] if v is not None]
     record = {
         "model": model,
@@ -84,7 +87,7 @@ def run_experiment(
         "num_test": len(test),
         "num_users": ratings.num_users,
         "num_items": ratings.num_items,
-        "train_config": train_config._asdict(),
+        "train_config": result.train_config._asdict(),  # names the loss trained when loss_fn is a ParamLoss
         "model_config": result.model_config._asdict(),
         "device": device_name(),
         "jax": jax.__version__,
@@ -94,10 +97,20 @@ def run_experiment(
 
 
 def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
-    """The trained model with the full data set's id maps and titles, ready to save."""
+    """The trained model with the full data set's id maps and titles, ready to save.
+
+    A loss with parameters must be registered in `recsys_jax.losses.PARAM_LOSSES`: the
+    recommender (and its checkpoint) names it.
+    """
     titles = None
     if ratings.movies is not None:
         rated = set(ratings.item_ids.tolist())
         titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
+    loss = None
+    if result.loss is not None:
+        loss = param_loss_name(result.loss)
+        if loss is None:
+            raise ValueError("to_recommender: the model was trained with a ParamLoss that is not registered "
+                             "in recsys_jax.losses.PARAM_LOSSES; add it there under a name")
     return Recommender(result.model, result.model_config, result.params, ratings.user_ids,
-                       ratings.item_ids, ratings.rating_scale, titles, result.aux)
+                       ratings.item_ids, ratings.rating_scale, titles, result.aux, loss, result.loss_params)

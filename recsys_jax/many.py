@@ -13,7 +13,8 @@ the others in:
 ``embedding_dim``    up to the largest member's: the ``user_factors``/``item_factors``
                      columns past a member's size are masked to zero, so it is exactly
                      a model of that size (models with those two tables)
-``loss``             a name in `recsys_jax.losses.LOSSES` (`jax.lax.switch` per member)
+``loss``             a name in `recsys_jax.losses.LOSSES` (`jax.lax.switch` per member);
+                     losses with parameters (``PARAM_LOSSES``) train with `fit` only
 ===================  ==============================================================
 
 Everything structural is shared: the model, epochs, batch size, schedule kind. A member
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 
 from recsys_jax.data.ratings import Ratings
-from recsys_jax.losses import LOSSES
+from recsys_jax.losses import LOSSES, PARAM_LOSSES
 from recsys_jax.models import get_model, make_apply, make_config
 from recsys_jax.optim import make_schedule
 from recsys_jax.penalties import make_l2_penalty
@@ -127,6 +128,9 @@ def fit_many(
     resolved = _resolve(members, tc, base)
     losses = sorted({m.loss for m in resolved})
     for name in losses:
+        if name in PARAM_LOSSES:
+            raise ValueError(f"fit_many: loss {name!r} has learned parameters (recsys_jax.losses.PARAM_LOSSES); "
+                             f"fit_many takes element-wise losses only ({', '.join(LOSSES)}): train it with fit")
         if name not in LOSSES:
             raise ValueError(f"fit_many: unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
     kmax = max(m.embedding_dim for m in resolved)

@@ -29,15 +29,16 @@ BLOCK = 8192
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted(apply_fn: Callable, with_aux: bool, with_times: bool) -> Callable:
-    def predict(params, users, items, aux, times):
+def _jitted(apply_fn: Callable, with_aux: bool, with_times: bool, link: Callable | None = None) -> Callable:
+    def predict(params, users, items, aux, times, link_params):
         kw = {}
         if with_aux:
             kw["aux"] = aux
 
         def block(xs):
             u, i, t = xs
-            return apply_fn(params, u, i, **kw, **({"times": t} if with_times else {}))
+            out = apply_fn(params, u, i, **kw, **({"times": t} if with_times else {}))
+            return out if link is None else link(link_params, out)
 
         n = users.shape[0]
         b = min(BLOCK, n)  # n is a power of two (see predict_indices), so b divides it
@@ -58,11 +59,15 @@ def predict_indices(
     chunk_size: int = 1 << 20,
     aux=None,
     times=None,
+    link: Callable | None = None,
+    link_params=None,
 ) -> np.ndarray:
     """Predictions for index pairs, ``float32[N]``, optionally clipped to ``clip``.
 
     ``aux`` (the model's data from ``prepare``) and ``times`` (float32 days since the
-    epoch, one per pair) are passed on to models that use them.
+    epoch, one per pair) are passed on to models that use them. ``link``, when given,
+    turns the model's scores into ratings inside the same compiled block, as
+    ``link(link_params, scores)``: a `recsys_jax.losses.ParamLoss`'s ``predict``.
 
     Raises `ValueError` for indices outside ``0 <= u < num_users``, ``0 <= i < num_items``
     (see the module docstring), mismatched lengths or non-integer values. Raw MovieLens
@@ -85,7 +90,7 @@ def predict_indices(
         times = np.asarray(times, np.float32)
         if times.shape != users.shape:
             raise ValueError(f"predict_indices: {users.shape[0]} pairs but {times.shape[0]} times")
-    fn = _jitted(apply_fn, aux is not None, times is not None)
+    fn = _jitted(apply_fn, aux is not None, times is not None, link)
     for start in range(0, n, size):
         u, i = users[start : start + size], items[start : start + size]
         t = None if times is None else times[start : start + size]
@@ -95,7 +100,7 @@ def predict_indices(
             i = np.pad(i, (0, size - m))
             t = None if t is None else np.pad(t, (0, size - m), mode="edge")
         out[start : start + m] = np.asarray(fn(params, jnp.asarray(u), jnp.asarray(i), aux,
-                                               None if t is None else jnp.asarray(t)))[:m]
+                                               None if t is None else jnp.asarray(t), link_params))[:m]
     if clip is not None:
         np.clip(out, clip[0], clip[1], out=out)
     return out

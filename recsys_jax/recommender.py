@@ -18,15 +18,23 @@ both unknown           :math:`\\mu`        (the training mean)
 =====================  ===========================================================
 
 (passed through the y-range squash when the model has one), then clipped to the scale.
+
+A model trained with a loss that has parameters (`recsys_jax.losses.PARAM_LOSSES`, e.g.
+``ordinal``) outputs scores; ``loss`` names that loss and ``loss_params`` holds its
+parameters, and every prediction, the fallback's included, is the loss's ``predict`` of
+the score (for ``ordinal``: the expected rating; `Recommender.rating_distribution` gives
+the whole distribution over the levels).
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from recsys_jax.data.ratings import UnknownIdError, days, lookup_ids
+from recsys_jax.losses import get_param_loss, ordinal_probs
 from recsys_jax.models import get_model, make_apply
 from recsys_jax.predict import predict_indices
 
@@ -40,6 +48,8 @@ class Recommender(NamedTuple):
     rating_scale: tuple[float, float]
     titles: dict[int, str] | None = None  # raw item id -> title
     aux: Any = None  # the model's constant data from prepare(train), for models that have one
+    loss: str | None = None  # a name in recsys_jax.losses.PARAM_LOSSES when the loss has parameters
+    loss_params: Any = None  # that loss's Params
 
     @property
     def num_users(self) -> int:
@@ -49,6 +59,11 @@ class Recommender(NamedTuple):
     def num_items(self) -> int:
         return int(self.item_ids.shape[0])
 
+    def _link(self) -> dict:
+        if self.loss is None:
+            return {}
+        return {"link": get_param_loss(self.loss).predict, "link_params": self.loss_params}
+
     def predict(self, raw_users, raw_items, *, unknown: str = "error", timestamps=None) -> np.ndarray:
         """Ratings for raw (user, item) id pairs, float32[N], clipped to the scale.
 
@@ -56,6 +71,19 @@ class Recommender(NamedTuple):
         models; without them such a model predicts each user at the mean day of that
         user's training ratings (where the user's drift term is zero).
         """
+        return np.clip(self._predict(raw_users, raw_items, unknown, timestamps, self._link()), *self.rating_scale)
+
+    def rating_distribution(self, raw_users, raw_items, *, unknown: str = "error",
+                            timestamps=None) -> tuple[np.ndarray, np.ndarray]:
+        """For a model trained with the ``ordinal`` loss: ``(levels float32[K], probs float32[N, K])``,
+        the probability of each rating level for each pair (rows sum to 1)."""
+        if self.loss != "ordinal":
+            raise ValueError(f"rating_distribution: needs a model trained with the ordinal loss, not {self.loss!r}")
+        scores = self._predict(raw_users, raw_items, unknown, timestamps, {})
+        return np.asarray(self.loss_params.levels), np.asarray(ordinal_probs(self.loss_params, jnp.asarray(scores)))
+
+    def _predict(self, raw_users, raw_items, unknown, timestamps, link) -> np.ndarray:
+        """Unclipped model outputs, through ``link`` when given (see `predict`)."""
         raw_users, raw_items = _as_id_array(raw_users, "user"), _as_id_array(raw_items, "item")
         if raw_users.shape != raw_items.shape:
             raise ValueError(
@@ -83,21 +111,24 @@ class Recommender(NamedTuple):
             else:
                 times = days(np.broadcast_to(np.asarray(timestamps, np.float64), raw_users.shape))
             times = times[known]
-        out[known] = predict_indices(apply_fn, self.params, users[known], items[known], aux=self.aux, times=times)
+        out[known] = predict_indices(apply_fn, self.params, users[known], items[known], aux=self.aux, times=times,
+                                     **link)
         if not known.all():
-            out[~known] = self._fallback(users[~known], user_found[~known], items[~known], item_found[~known])
-        return np.clip(out, *self.rating_scale)
+            out[~known] = self._fallback(users[~known], user_found[~known], items[~known], item_found[~known], link)
+        return out
 
-    def _fallback(self, users, user_found, items, item_found) -> np.ndarray:
+    def _fallback(self, users, user_found, items, item_found, link=None) -> np.ndarray:
         p = self.params
         if not all(hasattr(p, f) for f in ("global_bias", "user_bias", "item_bias")):
-            return np.full(users.shape[0], self.config.mean_rating, np.float32)
+            return np.full(users.shape[0], self.config.mean_rating, np.float32)  # a rating already
         x = float(p.global_bias) + np.where(user_found, np.asarray(p.user_bias)[users], 0.0)
         x = x + np.where(item_found, np.asarray(p.item_bias)[items], 0.0)
         y_range = getattr(self.config, "y_range", None)
         if y_range is not None:
             lo, hi = y_range
             x = lo + (hi - lo) * np.asarray(jax.nn.sigmoid(x))
+        if link:
+            x = np.asarray(link["link"](link["link_params"], jnp.asarray(x, jnp.float32)))
         return x.astype(np.float32)
 
     def title(self, raw_item_id: int) -> str | None:

@@ -12,6 +12,11 @@ The verbs, from the inside out:
 - ``fit(model, train, val, ...)``: initialises, runs epochs, evaluates RMSE/MAE on the
   validation ratings after each, optionally stops early, and returns the best parameters
   with a history.
+
+A loss with learned parameters (`recsys_jax.losses.ParamLoss`: a noise variance, ordinal
+cut-points) is trained jointly with the model: the trainable pytree is then
+``JointParams(model, loss)``, one Adam over both; the penalty reads the model part only,
+and predictions are the loss's ``predict`` of the model's output.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from jax import Array
 
 from recsys_jax import metrics, resume
 from recsys_jax.data.ratings import Ratings, days
-from recsys_jax.losses import get_loss
+from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
 from recsys_jax.models import get_model, make_apply, make_config
 from recsys_jax.optim import make_optimizer, make_schedule
 from recsys_jax.penalties import make_l2_penalty
@@ -41,6 +46,13 @@ class TrainState(NamedTuple):
     params: Any  # the model's Params pytree
     opt_state: Any  # optax state
     step: Array  # int32[]
+
+
+class JointParams(NamedTuple):
+    """The trainable pytree when the loss has parameters of its own (a `ParamLoss`)."""
+
+    model: Any  # the model's Params
+    loss: Any  # the loss's Params
 
 
 class Batch(NamedTuple):
@@ -60,7 +72,7 @@ class TrainConfig(NamedTuple):
     weight_decay: float = 0.0  # decoupled (AdamW), matrices only
     l2: float = 0.0  # L2 on touched embedding rows, per example (recsys_jax.penalties)
     bias_l2: float = 0.0  # the same on the touched bias entries
-    loss: str = "mse"  # a name in recsys_jax.losses.LOSSES
+    loss: str = "mse"  # a name in recsys_jax.losses.LOSSES or PARAM_LOSSES
     patience: int | None = None  # stop after this many epochs without a better val RMSE
 
 
@@ -74,7 +86,8 @@ def make_train_step(
 
     Args:
       apply_fn: ``apply(params, users[B], items[B], key=None) -> float32[B]``.
-      loss_fn: element-wise ``loss(predictions, targets) -> float32[B]``.
+      loss_fn: element-wise ``loss(predictions, targets) -> float32[B]``, or a `ParamLoss`
+        (then ``state.params`` is a `JointParams`).
       optimizer: an Optax transformation (e.g. `recsys_jax.optim.make_optimizer`).
       penalty_fn: optional ``penalty(params, users, items, weight) -> float32[]``, the
         weighted sum of per-example penalties (see `recsys_jax.penalties`).
@@ -88,14 +101,22 @@ def make_train_step(
 
 
 def make_objective(apply_fn: Callable, loss_fn: Callable, penalty_fn: Callable | None = None) -> Callable:
-    """``objective(params, batch, key) -> float32[]``: the masked mean of loss + penalty."""
+    """``objective(params, batch, key) -> float32[]``: the masked mean of loss + penalty.
+
+    With a `ParamLoss`, ``params`` is a `JointParams`: the model scores the batch with
+    ``params.model``, the loss reads ``params.loss``, the penalty ``params.model`` only.
+    """
+    joint = isinstance(loss_fn, ParamLoss)
 
     def objective(params, batch: Batch, key: Array) -> Array:
         weight = batch.mask.astype(jnp.float32)
         kw = {} if batch.times is None else {"times": batch.times}
-        total = jnp.sum(loss_fn(apply_fn(params, batch.users, batch.items, key, **kw), batch.ratings) * weight)
+        model_params = params.model if joint else params
+        pred = apply_fn(model_params, batch.users, batch.items, key, **kw)
+        per_example = loss_fn.loss(params.loss, pred, batch.ratings) if joint else loss_fn(pred, batch.ratings)
+        total = jnp.sum(per_example * weight)
         if penalty_fn is not None:
-            total = total + penalty_fn(params, batch.users, batch.items, weight)
+            total = total + penalty_fn(model_params, batch.users, batch.items, weight)
         return total / jnp.maximum(jnp.sum(weight), 1.0)
 
     return objective
@@ -172,6 +193,12 @@ class FitResult(NamedTuple):
     state: Any = None  # the final TrainState (the last finite one if training diverged)
     stop_reason: str | None = None  # why training ended early, e.g. a non-finite loss
     aux: Any = None  # the model's constant data from its prepare(train), if it has one
+    loss_params: Any = None  # the best epoch's loss parameters, when the loss is a ParamLoss
+    loss: ParamLoss | None = None  # that ParamLoss: ratings are loss.predict(loss_params, apply(params, ...))
+
+    def predict_link(self) -> dict:
+        """Keyword arguments for `recsys_jax.predict.predict_indices`: the loss's ``predict``."""
+        return {} if self.loss is None else {"link": self.loss.predict, "link_params": self.loss_params}
 
 
 def fit(
@@ -201,8 +228,10 @@ def fit(
         and the dropout masks, so the same key gives the same parameters.
       model_config: the model's ``Config``; ``mean_rating`` is set to the training mean.
       train_config: epochs, batch size, learning rate and schedule, regularisation, loss.
-      loss_fn: a custom element-wise loss ``(predictions, targets) -> per-example``;
-        overrides ``train_config.loss``.
+      loss_fn: a custom element-wise loss ``(predictions, targets) -> per-example``, or a
+        `recsys_jax.losses.ParamLoss` (trained jointly: its ``init(train)`` parameters are
+        returned as ``loss_params``, its ``predict`` turns scores into the validation
+        predictions); overrides ``train_config.loss``, which may also name a ParamLoss.
       penalty_fn: a custom ``penalty(params, users, items, weight) -> scalar`` (the
         weighted sum over the batch); overrides ``train_config.l2`` / ``bias_l2``.
       progress: show a tqdm bar over epochs.
@@ -233,6 +262,9 @@ def fit(
     val_times = days(val.timestamps) if times is not None and val is not None else None
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
+    param_loss = loss_fn if isinstance(loss_fn, ParamLoss) else None
+    if param_loss is not None and param_loss_name(param_loss) is not None:
+        tc = tc._replace(loss=param_loss_name(param_loss))  # record the loss actually trained
     if penalty_fn is None and (tc.l2 or tc.bias_l2):
         penalty_fn = make_l2_penalty(tc.l2, tc.bias_l2)
     steps_per_epoch = num_batches(len(train), tc.batch_size)
@@ -245,6 +277,8 @@ def fit(
     run_key = key
     key, init_key = jax.random.split(key)
     params = module.init(init_key, train.num_users, train.num_items, model_config)
+    if param_loss is not None:
+        params = JointParams(params, param_loss.init(train))
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     users, items, ratings = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
 
@@ -282,8 +316,13 @@ def fit(
         state = new_state
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_rmse": None, "val_mae": None}
         if val is not None and len(val):
-            pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=train.rating_scale,
-                                   aux=aux, times=val_times)
+            if param_loss is None:
+                model_params, link = state.params, {}
+            else:
+                model_params = state.params.model
+                link = {"link": param_loss.predict, "link_params": state.params.loss}
+            pred = predict_indices(apply_fn, model_params, val.users, val.items, clip=train.rating_scale,
+                                   aux=aux, times=val_times, **link)
             record["val_rmse"] = metrics.rmse(pred, val.ratings)
             record["val_mae"] = metrics.mae(pred, val.ratings)
         record["seconds"] = time.perf_counter() - t0
@@ -303,7 +342,10 @@ def fit(
             break
     if bar is not None:
         bar.close()
-    return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux)
+    if param_loss is None:
+        return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux)
+    return FitResult(best_params.model, history, model, model_config, tc, best_epoch, state, stop_reason, aux,
+                     best_params.loss, param_loss)
 
 
 def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None) -> tuple[TrainState, str]:

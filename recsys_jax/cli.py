@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--l2", float, "L2 on the touched embedding rows"),
         ("--bias-l2", float, "L2 on the touched biases"),
         ("--weight-decay", float, "decoupled weight decay (AdamW)"),
-        ("--loss", str, "a name in recsys_jax.losses.LOSSES"),
+        ("--loss", str, "a name in recsys_jax.losses.LOSSES or PARAM_LOSSES (e.g. huber, ordinal, gaussian_nll)"),
         ("--patience", int, "early stopping patience in epochs"),
     ]:
         t.add_argument(name, type=typ, default=None, help=f"{helptext} (default: from the preset)")
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=int, required=True, help="raw user id")
     p.add_argument("--movie", type=int, nargs="+", required=True, help="raw movie id(s)")
     p.add_argument("--fallback", action="store_true", help="bias-only prediction for unknown ids instead of an error")
+    p.add_argument("--distribution", action="store_true",
+                   help="models trained with --loss ordinal: the probability of each star level")
     p.add_argument("--json", action="store_true")
 
     b = sub.add_parser("bench", help="run the quick benchmark suite (from a source checkout)")
@@ -176,9 +178,15 @@ def cmd_predict(args) -> None:
     users = np.full(movies.shape, args.user, np.int64)
     preds = rec.predict(users, movies, unknown="fallback" if args.fallback else "error")
     rows = [{"user": args.user, "movie": int(m), "rating": float(r), "title": rec.title(m)} for m, r in zip(movies, preds)]
+    if args.distribution:
+        levels, probs = rec.rating_distribution(users, movies, unknown="fallback" if args.fallback else "error")
+        for row, pr in zip(rows, probs):
+            row["distribution"] = {f"{lv:g}": round(float(q), 4) for lv, q in zip(levels, pr)}
     for row in rows:
         title = f" ({row['title']})" if row["title"] else ""
         print(f"user {row['user']}  movie {row['movie']}{title}: {row['rating']:.2f}")
+        if "distribution" in row:
+            print("    " + "  ".join(f"{s}*: {q:.2f}" for s, q in row["distribution"].items()))
     if args.json:
         print(json.dumps(rows))
 

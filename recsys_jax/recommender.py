@@ -78,7 +78,8 @@ class Recommender(NamedTuple):
         """For a model trained with the ``ordinal`` loss: ``(levels float32[K], probs float32[N, K])``,
         the probability of each rating level for each pair (rows sum to 1)."""
         if self.loss != "ordinal":
-            raise ValueError(f"rating_distribution: needs a model trained with the ordinal loss, not {self.loss!r}")
+            trained = "an element-wise loss (a point prediction)" if self.loss is None else f"the {self.loss} loss"
+            raise ValueError(f"rating_distribution: needs a model trained with the ordinal loss; this one used {trained}")
         scores = self._predict(raw_users, raw_items, unknown, timestamps, {})
         return np.asarray(self.loss_params.levels), np.asarray(ordinal_probs(self.loss_params, jnp.asarray(scores)))
 

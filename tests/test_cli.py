@@ -252,3 +252,26 @@ def test_bench_runs_the_quick_suite_into_its_own_folder(tmp_path, monkeypatch, c
     monkeypatch.setattr(subprocess, "run", lambda cmd, cwd=None, **kw: subprocess.CompletedProcess(cmd, 1))
     assert cli.main(["bench", "--out", str(tmp_path / "q")]) == 2
     assert "benchmarks.accuracy failed" in capsys.readouterr().err
+
+
+def test_ordinal_loss_and_the_star_distribution(workdir, trained, tmp_path, capsys):
+    ck = tmp_path / "ordinal"
+    code, out, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--loss", "ordinal",
+                                  "--out", ck, "--json"])
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["train_config"]["loss"] == "ordinal" and math.isfinite(summary["test_rmse"])
+    rec = checkpoint.load(ck)
+    user, movie = int(rec.user_ids[0]), int(rec.item_ids[0])
+    code, out, err = run(capsys, ["predict", "--checkpoint", ck, "--user", user, "--movie", movie,
+                                  "--distribution", "--json"])
+    assert code == 0, err
+    row = json.loads(out.strip().splitlines()[-1])[0]
+    probs = list(row["distribution"].values())
+    assert sum(probs) == pytest.approx(1.0, abs=1e-3)
+    levels, p = rec.rating_distribution([user], [movie])
+    assert row["rating"] == pytest.approx(float(np.sum(levels * p[0])), abs=1e-4)  # the expected star rating
+    # A model trained with MSE has no distribution: a clear error, exit 2.
+    code, _, err = run(capsys, ["predict", "--checkpoint", workdir / "ck", "--user", user, "--movie", movie,
+                                "--distribution"])
+    assert code == 2 and "ordinal" in err and "Traceback" not in err

@@ -71,8 +71,6 @@ def _fsync_dir(path: Path) -> None:
 
 def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None) -> Path:
     """Writes ``rec`` to the folder ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     params = {f"params/{k}": np.asarray(v) for k, v in rec.params._asdict().items()}
     arrays = {**params, "user_ids": np.asarray(rec.user_ids, np.int64), "item_ids": np.asarray(rec.item_ids, np.int64)}
     if rec.aux is not None:
@@ -92,15 +90,32 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     }
     if rec.loss is not None:
         meta["loss"] = rec.loss
+    files = {"arrays.npz": lambda f: np.savez(f, **arrays)}
+    if rec.titles is not None:
+        titles = {str(k): v for k, v in rec.titles.items()}
+        files["titles.json"] = lambda f: f.write(json.dumps(titles).encode())
+    # meta.json last: a folder without it is never mistaken for a checkpoint.
+    files["meta.json"] = lambda f: f.write(json.dumps(meta, indent=1).encode())
+    return write_folder(path, files)
+
+
+def write_folder(path: str | os.PathLike, files: dict) -> Path:
+    """Writes the folder ``path`` atomically: ``files`` maps a file name to ``write(f)``.
+
+    The files are written, in order and each fsynced, into a temporary folder beside
+    ``path``, which is then renamed into place; an existing ``path`` is moved aside first
+    and deleted only once the new folder is in place, or put back if anything fails. A
+    crash leaves either the old folder or the new one (or, between the two renames, the old
+    one under ``.<name>.old-*``), never a torn one. Used by checkpoints and by
+    `recsys_jax.resume`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     old = None
     try:
-        _write_file(tmp / "arrays.npz", lambda f: np.savez(f, **arrays))
-        if rec.titles is not None:
-            titles = {str(k): v for k, v in rec.titles.items()}
-            _write_file(tmp / "titles.json", lambda f: f.write(json.dumps(titles).encode()))
-        # meta.json last: a folder without it is never mistaken for a checkpoint.
-        _write_file(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        for name, write in files.items():
+            _write_file(tmp / name, write)
         _fsync_dir(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -111,10 +126,10 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists():
-            if path.exists():  # the new checkpoint is in place; only the final fsync failed
+            if path.exists():  # the new folder is in place; only the final fsync failed
                 shutil.rmtree(old, ignore_errors=True)
             else:
-                os.replace(old, path)  # put the previous checkpoint back
+                os.replace(old, path)  # put the previous folder back
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

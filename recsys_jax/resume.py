@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recsys_jax.checkpoint import CheckpointError, _fsync_dir, _write_file
+from recsys_jax.checkpoint import CheckpointError, write_folder
 
 FORMAT = "recsys_jax.progress"
 FORMAT_VERSION = 1
@@ -60,31 +58,14 @@ def fingerprint(model: str, model_config, train_config, num_ratings: int, key) -
 
 
 def save_progress(path: str | os.PathLike, progress: Progress, fp: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"state/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(progress.state))}
     arrays.update({f"best/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(progress.best_params))})
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fp, "epoch": progress.epoch,
         "history": progress.history, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        _write_file(tmp / "progress.npz", lambda f: np.savez(f, **arrays))
-        _write_file(tmp / "progress.json", lambda f: f.write(json.dumps(meta).encode()))
-        _fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rmdir(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_folder(path, {"progress.npz": lambda f: np.savez(f, **arrays),
+                        "progress.json": lambda f: f.write(json.dumps(meta).encode())})
 
 
 def load_progress(path: str | os.PathLike, like_state, like_params, fp: dict) -> Progress | None:

@@ -146,12 +146,15 @@ def comparisons(records: list[dict]) -> list[str]:
     for dataset, protocol in sorted({(r["dataset"], r["protocol"]) for r in records}):
         compare(dataset, protocol, ("mlp", "notebook", "mse"), ("bias", "notebook", "mse"),
                 "Does the notebook's NN beat its bias model, each with the notebook's own regimen?")
-        compare(dataset, protocol, ("mlp", "default", "mse"), ("bias", "default", "mse"),
+        tuned = "tuned" if any(k[3] == "tuned" for k in by) else "default"
+        compare(dataset, protocol, ("mlp", tuned, "mse"), ("bias", tuned, "mse"),
                 "Does the NN beat the bias model when both are tuned?")
-        compare(dataset, protocol, ("neumf", "default", "mse"), ("bias", "default", "mse"),
+        compare(dataset, protocol, ("neumf", tuned, "mse"), ("bias", tuned, "mse"),
                 "Learned similarity vs dot product (Rendle et al. 2020): NeuMF against the biased dot product.")
-        compare(dataset, protocol, ("gmf", "default", "mse"), ("bias", "default", "mse"),
+        compare(dataset, protocol, ("gmf", tuned, "mse"), ("bias", tuned, "mse"),
                 "GMF (a weighted dot product without biases) against the biased dot product.")
+        compare(dataset, protocol, ("fm", tuned, "mse"), ("bias", tuned, "mse"),
+                "Side features: the factorization machine (genres, release year) against the bias model.")
     if lines:
         lines = ["#### Comparisons\n"] + lines + [""]
     return lines
@@ -192,9 +195,15 @@ def main(argv=None) -> int:
                    help="train each model with each loss (recsys_jax.losses LOSSES / PARAM_LOSSES)")
     p.add_argument("--json", default=None, help="records (default: benchmarks/results/accuracy.json)")
     p.add_argument("--md", default=None, help="summary (default: benchmarks/results/accuracy.md)")
+    p.add_argument("--from-json", metavar="PATH", help="only re-render the summary of records in PATH (no training)")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.presets, args.seeds = ["bias", "dot"], ["default"], [0, 1]
+    if args.from_json:
+        records = json.loads(Path(args.from_json).read_text())
+        env = {k: records[0][k] for k in ("device", "cpu", "cpu_count", "jax", "optax", "git_commit", "command")}
+        Path(args.md or RESULTS / "accuracy.md").write_text(markdown(summarise(records), env, records))
+        return 0
     env = environment()
     records = []
     for name in args.datasets:

@@ -26,6 +26,8 @@ def section() -> str:
         path = RESULTS / name
         if path.is_file():
             text = path.read_text().strip()
+            if name == "losses.md":
+                text = "### Losses compared (the bias model, default preset)\n\n" + text.replace("### ", "Protocol: ", 1)
             parts.append(re.sub(r"^### ", "#### ", text, flags=re.M))
             png = path.with_suffix(".png")
             if png.is_file():

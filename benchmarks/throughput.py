@@ -19,7 +19,6 @@ same shape when it is absent):
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -30,13 +29,12 @@ import numpy as np
 
 from benchmarks.common import RESULTS, environment, markdown_table, median_time, peak_rss_mb, write_json
 from recsys_jax.data import DataError, load_movielens, make_synthetic
-from recsys_jax.data.ratings import days
 from recsys_jax.losses import mse
-from recsys_jax.models import MODELS, get_model, make_apply, make_config
+from recsys_jax.models import MODELS
 from recsys_jax.optim import make_optimizer
 from recsys_jax.penalties import make_l2_penalty
 from recsys_jax.predict import predict_indices
-from recsys_jax.train import Batch, TrainState, make_train_epoch, make_train_step, num_batches
+from recsys_jax.train import Batch, TrainState, make_train_epoch, make_train_step, num_batches, prepare_model
 
 
 def load_data(seed: int = 0):
@@ -57,14 +55,7 @@ def device_peak_mb() -> float | None:
 def build(model: str, ratings, batch_size: int, lr: float = 1e-3):
     """The pieces `fit` builds: (train_step, train_epoch, state, apply_fn, extra) where
     ``extra`` holds the model's aux and times (for `predict_indices` / the epoch)."""
-    module = get_model(model)
-    config = make_config(model)._replace(mean_rating=float(ratings.ratings.mean()))
-    aux = module.prepare(ratings, config) if hasattr(module, "prepare") else None
-    if hasattr(module, "configure"):
-        config = module.configure(config, aux)
-    apply_fn = make_apply(model, config)
-    train_apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
-    times = jnp.asarray(days(ratings.timestamps)) if getattr(module, "USES_TIME", False) else None
+    module, config, aux, apply_fn, train_apply, times = prepare_model(model, ratings)
     optimizer = make_optimizer(lr)
     step = make_train_step(train_apply, mse, optimizer, make_l2_penalty(1e-4))
     params = module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config)

@@ -183,6 +183,27 @@ def _all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
 
 
+def prepare_model(model: str, train: Ratings, model_config=None):
+    """What training a model on ``train`` needs before the first step.
+
+    Returns ``(module, config, aux, apply_fn, train_apply, times)``: the config with
+    ``mean_rating`` set to the training mean (and completed by the module's ``configure``),
+    the module's ``prepare(train)`` data (or None), ``apply_fn`` with the config bound,
+    ``train_apply`` with the aux bound too, and the training ratings' times in days for
+    time-aware models (else None).
+    """
+    module = get_model(model)
+    base = model_config if model_config is not None else make_config(model)
+    model_config = base._replace(mean_rating=float(np.mean(train.ratings)))
+    aux = module.prepare(train, model_config) if hasattr(module, "prepare") else None
+    if hasattr(module, "configure"):
+        model_config = module.configure(model_config, aux)
+    apply_fn = make_apply(model, model_config)
+    train_apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
+    times = jnp.asarray(days(train.timestamps)) if getattr(module, "USES_TIME", False) else None
+    return module, model_config, aux, apply_fn, train_apply, times
+
+
 class FitResult(NamedTuple):
     params: Any  # the best parameters (by validation RMSE when there is a validation set)
     history: dict  # lists per epoch: epoch, train_loss, val_rmse, val_mae, seconds
@@ -250,15 +271,7 @@ def fit(
         raise ValueError("fit: the training set is empty")
     if tc.epochs < 1 or tc.batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
-    module = get_model(model)
-    base = model_config if model_config is not None else make_config(model)
-    model_config = base._replace(mean_rating=float(np.mean(train.ratings)))
-    aux = module.prepare(train, model_config) if hasattr(module, "prepare") else None
-    if hasattr(module, "configure"):
-        model_config = module.configure(model_config, aux)
-    apply_fn = make_apply(model, model_config)
-    train_apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
-    times = jnp.asarray(days(train.timestamps)) if getattr(module, "USES_TIME", False) else None
+    module, model_config, aux, apply_fn, train_apply, times = prepare_model(model, train, model_config)
     val_times = days(val.timestamps) if times is not None and val is not None else None
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)

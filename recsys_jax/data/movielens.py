@@ -597,32 +597,34 @@ def _users_frame(path: Path, rows: list[tuple[int, str, str, str, str]]) -> pd.D
                         index=pd.Index(np.array(ids, dtype=np.int64), name="userId"))
 
 
-def _read_u_user(path: Path, data: bytes | None = None) -> pd.DataFrame:
-    """ml-100k u.user: ``user id | age | gender | occupation | zip code``; ages by decade."""
+def _read_users(path: Path, data: bytes | None, sep: str, layout: str, row) -> pd.DataFrame:
+    """A users file of five ``sep``-separated fields; ``row(fields)`` gives (id, age, gender,
+    occupation), or None for a malformed line, reported with ``layout``."""
     rows = []
     for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"), data)), start=1):
         if not line.strip():
             continue
-        fields = line.split("|")
-        if len(fields) != 5 or not fields[1].strip().isdigit():
-            raise DataError(f"{path}, line {number}: expected user id|age|gender|occupation|zip code "
-                            f"(line: {shorten(line)!r})")
-        rows.append((number, fields[0], f"{int(fields[1]) // 10 * 10}s", fields[2].strip(), fields[3].strip()))
+        fields = line.split(sep)
+        parsed = row(fields) if len(fields) == 5 else None
+        if parsed is None:
+            raise DataError(f"{path}, line {number}: expected {layout} (line: {shorten(line)!r})")
+        rows.append((number, *parsed))
     return _users_frame(path, rows)
+
+
+def _read_u_user(path: Path, data: bytes | None = None) -> pd.DataFrame:
+    """ml-100k u.user: ``user id | age | gender | occupation | zip code``; ages by decade."""
+    def row(f):
+        age = f[1].strip()
+        return (f[0], f"{int(age) // 10 * 10}s", f[2].strip(), f[3].strip()) if age.isdigit() else None
+
+    return _read_users(path, data, "|", "user id|age|gender|occupation|zip code", row)
 
 
 def _read_users_dat(path: Path, data: bytes | None = None) -> pd.DataFrame:
     """ml-1m users.dat: ``UserID::Gender::Age::Occupation::Zip-code`` (age and occupation are codes)."""
-    rows = []
-    for number, line in enumerate(_lines(_decode(path, ("utf-8", "latin-1"), data)), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("::")
-        if len(fields) != 5:
-            raise DataError(f"{path}, line {number}: expected UserID::Gender::Age::Occupation::Zip-code "
-                            f"(line: {shorten(line)!r})")
-        rows.append((number, fields[0], fields[2].strip(), fields[1].strip(), fields[3].strip()))
-    return _users_frame(path, rows)
+    return _read_users(path, data, "::", "UserID::Gender::Age::Occupation::Zip-code",
+                       lambda f: (f[0], f[2].strip(), f[1].strip(), f[3].strip()))
 
 
 def _decode(path: Path, encodings: tuple[str, ...], data: bytes | None = None) -> str:

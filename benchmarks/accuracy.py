@@ -86,36 +86,20 @@ NOTEBOOK_MODELS = ("dot", "bias", "mlp")
 LOSS_SETTINGS = {"ordinal": {"lr": 3e-2, "epochs": 10, "l2": 0.03}}
 
 
-def train_config(preset: str, model: str):
+def train_config(preset: str, model: str, seed: int | None = None):
     """A preset from `recsys_jax.presets`, or ``tuned``: ``default`` with the values that
-    ``benchmarks.tune`` chose on a validation slice of the training split."""
+    ``benchmarks.tune`` chose on the training split of this same split ``seed`` (nested);
+    None when that seed was not tuned (the run is skipped, never borrowed from another seed)."""
     if preset != "tuned":
         return get_preset(preset, model)
     path = RESULTS / "tuned.json"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python -m benchmarks.tune` first")
     tuned = json.loads(path.read_text())[0]["models"]
-    if model not in tuned:
-        raise SystemExit(f"{path} has no entry for {model!r}: run `python -m benchmarks.tune --models {model}`")
-    return get_preset("default", model)._replace(**tuned[model]["best"])
-
-
-def summarise(records: list[dict]) -> list[dict]:
-    groups = defaultdict(list)
-    for r in records:
-        groups[(r["dataset"], r["protocol"], r["model"], r["preset"], r["loss"])].append(r)
-    rows = []
-    for (dataset, protocol, model, preset, loss), rs in groups.items():
-        rmse = np.array([r["test_rmse"] for r in rs])
-        mae = np.array([r["test_mae"] for r in rs])
-        secs = np.array([r["fit_seconds"] for r in rs])
-        rows.append({
-            "dataset": dataset, "protocol": protocol, "model": model, "preset": preset, "loss": loss,
-            "runs": len(rs), "rmse_mean": float(rmse.mean()), "rmse_std": float(rmse.std(ddof=1)) if len(rs) > 1 else 0.0,
-            "mae_mean": float(mae.mean()), "mae_std": float(mae.std(ddof=1)) if len(rs) > 1 else 0.0,
-            "fit_seconds_median": float(np.median(secs)), "epochs": rs[0]["epochs"],
-        })
-    return rows
+    choice = tuned.get(model, {}).get("per_seed", {}).get(str(seed))
+    if choice is None:
+        return None
+    return get_preset("default", model)._replace(**choice["best"])
 
 
 def comparisons(records: list[dict]) -> list[str]:
@@ -217,7 +201,11 @@ def main(argv=None) -> int:
                 for preset, loss in [(p_, l_) for p_ in args.presets for l_ in args.losses]:
                     if preset == "notebook" and model not in NOTEBOOK_MODELS:
                         continue  # the notebook's regimen exists for its own three models only
-                    tc = train_config(preset, model)._replace(loss=loss, **LOSS_SETTINGS.get(loss, {}))
+                    tc = train_config(preset, model, seed)
+                    if tc is None:
+                        print(f"[accuracy] {model} {preset}: seed {seed} was not tuned; skipped", file=sys.stderr)
+                        continue
+                    tc = tc._replace(loss=loss, **LOSS_SETTINGS.get(loss, {}))
                     rec, _ = run_experiment(data, split, model, seed=seed, train_config=tc)
                     rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset,
                                loss=tc.loss, **{k: env[k] for k in env if k not in rec})

@@ -102,6 +102,24 @@ def train_config(preset: str, model: str, seed: int | None = None):
     return get_preset("default", model)._replace(**choice["best"])
 
 
+def summarise(records: list[dict]) -> list[dict]:
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["protocol"], r["model"], r["preset"], r["loss"])].append(r)
+    rows = []
+    for (dataset, protocol, model, preset, loss), rs in groups.items():
+        rmse = np.array([r["test_rmse"] for r in rs])
+        mae = np.array([r["test_mae"] for r in rs])
+        secs = np.array([r["fit_seconds"] for r in rs])
+        rows.append({
+            "dataset": dataset, "protocol": protocol, "model": model, "preset": preset, "loss": loss,
+            "runs": len(rs), "rmse_mean": float(rmse.mean()), "rmse_std": float(rmse.std(ddof=1)) if len(rs) > 1 else 0.0,
+            "mae_mean": float(mae.mean()), "mae_std": float(mae.std(ddof=1)) if len(rs) > 1 else 0.0,
+            "fit_seconds_median": float(np.median(secs)), "epochs": rs[0]["epochs"],
+        })
+    return rows
+
+
 def comparisons(records: list[dict]) -> list[str]:
     """The questions the notebook and the literature raise, answered with these numbers.
 

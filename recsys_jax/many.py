@@ -40,6 +40,7 @@ from recsys_jax.losses import LOSSES, PARAM_LOSSES
 from recsys_jax.models import get_model, make_apply, make_config
 from recsys_jax.optim import make_schedule
 from recsys_jax.penalties import make_l2_penalty
+from recsys_jax.predict import _as_indices, table_sizes
 from recsys_jax.train import TrainConfig, TrainState, make_objective, make_update, num_batches, run_epoch
 
 Array = jax.Array
@@ -134,6 +135,9 @@ def fit_many(
         if name not in LOSSES:
             raise ValueError(f"fit_many: unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
     kmax = max(m.embedding_dim for m in resolved)
+    if hasattr(module, "prepare") or getattr(module, "USES_TIME", False):
+        raise ValueError(f"fit_many: model {model!r} reads data prepared from the training split or "
+                         "rating times, which fit_many does not pass; train it with fit")
     if any(m.embedding_dim != kmax for m in resolved) and "user_factors" not in module.Params._fields:
         raise ValueError(f"fit_many: model {model!r} has no user_factors/item_factors to mask by size")
     model_config = base._replace(embedding_dim=kmax, mean_rating=float(np.mean(train.ratings)))
@@ -234,12 +238,19 @@ def fit_many(
 
 def predict_many(result: ManyResult, users, items, *, clip: tuple[float, float] | None = None,
                  chunk_size: int = 65_536) -> np.ndarray:
-    """Every member's predictions, float32[K, N], in chunks of ``chunk_size`` pairs."""
+    """Every member's predictions, float32[K, N], in chunks of ``chunk_size`` pairs.
+
+    Indices are checked first, as in `recsys_jax.predict.predict_indices` (JAX would clamp
+    an out-of-range gather silently): a `ValueError` before any device work.
+    """
+    num_users, num_items = table_sizes(result.member_params(0))
+    users, items = _as_indices(users, "users", num_users), _as_indices(items, "items", num_items)
+    if users.shape != items.shape:
+        raise ValueError(f"predict_many: {users.shape[0]} users but {items.shape[0]} items")
     apply_fn = make_apply(result.model, result.model_config)
     masks = jnp.asarray([[1.0 if d < m.embedding_dim else 0.0 for d in range(result.model_config.embedding_dim)]
                          for m in result.members], jnp.float32)
     fn = jax.jit(jax.vmap(lambda p, m, u, i: apply_fn(_masked(p, m), u, i), in_axes=(0, 0, None, None)))
-    users, items = np.asarray(users, np.int32), np.asarray(items, np.int32)
     out = np.empty((len(result.members), len(users)), np.float32)
     for s in range(0, len(users), chunk_size):
         out[:, s:s + chunk_size] = np.asarray(fn(result.params, masks, jnp.asarray(users[s:s + chunk_size]),

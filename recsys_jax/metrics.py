@@ -135,7 +135,15 @@ def top_k_items(score_fn: Callable, params, users, k: int, *, num_items: int, ex
     recommended: their scores are set to :math:`-\infty` before the top-k (so with fewer
     than ``k`` items left, the tail is excluded items). Ties go to the lower item index.
     """
-    users = np.asarray(users, np.int32)
+    users = np.asarray(users)
+    if users.ndim != 1 or (users.size and (users.dtype.kind not in "iu" or users.min() < 0)):
+        raise ValueError("top_k_items: users must be a 1-D array of non-negative integer indices")
+    from recsys_jax.predict import table_sizes
+
+    num_user_rows = table_sizes(params)[0] if hasattr(params, "_fields") else None
+    if num_user_rows is not None and users.size and users.max() >= num_user_rows:
+        raise ValueError(f"top_k_items: user index {int(users.max())} is out of range 0..{num_user_rows - 1}")
+    users = users.astype(np.int32)
     k = min(int(k), num_items)
     if chunk_users is None:
         chunk_users = max(1, min(4096, SCORE_BUDGET // max(num_items, 1)))

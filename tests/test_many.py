@@ -78,3 +78,19 @@ def test_bad_members():
         fit_many("bias", r, None, [Member(loss="nope")])
     with pytest.raises(ValueError, match="mask by size"):
         fit_many("neumf", r, None, [Member(embedding_dim=4), Member(embedding_dim=8)])
+
+
+def test_predict_many_validates_indices(many):
+    with pytest.raises(ValueError, match="out of range"):
+        predict_many(many, [10**6], [0])
+    with pytest.raises(ValueError, match="out of range"):
+        ensemble_predict(many, [-1], [0])
+    with pytest.raises(ValueError, match="users but"):
+        predict_many(many, [0, 1], [0])
+
+
+def test_models_with_training_set_data_are_refused_upfront():
+    r, _ = make_synthetic(jax.random.key(0), 20, 20, 100)
+    for name in ("svdpp", "timesvd", "fm"):
+        with pytest.raises(ValueError, match="train it with fit"):
+            fit_many(name, r, None, [Member()])

@@ -75,6 +75,9 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     arrays = {**params, "user_ids": np.asarray(rec.user_ids, np.int64), "item_ids": np.asarray(rec.item_ids, np.int64)}
     if rec.aux is not None:
         arrays.update({f"aux/{k}": np.asarray(v) for k, v in rec.aux._asdict().items()})
+    for name in ("trained_users", "trained_items"):
+        if getattr(rec, name) is not None:
+            arrays[name] = np.asarray(getattr(rec, name), np.bool_)
     if rec.loss is not None:
         get_param_loss(rec.loss)  # a clear error for a name that could not be loaded back
         arrays.update({f"loss/{k}": np.asarray(v) for k, v in rec.loss_params._asdict().items()})
@@ -175,6 +178,7 @@ def load(path: str | os.PathLike) -> Recommender:
         raise CheckpointError(f"{arrays_path}: unreadable or truncated ({e})") from e
 
     expected = {f"params/{f}" for f in module.Params._fields} | {"user_ids", "item_ids"}
+    expected |= {name for name in ("trained_users", "trained_items") if name in arrays}  # optional
     if hasattr(module, "Aux"):
         expected |= {f"aux/{f}" for f in module.Aux._fields}
     if param_loss is not None:
@@ -230,8 +234,15 @@ def load(path: str | os.PathLike) -> Recommender:
                 raise ValueError(f"predict gives shape {out.shape}")
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{arrays_path}: the {loss_name!r} loss arrays do not fit together ({e})") from e
+    trained = {}
+    for name, ids in (("trained_users", user_ids), ("trained_items", item_ids)):
+        if name in arrays:
+            a = arrays[name]
+            if a.dtype != np.bool_ or a.shape != ids.shape:
+                raise CheckpointError(f"{arrays_path}: {name} must be bool[{len(ids)}], got {a.dtype}{list(a.shape)}")
+            trained[name] = a
     return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles, aux,
-                       loss_name, loss_params)
+                       loss_name, loss_params, **trained)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

@@ -99,6 +99,10 @@ def run_experiment(
 def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
     """The trained model with the full data set's id maps and titles, ready to save.
 
+    The id maps cover the whole data set, but only the users and items that had training
+    ratings count as known: an id seen only in the validation or test split has untrained
+    parameters, so prediction treats it as unknown (an error, or the documented fallback).
+
     A loss with parameters must be registered in `recsys_jax.losses.PARAM_LOSSES`: the
     recommender (and its checkpoint) names it.
     """
@@ -113,4 +117,5 @@ def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
             raise ValueError("to_recommender: the model was trained with a ParamLoss that is not registered "
                              "in recsys_jax.losses.PARAM_LOSSES; add it there under a name")
     return Recommender(result.model, result.model_config, result.params, ratings.user_ids,
-                       ratings.item_ids, ratings.rating_scale, titles, result.aux, loss, result.loss_params)
+                       ratings.item_ids, ratings.rating_scale, titles, result.aux, loss, result.loss_params,
+                       result.trained_users, result.trained_items)

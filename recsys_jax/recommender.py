@@ -50,6 +50,8 @@ class Recommender(NamedTuple):
     aux: Any = None  # the model's constant data from prepare(train), for models that have one
     loss: str | None = None  # a name in recsys_jax.losses.PARAM_LOSSES when the loss has parameters
     loss_params: Any = None  # that loss's Params
+    trained_users: np.ndarray | None = None  # bool[U]: had training ratings (None: all did)
+    trained_items: np.ndarray | None = None  # bool[I]
 
     @property
     def num_users(self) -> int:
@@ -94,6 +96,11 @@ class Recommender(NamedTuple):
             raise ValueError(f"predict: unknown must be 'error' or 'fallback', got {unknown!r}")
         users, user_found = lookup_ids(self.user_ids, raw_users)
         items, item_found = lookup_ids(self.item_ids, raw_items)
+        # An id in the maps but without training ratings has untrained parameters: unknown.
+        if self.trained_users is not None:
+            user_found = user_found & np.asarray(self.trained_users, bool)[users]
+        if self.trained_items is not None:
+            item_found = item_found & np.asarray(self.trained_items, bool)[items]
         if unknown == "error":
             for found, raw, what in ((user_found, raw_users, "user"), (item_found, raw_items, "item")):
                 if not found.all():

@@ -216,6 +216,8 @@ class FitResult(NamedTuple):
     aux: Any = None  # the model's constant data from its prepare(train), if it has one
     loss_params: Any = None  # the best epoch's loss parameters, when the loss is a ParamLoss
     loss: ParamLoss | None = None  # that ParamLoss: ratings are loss.predict(loss_params, apply(params, ...))
+    trained_users: np.ndarray | None = None  # bool[U]: users with at least one training rating
+    trained_items: np.ndarray | None = None  # bool[I]: items with at least one training rating
 
     def predict_link(self) -> dict:
         """Keyword arguments for `recsys_jax.predict.predict_indices`: the loss's ``predict``."""
@@ -355,10 +357,12 @@ def fit(
             break
     if bar is not None:
         bar.close()
+    seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
+            "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
     if param_loss is None:
-        return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux)
+        return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux, **seen)
     return FitResult(best_params.model, history, model, model_config, tc, best_epoch, state, stop_reason, aux,
-                     best_params.loss, param_loss)
+                     best_params.loss, param_loss, **seen)
 
 
 def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None) -> tuple[TrainState, str]:

@@ -403,3 +403,32 @@ def test_every_model_round_trips_through_a_checkpoint(name, tmp_path):
     stamps = ratings.timestamps[:50]
     np.testing.assert_array_equal(loaded.predict(users, items, timestamps=stamps), rec.predict(users, items, timestamps=stamps))
     assert loaded.title(ratings.item_ids[0]) == f"M{ratings.item_ids[0]} ({1990 + ratings.item_ids[0]})"
+
+
+def test_ids_without_training_ratings_are_unknown(tmp_path):
+    """An id in the maps (it occurs in the test split) but never trained is not predicted from
+    its random initial parameters: an error, or the bias fallback."""
+    from recsys_jax.data import Ratings
+    from recsys_jax.experiment import to_recommender
+    from recsys_jax.train import TrainConfig, fit
+
+    # Users 1, 2; items 10, 20, 30 — item 30 and user 3 appear only in the held-out rows.
+    full = Ratings.from_raw([1, 1, 2, 2, 3, 1], [10, 20, 10, 20, 10, 30], [4.0, 3.0, 5.0, 2.0, 3.5, 1.0])
+    train = full.take(np.arange(4))
+    result = fit("bias", train, None, key=0, progress=False, train_config=TrainConfig(epochs=2, batch_size=4))
+    rec = to_recommender(full, result)
+    np.testing.assert_array_equal(rec.trained_items, [True, True, False])
+    np.testing.assert_array_equal(rec.trained_users, [True, True, False])
+    with pytest.raises(UnknownIdError, match="unknown item id 30"):
+        rec.predict([1], [30])
+    with pytest.raises(UnknownIdError, match="unknown user id 3"):
+        rec.predict([3], [10])
+    p = result.params
+    fallback = rec.predict([1, 3], [30, 10], unknown="fallback")
+    np.testing.assert_allclose(fallback, [float(p.global_bias + p.user_bias[0]), float(p.global_bias + p.item_bias[0])],
+                               rtol=1e-6)
+    checkpoint.save(tmp_path / "ck", rec)
+    loaded = checkpoint.load(tmp_path / "ck")
+    np.testing.assert_array_equal(loaded.trained_items, rec.trained_items)
+    with pytest.raises(UnknownIdError):
+        loaded.predict([1], [30])

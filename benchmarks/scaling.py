@@ -4,8 +4,9 @@
     python -m benchmarks.scaling --quick        # 100k and 1M
 
 Synthetic ratings (`recsys_jax.data.make_synthetic`) from 100k up to the ML-25M shape
-(25,000,095 ratings, 162,541 users, 62,423 items); smaller sizes keep ML-25M's ratio of
-ratings to users and items. Each size runs in a fresh subprocess, so its peak RSS is its
+(25,000,095 ratings, 162,541 users, 62,423 items); smaller sizes scale users and items
+by the square root of the size ratio, keeping ML-25M's ratio of users to items (so
+ratings per user grow with size, from about 10 at 100k to 154 at 25M). Each size runs in a fresh subprocess, so its peak RSS is its
 own. The model is ``bias`` (50 factors, Adam, L2 on touched rows) at one batch size; the
 first epoch (compile) is excluded and the median of the following epochs is reported.
 Writes JSON, Markdown and a log-log PNG plot (matplotlib, the ``plot`` extra).

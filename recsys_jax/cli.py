@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
     t.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s)")
     t.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
-    t.add_argument("--val-frac", type=float, default=0.1, help="validation slice of the training split")
+    t.add_argument("--val-frac", type=float, default=0.1,
+                   help="validation slice of the training split (0: none, train on all of it)")
     t.add_argument("--split-file", metavar="NPZ", help="use this saved split (recsys_jax.data.save_split)")
     t.add_argument("--save-split", metavar="NPZ", help="write the train/test split used to this file")
     for name, typ, helptext in [
@@ -124,6 +125,8 @@ def cmd_train(args) -> dict:
     from recsys_jax.models import make_config
     from recsys_jax.presets import get_preset
 
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     ratings = _load(args)
     split = _split(args, ratings)
     if args.save_split:
@@ -137,7 +140,9 @@ def cmd_train(args) -> dict:
     }
     tc = tc._replace(**overrides)
     if "lr" in overrides and tc.schedule == "piecewise":
-        tc = tc._replace(schedule="constant")  # an explicit --lr replaces the annealing
+        if args.schedule == "piecewise":
+            raise ValueError("--lr has no effect on a piecewise schedule: its phases set the learning rates")
+        tc = tc._replace(schedule="constant")  # an explicit --lr replaces the preset's annealing
     model_overrides = {}
     if args.embedding_dim is not None:
         model_overrides["embedding_dim"] = args.embedding_dim

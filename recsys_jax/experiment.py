@@ -52,9 +52,16 @@ def run_experiment(
     checkpoint_dir: str | None = None,
 ) -> tuple[dict, FitResult]:
     """Runs steps 1-4 above; returns a flat record of the results and the `FitResult`."""
+    if not 0.0 <= val_frac < 1.0:
+        raise ValueError(f"val_frac must be in [0, 1) (0: no validation slice), got {val_frac}")
+    if len(split.test) == 0:
+        raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
     train_all, test = ratings.take(split.train), ratings.take(split.test)
-    carve = random_split(len(train_all), np.random.default_rng([seed, 1]), val_frac)
-    train, val = train_all.take(carve.train), train_all.take(carve.test)
+    if val_frac > 0:
+        carve = random_split(len(train_all), np.random.default_rng([seed, 1]), val_frac)
+        train, val = train_all.take(carve.train), train_all.take(carve.test)
+    else:  # no validation: the last epoch's parameters are the result
+        train, val = train_all, None
 
     t0 = time.perf_counter()
     result = fit(
@@ -83,7 +90,7 @@ def run_experiment(
         "stop_reason": result.stop_reason,
         "num_ratings": len(ratings),
         "num_train": len(train),
-        "num_val": len(val),
+        "num_val": 0 if val is None else len(val),
         "num_test": len(test),
         "num_users": ratings.num_users,
         "num_items": ratings.num_items,

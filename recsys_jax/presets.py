@@ -55,6 +55,5 @@ def get_preset(preset: str, model: str) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     if model not in PRESETS[preset]:
-        # A model without its own entry trains with the bias model's regimen.
-        return PRESETS[preset]["bias"]
+        raise ValueError(f"the {preset!r} preset has no regimen for {model!r}; it has: {', '.join(PRESETS[preset])}")
     return PRESETS[preset][model]

@@ -275,3 +275,24 @@ def test_ordinal_loss_and_the_star_distribution(workdir, trained, tmp_path, caps
     code, _, err = run(capsys, ["predict", "--checkpoint", workdir / "ck", "--user", user, "--movie", movie,
                                 "--distribution"])
     assert code == 2 and "ordinal" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--y-range", "1", "1"], "y_range must be"),
+    (["--embedding-dim", "0"], "embedding_dim must be >= 1"),
+    (["--val-frac", "1"], "val_frac must be in"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--test-frac", "1.5"], "test_frac"),
+    (["--batch-size", "0"], "batch_size"),
+])
+def test_bad_arguments_are_named(workdir, capsys, args, message):
+    code, _, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--no-save", *args])
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_val_frac_zero_trains_on_the_whole_training_split(workdir, capsys):
+    code, out, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--no-save", "--json",
+                                  "--val-frac", "0"])
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["num_val"] == 0 and summary["num_train"] + summary["num_test"] == summary["num_ratings"]

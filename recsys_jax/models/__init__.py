@@ -52,6 +52,10 @@ def make_config(name: str, **overrides):
         raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; options: {config_cls._fields}")
     if overrides.get("y_range") is not None:
         overrides["y_range"] = tuple(float(v) for v in overrides["y_range"])
+        if len(overrides["y_range"]) != 2 or not overrides["y_range"][0] < overrides["y_range"][1]:
+            raise ValueError(f"y_range must be (lo, hi) with lo < hi, got {overrides['y_range']}")
+    if "embedding_dim" in overrides and int(overrides["embedding_dim"]) < 1:
+        raise ValueError(f"embedding_dim must be >= 1, got {overrides['embedding_dim']}")
     for field, default in config_cls._field_defaults.items():  # JSON gives lists back
         if isinstance(default, tuple) and isinstance(overrides.get(field), list):
             overrides[field] = tuple(overrides[field])

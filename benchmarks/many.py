@@ -6,7 +6,8 @@
 For each split seed of ml-latest-small (random 80/20) the training split is carved as in
 every run (`recsys_jax.experiment`: 10% validation slice, seed-derived), then
 
-- ``sequential``: K calls of `fit` with seeds 0..K-1 (the default preset), one after
+- ``sequential``: K calls of `fit` with seeds 0..K-1 (``--preset``: default, or tuned, the
+  nested choice made on that split's own training split), one after
   another, each compiling its own program as a user's loop would;
 - ``fit_many``: the same K members in one `recsys_jax.many.fit_many` call;
 
@@ -24,20 +25,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks.accuracy import train_config
 from benchmarks.common import RESULTS, environment, markdown_table, write_json
 from recsys_jax import metrics
 from recsys_jax.data import load_movielens, random_split
 from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many
-from recsys_jax.presets import get_preset
 from recsys_jax.train import fit
 
 
-def run(model: str, ratings, seed: int, k: int) -> dict:
+def run(model: str, ratings, seed: int, k: int, preset: str = "default") -> dict:
     split = random_split(ratings, seed, 0.2)
     train_all, test = ratings.take(split.train), ratings.take(split.test)
     carve = random_split(len(train_all), np.random.default_rng([seed, 1]), 0.1)
     train, val = train_all.take(carve.train), train_all.take(carve.test)
-    tc = get_preset("default", model)
+    tc = train_config(preset, model, seed)
+    if tc is None:
+        raise SystemExit(f"benchmarks/results/tuned.json has no choice for {model} on split seed {seed}")
 
     t0 = time.perf_counter()
     singles = [fit(model, train, val, key=s, train_config=tc, progress=False) for s in range(k)]
@@ -55,7 +58,8 @@ def run(model: str, ratings, seed: int, k: int) -> dict:
     preds = predict_many(many, test.users, test.items, clip=ratings.rating_scale)
     member_rmse = [metrics.rmse(p, test.ratings) for p in preds]
     ens = ensemble_predict(many, test.users, test.items, clip=ratings.rating_scale)
-    return {"bench": "fit_many", "model": model, "dataset": ratings.name, "split_seed": seed, "k": k,
+    return {"bench": "fit_many", "model": model, "preset": preset, "train_config": tc._asdict(),
+            "dataset": ratings.name, "split_seed": seed, "k": k,
             "sequential_seconds": sequential_s, "fit_many_seconds": many_s, "speedup": sequential_s / many_s,
             "max_param_diff": diff, "member_test_rmse_mean": float(np.mean(member_rmse)),
             "member_test_rmse_std": float(np.std(member_rmse, ddof=1)), "ensemble_test_rmse": metrics.rmse(ens, test.ratings),
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default="bias")
     p.add_argument("--k", type=int, default=8)
+    p.add_argument("--preset", default="default",
+                   help="default, or tuned: the nested choice for each split seed (benchmarks/results/tuned.json)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
     ratings = load_movielens("ml-latest-small")
     records = []
     for seed in args.seeds:
-        rec = run(args.model, ratings, seed, args.k)
+        rec = run(args.model, ratings, seed, args.k, args.preset)
         rec.update(env)
         records.append(rec)
         print(f"[many] split {seed}: sequential {rec['sequential_seconds']:.2f} s, fit_many {rec['fit_many_seconds']:.2f} s "
@@ -85,7 +91,8 @@ def main(argv=None) -> int:
               f"ensemble {rec['ensemble_test_rmse']:.4f}", flush=True)
     tag = env["device"].split(":")[0]
     write_json(args.json or RESULTS / f"many-{tag}.json", records)
-    md = (f"### fit_many: {args.k} seeds of `{args.model}` as one program vs {args.k} sequential fits\n\n"
+    md = (f"### fit_many: {args.k} seeds of `{args.model}` ({args.preset} preset) as one program vs "
+          f"{args.k} sequential fits\n\n"
           + markdown_table(["split seed", "sequential s", "fit_many s", "speed-up", "max param diff",
                             "member test RMSE", "ensemble test RMSE"],
                            [[r["split_seed"], f"{r['sequential_seconds']:.2f}", f"{r['fit_many_seconds']:.2f}",

@@ -150,7 +150,7 @@ def comparisons(records: list[dict]) -> list[str]:
                 "Does the notebook's NN beat its bias model, each with the notebook's own regimen?")
         tuned = "tuned" if any(k[3] == "tuned" for k in by) else "default"
         compare(dataset, protocol, ("mlp", tuned, "mse"), ("bias", tuned, "mse"),
-                "Does the NN beat the bias model when both are tuned?")
+                "Does the NN beat the bias model when each has its own searched regimen (not the notebook's)?")
         compare(dataset, protocol, ("neumf", tuned, "mse"), ("bias", tuned, "mse"),
                 "Learned similarity vs dot product (Rendle et al. 2020): NeuMF against the biased dot product.")
         compare(dataset, protocol, ("gmf", tuned, "mse"), ("bias", tuned, "mse"),

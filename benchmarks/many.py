@@ -29,6 +29,7 @@ from benchmarks.accuracy import train_config
 from benchmarks.common import RESULTS, environment, markdown_table, write_json
 from recsys_jax import metrics
 from recsys_jax.data import load_movielens, random_split
+from recsys_jax.experiment import carve_validation
 from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many
 from recsys_jax.train import fit
 
@@ -36,8 +37,7 @@ from recsys_jax.train import fit
 def run(model: str, ratings, seed: int, k: int, preset: str = "default") -> dict:
     split = random_split(ratings, seed, 0.2)
     train_all, test = ratings.take(split.train), ratings.take(split.test)
-    carve = random_split(len(train_all), np.random.default_rng([seed, 1]), 0.1)
-    train, val = train_all.take(carve.train), train_all.take(carve.test)
+    train, val = carve_validation(train_all, seed, 0.1)
     tc = train_config(preset, model, seed)
     if tc is None:
         raise SystemExit(f"benchmarks/results/tuned.json has no choice for {model} on split seed {seed}")

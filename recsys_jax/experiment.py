@@ -37,6 +37,17 @@ def device_name() -> str:
     return d.platform if kind in ("", d.platform) else f"{d.platform}:{kind}"
 
 
+def carve_validation(train_all: Ratings, seed: int, val_frac: float = 0.1) -> tuple[Ratings, Ratings | None]:
+    """Step 2: ``(train, val)`` with ``val`` a ``val_frac`` slice of ``train_all`` drawn from
+    ``seed``; with ``val_frac == 0``, ``(train_all, None)`` (the last epoch is the result)."""
+    if not 0.0 <= val_frac < 1.0:
+        raise ValueError(f"val_frac must be in [0, 1) (0: no validation slice), got {val_frac}")
+    if val_frac == 0:
+        return train_all, None
+    carve = random_split(len(train_all), np.random.default_rng([seed, 1]), val_frac)
+    return train_all.take(carve.train), train_all.take(carve.test)
+
+
 def run_experiment(
     ratings: Ratings,
     split: Split,
@@ -52,16 +63,10 @@ def run_experiment(
     checkpoint_dir: str | None = None,
 ) -> tuple[dict, FitResult]:
     """Runs steps 1-4 above; returns a flat record of the results and the `FitResult`."""
-    if not 0.0 <= val_frac < 1.0:
-        raise ValueError(f"val_frac must be in [0, 1) (0: no validation slice), got {val_frac}")
     if len(split.test) == 0:
         raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
     train_all, test = ratings.take(split.train), ratings.take(split.test)
-    if val_frac > 0:
-        carve = random_split(len(train_all), np.random.default_rng([seed, 1]), val_frac)
-        train, val = train_all.take(carve.train), train_all.take(carve.test)
-    else:  # no validation: the last epoch's parameters are the result
-        train, val = train_all, None
+    train, val = carve_validation(train_all, seed, val_frac)
 
     t0 = time.perf_counter()
     result = fit(

@@ -104,6 +104,9 @@ CORPUS = {
                                  "user id is beyond the int64 range"),
     "timestamp-beyond-int64": Case("csv", H + b"1,2,3,4\n1,3,3,99999999999999999999\n", 3,
                                    "timestamp is beyond the int64 range"),
+    # a million digits: Python's int() refuses more than 4,300, the message must still name the line
+    "user-id-million-digits": Case("csv", H + b"1,2,3,4\n" + b"7" * 1_000_000 + b",2,3,4\n", 3,
+                                   "user id is beyond the int64 range"),
     "bom-then-bad-row": Case("csv", b"\xef\xbb\xbf" + H + b"1,2,3,4\n1,x,3,4\n", 3,
                              "item id is not an integer"),
     "mixed-crlf-lf": Case("csv", H.replace(b"\n", b"\r\n") + b"1,2,3,4\n1,3,3,4\r\n\r\n1,4,3,x\n", 5,
@@ -117,6 +120,8 @@ CORPUS = {
     "dat-rating-below-scale": Case("dat", b"1::1::5::1\n1::2::0.5::2\n", 2, "rating outside the rating scale [1, 5]"),
     "dat-single-colon": Case("dat", b"1::1::5::1\n1::2::3:2\n", 2, "rating is not a number"),
     "dat-duplicate": Case("dat", b"1::1::5::1\n2::1::3::1\n1::1::4::3\n", 3, "user 1 already rated item 1 on line 1"),
+    "dat-timestamp-million-digits": Case("dat", b"1::1::5::1\n1::2::3::" + b"1" * 1_000_000 + b"\n", 2,
+                                         "timestamp is beyond the int64 range"),
     "dat-garbage-binary": Case("dat", RNG_BYTES, 1, "the item id column 1 does not exist"),
     # ml-100k u.data: tab-separated, whole stars 1..5
     "100k-rating-below-scale": Case("100k", b"1\t1\t5\t1\n1\t2\t0\t2\n", 2,
@@ -133,6 +138,8 @@ CORPUS = {
                                     "movie id 1 already appeared on line 1", movies=True),
     "movies-dat-id-beyond-int64": Case("dat", b"1::A::Drama\n99999999999999999999::B::Drama\n", 2,
                                        "movie id '99999999999999999999' is beyond the int64 range", movies=True),
+    "movies-dat-id-million-digits": Case("dat", b"1::A::Drama\n-" + b"9" * 1_000_000 + b"::B::Drama\n", 2,
+                                         "is beyond the int64 range", movies=True),
     "movies-dat-non-ascii-digits": Case("dat", "1::A::Drama\n\u0661\u0662::B::Drama\n".encode(), 2,
                                         "movie id '\u0661\u0662' is not an integer", movies=True),
     "u-item-garbage-binary": Case("100k", RNG_BYTES, 1, "expected id|title|release date", movies=True),
@@ -238,6 +245,48 @@ def test_bom_crlf_and_mixed_line_endings_load(tmp_path):
         np.testing.assert_array_equal(r.user_ids[r.users], [10, 10, 30])
         np.testing.assert_array_equal(r.ratings, [4.0, 3.0, 5.0])
         assert not (root / "cache").exists()
+
+
+def test_ids_with_a_million_leading_zeros_load(tmp_path):
+    """Only the value counts against int64, not the digits written (int() refuses > 4,300)."""
+    zeros = b"0" * 1_000_000
+    path = tmp_path / "r.csv"
+    path.write_bytes(H + zeros + b"12,-" + zeros + b"3,4," + zeros + b"5\n")
+    r = load_ratings(path)
+    assert r.user_ids.tolist() == [12] and r.item_ids.tolist() == [-3] and r.timestamps.tolist() == [5]
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_bytes(b"1::7::4::1\n")
+    (folder / "movies.dat").write_bytes(zeros + b"7::A (1990)::Drama\n")
+    r = load_movielens("ml-1m", data_dir=tmp_path, download=False, cache_dir=tmp_path / "cache")
+    assert r.movies.index.tolist() == [7] and r.movies["title"].tolist() == ["A (1990)"]
+
+
+@pytest.mark.parametrize(
+    "file, content, fragment",
+    [
+        pytest.param("users.dat", b"1::F::1::10::48067\n" + b"9" * 1_000_000 + b"::M::56::16::70072\n",
+                     "user id '999", id="users-dat-id-million-digits"),
+        pytest.param("u.user", b"1|24|M|writer|1\n2|" + b"9" * 1_000_000 + b"|F|writer|1\n",
+                     "expected user id|age|gender", id="u-user-age-million-digits"),
+        pytest.param("u.user", "1|24|M|writer|1\n\u00b2|30|F|writer|1\n".encode(),
+                     "user id '\u00b2' is not a whole number", id="u-user-superscript-id"),
+    ],
+)
+def test_bad_users_file_names_the_line(tmp_path, file, content, fragment):
+    """Side tables too: a DataError naming file and line, never int()'s own ValueError."""
+    dataset = "ml-1m" if file == "users.dat" else "ml-100k"
+    folder = tmp_path / movielens.DATASETS[dataset].folder
+    folder.mkdir()
+    (folder / FOLDERS["dat" if dataset == "ml-1m" else "100k"][1]).write_bytes(
+        b"1::1::4::5\n" if dataset == "ml-1m" else b"1\t1\t4\t5\n")
+    (folder / file).write_bytes(content)
+    with pytest.raises(DataError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no movie titles
+        load_movielens(dataset, data_dir=tmp_path, download=False, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert message.startswith(f"{folder / file}, line 2: "), message[:300]
+    assert fragment in message and len(message) < 1000, message[:300]
 
 
 def test_ids_beyond_int32_load_map_and_predict(tmp_path):

@@ -426,12 +426,27 @@ def _first_bad_row(frame: pd.DataFrame, ncols: int, positions: list[int | None])
     return _first_failure(checks)
 
 
+def to_int64(text: str) -> int | None:
+    """The value of an ASCII integer string (``[+-]?[0-9]+``), or None outside int64.
+
+    Leading zeros are dropped and the length decides before converting: Python refuses to
+    convert a string of more than 4,300 digits (``sys.get_int_max_str_digits``), and a
+    line of a million digits must still give a `DataError` naming it.
+    """
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > _INT64_DIGITS:
+        return None
+    value = sign * int(digits)
+    return value if -(2**63) <= value < 2**63 else None
+
+
 def _beyond_int64(values: list[str], integer: np.ndarray) -> np.ndarray:
-    """Which of the ``integer`` strings do not fit in int64 (only long ones are converted)."""
+    """Which of the ``integer`` strings do not fit in int64."""
     out = np.zeros(len(values), dtype=bool)
     for row in np.flatnonzero(integer):
         if len(values[row]) >= _INT64_DIGITS:
-            out[row] = not -(2**63) <= int(values[row]) < 2**63
+            out[row] = to_int64(values[row]) is None
     return out
 
 

@@ -50,7 +50,14 @@ from typing import BinaryIO, Callable, Literal
 import numpy as np
 import pandas as pd
 
-from recsys_jax.data.files import Source, first_duplicate, load_ratings, read_columns, shorten
+from recsys_jax.data.files import (
+    Source,
+    first_duplicate,
+    load_ratings,
+    read_columns,
+    shorten,
+    to_int64,
+)
 from recsys_jax.data.ratings import DataError, Ratings
 
 Format = Literal["csv", "dat", "100k"]
@@ -587,9 +594,13 @@ def _users_frame(path: Path, rows: list[tuple[int, str, str, str, str]]) -> pd.D
     """``rows`` are (line number, user id text, age, gender, occupation)."""
     ids = []
     for number, uid, *_ in rows:
-        if not uid.strip().isdigit():
+        uid = uid.strip()
+        if not _ASCII_DIGITS.fullmatch(uid):  # str.isdigit also takes '²', which int() refuses
             raise DataError(f"{path}, line {number}: user id {shorten(uid)!r} is not a whole number")
-        ids.append(int(uid))
+        value = to_int64(uid)  # not int(): it refuses more than 4,300 digits
+        if value is None:
+            raise DataError(f"{path}, line {number}: user id {shorten(uid)!r} is beyond the int64 range")
+        ids.append(value)
     if len(set(ids)) != len(ids):
         raise DataError(f"{path}: a user id appears twice")
     return pd.DataFrame({"age": [r[2] for r in rows], "gender": [r[3] for r in rows],
@@ -616,7 +627,9 @@ def _read_u_user(path: Path, data: bytes | None = None) -> pd.DataFrame:
     """ml-100k u.user: ``user id | age | gender | occupation | zip code``; ages by decade."""
     def row(f):
         age = f[1].strip()
-        return (f[0], f"{int(age) // 10 * 10}s", f[2].strip(), f[3].strip()) if age.isdigit() else None
+        if not _ASCII_DIGITS.fullmatch(age) or len(age) > 3:  # an age, not a million digits
+            return None
+        return (f[0], f"{int(age) // 10 * 10}s", f[2].strip(), f[3].strip())
 
     return _read_users(path, data, "|", "user id|age|gender|occupation|zip code", row)
 
@@ -660,6 +673,7 @@ def _movies_frame(path: Path, rows: list[tuple[int, int, str, str]]) -> pd.DataF
     )
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 _MOVIE_ID = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")  # ASCII digits only, as in the ratings files
 
 
@@ -669,8 +683,8 @@ def _movie_id(path: Path, number: int, text: str, line: str) -> int:
             f"{path}, line {number}: movie id {shorten(text)!r} is not an integer "
             f"(line: {shorten(line)!r})"
         )
-    movie = int(text.strip(" \t"))
-    if not -(2**63) <= movie < 2**63:
+    movie = to_int64(text.strip(" \t"))  # not int(): it refuses more than 4,300 digits
+    if movie is None:
         raise DataError(f"{path}, line {number}: movie id {shorten(text)!r} is beyond the int64 range")
     return movie
 

@@ -32,11 +32,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (else $RECSYS_JAX_DATA, the cache)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
     p.add_argument("--sep", help="--ratings: field separator (default: sniffed)")
+    p.add_argument("--no-header", action="store_true",
+                   help="--ratings: the first line is data; give the --*-col options as 0-based positions "
+                        "(default: columns 0, 1, 2, 3)")
     p.add_argument("--user-col", default="userId", help="--ratings: user column (default: %(default)s)")
     p.add_argument("--item-col", default="movieId", help="--ratings: item column (default: %(default)s)")
     p.add_argument("--rating-col", default="rating", help="--ratings: rating column (default: %(default)s)")
     p.add_argument("--timestamp-col", default="timestamp",
                    help="--ratings: timestamp column, used when present (default: %(default)s)")
+    p.add_argument("--duplicates", default="error", choices=["error", "last", "mean"],
+                   help="a repeated (user, item) pair: an error, or keep the last row or the mean rating "
+                        "(default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model, score the test split, save a checkpoint")
     _add_data_args(t)
     t.add_argument("--model", default="bias", help="a name in recsys_jax.models.MODELS (default: %(default)s)")
-    t.add_argument("--preset", default="default", help="default (tuned) or notebook (the course's regimen)")
+    t.add_argument("--preset", default="default",
+                   help="default (tuned here), notebook (the course notebook exactly) or notebook_as_run "
+                        "(the same at constant rates, as its Keras 1 code actually ran)")
     t.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
     t.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
     t.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s)")
     t.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
-    t.add_argument("--val-frac", type=float, default=0.1,
-                   help="validation slice of the training split (0: none, train on all of it)")
+    t.add_argument("--val-frac", type=float, default=None,
+                   help="validation slice of the training split (0: none, train on all of it; "
+                        "default: 0.1, or 0 for the notebook presets, which keep the last epoch)")
     t.add_argument("--split-file", metavar="NPZ", help="use this saved split (recsys_jax.data.save_split)")
     t.add_argument("--save-split", metavar="NPZ", help="write the train/test split used to this file")
     for name, typ, helptext in [
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), help="sigmoid squash of the output")
     t.add_argument("--out", metavar="DIR", help="checkpoint folder (default: runs/<model>-<data>-seed<seed>)")
     t.add_argument("--no-save", action="store_true", help="do not write a checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the checkpoint folder if it exists")
     t.add_argument("--resume-dir", metavar="DIR",
                    help="save training progress here after every epoch; rerunning the same command resumes")
     t.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
@@ -99,11 +109,31 @@ def _load(args):
     from recsys_jax.data import load_movielens, load_ratings
 
     if args.ratings:
-        return load_ratings(
-            args.ratings, sep=args.sep, user_col=args.user_col, item_col=args.item_col,
-            rating_col=args.rating_col, timestamp_col=args.timestamp_col,
-        )
-    return load_movielens(args.dataset, data_dir=args.data_dir, download=not args.no_download)
+        columns = {}
+        for flag, default in (("user_col", "userId"), ("item_col", "movieId"), ("rating_col", "rating"),
+                              ("timestamp_col", "timestamp")):
+            value = getattr(args, flag)
+            if args.no_header and value.isdigit():
+                value = int(value)
+            elif args.no_header and value != default:
+                raise ValueError(f"--no-header: give --{flag.replace('_', '-')} as a 0-based position, "
+                                 f"not {value!r}")
+            columns[flag] = value
+        return load_ratings(args.ratings, sep=args.sep, header=not args.no_header,
+                            duplicates=args.duplicates, **columns)
+    return load_movielens(args.dataset, data_dir=args.data_dir, download=not args.no_download,
+                          duplicates=args.duplicates)
+
+
+def _checkpoint_folder(args) -> Path | None:
+    """Where ``train`` saves, checked before any work: an existing folder needs --overwrite."""
+    if args.no_save:
+        return None
+    data = Path(args.ratings).stem if args.ratings else args.dataset  # `Ratings.name`'s stem
+    dest = Path(args.out or f"runs/{args.model}-{data}-seed{args.seed}")
+    if (dest.exists() or dest.is_symlink()) and not args.overwrite:
+        raise FileExistsError(f"{dest} already exists; pass --overwrite to replace it, or --out another folder")
+    return dest
 
 
 def _split(args, ratings):
@@ -123,10 +153,12 @@ def cmd_train(args) -> dict:
     from recsys_jax.data import save_split
     from recsys_jax.experiment import run_experiment, to_recommender
     from recsys_jax.models import make_config
-    from recsys_jax.presets import get_preset
+    from recsys_jax.presets import get_preset, model_options
+    from recsys_jax.presets import val_frac as preset_val_frac
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    dest = _checkpoint_folder(args)
     ratings = _load(args)
     split = _split(args, ratings)
     if args.save_split:
@@ -148,7 +180,8 @@ def cmd_train(args) -> dict:
         model_overrides["embedding_dim"] = args.embedding_dim
     if args.y_range is not None:
         model_overrides["y_range"] = tuple(args.y_range)
-    model_config = make_config(args.model, **model_overrides)
+    model_config = make_config(args.model, **{**model_options(args.preset, args.model), **model_overrides})
+    val_frac = args.val_frac if args.val_frac is not None else preset_val_frac(args.preset)
 
     def on_epoch(epoch, rec):
         val_txt = f"  val_rmse {rec['val_rmse']:.4f}  val_mae {rec['val_mae']:.4f}" if rec["val_rmse"] else ""
@@ -158,21 +191,23 @@ def cmd_train(args) -> dict:
     warnings.filterwarnings("ignore", message="fit: non-finite", category=RuntimeWarning)
     out, result = run_experiment(
         ratings, split, args.model, seed=args.seed, train_config=tc, model_config=model_config,
-        val_frac=args.val_frac, progress=args.progress, on_epoch=on_epoch, checkpoint_dir=args.resume_dir,
+        val_frac=val_frac, progress=args.progress, on_epoch=on_epoch, checkpoint_dir=args.resume_dir,
     )
     if out["stop_reason"]:
         print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
     out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
     print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
           f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']})")
-    if not args.no_save:
-        dest = Path(args.out or f"runs/{args.model}-{Path(ratings.name).stem}-seed{args.seed}")
+    if dest is not None:
         checkpoint.save(dest, to_recommender(ratings, result), extra=out)
         out["checkpoint"] = str(dest)
         print(f"saved checkpoint to {dest}")
     if args.json:
         print(json.dumps(out))
     return out
+
+
+FALLBACK_WHY = {"mu+b_i": "unknown user", "mu+b_u": "unknown movie", "mu": "the training mean"}
 
 
 def cmd_predict(args) -> None:
@@ -182,14 +217,18 @@ def cmd_predict(args) -> None:
     movies = np.asarray(args.movie, np.int64)
     users = np.full(movies.shape, args.user, np.int64)
     preds = rec.predict(users, movies, unknown="fallback" if args.fallback else "error")
-    rows = [{"user": args.user, "movie": int(m), "rating": float(r), "title": rec.title(m)} for m, r in zip(movies, preds)]
+    kinds = rec.fallbacks(users, movies)
+    rows = [{"user": args.user, "movie": int(m), "rating": float(r), "title": rec.title(m),
+             "fallback": kind is not None, "fallback_kind": kind} for m, r, kind in zip(movies, preds, kinds)]
     if args.distribution:
         levels, probs = rec.rating_distribution(users, movies, unknown="fallback" if args.fallback else "error")
         for row, pr in zip(rows, probs):
             row["distribution"] = {f"{lv:g}": round(float(q), 4) for lv, q in zip(levels, pr)}
     for row in rows:
         title = f" ({row['title']})" if row["title"] else ""
-        print(f"user {row['user']}  movie {row['movie']}{title}: {row['rating']:.2f}")
+        kind = row["fallback_kind"]
+        mark = f"  [fallback {kind}: {FALLBACK_WHY[kind]}]" if kind else ""
+        print(f"user {row['user']}  movie {row['movie']}{title}: {row['rating']:.2f}{mark}")
         if "distribution" in row:
             print("    " + "  ".join(f"{s}*: {q:.2f}" for s, q in row["distribution"].items()))
     if args.json:
@@ -238,7 +277,8 @@ def main(argv=None) -> int:
     except (DataError, UnknownIdError, CheckpointError, ValueError, OSError) as e:
         if os.environ.get("RECSYS_JAX_DEBUG"):
             raise
-        print(f"recsys-jax {args.command}: error: {e}", file=sys.stderr)
+        # The library's advice names Python arguments (data_dir=); its CLI wording names flags.
+        print(f"recsys-jax {args.command}: error: {getattr(e, 'cli_message', e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("recsys-jax: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-r"""Regularisers for the train step: ``penalty(params, users[B], items[B], weight[B]) -> float32[]``.
+r"""Regularisers for the train step:
+``penalty(params, users[B], items[B], weight[B], *, times=None) -> float32[]``.
 
 A penalty returns the weighted *sum* over the batch of per-example penalties; the train
 step adds it to the weighted sum of the losses and divides by the total weight (padding
@@ -29,11 +30,31 @@ update. Rows are found by name: a ``Params`` field called ``user_*`` is indexed 
 ``users``, ``item_*`` by ``items``; ``*_bias`` fields take :math:`\lambda_b`, all others
 :math:`\lambda`. Dense layers are not penalised here (use decoupled weight decay in
 `recsys_jax.optim.make_optimizer`).
+
+A model whose objective penalises more than the rows of the pair itself defines its own
+``penalty(params, users, items, weight, *, l2, bias_l2, config, aux=None, times=None)``
+in its module, the weighted sum over the batch of the per-example terms its docstring
+writes: SVD++ penalises :math:`y_j` for every :math:`j \in N(u)`, timeSVD the one time-bin
+bias :math:`b_{i,\mathrm{Bin}(t)}` and the drift :math:`\alpha_u`, the factorization machine
+the pair's side features. `make_model_penalty` returns the model's own penalty with ``l2``,
+``bias_l2``, ``config`` and ``aux`` bound, and the name-based `touched_rows_penalty` for
+the row-local models (dot, bias, mlp, gmf, neumf). ``times`` (float32[B] days) reaches
+every penalty as a keyword for time-aware models; the others accept and ignore it.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import Array
+
+
+def row_weights(index: Array, weight: Array, num_rows: int) -> Array:
+    """``c[r] = sum of weight[b] over the examples b with index[b] == r``: float32[num_rows]."""
+    return jnp.zeros(num_rows, jnp.float32).at[index].add(weight)
+
+
+def weighted_sq_norm(table: Array, row_weight: Array) -> Array:
+    """``sum_r row_weight[r] * |table[r]|^2``: a dense weighted sum over the table."""
+    return jnp.sum(row_weight * jnp.square(table).reshape(table.shape[0], -1).sum(axis=1))
 
 
 def _weighted_row_sq_norms(params, users: Array, items: Array, weight: Array, *, bias: bool) -> Array:
@@ -51,13 +72,58 @@ def _weighted_row_sq_norms(params, users: Array, items: Array, weight: Array, *,
     return total
 
 
-def make_l2_penalty(weight: float, bias_weight: float = 0.0):
-    """L2 on the touched embedding rows (``weight``) and bias entries (``bias_weight``)."""
+def touched_rows_penalty(params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
+                         config=None, aux=None, times: Array | None = None) -> Array:
+    r"""The name-based penalty of the row-local models:
+    :math:`\sum_b w_b\,[\lambda \sum \lVert\text{row}\rVert^2 + \lambda_b \sum \text{bias}^2]` over the
+    ``user_*`` rows of :math:`u_b` and the ``item_*`` rows of :math:`i_b` (``*_bias``: :math:`\lambda_b`)."""
+    out = l2 * _weighted_row_sq_norms(params, users, items, weight, bias=False)
+    if bias_l2:
+        out = out + bias_l2 * _weighted_row_sq_norms(params, users, items, weight, bias=True)
+    return out
 
-    def penalty(params, users: Array, items: Array, example_weight: Array) -> Array:
-        out = weight * _weighted_row_sq_norms(params, users, items, example_weight, bias=False)
-        if bias_weight:
-            out = out + bias_weight * _weighted_row_sq_norms(params, users, items, example_weight, bias=True)
-        return out
+
+def make_l2_penalty(weight: float, bias_weight: float = 0.0):
+    """L2 on the touched embedding rows (``weight``) and bias entries (``bias_weight``), by name."""
+
+    def penalty(params, users: Array, items: Array, example_weight: Array, *, times: Array | None = None) -> Array:
+        return touched_rows_penalty(params, users, items, example_weight, l2=weight, bias_l2=bias_weight)
+
+    return penalty
+
+
+def make_model_penalty(module=None, config=None, aux=None, l2: float = 0.0, bias_l2: float = 0.0):
+    """The penalty of the objective written in ``module``'s docstring, with ``l2`` (factors)
+    and ``bias_l2`` (biases): the module's own ``penalty`` if it defines one (its ``config``
+    and ``aux`` bound), else `touched_rows_penalty` (``make_l2_penalty(l2, bias_l2)``).
+
+    Returns ``penalty(params, users[B], items[B], weight[B], *, times=None) -> float32[]``.
+    """
+    own = getattr(module, "penalty", None)
+    if own is None:
+        return make_l2_penalty(l2, bias_l2)
+
+    def penalty(params, users: Array, items: Array, weight: Array, *, times: Array | None = None) -> Array:
+        return own(params, users, items, weight, l2=l2, bias_l2=bias_l2, config=config, aux=aux, times=times)
+
+    return penalty
+
+
+def make_table_l2_penalty(weight: float):
+    r"""Keras' ``l2(weight)`` on whole tables: :math:`\lambda\,(\lVert P\rVert_F^2 + \lVert Q\rVert_F^2)`
+    added to the loss of every mini-batch, however few rows the batch touches.
+
+    This is the course notebook's ``W_regularizer=l2(1e-4)`` on the user and item factor
+    tables (every ``user_*`` / ``item_*`` field that is not a ``*_bias``); its gradient
+    :math:`2\lambda W` reaches every row at every step. The train step divides the sum of
+    per-example terms by the batch weight, so the penalty is returned as that weight times
+    the table norm, and the objective of a batch is exactly
+    :math:`\frac{1}{\sum_b w_b}\sum_b w_b\,\ell_b + \lambda(\lVert P\rVert_F^2 + \lVert Q\rVert_F^2)`.
+    """
+
+    def penalty(params, users: Array, items: Array, example_weight: Array, *, times: Array | None = None) -> Array:
+        norms = sum(jnp.sum(jnp.square(t)) for name, t in params._asdict().items()
+                    if name.startswith(("user_", "item_")) and not name.endswith("_bias"))
+        return weight * jnp.sum(example_weight) * norms
 
     return penalty

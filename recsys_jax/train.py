@@ -37,7 +37,7 @@ from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
 from recsys_jax.models import get_model, make_apply, make_config
 from recsys_jax.optim import make_optimizer, make_schedule
-from recsys_jax.penalties import make_l2_penalty
+from recsys_jax.penalties import make_l2_penalty, make_model_penalty, make_table_l2_penalty
 from recsys_jax.predict import predict_indices
 from recsys_jax.shuffle import permutation
 
@@ -70,8 +70,9 @@ class TrainConfig(NamedTuple):
     schedule: str = "one_cycle"  # see recsys_jax.optim.SCHEDULES
     phases: tuple | None = None  # ((epochs, lr), ...) for schedule="piecewise"
     weight_decay: float = 0.0  # decoupled (AdamW), matrices only
-    l2: float = 0.0  # L2 on touched embedding rows, per example (recsys_jax.penalties)
+    l2: float = 0.0  # L2 on embedding rows, per example (recsys_jax.penalties)
     bias_l2: float = 0.0  # the same on the touched bias entries
+    penalty: str = "touched"  # "touched": rows the batch uses; "table": Keras' whole-table l2 per batch
     loss: str = "mse"  # a name in recsys_jax.losses.LOSSES or PARAM_LOSSES
     patience: int | None = None  # stop after this many epochs without a better val RMSE
 
@@ -89,8 +90,9 @@ def make_train_step(
       loss_fn: element-wise ``loss(predictions, targets) -> float32[B]``, or a `ParamLoss`
         (then ``state.params`` is a `JointParams`).
       optimizer: an Optax transformation (e.g. `recsys_jax.optim.make_optimizer`).
-      penalty_fn: optional ``penalty(params, users, items, weight) -> float32[]``, the
-        weighted sum of per-example penalties (see `recsys_jax.penalties`).
+      penalty_fn: optional ``penalty(params, users, items, weight, *, times=None) -> float32[]``,
+        the weighted sum of per-example penalties (see `recsys_jax.penalties`); ``times`` is
+        passed (as a keyword) only when the batch has times, i.e. for time-aware models.
 
     The gradient of the embedding tables is left to autodiff (the transpose of the row
     gathers is a scatter-add into the tables); a hand-written "gather rows once, segment-sum
@@ -116,7 +118,7 @@ def make_objective(apply_fn: Callable, loss_fn: Callable, penalty_fn: Callable |
         per_example = loss_fn.loss(params.loss, pred, batch.ratings) if joint else loss_fn(pred, batch.ratings)
         total = jnp.sum(per_example * weight)
         if penalty_fn is not None:
-            total = total + penalty_fn(model_params, batch.users, batch.items, weight)
+            total = total + penalty_fn(model_params, batch.users, batch.items, weight, **kw)
         return total / jnp.maximum(jnp.sum(weight), 1.0)
 
     return objective
@@ -204,6 +206,21 @@ def prepare_model(model: str, train: Ratings, model_config=None):
     return module, model_config, aux, apply_fn, train_apply, times
 
 
+def make_penalty(tc: TrainConfig, module=None, model_config=None, aux=None) -> Callable:
+    """The penalty that ``tc`` names: L2 on the touched rows, or on whole tables (Keras).
+
+    "touched" is the penalty of the objective written in ``module``'s docstring
+    (`recsys_jax.penalties.make_model_penalty`: the module's own ``penalty`` if it has one).
+    """
+    if tc.penalty == "touched":
+        return make_model_penalty(module, model_config, aux, tc.l2, tc.bias_l2)
+    if tc.penalty == "table":
+        if tc.bias_l2:
+            raise ValueError("penalty='table' is Keras' l2 on the factor tables; bias_l2 must be 0")
+        return make_table_l2_penalty(tc.l2)
+    raise ValueError(f"penalty must be 'touched' or 'table', got {tc.penalty!r}")
+
+
 class FitResult(NamedTuple):
     params: Any  # the best parameters (by validation RMSE when there is a validation set)
     history: dict  # lists per epoch: epoch, train_loss, val_rmse, val_mae, seconds
@@ -256,7 +273,8 @@ def fit(
         returned as ``loss_params``, its ``predict`` turns scores into the validation
         predictions); overrides ``train_config.loss``, which may also name a ParamLoss.
       penalty_fn: a custom ``penalty(params, users, items, weight) -> scalar`` (the
-        weighted sum over the batch); overrides ``train_config.l2`` / ``bias_l2``.
+        weighted sum over the batch; for time-aware models it is also passed ``times=``);
+        overrides ``train_config.l2`` / ``bias_l2``.
       progress: show a tqdm bar over epochs.
       on_epoch: called as ``on_epoch(epoch, record)`` after every epoch.
       checkpoint_dir: if set, the training progress is saved there (atomically) every
@@ -281,7 +299,7 @@ def fit(
     if param_loss is not None and param_loss_name(param_loss) is not None:
         tc = tc._replace(loss=param_loss_name(param_loss))  # record the loss actually trained
     if penalty_fn is None and (tc.l2 or tc.bias_l2):
-        penalty_fn = make_l2_penalty(tc.l2, tc.bias_l2)
+        penalty_fn = make_penalty(tc, module, model_config, aux)
     steps_per_epoch = num_batches(len(train), tc.batch_size)
     schedule = make_schedule(
         tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, phases=tc.phases

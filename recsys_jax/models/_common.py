@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 from jax import Array
 
 
@@ -46,12 +47,26 @@ def batched(predict_one, *, stochastic: bool = False, uses_aux: bool = False, us
     return apply
 
 
+def embedding_init(key: Array, shape: tuple[int, ...], config) -> Array:
+    """An embedding table: N(0, s^2) (``config.init == "normal"``) or U(-s, s) (``"uniform"``,
+    Keras' default embedding initialiser), with ``s = config.init_scale``."""
+    kind, s = getattr(config, "init", "normal"), config.init_scale
+    if kind == "normal":
+        return s * jax.random.normal(key, shape, jnp.float32)
+    if kind == "uniform":
+        return jax.random.uniform(key, shape, jnp.float32, -s, s)
+    raise ValueError(f"init must be 'normal' or 'uniform', got {kind!r}")
+
+
 def initial_offset(config) -> float:
     """The constant term that makes an untrained model predict the training mean.
 
     With a y-range ``(lo, hi)`` the output is squashed by a sigmoid, so the offset is the
-    logit of where the mean sits in the range.
+    logit of where the mean sits in the range. A model configured with
+    ``global_mean=False`` (the course notebook's models) starts at 0 instead.
     """
+    if not getattr(config, "global_mean", True):
+        return 0.0
     mean = config.mean_rating
     if getattr(config, "y_range", None) is None:
         return float(mean)

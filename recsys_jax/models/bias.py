@@ -22,6 +22,17 @@ symbol             argument
 y-range is set) and is learned with the rest. ``predict_one`` computes :math:`x_{ui}`; the
 squash is a link applied by `recsys_jax.models.make_apply` from ``config.y_range``, so that
 the parameters stay a pytree of trainable arrays only.
+
+Trained on each rating :math:`(u, i)` with the regularised objective
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui}) + \lambda\,(\lVert p_u\rVert^2 + \lVert q_i\rVert^2)
+   + \lambda_b\,(b_u^2 + b_i^2),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``,
+:math:`\lambda_b` = ``TrainConfig.bias_l2``; :math:`\mu` is not penalised.
+The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
 """
 from __future__ import annotations
 
@@ -31,13 +42,15 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, embedding_init, initial_offset
 
 
 class Config(NamedTuple):
     embedding_dim: int = 50
     init_scale: float = 0.01  # small: the biases explain most of the variance at first
     mean_rating: float = 3.5  # set by `fit` to the training mean
+    init: str = "normal"  # "normal": zero biases, N(0, s^2) factors; "uniform": every table U(-s, s) (Keras)
+    global_mean: bool = True  # False: no mu at all (the course notebook); global_bias stays 0, unused
     y_range: tuple[float, float] | None = None
 
 
@@ -50,15 +63,24 @@ class Params(NamedTuple):
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
-    """Zero biases, factors from N(0, init_scale^2), mu at the training mean."""
-    ukey, ikey = jax.random.split(key)
-    k, s = config.embedding_dim, config.init_scale
+    """Zero biases, factors from N(0, init_scale^2), mu at the training mean.
+
+    With ``init="uniform"`` the bias tables too are drawn from U(-init_scale, init_scale):
+    the notebook's biases are 1-d Keras embeddings. With ``global_mean=False`` mu is 0.
+    """
+    ukey, ikey, bukey, bikey = jax.random.split(key, 4)
+    k = config.embedding_dim
+    if config.init == "uniform":
+        user_bias = embedding_init(bukey, (num_users,), config)
+        item_bias = embedding_init(bikey, (num_items,), config)
+    else:
+        user_bias, item_bias = jnp.zeros((num_users,), jnp.float32), jnp.zeros((num_items,), jnp.float32)
     return Params(
         global_bias=jnp.asarray(initial_offset(config), jnp.float32),
-        user_bias=jnp.zeros((num_users,), jnp.float32),
-        item_bias=jnp.zeros((num_items,), jnp.float32),
-        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
-        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+        user_bias=user_bias,
+        item_bias=item_bias,
+        user_factors=embedding_init(ukey, (num_users, k), config),
+        item_factors=embedding_init(ikey, (num_items, k), config),
     )
 
 
@@ -66,8 +88,9 @@ def predict_one(
     params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config()
 ) -> Array:
     """x_ui = mu + b_u + b_i + p_u . q_i  (`recsys_jax.models.make_apply` adds the y-range squash)"""
+    mu = params.global_bias if config.global_mean else 0.0
     return (
-        params.global_bias
+        mu
         + params.user_bias[user]
         + params.item_bias[item]
         + params.user_factors[user] @ params.item_factors[item]

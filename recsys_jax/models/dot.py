@@ -11,6 +11,15 @@ symbol             argument
 :math:`q_i`        ``params.item_factors[i]``
 =================  ==========================
 
+Trained on each rating :math:`(u, i)` with the regularised objective
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui}) + \lambda\,(\lVert p_u\rVert^2 + \lVert q_i\rVert^2),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``.
+The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+
 With no biases the factors must also carry each user's and item's mean, which is why
 the notebook's second model adds them. L2 on the rows a batch touches (the notebook's
 ``l2(1e-4)``) comes from `recsys_jax.penalties`.
@@ -20,15 +29,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched
+from recsys_jax.models._common import batched, embedding_init
 
 
 class Config(NamedTuple):
     embedding_dim: int = 50
-    init_scale: float = 0.1  # std of the normal init; the dot product starts near 0
+    init_scale: float = 0.1  # std of the normal init (half-width for init="uniform")
+    init: str = "normal"  # or "uniform": U(-init_scale, init_scale), Keras' embedding default
     mean_rating: float = 3.5  # unused: kept so every model takes the same fields
     y_range: tuple[float, float] | None = None  # optional sigmoid squash (models.make_apply)
 
@@ -39,12 +48,12 @@ class Params(NamedTuple):
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
-    """Factors drawn from N(0, init_scale^2)."""
+    """Factors drawn from N(0, init_scale^2), or U(-init_scale, init_scale) with init="uniform"."""
     ukey, ikey = jax.random.split(key)
-    k, s = config.embedding_dim, config.init_scale
+    k = config.embedding_dim
     return Params(
-        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
-        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+        user_factors=embedding_init(ukey, (num_users, k), config),
+        item_factors=embedding_init(ikey, (num_items, k), config),
     )
 
 

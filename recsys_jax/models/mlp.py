@@ -15,10 +15,20 @@ symbol                   argument
 drop rates               ``config.input_dropout``, ``config.hidden_dropout``
 =======================  ====================================
 
+Trained on each rating :math:`(u, i)` with the regularised objective
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui}) + \lambda\,(\lVert p_u\rVert^2 + \lVert q_i\rVert^2),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``; the
+dense layers are not in it (``TrainConfig.weight_decay`` decays their matrices, decoupled).
+The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+
 Dropout is inverted (kept units scaled by 1/(1-rate)) and happens only when a key is
 passed; with no key the net is deterministic (inference). The notebook used K=50, H=70.
 The output bias starts at the training mean so the net does not spend its first epoch
-learning the offset 3.5.
+learning the offset 3.5 (``global_mean=False``: at 0, as the notebook's Keras net did).
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, embedding_init, initial_offset
 
 
 class Config(NamedTuple):
@@ -36,8 +46,10 @@ class Config(NamedTuple):
     hidden: int = 70
     input_dropout: float = 0.3
     hidden_dropout: float = 0.75
-    init_scale: float = 0.05  # Keras' embedding init is U(-0.05, 0.05); we use N(0, s^2)
+    init_scale: float = 0.05  # std of N(0, s^2); half-width with init="uniform"
     mean_rating: float = 3.5  # set by `fit`; initial output bias
+    init: str = "normal"  # or "uniform": U(-s, s), Keras' embedding default (the notebook)
+    global_mean: bool = True  # False: the output bias starts at 0 (Keras' zero bias), not the mean
     y_range: tuple[float, float] | None = None
 
 
@@ -51,13 +63,13 @@ class Params(NamedTuple):
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
-    """Embeddings from N(0, init_scale^2); dense layers Glorot-uniform, as in Keras."""
+    """Embeddings from N(0, init_scale^2) (or U(-s, s)); dense layers Glorot-uniform, as in Keras."""
     ukey, ikey, hkey, okey = jax.random.split(key, 4)
     k, h = config.embedding_dim, config.hidden
     glorot = jax.nn.initializers.glorot_uniform()
     return Params(
-        user_factors=config.init_scale * jax.random.normal(ukey, (num_users, k), jnp.float32),
-        item_factors=config.init_scale * jax.random.normal(ikey, (num_items, k), jnp.float32),
+        user_factors=embedding_init(ukey, (num_users, k), config),
+        item_factors=embedding_init(ikey, (num_items, k), config),
         hidden_w=glorot(hkey, (2 * k, h), jnp.float32),
         hidden_b=jnp.zeros((h,), jnp.float32),
         out_w=glorot(okey, (h, 1), jnp.float32)[:, 0],

@@ -4,6 +4,9 @@
     python -m benchmarks.accuracy --quick         # bias and dot, default preset, 2 seeds
     python -m benchmarks.accuracy --models bias --seeds 0 1 2 --json out.json
 
+Files: benchmarks/results/accuracy.{json,md} for a full run from a clean commit, else
+runs/benchmarks/ (the rule in `benchmarks.common`); ``--json``/``--md`` name them.
+
 Protocols, run for each data set that is present locally (nothing is downloaded):
 
 ===================  ==============================================================
@@ -28,13 +31,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 
-from benchmarks.common import RESULTS, environment, markdown_table, write_json
+from benchmarks.common import (REPO, RESULTS, add_output_args, environment, markdown_table, print_written,
+                               resolve_outputs, write_json, write_text)
 from recsys_jax.data import DataError, kfold_split, load_movielens, random_split
 from recsys_jax.experiment import run_experiment
-from recsys_jax.models import MODELS
-from recsys_jax.presets import get_preset
+from recsys_jax.models import MODELS, make_config
+from recsys_jax.presets import get_preset, model_options, val_frac
 
 # Published results (facts, with their sources), keyed by (dataset, protocol).
 REFERENCES = {
@@ -86,17 +93,21 @@ NOTEBOOK_MODELS = ("dot", "bias", "mlp")
 LOSS_SETTINGS = {"ordinal": {"lr": 3e-2, "epochs": 10, "l2": 0.03}}
 
 
-def train_config(preset: str, model: str, seed: int | None = None):
+TUNED = RESULTS / "tuned.json"  # the published choices of `benchmarks.tune`
+
+
+def train_config(preset: str, model: str, seed: int | None = None, tuned: str | Path | None = None):
     """A preset from `recsys_jax.presets`, or ``tuned``: ``default`` with the values that
-    ``benchmarks.tune`` chose on the training split of this same split ``seed`` (nested);
-    None when that seed was not tuned (the run is skipped, never borrowed from another seed)."""
+    ``benchmarks.tune`` chose on the training split of this same split ``seed`` (nested),
+    read from ``tuned`` (default `TUNED`); None when that seed was not tuned (the run is
+    skipped, never borrowed from another seed)."""
     if preset != "tuned":
         return get_preset(preset, model)
-    path = RESULTS / "tuned.json"
+    path = Path(tuned) if tuned is not None else TUNED
     if not path.is_file():
-        raise SystemExit(f"{path} is missing: run `python -m benchmarks.tune` first")
-    tuned = json.loads(path.read_text())[0]["models"]
-    choice = tuned.get(model, {}).get("per_seed", {}).get(str(seed))
+        raise SystemExit(f"{path} is missing: run `python -m benchmarks.tune` first (or pass --tuned PATH)")
+    choices = json.loads(path.read_text())[0]["models"]
+    choice = choices.get(model, {}).get("per_seed", {}).get(str(seed))
     if choice is None:
         return None
     return get_preset("default", model)._replace(**choice["best"])
@@ -194,22 +205,26 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="bias and dot, default preset, seeds 0 1")
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--presets", nargs="+", default=["default", "notebook"],
-                   help="default, notebook, or tuned (from benchmarks/results/tuned.json)")
+                   help="default, notebook, or tuned (from --tuned)")
+    p.add_argument("--tuned", metavar="PATH", default=None,
+                   help="the tune choices for the tuned preset (default: benchmarks/results/tuned.json)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k", "ml-1m", "ml-10m"])
     p.add_argument("--losses", nargs="+", default=["mse"],
                    help="train each model with each loss (recsys_jax.losses LOSSES / PARAM_LOSSES)")
-    p.add_argument("--json", default=None, help="records (default: benchmarks/results/accuracy.json)")
-    p.add_argument("--md", default=None, help="summary (default: benchmarks/results/accuracy.md)")
-    p.add_argument("--from-json", metavar="PATH", help="only re-render the summary of records in PATH (no training)")
+    add_output_args(p)
+    p.add_argument("--from-json", metavar="PATH",
+                   help="only re-render the summary of records in PATH (no training), beside it unless --md")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.presets, args.seeds = ["bias", "dot"], ["default"], [0, 1]
     if args.from_json:
         records = json.loads(Path(args.from_json).read_text())
         env = {k: records[0][k] for k in ("device", "cpu", "cpu_count", "jax", "optax", "git_commit", "command")}
-        Path(args.md or RESULTS / "accuracy.md").write_text(markdown(summarise(records), env, records))
+        md_path = Path(args.md) if args.md else Path(args.from_json).with_suffix(".md")
+        print(f"[accuracy] wrote {write_text(md_path, markdown(summarise(records), env, records))}")
         return 0
+    files = resolve_outputs("accuracy", "accuracy", args)
     env = environment()
     records = []
     for name in args.datasets:
@@ -221,26 +236,30 @@ def main(argv=None) -> int:
         for protocol, seed, split, data in protocols(name, ratings, args.seeds):
             for model in args.models:
                 for preset, loss in [(p_, l_) for p_ in args.presets for l_ in args.losses]:
-                    if preset == "notebook" and model not in NOTEBOOK_MODELS:
+                    if preset.startswith("notebook") and model not in NOTEBOOK_MODELS:
                         continue  # the notebook's regimen exists for its own three models only
-                    tc = train_config(preset, model, seed)
+                    tc = train_config(preset, model, seed, args.tuned)
                     if tc is None:
                         print(f"[accuracy] {model} {preset}: seed {seed} was not tuned; skipped", file=sys.stderr)
                         continue
                     tc = tc._replace(loss=loss, **LOSS_SETTINGS.get(loss, {}))
-                    rec, _ = run_experiment(data, split, model, seed=seed, train_config=tc)
+                    opts = model_options(preset, model) if preset != "tuned" else {}
+                    rec, _ = run_experiment(data, split, model, seed=seed, train_config=tc,
+                                            model_config=make_config(model, **opts),
+                                            val_frac=val_frac(preset) if preset != "tuned" else 0.1)
                     rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset,
                                loss=tc.loss, **{k: env[k] for k in env if k not in rec})
+                    if preset == "tuned":
+                        rec["tuned_from"] = str(args.tuned or TUNED.relative_to(REPO))
                     records.append(rec)
                     print(f"[accuracy] {name} {protocol} seed/fold {seed} {model:5s} {preset:8s} {loss:12s} "
                           f"rmse {rec['test_rmse']:.4f} mae {rec['test_mae']:.4f} "
                           f"fit {rec['fit_seconds']:.1f} s", flush=True)
     summary = summarise(records)
-    json_path = write_json(args.json or RESULTS / "accuracy.json", records)
-    md_path = Path(args.md or RESULTS / "accuracy.md")
-    md_path.write_text(markdown(summary, env, records))
+    json_path = write_json(files.json, records)
+    write_text(files.md, markdown(summary, env, records))
     print(markdown(summary, env, records))
-    print(f"[accuracy] wrote {json_path} and {md_path}")
+    print_written("accuracy", files, json_path, files.md)
     return 0
 
 

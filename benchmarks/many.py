@@ -14,6 +14,10 @@ every run (`recsys_jax.experiment`: 10% validation slice, seed-derived), then
 both timed wall-clock end to end (compilation included), and the largest parameter
 difference between the two is recorded. The K members' mean prediction (the ensemble)
 is scored on the test split once, beside the members' mean single-model RMSE.
+
+Files: ``many-<device>`` (``many-<preset>-<device>`` for another preset) ``.json`` and
+``.md``, in benchmarks/results/ for a full run from a clean commit, else runs/benchmarks/
+(the rule in `benchmarks.common`).
 """
 from __future__ import annotations
 
@@ -22,11 +26,15 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import jax
 import numpy as np
 
 from benchmarks.accuracy import train_config
-from benchmarks.common import RESULTS, environment, markdown_table, write_json
+from benchmarks.common import (add_output_args, environment, markdown_table, print_written, resolve_outputs,
+                               write_json, write_text)
 from recsys_jax import metrics
 from recsys_jax.data import load_movielens, random_split
 from recsys_jax.experiment import carve_validation
@@ -34,13 +42,13 @@ from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many
 from recsys_jax.train import fit
 
 
-def run(model: str, ratings, seed: int, k: int, preset: str = "default") -> dict:
+def run(model: str, ratings, seed: int, k: int, preset: str = "default", tuned: str | None = None) -> dict:
     split = random_split(ratings, seed, 0.2)
     train_all, test = ratings.take(split.train), ratings.take(split.test)
     train, val = carve_validation(train_all, seed, 0.1)
-    tc = train_config(preset, model, seed)
+    tc = train_config(preset, model, seed, tuned)
     if tc is None:
-        raise SystemExit(f"benchmarks/results/tuned.json has no choice for {model} on split seed {seed}")
+        raise SystemExit(f"{tuned or 'benchmarks/results/tuned.json'} has no choice for {model} on split seed {seed}")
 
     t0 = time.perf_counter()
     singles = [fit(model, train, val, key=s, train_config=tc, progress=False) for s in range(k)]
@@ -72,25 +80,27 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="bias")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--preset", default="default",
-                   help="default, or tuned: the nested choice for each split seed (benchmarks/results/tuned.json)")
+                   help="default, or tuned: the nested choice for each split seed (from --tuned)")
+    p.add_argument("--tuned", metavar="PATH", default=None,
+                   help="the tune choices for the tuned preset (default: benchmarks/results/tuned.json)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--json", default=None)
-    p.add_argument("--md", default=None)
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds = [0]
     env = environment()
+    tag = env["device"].split(":")[0]
+    files = resolve_outputs("many", "many-" + ("" if args.preset == "default" else f"{args.preset}-") + tag, args)
     ratings = load_movielens("ml-latest-small")
     records = []
     for seed in args.seeds:
-        rec = run(args.model, ratings, seed, args.k, args.preset)
+        rec = run(args.model, ratings, seed, args.k, args.preset, args.tuned)
         rec.update(env)
         records.append(rec)
         print(f"[many] split {seed}: sequential {rec['sequential_seconds']:.2f} s, fit_many {rec['fit_many_seconds']:.2f} s "
               f"(x{rec['speedup']:.2f}), max |diff| {rec['max_param_diff']:.1e}; members {rec['member_test_rmse_mean']:.4f}, "
               f"ensemble {rec['ensemble_test_rmse']:.4f}", flush=True)
-    tag = env["device"].split(":")[0]
-    write_json(args.json or RESULTS / f"many-{tag}.json", records)
+    json_path = write_json(files.json, records)
     md = (f"### fit_many: {args.k} seeds of `{args.model}` ({args.preset} preset) as one program vs "
           f"{args.k} sequential fits\n\n"
           + markdown_table(["split seed", "sequential s", "fit_many s", "speed-up", "max param diff",
@@ -101,8 +111,9 @@ def main(argv=None) -> int:
                              f"{r['ensemble_test_rmse']:.4f}"] for r in records])
           + f"\n\nWall time, compilation included. Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); "
           f"jax {env['jax']}; commit {env['git_commit']}; `{env['command']}`.\n")
-    Path(args.md or RESULTS / f"many-{tag}.md").write_text(md)
+    write_text(files.md, md)
     print(md)
+    print_written("many", files, json_path, files.md)
     return 0
 
 

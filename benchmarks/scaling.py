@@ -9,7 +9,9 @@ by the square root of the size ratio, keeping ML-25M's ratio of users to items (
 ratings per user grow with size, from about 10 at 100k to 154 at 25M). Each size runs in a fresh subprocess, so its peak RSS is its
 own. The model is ``bias`` (50 factors, Adam, L2 on touched rows) at one batch size; the
 first epoch (compile) is excluded and the median of the following epochs is reported.
-Writes JSON, Markdown and a log-log PNG plot (matplotlib, the ``plot`` extra).
+Writes JSON, Markdown and a log-log PNG plot (matplotlib, the ``plot`` extra):
+``scaling-<device>.*`` in benchmarks/results/ for a full run from a clean commit, else
+runs/benchmarks/ (the rule in `benchmarks.common`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, environment, markdown_table, peak_rss_mb, write_json
+if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (add_output_args, environment, markdown_table, peak_rss_mb, print_written,
+                               resolve_outputs, write_json, write_text)
 
 SIZES = [100_000, 1_000_000, 5_000_000, 25_000_095]
 ML25M = (162_541, 62_423, 25_000_095)
@@ -94,9 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--model", default="bias")
-    p.add_argument("--json", default=None)
-    p.add_argument("--md", default=None)
-    p.add_argument("--png", default=None)
+    add_output_args(p, png=True)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -105,6 +109,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.sizes, args.epochs = [100_000, 1_000_000], 2
     env = environment()
+    tag = env["device"].split(":")[0]
+    files = resolve_outputs("scaling", f"scaling-{tag}", args)
     records = []
     for n in args.sizes:
         cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", str(n), "--batch-size", str(args.batch_size),
@@ -118,8 +124,7 @@ def main(argv=None) -> int:
         records.append(rec)
         print(f"[scaling] {n:>11,d} ratings: {rec['seconds_per_epoch']:8.3f} s/epoch, "
               f"{rec['ratings_per_s']:12,.0f} ratings/s, peak RSS {rec['peak_rss_mb']:7.0f} MiB", flush=True)
-    tag = env["device"].split(":")[0]
-    write_json(args.json or RESULTS / f"scaling-{tag}.json", records)
+    written = [write_json(files.json, records)]
     md = ("### Scaling (synthetic, ML-25M shape at the top)\n\n" + markdown_table(
         ["ratings", "users", "items", "s/epoch", "ratings/s", "peak RSS MiB"],
         [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", f"{r['seconds_per_epoch']:.3f}",
@@ -127,10 +132,12 @@ def main(argv=None) -> int:
         + f"\n\nModel {args.model}, batch {args.batch_size}, median of {args.epochs} epochs after the compile epoch. "
         f"Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}; "
         f"commit {env['git_commit']}; `{env['command']}`.\n")
-    Path(args.md or RESULTS / f"scaling-{tag}.md").write_text(md)
-    if records:
-        plot(records, Path(args.png or RESULTS / f"scaling-{tag}.png"))
+    written.append(write_text(files.md, md))
+    files.png.parent.mkdir(parents=True, exist_ok=True)
+    if records and plot(records, files.png):
+        written.append(files.png)
     print(md)
+    print_written("scaling", files, *written)
     return 0
 
 

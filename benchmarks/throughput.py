@@ -15,6 +15,9 @@ same shape when it is absent):
 - prediction: `recsys_jax.predict.predict_indices` (validation, fixed-size chunks, blocks
   inside one compiled program) on 1k to 1M random pairs, median of several calls;
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
+
+Files: ``throughput-<device>.{json,md}`` in benchmarks/results/ for a full run from a clean
+commit, else runs/benchmarks/ (the rule in `benchmarks.common`).
 """
 from __future__ import annotations
 
@@ -23,11 +26,15 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import RESULTS, environment, markdown_table, median_time, peak_rss_mb, write_json
+from benchmarks.common import (add_output_args, environment, markdown_table, median_time, peak_rss_mb,
+                               print_written, resolve_outputs, write_json, write_text)
 from recsys_jax.data import DataError, load_movielens, make_synthetic
 from recsys_jax.losses import mse
 from recsys_jax.models import MODELS
@@ -152,12 +159,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1024, 8192, 65536])
     p.add_argument("--predict-sizes", nargs="+", type=int, default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--json", default=None, help="default: benchmarks/results/throughput-<device>.json")
-    p.add_argument("--md", default=None)
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch_sizes, args.predict_sizes, args.repeats = ["bias"], [1024, 8192], [1_000_000], 3
     env = environment()
+    tag = env["device"].split(":")[0]
+    files = resolve_outputs("throughput", f"throughput-{tag}", args)
     ratings = load_data()
     records = []
     for model in args.models:
@@ -171,12 +179,10 @@ def main(argv=None) -> int:
             print(f"[throughput] {model:5s} predict batch {r['batch_size']:8d}: {r['pairs_per_s']:14,.0f} pairs/s", flush=True)
     for r in records:
         r.update(dataset=ratings.name, peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(), **env)
-    tag = env["device"].split(":")[0]
-    json_path = write_json(args.json or RESULTS / f"throughput-{tag}.json", records)
-    md_path = Path(args.md or RESULTS / f"throughput-{tag}.md")
-    md_path.write_text(markdown(records, env))
+    json_path = write_json(files.json, records)
+    write_text(files.md, markdown(records, env))
     print(markdown(records, env))
-    print(f"[throughput] wrote {json_path} and {md_path}")
+    print_written("throughput", files, json_path, files.md)
     return 0
 
 

@@ -8,6 +8,8 @@ Each run is a new Python process (so JAX compiles from scratch) running the CLI'
 once, at the end), ``fit_seconds`` (training wall time, compilation included, data
 loading excluded: the CLI's own figure), and the wall time of the whole process
 (interpreter start, imports, data loading, training, scoring), median over the runs.
+Files: ``time_to_accuracy-<device>.{json,md}`` in benchmarks/results/ (full run, clean
+commit) or runs/benchmarks/ (the rule in `benchmarks.common`).
 """
 from __future__ import annotations
 
@@ -18,9 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 
-from benchmarks.common import RESULTS, environment, markdown_table, write_json
+from benchmarks.common import (add_output_args, environment, markdown_table, print_written, resolve_outputs,
+                               write_json, write_text)
 
 
 def main(argv=None) -> int:
@@ -28,11 +34,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--model", default="bias")
-    p.add_argument("--json", default=None)
-    p.add_argument("--md", default=None)
+    add_output_args(p)
     args = p.parse_args(argv)
     runs = 2 if args.quick else args.runs
     env = environment()
+    tag = env["device"].split(":")[0]
+    files = resolve_outputs("time_to_accuracy", f"time_to_accuracy-{tag}", args)
     cmd = [sys.executable, "-m", "recsys_jax.cli", "train", "--model", args.model, "--seed", "0", "--json", "--no-save"]
     records = []
     for r in range(runs):
@@ -46,11 +53,10 @@ def main(argv=None) -> int:
         records.append({"bench": "time_to_accuracy", "model": args.model, "dataset": rec["dataset"], "run": r,
                         "test_rmse": rec["test_rmse"], "test_mae": rec["test_mae"], "fit_seconds": rec["fit_seconds"],
                         "process_seconds": wall, "epochs": rec["epochs"], **env,
-                        "command": "recsys-jax train --model %s --seed 0 --json --no-save" % args.model})
+                        "timed_command": "recsys-jax train --model %s --seed 0 --json --no-save" % args.model})
         print(f"[time_to_accuracy] run {r}: test rmse {rec['test_rmse']:.4f}, fit {rec['fit_seconds']:.2f} s, "
               f"process {wall:.2f} s", flush=True)
-    tag = env["device"].split(":")[0]
-    write_json(args.json or RESULTS / f"time_to_accuracy-{tag}.json", records)
+    json_path = write_json(files.json, records)
     fit_s = np.median([r["fit_seconds"] for r in records])
     proc_s = np.median([r["process_seconds"] for r in records])
     md = (f"### Time to accuracy: `recsys-jax train --model {args.model}` from a cold process ({runs} runs)\n\n"
@@ -58,8 +64,9 @@ def main(argv=None) -> int:
                            [[f"{records[0]['test_rmse']:.4f}", f"{fit_s:.2f}", f"{proc_s:.2f}"]])
           + f"\n\nDevice: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}; "
           f"commit {env['git_commit']}; `{env['command']}`.\n")
-    Path(args.md or RESULTS / f"time_to_accuracy-{tag}.md").write_text(md)
+    write_text(files.md, md)
     print(md)
+    print_written("time_to_accuracy", files, json_path, files.md)
     return 0
 
 

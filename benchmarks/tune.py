@@ -8,8 +8,10 @@ For each split seed S of ml-latest-small (random 80/20; ``--seeds``, default 0),
 grid point is trained on the search-train part (with its own early-stopping slice, as in
 every run) and scored on the search-validation part. The test split of S is never loaded.
 The grid point with the lowest search-validation RMSE is written per seed, with the whole
-grid, to ``benchmarks/results/tuned.json`` (``--json``); ``benchmarks.accuracy --presets
-tuned`` trains split S with the choice made on S's own training split (nested tuning).
+grid, to ``benchmarks/results/tuned.json`` for a full run from a clean commit, else to
+``runs/benchmarks/tuned.json`` (``--json`` names it); ``benchmarks.accuracy --presets
+tuned`` trains split S with the choice made on S's own training split (nested tuning),
+read from ``benchmarks/results/tuned.json`` unless ``--tuned PATH``.
 A choice made on one seed is not used for another: the test rows of another random split
 overlap the first split's training data.
 """
@@ -19,10 +21,14 @@ import argparse
 import itertools
 import json
 import sys
+from pathlib import Path
+
+if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from benchmarks.common import RESULTS, environment, write_json
+from benchmarks.common import add_output_args, environment, print_written, resolve_outputs, write_json
 from recsys_jax.data import load_movielens, random_split
 from recsys_jax.experiment import run_experiment
 from recsys_jax.models import MODELS
@@ -47,11 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="split seeds, each tuned on its own training split")
-    p.add_argument("--json", default=None, help="default: benchmarks/results/tuned.json")
+    add_output_args(p, md=False)
     args = p.parse_args(argv)
     grid = QUICK_GRID if args.quick else GRID
     models = ["bias"] if args.quick else args.models
     env = environment()
+    files = resolve_outputs("tune", "tuned", args)
     ratings = load_movielens("ml-latest-small")
     out = {"protocol": "ml-latest-small, random 80/20; per split seed, its training split cut 90/10",
            "grid": grid, "env": env, "models": {}}
@@ -73,9 +80,9 @@ def main(argv=None) -> int:
                                             "search_val_rmse": best["search_val_rmse"], "trials": trials}
             print(f"[tune] seed {seed} {model}: best {entry['per_seed'][str(seed)]['best']} "
                   f"({best['search_val_rmse']:.4f})", flush=True)
-    path = args.json or RESULTS / "tuned.json"
-    write_json(path, [out])
+    path = write_json(files.json, [out])
     print(json.dumps({m: {s_: v["best"] for s_, v in e["per_seed"].items()} for m, e in out["models"].items()}))
+    print_written("tune", files, path)
     return 0
 
 

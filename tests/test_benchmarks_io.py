@@ -1,0 +1,207 @@
+"""Where the benchmark scripts write, the README report and its check, and the scripts'
+entry points. No training: every test here runs in seconds."""
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common, publish, report
+
+REPO = Path(__file__).resolve().parents[1]
+CLEAN = ("abc1234", [])
+DIRTY = ("abc1234", ["recsys_jax/train.py"])
+
+
+# --- the output rule ---------------------------------------------------------------------
+
+def test_full_run_from_a_clean_commit_publishes():
+    out = common.output_paths("accuracy", quick=False, state=CLEAN)
+    assert out == common.Outputs(common.RESULTS / "accuracy.json", common.RESULTS / "accuracy.md",
+                                 common.RESULTS / "accuracy.png", None)
+
+
+@pytest.mark.parametrize("quick, state, why", [
+    (True, CLEAN, "--quick"),
+    (True, DIRTY, "--quick"),
+    (False, DIRTY, "recsys_jax/train.py"),
+    (False, (None, []), "no git commit"),
+])
+def test_quick_or_dirty_runs_go_to_runs(quick, state, why):
+    out = common.output_paths("scaling-cpu", quick=quick, state=state)
+    assert out.json == common.RUNS / "scaling-cpu.json"
+    assert out.md == common.RUNS / "scaling-cpu.md"
+    assert out.png == common.RUNS / "scaling-cpu.png"
+    assert common.RUNS.parent.name == "runs" and common.RUNS.parent.parent == REPO
+    assert why in out.reason
+
+
+@pytest.mark.parametrize("quick, state", [(True, CLEAN), (False, DIRTY), (False, CLEAN)])
+def test_explicit_json_is_honoured_with_md_and_png_beside_it(tmp_path, quick, state):
+    out = common.output_paths("scaling-cpu", quick=quick, state=state, json=tmp_path / "a" / "x.json")
+    assert (out.json, out.md, out.png, out.reason) == (tmp_path / "a/x.json", tmp_path / "a/x.md",
+                                                      tmp_path / "a/x.png", None)
+
+
+def test_explicit_md_and_png_are_honoured(tmp_path):
+    out = common.output_paths("s", quick=True, state=CLEAN, json=tmp_path / "x.json", md=tmp_path / "m/y.md",
+                              png=tmp_path / "p.png")
+    assert (out.json, out.md, out.png) == (tmp_path / "x.json", tmp_path / "m/y.md", tmp_path / "p.png")
+    out = common.output_paths("s", quick=False, state=DIRTY, md=tmp_path / "y.md")
+    assert (out.json, out.md, out.png) == (common.RUNS / "s.json", tmp_path / "y.md", tmp_path / "y.png")
+
+
+def test_resolve_outputs_says_why_a_full_run_is_not_published(capsys, monkeypatch):
+    monkeypatch.setattr(common, "_repo_state", lambda: ("abc1234", ("recsys_jax/train.py",)))
+    args = types.SimpleNamespace(quick=False, json=None, md=None)
+    out = common.resolve_outputs("many", "many-cpu", args)
+    assert out.json == common.RUNS / "many-cpu.json"
+    common.print_written("many", out, out.json)
+    captured = capsys.readouterr()
+    assert "runs/benchmarks/many-cpu.json" in captured.out
+    assert "dirty" in captured.err and "recsys_jax/train.py" in captured.err
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+def test_git_state_ignores_the_files_the_benchmarks_write(tmp_path):
+    (tmp_path / "benchmarks/results").mkdir(parents=True)
+    (tmp_path / "benchmarks/results/a.json").write_text("[]")
+    (tmp_path / "README.md").write_text("r")
+    (tmp_path / "code.py").write_text("x = 1")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "c")
+    commit, dirty = common.git_state(tmp_path)
+    assert commit and dirty == []
+    (tmp_path / "benchmarks/results/a.json").write_text("[1]")
+    (tmp_path / "README.md").write_text("r2")
+    (tmp_path / "untracked.py").write_text("")
+    assert common.git_state(tmp_path) == (commit, [])
+    (tmp_path / "code.py").write_text("x = 2")
+    assert common.git_state(tmp_path) == (commit, ["code.py"])
+
+
+def test_git_state_outside_a_repository(tmp_path):
+    assert common.git_state(tmp_path) == (None, [])
+
+
+@pytest.mark.parametrize("spec, argv0, expected", [
+    ("benchmarks.throughput", "-m", "python -m benchmarks.throughput --quick"),
+    (None, str(REPO / "benchmarks/throughput.py"), "python benchmarks/throughput.py --quick"),
+])
+def test_recorded_command(monkeypatch, spec, argv0, expected):
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name=spec) if spec else None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", [argv0, "--quick"])
+    assert common.command_line() == expected
+
+
+# --- report --------------------------------------------------------------------------------
+
+@pytest.fixture
+def published(tmp_path):
+    """Copies of README.md and benchmarks/results/ laid out as in the repository."""
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    shutil.copytree(common.RESULTS, tmp_path / "benchmarks/results")
+    return tmp_path / "README.md", tmp_path / "benchmarks/results"
+
+
+def check(readme, results, *extra):
+    return report.main(["--check", "--readme", str(readme), "--results", str(results), *extra])
+
+
+def test_report_check_passes_on_the_current_readme(published):
+    readme, results = published
+    assert check(readme, results, "--allow-mixed-commits") == 0
+
+
+def test_report_check_fails_on_a_stale_readme_then_report_fixes_it(published, capsys):
+    readme, results = published
+    text = readme.read_text()
+    assert "| bias |" in text.split(report.START)[1]
+    readme.write_text(text.replace("| bias |", "| bias? |", 1))
+    before = readme.read_text()
+    assert check(readme, results, "--allow-mixed-commits") == 1
+    out = capsys.readouterr().out
+    assert "-| bias? |" in out and "+| bias |" in out  # a unified diff
+    assert readme.read_text() == before  # --check writes nothing
+    assert report.main(["--readme", str(readme), "--results", str(results)]) == 0
+    assert readme.read_text() == text
+    assert check(readme, results, "--allow-mixed-commits") == 0
+
+
+def test_report_check_fails_when_a_result_changes(published):
+    readme, results = published
+    md = results / "many-cpu.md"
+    md.write_text(md.read_text().replace("Wall time", "Wall-clock time"))
+    assert check(readme, results, "--allow-mixed-commits") == 1
+
+
+def _records(results, name, *commits, nested=False):
+    rs = [{"env": {"git_commit": c}} if nested else {"git_commit": c, "x": 1} for c in commits]
+    (results / name).write_text(json.dumps(rs))
+
+
+def test_report_check_fails_on_mixed_or_dirty_commits(published, capsys):
+    readme, results = published
+    for f in results.glob("*.json"):
+        f.unlink()
+    _records(results, "a.json", "1111111", "1111111")
+    _records(results, "tuned.json", "1111111", nested=True)
+    assert check(readme, results) == 0
+    _records(results, "b.json", "2222222")
+    assert check(readme, results) == 1
+    err = capsys.readouterr().err
+    assert "2 git commit" in err and "2222222: b.json" in err and "1111111: a.json, tuned.json" in err
+    assert check(readme, results, "--allow-mixed-commits") == 0
+    _records(results, "b.json", "1111111+dirty")
+    assert check(readme, results) == 1
+    assert "1111111+dirty: b.json" in capsys.readouterr().err
+
+
+# --- entry points --------------------------------------------------------------------------
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script", ["report", "throughput", "publish"])
+def test_scripts_run_as_files(script):
+    out = run(f"benchmarks/{script}.py", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
+
+
+def test_script_help_describes_the_output_rule():
+    out = run("benchmarks/time_to_accuracy.py", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "runs/benchmarks/" in out.stdout
+
+
+def test_publish_dry_run_lists_the_commands_in_order():
+    out = run("-m", "benchmarks.publish", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    modules = [line.split()[2] for line in lines]
+    assert modules == ["benchmarks.tune", "benchmarks.accuracy", "benchmarks.accuracy", "benchmarks.accuracy",
+                       "benchmarks.time_to_accuracy", "benchmarks.throughput", "benchmarks.scaling",
+                       "benchmarks.many", "benchmarks.many", "benchmarks.report", "benchmarks.report"]
+    assert "--presets default notebook" in lines[1] and "--presets tuned" in lines[2]
+    assert lines[-1].endswith("--check")
+    assert all("--quick" not in line for line in lines)
+
+
+def test_publish_only_and_refusal(monkeypatch, capsys):
+    assert [name for name, _ in publish.commands(["many", "tune"])] == ["tune", "many", "report", "report --check"]
+    monkeypatch.setattr(publish, "git_state", lambda: ("abc1234", ["recsys_jax/train.py"]))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a dirty tree must run nothing"))
+    assert publish.main(["--only", "many"]) == 1
+    assert "dirty" in capsys.readouterr().err

@@ -18,6 +18,8 @@ both unknown           :math:`\\mu`        (the training mean)
 =====================  ===========================================================
 
 (passed through the y-range squash when the model has one), then clipped to the scale.
+`Recommender.fallbacks` says, pair by pair, which of these a prediction is (``"mu+b_i"``,
+``"mu+b_u"``, ``"mu"``) or None where the model itself predicts.
 
 A model trained with a loss that has parameters (`recsys_jax.losses.PARAM_LOSSES`, e.g.
 ``ordinal``) outputs scores; ``loss`` names that loss and ``loss_params`` holds its
@@ -85,15 +87,29 @@ class Recommender(NamedTuple):
         scores = self._predict(raw_users, raw_items, unknown, timestamps, {})
         return np.asarray(self.loss_params.levels), np.asarray(ordinal_probs(self.loss_params, jnp.asarray(scores)))
 
-    def _predict(self, raw_users, raw_items, unknown, timestamps, link) -> np.ndarray:
-        """Unclipped model outputs, through ``link`` when given (see `predict`)."""
+    def fallbacks(self, raw_users, raw_items) -> list[str | None]:
+        """Per pair, which fallback ``unknown="fallback"`` predicts: ``"mu+b_i"`` (unknown
+        user), ``"mu+b_u"`` (unknown item), ``"mu"`` (both unknown, or a model without
+        biases), or None where both ids are known and the model predicts."""
+        raw_users, raw_items, _, user_found, _, item_found = self._lookup(raw_users, raw_items)
+        has_biases = all(hasattr(self.params, f) for f in ("global_bias", "user_bias", "item_bias"))
+        kinds: list[str | None] = []
+        for u, i in zip(user_found.tolist(), item_found.tolist()):
+            if u and i:
+                kinds.append(None)
+            elif not has_biases or not (u or i):
+                kinds.append("mu")
+            else:
+                kinds.append("mu+b_u" if u else "mu+b_i")
+        return kinds
+
+    def _lookup(self, raw_users, raw_items):
+        """(raw users, raw items, user indices, user known, item indices, item known)."""
         raw_users, raw_items = _as_id_array(raw_users, "user"), _as_id_array(raw_items, "item")
         if raw_users.shape != raw_items.shape:
             raise ValueError(
                 f"predict: got {raw_users.shape[0]} user ids but {raw_items.shape[0]} item ids"
             )
-        if unknown not in ("error", "fallback"):
-            raise ValueError(f"predict: unknown must be 'error' or 'fallback', got {unknown!r}")
         users, user_found = lookup_ids(self.user_ids, raw_users)
         items, item_found = lookup_ids(self.item_ids, raw_items)
         # An id in the maps but without training ratings has untrained parameters: unknown.
@@ -101,13 +117,20 @@ class Recommender(NamedTuple):
             user_found = user_found & np.asarray(self.trained_users, bool)[users]
         if self.trained_items is not None:
             item_found = item_found & np.asarray(self.trained_items, bool)[items]
+        return raw_users, raw_items, users, user_found, items, item_found
+
+    def _predict(self, raw_users, raw_items, unknown, timestamps, link) -> np.ndarray:
+        """Unclipped model outputs, through ``link`` when given (see `predict`)."""
+        raw_users, raw_items, users, user_found, items, item_found = self._lookup(raw_users, raw_items)
+        if unknown not in ("error", "fallback"):
+            raise ValueError(f"predict: unknown must be 'error' or 'fallback', got {unknown!r}")
         if unknown == "error":
             for found, raw, what in ((user_found, raw_users, "user"), (item_found, raw_items, "item")):
                 if not found.all():
-                    first = int(raw[np.argmin(found)])
+                    first = f"unknown {what} id {int(raw[np.argmin(found)])}: not in the training data"
                     raise UnknownIdError(
-                        f"unknown {what} id {first}: not in the training data "
-                        f"(pass unknown='fallback' for a bias-only prediction)"
+                        f"{first} (pass unknown='fallback' for a bias-only prediction)",
+                        cli=f"{first} (pass --fallback for a bias-only prediction)",
                     )
         known = user_found & item_found
         out = np.empty(raw_users.shape[0], np.float32)

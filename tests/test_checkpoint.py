@@ -346,6 +346,24 @@ def test_fallback(known):
     )
 
 
+def test_fallbacks_say_which_formula(known):
+    """The same pairs as `test_fallback`: which of mu + b_i, mu + b_u, mu each one is."""
+    kinds = known.fallbacks([77, 10, 77, 30, 40], [100, 999, 999, 300, 200])
+    assert kinds == ["mu+b_i", "mu+b_u", "mu", None, None]
+    assert known.fallbacks([], []) == []
+    for name in ("dot", "mlp"):  # no biases: every fallback is the training mean
+        rec = make_rec(name, embedding_dim=2)
+        assert rec.fallbacks([77, 10, 77, 10], [100, 999, 999, 100]) == ["mu", "mu", "mu", None]
+
+
+def test_unknown_id_error_names_the_argument_and_the_flag(known):
+    with pytest.raises(UnknownIdError) as info:
+        known.predict([10], [999])
+    assert "unknown item id 999" in str(info.value) and "unknown='fallback'" in str(info.value)
+    cli = info.value.cli_message
+    assert cli.startswith("unknown item id 999") and "--fallback" in cli and "unknown=" not in cli
+
+
 def test_fallback_clips_and_squashes(known):
     loud = known._replace(params=KNOWN._replace(global_bias=jnp.asarray(9.0, jnp.float32)))
     np.testing.assert_array_equal(loud.predict([77], [999], unknown="fallback"), [5.0])

@@ -145,6 +145,100 @@ def test_predict_unknown_movie(trained, capsys):
     assert last_json(out)[0]["rating"] == pytest.approx(float(rec.params.global_bias) + b_u, rel=1e-6)
 
 
+def test_predict_marks_fallbacks(tmp_path, capsys):
+    """A hand-made bias model: mu = 3, b_u = 0.25 (user 10), b_i = 0.5 (movie 100), no factors."""
+    from recsys_jax.models import bias
+    from recsys_jax.recommender import Recommender
+
+    config = bias.Config(embedding_dim=1, mean_rating=3.0)
+    params = bias.init(jax.random.key(0), 1, 1, config)._replace(
+        global_bias=np.float32(3.0), user_bias=np.array([0.25], np.float32),
+        item_bias=np.array([0.5], np.float32), user_factors=np.zeros((1, 1), np.float32),
+        item_factors=np.zeros((1, 1), np.float32))
+    rec = Recommender("bias", config, params, np.array([10]), np.array([100]), (0.5, 5.0), {100: "A (1990)"})
+    ck = checkpoint.save(tmp_path / "ck", rec)
+    expected = {  # (user, movie): (rating, fallback kind)
+        (10, 100): (3.75, None), (10, 999): (3.25, "mu+b_u"), (77, 100): (3.5, "mu+b_i"), (77, 999): (3.0, "mu"),
+    }
+    for user in (10, 77):
+        code, out, err = run(capsys, ["predict", "--checkpoint", ck, "--user", user, "--movie", 100, 999,
+                                      "--fallback", "--json"])
+        assert code == 0, err
+        rows = last_json(out)
+        for row, movie, line in zip(rows, (100, 999), out.splitlines()):
+            rating, kind = expected[(user, movie)]
+            assert row["rating"] == rating
+            assert row["fallback"] is (kind is not None) and row["fallback_kind"] == kind
+            title = " (A (1990))" if movie == 100 else ""
+            mark = {None: "", "mu+b_u": "  [fallback mu+b_u: unknown movie]",
+                    "mu+b_i": "  [fallback mu+b_i: unknown user]", "mu": "  [fallback mu: the training mean]"}[kind]
+            assert line == f"user {user}  movie {movie}{title}: {rating:.2f}{mark}"
+
+
+def test_errors_name_the_flags_not_python_arguments(trained, workdir, tmp_path, monkeypatch, capsys):
+    ck = trained[3]
+    user = int(checkpoint.load(ck).user_ids[0])
+    code, _, err = run(capsys, ["predict", "--checkpoint", ck, "--user", user, "--movie", 999999])
+    assert_user_error(code, err, "unknown item id 999999", "pass --fallback")
+    assert "unknown=" not in err
+    # a dataset that is not there: --data-dir and --no-download, not data_dir= and download=False
+    monkeypatch.delenv("RECSYS_JAX_DATA", raising=False)
+    monkeypatch.setenv("RECSYS_JAX_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(capsys, ["train", "--data-dir", tmp_path, "--no-download", *TRAIN, "--no-save"])
+    assert code == 2 and "pass --data-dir DIR" in err and "(--no-download)" in err
+    assert "data_dir=" not in err and "download=False" not in err
+    # a headerless file: --no-header, which then reads it
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("".join(line + "\n" for line in (workdir / "ratings.csv").read_text().splitlines()[1:]))
+    code, _, err = run(capsys, ["train", "--ratings", headerless, *TRAIN, "--no-save"])
+    assert_user_error(code, err, "looks like data: pass --no-header")
+    assert "header=False" not in err
+    code, out, err = run(capsys, ["train", "--ratings", headerless, *TRAIN, "--no-save", "--no-header", "--json"])
+    assert code == 0, err
+    assert last_json(out)["num_ratings"] == NUM_RATINGS
+    code, _, err = run(capsys, ["train", "--ratings", headerless, *TRAIN, "--no-save", "--no-header",
+                                "--user-col", "userId", "--item-col", "item"])
+    assert_user_error(code, err, "--no-header: give --item-col as a 0-based position, not 'item'")
+    # a repeated pair: --duplicates, which then merges it
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("userId,movieId,rating\n1,10,4\n2,10,3\n1,10,2\n2,20,5\n3,20,1\n3,10,2\n")
+    code, _, err = run(capsys, ["train", "--ratings", repeated, *TRAIN, "--no-save"])
+    assert_user_error(code, err, f"{repeated}, line 4: user 1 already rated item 10 on line 2",
+                      "pass --duplicates last or mean")
+    assert "duplicates=" not in err
+    code, out, err = run(capsys, ["train", "--ratings", repeated, *TRAIN, "--no-save", "--duplicates", "mean",
+                                  "--json", "--val-frac", "0", "--test-frac", "0.2"])
+    assert code == 0, err
+    assert last_json(out)["num_ratings"] == 5
+
+
+def test_train_refuses_to_overwrite_a_checkpoint(workdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--epochs", "1"]
+    code, out, err = run(capsys, argv)  # the default folder, runs/bias-ratings-seed3
+    assert code == 0, err
+    default = Path("runs") / "bias-ratings-seed3"
+    assert f"saved checkpoint to {default}" in out
+    first = (default / "arrays.npz").read_bytes()
+    code, out, err = run(capsys, [*argv, "--seed", "4"])  # another seed: another folder
+    assert code == 0, err
+    code, out, err = run(capsys, argv)
+    assert_user_error(code, err, f"{default} already exists", "--overwrite")
+    assert out == ""  # refused before loading or training anything
+    assert (default / "arrays.npz").read_bytes() == first
+    # an --out folder, even an empty one or a file, is refused the same way
+    for existing in (tmp_path / "empty", tmp_path / "a file"):
+        existing.mkdir() if existing.name == "empty" else existing.write_text("keep")
+        code, out, err = run(capsys, [*argv, "--out", existing])
+        assert_user_error(code, err, f"{existing} already exists")
+    assert (tmp_path / "a file").read_text() == "keep" and not any((tmp_path / "empty").iterdir())
+    # --overwrite replaces it
+    code, out, err = run(capsys, [*argv, "--lr", "0.5", "--overwrite", "--json"])
+    assert code == 0, err
+    assert (default / "arrays.npz").read_bytes() != first
+    assert checkpoint.read_meta(default)["extra"]["train_config"]["lr"] == 0.5
+
+
 def test_predict_missing_checkpoint(tmp_path, capsys):
     code, _, err = run(capsys, ["predict", "--checkpoint", tmp_path / "nope", "--user", 1, "--movie", 1])
     assert_user_error(code, err, "nope")

@@ -96,9 +96,9 @@ class Source:
                     return line.rstrip("\r\n")
         return ""
 
-    def error_at_row(self, row: int, problem: str) -> DataError:
+    def error_at_row(self, row: int, problem: str, cli_problem: str | None = None) -> DataError:
         number, text = self.line_of(row)
-        return _line_error(self.path, number, problem, text)
+        return _line_error(self.path, number, problem, text, cli_problem)
 
 
 def _open_text(path: Path, data: bytes | None = None):
@@ -113,10 +113,14 @@ def _blank(line: str) -> bool:
     return not line.strip(" \t\r\n")  # the lines pandas skips
 
 
-def _line_error(path: Path, number: int, problem: str, text: str | None = None) -> DataError:
+def _line_error(
+    path: Path, number: int, problem: str, text: str | None = None, cli_problem: str | None = None
+) -> DataError:
+    """``cli_problem``: ``problem`` with the CLI's flags in its advice (see `DataError`)."""
     where = f"{path}, line {number}" if number > 0 else str(path)
     shown = f" (line: {shorten(text)!r})" if text else ""
-    return DataError(f"{where}: {problem}{shown}")
+    cli = None if cli_problem is None else f"{where}: {cli_problem}{shown}"
+    return DataError(f"{where}: {problem}{shown}", cli=cli)
 
 
 # -- the columns of a ratings file -----------------------------------------------------
@@ -272,13 +276,14 @@ def _resolve_columns(
             missing.append(col)
             positions.append(None)
     if missing:
-        hint = ""
-        if all(_NUMBER.fullmatch(n) for n in names):
-            hint = " (the first line looks like data: pass header=False)"
-        raise DataError(
+        message = (
             f"{path}, line {first_number}: missing column(s) {', '.join(map(repr, missing))}; "
-            f"the header has {shorten(', '.join(map(repr, names)))}{hint}"
+            f"the header has {shorten(', '.join(map(repr, names)))}"
         )
+        if all(_NUMBER.fullmatch(n) for n in names):
+            raise DataError(f"{message} (the first line looks like data: pass header=False)",
+                            cli=f"{message} (the first line looks like data: pass --no-header)")
+        raise DataError(message)
     used = [p for p in positions if p is not None]
     if len(set(used)) != len(used):
         raise ValueError(f"the user, item, rating and timestamp columns must differ: {columns}")
@@ -595,10 +600,11 @@ def _to_ratings(
     row, earlier = duplicate
     if duplicates == "error":
         earlier_line, _ = columns.source.line_of(earlier)
+        repeat = f"user {columns.users[row]} already rated item {columns.items[row]} on line {earlier_line}"
         raise columns.source.error_at_row(
             row,
-            f"user {columns.users[row]} already rated item {columns.items[row]} on line "
-            f"{earlier_line} (pass duplicates='last' or 'mean' to merge repeats)",
+            f"{repeat} (pass duplicates='last' or 'mean' to merge repeats)",
+            f"{repeat} (pass --duplicates last or mean to merge repeats)",
         )
     merged = _merge_duplicates(ratings, duplicates)
     warnings.warn(

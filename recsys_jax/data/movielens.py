@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_jax.data.files import (
+    Duplicates,
     Source,
     first_duplicate,
     load_ratings,
@@ -176,18 +177,21 @@ def load_movielens(
     cache_dir: str | Path | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    duplicates: Duplicates = "error",
 ) -> Ratings:
     """Loads a MovieLens data set (a `DATASETS` name, or a custom `Dataset`).
 
     Finds or downloads the extracted folder (see `ensure_local`), then parses it.
     The result has ``name`` = the data set name, the movies table and its rating scale.
+    ``duplicates`` is `load_ratings`' policy for a repeated (user, item) pair (the
+    official archives have none).
     """
     dataset = get_dataset(name)
     folder = ensure_local(
         dataset, data_dir, download=download, base_url=base_url, cache_dir=cache_dir,
         timeout=timeout,
     )
-    return _PARSERS[dataset.format](folder, dataset)
+    return _PARSERS[dataset.format](folder, dataset, duplicates)
 
 
 def ensure_local(
@@ -208,9 +212,8 @@ def ensure_local(
             return folder
     url = archive_url(dataset, base_url)
     if not download:
-        raise DataError(
-            _not_found(dataset, url, searched, cache, "downloading is turned off (download=False)")
-        )
+        raise _not_found(dataset, url, searched, cache, "downloading is turned off (download=False)",
+                         "downloading is turned off (--no-download)")
     return _download_and_extract(dataset, url, cache, timeout, searched)
 
 
@@ -324,18 +327,25 @@ def _candidate_folders(dataset: Dataset, data_dir: str | Path | None, cache: Pat
     return list(dict.fromkeys(folders))  # the same folder twice says nothing new
 
 
-def _not_found(dataset: Dataset, url: str, searched: list[Path], cache: Path, reason: str) -> str:
+def _not_found(
+    dataset: Dataset, url: str, searched: list[Path], cache: Path, reason: str, cli_reason: str | None = None
+) -> DataError:
+    """Where we looked and how to fix it, worded for Python callers and for the CLI."""
     looked = "\n".join(f"  {folder}" for folder in searched)
     cache_folder = cache / dataset.folder
-    return (
-        f"MovieLens {dataset.name} is not available: {reason}.\n"
-        f"URL: {url}\n"
-        f"Looked for {dataset.ratings_file} in these folders:\n{looked}\n"
-        f"To use a copy obtained elsewhere, unzip {url.rsplit('/', 1)[-1]} into "
-        f"{cache_folder.parent} (giving {cache_folder / dataset.ratings_file}), or pass "
-        f"data_dir= / set RECSYS_JAX_DATA to the directory that holds {dataset.folder}/; "
-        f"or set RECSYS_JAX_BASE_URL to a reachable mirror."
-    )
+
+    def message(reason: str, data_dir: str) -> str:
+        return (
+            f"MovieLens {dataset.name} is not available: {reason}.\n"
+            f"URL: {url}\n"
+            f"Looked for {dataset.ratings_file} in these folders:\n{looked}\n"
+            f"To use a copy obtained elsewhere, unzip {url.rsplit('/', 1)[-1]} into "
+            f"{cache_folder.parent} (giving {cache_folder / dataset.ratings_file}), or pass "
+            f"{data_dir} / set RECSYS_JAX_DATA to the directory that holds {dataset.folder}/; "
+            f"or set RECSYS_JAX_BASE_URL to a reachable mirror."
+        )
+
+    return DataError(message(reason, "data_dir="), cli=message(cli_reason or reason, "--data-dir DIR"))
 
 
 # -- download --------------------------------------------------------------------------
@@ -448,9 +458,7 @@ def _download(
     except _NETWORK_ERRORS as e:
         # HTTPError's str() carries the status code; URLError's reason says what failed.
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
-        raise DataError(
-            _not_found(dataset, url, searched, cache, f"the download failed ({reason})")
-        ) from None
+        raise _not_found(dataset, url, searched, cache, f"the download failed ({reason})") from None
     except ValueError as e:  # a malformed base URL
         raise DataError(f"cannot download {url!r}: {e}") from None
     return digest.hexdigest()
@@ -538,36 +546,36 @@ RATINGS_OPTIONS: dict[str, dict] = {
 }
 
 
-def parse_csv(folder: Path, dataset: Dataset) -> Ratings:
+def parse_csv(folder: Path, dataset: Dataset, duplicates: Duplicates = "error") -> Ratings:
     """``ratings.csv`` (userId,movieId,rating,timestamp) and ``movies.csv``."""
     ratings = load_ratings(
         folder / dataset.ratings_file, **RATINGS_OPTIONS["csv"],
-        rating_scale=dataset.rating_scale, name=dataset.name,
+        rating_scale=dataset.rating_scale, duplicates=duplicates, name=dataset.name,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_csv))
 
 
-def parse_dat(folder: Path, dataset: Dataset) -> Ratings:
+def parse_dat(folder: Path, dataset: Dataset, duplicates: Duplicates = "error") -> Ratings:
     """``ratings.dat`` (UserID::MovieID::Rating::Timestamp) and ``movies.dat``."""
     ratings = load_ratings(
         folder / dataset.ratings_file, **RATINGS_OPTIONS["dat"],
-        rating_scale=dataset.rating_scale, name=dataset.name,
+        rating_scale=dataset.rating_scale, duplicates=duplicates, name=dataset.name,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_dat),
                    user_info=_optional(folder / "users.dat", _read_users_dat, quiet=True))
 
 
-def parse_100k(folder: Path, dataset: Dataset) -> Ratings:
+def parse_100k(folder: Path, dataset: Dataset, duplicates: Duplicates = "error") -> Ratings:
     """``u.data`` (user item rating timestamp, tab-separated) and ``u.item``."""
     ratings = load_ratings(
         folder / dataset.ratings_file, **RATINGS_OPTIONS["100k"],
-        rating_scale=dataset.rating_scale, name=dataset.name,
+        rating_scale=dataset.rating_scale, duplicates=duplicates, name=dataset.name,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_u_item),
                    user_info=_optional(folder / "u.user", _read_u_user, quiet=True))
 
 
-_PARSERS: dict[str, Callable[[Path, Dataset], Ratings]] = {
+_PARSERS: dict[str, Callable[[Path, Dataset, Duplicates], Ratings]] = {
     "csv": parse_csv,
     "dat": parse_dat,
     "100k": parse_100k,

@@ -18,11 +18,35 @@ import numpy as np
 import pandas as pd
 
 
-class DataError(ValueError):
+class _Worded:
+    """An error whose message may give advice twice: in Python's terms and the CLI's.
+
+    ``message`` names arguments the way a Python caller passes them (``data_dir=``);
+    ``cli`` is the same message naming the ``recsys-jax`` flags instead (``--data-dir``),
+    and `cli_message` falls back to ``message`` when the advice has no flag.
+    """
+
+    def __init__(self, message: str = "", *, cli: str | None = None):
+        super().__init__(message)
+        self._cli = cli
+
+    @property
+    def cli_message(self) -> str:
+        return self._cli if self._cli is not None else str(self)
+
+    def __reduce__(self):  # pickling keeps both wordings
+        return _rebuild, (type(self), str(self), self._cli)
+
+
+def _rebuild(cls, message: str, cli: str | None):
+    return cls(message, cli=cli)
+
+
+class DataError(_Worded, ValueError):
     """A data file or archive that cannot be used; the message names the file and row."""
 
 
-class UnknownIdError(KeyError):
+class UnknownIdError(_Worded, KeyError):
     """A raw user or item id that the id maps do not contain."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

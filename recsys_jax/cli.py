@@ -24,6 +24,16 @@ from recsys_jax import __version__
 
 EXIT_USAGE = 2
 
+ENVIRONMENT = """\
+environment:
+  RECSYS_JAX_DATA      a folder holding extracted data sets (searched after --data-dir)
+  RECSYS_JAX_CACHE     where downloads are extracted (default: ~/.cache/recsys_jax)
+  RECSYS_JAX_BASE_URL  a mirror to download <dataset>.zip from instead of
+                       https://files.grouplens.org/datasets/movielens (an http(s):// or
+                       file:// URL of the folder holding the zips; the published sha256
+                       is still checked)
+  RECSYS_JAX_DEBUG     set to 1 to see the traceback behind an error message"""
+
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
@@ -50,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"recsys-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model, score the test split, save a checkpoint")
+    t = sub.add_parser("train", help="train a model, score the test split, save a checkpoint",
+                       epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_data_args(t)
     t.add_argument("--model", default="bias", help="a name in recsys_jax.models.MODELS (default: %(default)s)")
     t.add_argument("--preset", default="default",
@@ -88,20 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="end with one line of JSON with the results")
 
     p = sub.add_parser("predict", help="predict ratings from a checkpoint by raw MovieLens ids")
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a folder written by train")
     p.add_argument("--user", type=int, required=True, help="raw user id")
     p.add_argument("--movie", type=int, nargs="+", required=True, help="raw movie id(s)")
     p.add_argument("--fallback", action="store_true", help="bias-only prediction for unknown ids instead of an error")
     p.add_argument("--distribution", action="store_true",
                    help="models trained with --loss ordinal: the probability of each star level")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="end with one line of JSON, a list with one object per movie")
 
     b = sub.add_parser("bench", help="run the quick benchmark suite (from a source checkout)")
     b.add_argument("--out", default="runs/bench-quick", metavar="DIR", help="where the results go (default: %(default)s)")
 
-    d = sub.add_parser("download", help="fetch, verify and extract a MovieLens variant into the cache")
-    d.add_argument("--dataset", default="ml-latest-small")
-    d.add_argument("--data-dir", metavar="DIR")
+    d = sub.add_parser("download", help="fetch, verify and extract a MovieLens variant into the cache",
+                       description="Fetch a MovieLens archive, check its size and sha256, and extract it\n"
+                                   "into the cache, unless a copy is found in --data-dir, $RECSYS_JAX_DATA\n"
+                                   "or the cache already. Each step of a download is reported on stderr.",
+                       epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--dataset", default="ml-latest-small",
+                   help="ml-latest-small, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m or ml-32m (default: %(default)s)")
+    d.add_argument("--data-dir", metavar="DIR",
+                   help="look for an extracted copy here first (DIR/<dataset>/); downloads still go to the cache")
     return parser
 
 
@@ -122,7 +139,7 @@ def _load(args):
         return load_ratings(args.ratings, sep=args.sep, header=not args.no_header,
                             duplicates=args.duplicates, **columns)
     return load_movielens(args.dataset, data_dir=args.data_dir, download=not args.no_download,
-                          duplicates=args.duplicates)
+                          duplicates=args.duplicates, report_fn=_report)
 
 
 def _checkpoint_folder(args) -> Path | None:
@@ -259,8 +276,13 @@ def cmd_bench(args) -> None:
 def cmd_download(args) -> None:
     from recsys_jax.data import load_movielens
 
-    r = load_movielens(args.dataset, data_dir=args.data_dir, download=True)
+    r = load_movielens(args.dataset, data_dir=args.data_dir, download=True, report_fn=_report)
     print(f"{args.dataset}: {len(r)} ratings, {r.num_users} users, {r.num_items} items")
+
+
+def _report(line: str) -> None:
+    """Download steps go to stderr: stdout keeps only results (and --json's line)."""
+    print(f"recsys-jax: {line}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

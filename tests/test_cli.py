@@ -239,6 +239,29 @@ def test_train_refuses_to_overwrite_a_checkpoint(workdir, tmp_path, monkeypatch,
     assert checkpoint.read_meta(default)["extra"]["train_config"]["lr"] == 0.5
 
 
+def test_help_describes_every_argument_and_the_environment(capsys):
+    import argparse
+
+    from recsys_jax.cli import build_parser
+    from recsys_jax.data.movielens import DATASETS
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"recsys-jax {name} {action.option_strings}: no help text"
+    for name in ("download", "train"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        for variable in ("RECSYS_JAX_BASE_URL", "RECSYS_JAX_DATA", "RECSYS_JAX_CACHE"):
+            assert variable in text, (name, variable)
+    with pytest.raises(SystemExit):
+        main(["download", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(dataset in text for dataset in DATASETS)  # --dataset lists every variant
+
+
 def test_predict_missing_checkpoint(tmp_path, capsys):
     code, _, err = run(capsys, ["predict", "--checkpoint", tmp_path / "nope", "--user", 1, "--movie", 1])
     assert_user_error(code, err, "nope")

@@ -358,6 +358,55 @@ def test_cache_and_mirror_from_environment(tmp_path, serve, monkeypatch):
 
 
 @needs_zip
+def test_download_reports_url_size_and_checksum(tmp_path, serve):
+    base_url, _, _ = serve(OFFICIAL_ZIP.parent)
+    cache, lines = tmp_path / "cache", []
+    ensure_local("ml-latest-small", base_url=base_url, cache_dir=cache, report_fn=lines.append)
+    size = OFFICIAL_ZIP.stat().st_size  # 978,202 bytes for the official archive
+    assert lines == [
+        f"fetching {base_url}/ml-latest-small.zip",
+        f"received {size:,} bytes ({size / 2**20:.1f} MiB)",
+        f"sha256 {hashlib.sha256(OFFICIAL_ZIP.read_bytes()).hexdigest()} matches the published checksum",
+        f"extracted into {cache / 'ml-latest-small'}",
+    ]
+    lines.clear()  # a local copy: nothing fetched, nothing said
+    ensure_local("ml-latest-small", base_url=base_url, cache_dir=cache, report_fn=lines.append)
+    assert lines == []
+    # a tampered archive: fetched and received, never said to match
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    data = bytearray(OFFICIAL_ZIP.read_bytes())
+    data[100] ^= 0xFF
+    (mirror / "ml-latest-small.zip").write_bytes(bytes(data))
+    bad_url, _, _ = serve(mirror)
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        load_movielens("ml-latest-small", base_url=bad_url, cache_dir=tmp_path / "c2", report_fn=lines.append)
+    assert lines == [f"fetching {bad_url}/ml-latest-small.zip", f"received {size:,} bytes ({size / 2**20:.1f} MiB)"]
+
+
+@needs_zip
+def test_cli_download_through_the_mirror_variable(tmp_path, serve, monkeypatch, capsys):
+    from recsys_jax.cli import main
+
+    base_url, requests, _ = serve(OFFICIAL_ZIP.parent)
+    monkeypatch.setenv("RECSYS_JAX_BASE_URL", base_url)
+    monkeypatch.setenv("RECSYS_JAX_CACHE", str(tmp_path / "cache"))
+    assert main(["download", "--dataset", "ml-latest-small"]) == 0
+    out, err = capsys.readouterr()
+    assert requests == ["/ml-latest-small.zip"]
+    assert out == "ml-latest-small: 100836 ratings, 610 users, 9724 items\n"
+    assert err.splitlines() == [
+        f"recsys-jax: fetching {base_url}/ml-latest-small.zip",
+        f"recsys-jax: received {OFFICIAL_ZIP.stat().st_size:,} bytes (0.9 MiB)",
+        f"recsys-jax: sha256 {DATASETS['ml-latest-small'].sha256} matches the published checksum",
+        f"recsys-jax: extracted into {tmp_path / 'cache' / 'ml-latest-small'}",
+    ]
+    assert main(["download"]) == 0  # already there: the summary only
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("ml-latest-small: 100836 ratings") and len(requests) == 1
+
+
+@needs_zip
 def test_tampered_archive_is_refused_and_nothing_is_kept(tmp_path, serve):
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -178,18 +178,19 @@ def load_movielens(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     duplicates: Duplicates = "error",
+    report_fn: Callable[[str], None] | None = None,
 ) -> Ratings:
     """Loads a MovieLens data set (a `DATASETS` name, or a custom `Dataset`).
 
     Finds or downloads the extracted folder (see `ensure_local`), then parses it.
     The result has ``name`` = the data set name, the movies table and its rating scale.
     ``duplicates`` is `load_ratings`' policy for a repeated (user, item) pair (the
-    official archives have none).
+    official archives have none). ``report_fn``: see `ensure_local`.
     """
     dataset = get_dataset(name)
     folder = ensure_local(
         dataset, data_dir, download=download, base_url=base_url, cache_dir=cache_dir,
-        timeout=timeout,
+        timeout=timeout, report_fn=report_fn,
     )
     return _PARSERS[dataset.format](folder, dataset, duplicates)
 
@@ -202,8 +203,14 @@ def ensure_local(
     base_url: str | None = None,
     cache_dir: str | Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    report_fn: Callable[[str], None] | None = None,
 ) -> Path:
-    """The extracted folder of a data set, downloading it into the cache if needed."""
+    """The extracted folder of a data set, downloading it into the cache if needed.
+
+    ``report_fn``, when given, is called with one line of text at each step of a
+    download: the URL fetched, the bytes received, the sha256 check, where it was
+    extracted. Nothing is reported when a local copy is found; None keeps it quiet.
+    """
     dataset = get_dataset(name)
     cache = cache_path(cache_dir)
     searched = _candidate_folders(dataset, data_dir, cache)
@@ -214,7 +221,11 @@ def ensure_local(
     if not download:
         raise _not_found(dataset, url, searched, cache, "downloading is turned off (download=False)",
                          "downloading is turned off (--no-download)")
-    return _download_and_extract(dataset, url, cache, timeout, searched)
+    return _download_and_extract(dataset, url, cache, timeout, searched, report_fn or _quiet)
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 fetch = ensure_local  # the name scripts tend to look for
@@ -228,6 +239,7 @@ def load_ml100k_fold(
     base_url: str | None = None,
     cache_dir: str | Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    report_fn: Callable[[str], None] | None = None,
 ) -> tuple[Ratings, Ratings]:
     """The canonical ml-100k fold ``k`` (1..5): (train from ``u{k}.base``, test from ``u{k}.test``).
 
@@ -240,7 +252,7 @@ def load_ml100k_fold(
     dataset = DATASETS["ml-100k"]
     folder = ensure_local(
         dataset, data_dir, download=download, base_url=base_url, cache_dir=cache_dir,
-        timeout=timeout,
+        timeout=timeout, report_fn=report_fn,
     )
     parts = [
         read_columns(
@@ -350,7 +362,8 @@ def _not_found(
 
 # -- download --------------------------------------------------------------------------
 def _download_and_extract(
-    dataset: Dataset, url: str, cache: Path, timeout: float, searched: list[Path]
+    dataset: Dataset, url: str, cache: Path, timeout: float, searched: list[Path],
+    report_fn: Callable[[str], None],
 ) -> Path:
     """Downloads, verifies and extracts into ``cache``; all or nothing."""
     limit = min(dataset.max_bytes, _GLOBAL_MAX_BYTES)
@@ -362,9 +375,15 @@ def _download_and_extract(
         _make_dirs(cache, created)
         fd, name = tempfile.mkstemp(prefix=f".{dataset.name}-", suffix=".zip.part", dir=cache)
         temporary.append(Path(name))
+        report_fn(f"fetching {url}")
         with os.fdopen(fd, "wb") as out:
-            digest = _download(dataset, url, out, timeout, limit, searched, cache)
+            digest, size = _download(dataset, url, out, timeout, limit, searched, cache)
+        report_fn(f"received {size:,} bytes ({size / _MB:.1f} MiB)")
         _verify(dataset, url, digest)
+        if dataset.sha256 is not None:
+            report_fn(f"sha256 {digest} matches the published checksum")
+        else:
+            report_fn(f"sha256 {digest} (no published checksum to compare it with)")
         staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}-", suffix=".unpacking", dir=cache))
         temporary.append(staging)
         _safe_extract(Path(name), staging, limit, url)
@@ -380,6 +399,7 @@ def _download_and_extract(
                     f"remove {target} if it is an incomplete copy"
                 ) from None
             # Another process finished the same download first; its copy is as good.
+        report_fn(f"extracted into {target}")
         done = True
         return target
     except OSError as e:  # the cache itself: permissions, disk full
@@ -423,7 +443,7 @@ def _download(
     searched: list[Path],
     cache: Path,
 ) -> str:
-    """Streams ``url`` into ``out`` with a size cap; returns the sha256 hex digest."""
+    """Streams ``url`` into ``out`` with a size cap; returns (sha256 hex digest, bytes)."""
     digest = hashlib.sha256()
     total = 0
     try:
@@ -461,7 +481,7 @@ def _download(
         raise _not_found(dataset, url, searched, cache, f"the download failed ({reason})") from None
     except ValueError as e:  # a malformed base URL
         raise DataError(f"cannot download {url!r}: {e}") from None
-    return digest.hexdigest()
+    return digest.hexdigest(), total
 
 
 def _verify(dataset: Dataset, url: str, actual: str) -> None:

@@ -8,11 +8,13 @@ moment leaves either the previous progress or the new one, never a torn one.
 
 Resuming restores the state bit for bit; because every epoch's shuffle, dropout and
 batch keys are derived from ``(key, epoch)`` alone, the resumed run continues exactly as
-the uninterrupted one would have. The fingerprint (model, configs, data size, key) must
-match, so a folder is never resumed into a different run.
+the uninterrupted one would have. The fingerprint (model, configs, key, and the training
+data: its size and a sha256 of its users, items, ratings and timestamps) must match, so a
+folder is never resumed into a different run, not even one on other data of the same size.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -46,15 +48,35 @@ def _jsonable(x):
     return x
 
 
-def fingerprint(model: str, model_config, train_config, num_ratings: int, key) -> dict:
-    """What must be equal for a progress folder to belong to this run."""
+def fingerprint(model: str, model_config, train_config, train, key) -> dict:
+    """What must be equal for a progress folder to belong to this run.
+
+    ``train`` is the training `Ratings` (anything with ``users``, ``items``, ``ratings``
+    and optionally ``timestamps`` arrays): its content is hashed, not only its length.
+    """
+    if isinstance(train, (int, np.integer)):
+        raise TypeError("fingerprint: pass the training Ratings (its content is hashed), not its length")
     return _jsonable({
         "model": model,
         "model_config": model_config._asdict(),
         "train_config": train_config._asdict(),
-        "num_ratings": int(num_ratings),
+        "num_ratings": len(train.ratings),
+        "data_sha256": data_hash(train),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
     })
+
+
+def data_hash(train) -> str:
+    """sha256 over the training arrays' dtypes, shapes and bytes (~1 s per GB)."""
+    digest = hashlib.sha256()
+    for name in ("users", "items", "ratings", "timestamps"):
+        array = getattr(train, name, None)
+        if array is None:
+            continue
+        array = np.ascontiguousarray(np.asarray(array))
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def save_progress(path: str | os.PathLike, progress: Progress, fp: dict) -> None:
@@ -82,10 +104,12 @@ def load_progress(path: str | os.PathLike, like_state, like_params, fp: dict) ->
         raise CheckpointError(f"{path}: unreadable training progress ({e})") from e
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: not training progress of format version {FORMAT_VERSION}")
-    if meta.get("fingerprint") != fp:
+    saved_fp = meta.get("fingerprint")
+    if saved_fp != fp:
+        differ = [k for k in fp if not isinstance(saved_fp, dict) or saved_fp.get(k) != fp[k]] or ["fingerprint"]
         raise CheckpointError(
-            f"{path}: this progress belongs to a different run (model, configs, data size or key "
-            "differ); use another checkpoint folder or delete it"
+            f"{path}: this progress belongs to a different run ({', '.join(differ)} differ); "
+            "use another checkpoint folder or delete it"
         )
 
     def restore(prefix, like):

@@ -319,7 +319,7 @@ def fit(
     best_score, best_params, best_epoch, start = math.inf, state.params, 0, 1
     fp = None
     if checkpoint_dir is not None:
-        fp = resume.fingerprint(model, model_config, tc, len(train), run_key)
+        fp = resume.fingerprint(model, model_config, tc, train, run_key)
         saved = resume.load_progress(checkpoint_dir, state, state.params, fp)
         if saved is not None:
             state, history = saved.state, saved.history

@@ -82,3 +82,41 @@ def test_progress_of_another_run_is_refused(tmp_path):
     done = fit("bias", ratings, val, key=1, train_config=TC._replace(epochs=1), progress=False,
                checkpoint_dir=ck, on_epoch=lambda e, r: again.append(e))
     assert again == [] and done.best_epoch == 1
+
+
+def test_progress_on_other_data_of_the_same_length_is_refused(tmp_path):
+    """Same model, configs, key and number of ratings; only the content differs."""
+    import dataclasses
+
+    ratings, val = _data()
+    ck = str(tmp_path / "progress")
+    tc = TC._replace(epochs=1)
+    fit("bias", ratings, val, key=1, train_config=tc, progress=False, checkpoint_dir=ck)
+    # changes that keep the mean rating (which the model config records) as it was
+    two_ratings = ratings.ratings.copy()
+    other_row = int(np.flatnonzero(two_ratings != two_ratings[0])[0])
+    two_ratings[[0, other_row]] = two_ratings[[other_row, 0]]
+    swapped = ratings.items.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert swapped[0] != swapped[1]
+    for other in (dataclasses.replace(ratings, ratings=two_ratings), dataclasses.replace(ratings, items=swapped),
+                  ratings.take(np.r_[1:len(ratings), 0])):  # the same rows in another order
+        assert len(other) == len(ratings)
+        with pytest.raises(CheckpointError, match=r"different run \(data_sha256 differ\)"):
+            fit("bias", other, val, key=1, train_config=tc, progress=False, checkpoint_dir=ck)
+    # the same content in new arrays still resumes (nothing left to train: no epochs run)
+    copy = dataclasses.replace(ratings, users=ratings.users.copy(), items=ratings.items.copy(),
+                               ratings=ratings.ratings.copy())
+    epochs = []
+    fit("bias", copy, val, key=1, train_config=tc, progress=False, checkpoint_dir=ck,
+        on_epoch=lambda e, r: epochs.append(e))
+    assert epochs == []
+
+
+def test_fingerprint_takes_the_data_not_its_length():
+    from recsys_jax import resume
+    from recsys_jax.models import make_config
+
+    ratings, _ = _data()
+    with pytest.raises(TypeError, match="not its length"):
+        resume.fingerprint("bias", make_config("bias"), TC, len(ratings), jax.random.key(0))

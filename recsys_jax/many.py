@@ -295,5 +295,8 @@ def random_search(
                       embedding_dim=None if embedding_dim is None else int(rng.choice(embedding_dim)))
                for _ in range(num_members)]
     result = fit_many(model, train, val, members, model_config=model_config, train_config=train_config)
-    best_rmse = np.nanmin(np.stack(result.history["val_rmse"]), axis=0)
+    rmse = np.stack(result.history["val_rmse"])  # float[epochs, K]; NaN where a member diverged
+    best_rmse = np.where(np.isnan(rmse), np.inf, rmse).min(axis=0)  # np.argmin would pick a NaN
+    if not np.isfinite(best_rmse).any():
+        raise ValueError("random_search: no member has a finite validation RMSE (all diverged, or no val)")
     return result.members[int(np.argmin(best_rmse))], result

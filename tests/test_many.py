@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from recsys_jax.data import make_synthetic, random_split
+from recsys_jax import many as many_module
 from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many, random_search
 from recsys_jax.train import TrainConfig, fit
 
@@ -62,12 +63,40 @@ def test_ensemble_is_the_mean(data, many):
     np.testing.assert_allclose(ens, np.clip(preds[[0, 2]].mean(axis=0), 0.5, 5.0), rtol=1e-6)
 
 
-def test_random_search_picks_the_lowest_validation_rmse(data):
+# Per epoch (rows) and member (columns): the validation RMSE a fit_many run would record.
+# Member 1 is best (0.60, at epoch 2), although member 3 is best at the last epoch and
+# member 0 at the first; member 2 diverged at once (NaN throughout) and must never win.
+HAND_HISTORY = [
+    [0.90, 0.95, np.nan, 0.97],
+    [0.85, 0.60, np.nan, 0.80],
+    [0.86, 0.75, np.nan, 0.70],
+]
+
+
+def fake_fit_many(history):
+    def run(model, train, val, members, **kwargs):
+        return many_module.ManyResult(None, {"val_rmse": [np.array(row) for row in history]},
+                                      np.zeros(len(members), int), list(members), model, None, None)
+    return run
+
+
+def test_random_search_picks_the_best_epoch_of_the_best_member(monkeypatch):
+    monkeypatch.setattr(many_module, "fit_many", fake_fit_many(HAND_HISTORY))
+    best, result = random_search("bias", None, None, num_members=4, seed=3)
+    assert best == result.members[1]
+    # every member diverged: no member can be called best
+    monkeypatch.setattr(many_module, "fit_many", fake_fit_many([[np.nan] * 3, [np.nan] * 3]))
+    with pytest.raises(ValueError, match="no member has a finite validation RMSE"):
+        random_search("bias", None, None, num_members=3, seed=3)
+
+
+def test_random_search_samples_inside_the_ranges(data):
     train, val = data
-    best, result = random_search("bias", train, val, num_members=4, seed=3, train_config=TC._replace(epochs=2))
-    scores = np.nanmin(np.stack(result.history["val_rmse"]), axis=0)
-    assert best == result.members[int(np.argmin(scores))]
+    best, result = random_search("bias", train, val, num_members=4, seed=3, lr=(1e-3, 3e-2), l2=(0.5, 0.5),
+                                 train_config=TC._replace(epochs=2))
+    assert best in result.members and len(result.members) == 4
     assert len({m.lr for m in result.members}) == 4  # sampled, not repeated
+    assert all(1e-3 <= m.lr <= 3e-2 and m.l2 == pytest.approx(0.5) for m in result.members)
 
 
 def test_bad_members():

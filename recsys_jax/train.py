@@ -35,7 +35,7 @@ from jax import Array
 from recsys_jax import metrics, resume
 from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
-from recsys_jax.models import get_model, make_apply, make_config
+from recsys_jax.models import get_model, make_apply, make_config, static_config
 from recsys_jax.optim import make_optimizer, make_schedule
 from recsys_jax.penalties import make_l2_penalty, make_model_penalty, make_table_l2_penalty
 from recsys_jax.predict import predict_indices
@@ -73,6 +73,7 @@ class TrainConfig(NamedTuple):
     l2: float = 0.0  # L2 on embedding rows, per example (recsys_jax.penalties)
     bias_l2: float = 0.0  # the same on the touched bias entries
     penalty: str = "touched"  # "touched": rows the batch uses; "table": Keras' whole-table l2 per batch
+    optimizer: str = "adam"  # "adam" (dense) or row-sparse "lazy_adam", "adagrad", "sgd" (recsys_jax.sparse)
     loss: str = "mse"  # a name in recsys_jax.losses.LOSSES or PARAM_LOSSES
     patience: int | None = None  # stop after this many epochs without a better val RMSE
 
@@ -235,6 +236,7 @@ class FitResult(NamedTuple):
     loss: ParamLoss | None = None  # that ParamLoss: ratings are loss.predict(loss_params, apply(params, ...))
     trained_users: np.ndarray | None = None  # bool[U]: users with at least one training rating
     trained_items: np.ndarray | None = None  # bool[I]: items with at least one training rating
+    compile_seconds: float = 0.0  # spent compiling the epoch in this fit (0 when it was compiled already)
 
     def predict_link(self) -> dict:
         """Keyword arguments for `recsys_jax.predict.predict_indices`: the loss's ``predict``."""
@@ -298,21 +300,17 @@ def fit(
     param_loss = loss_fn if isinstance(loss_fn, ParamLoss) else None
     if param_loss is not None and param_loss_name(param_loss) is not None:
         tc = tc._replace(loss=param_loss_name(param_loss))  # record the loss actually trained
-    if penalty_fn is None and (tc.l2 or tc.bias_l2):
-        penalty_fn = make_penalty(tc, module, model_config, aux)
-    steps_per_epoch = num_batches(len(train), tc.batch_size)
-    schedule = make_schedule(
-        tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, phases=tc.phases
-    )
-    optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
-    train_epoch = make_train_epoch(make_train_step(train_apply, loss_fn, optimizer, penalty_fn), tc.batch_size)
+    # One engine per (model, settings, data size), cached: a second fit of the same shapes
+    # compiles nothing. A custom penalty is part of the key; the named one is built inside.
+    engine = _get_engine(model, apply_fn, static_config(model_config), loss_fn, penalty_fn, tc,
+                         num_batches(len(train), tc.batch_size), param_loss is not None)
 
     run_key = key
     key, init_key = jax.random.split(key)
     params = module.init(init_key, train.num_users, train.num_items, model_config)
     if param_loss is not None:
         params = JointParams(params, param_loss.init(train))
-    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    state = engine.init(params)
     users, items, ratings = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
 
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
@@ -324,7 +322,7 @@ def fit(
         if saved is not None:
             state, history = saved.state, saved.history
             best_score, best_params, best_epoch, start = saved.best_score, saved.best_params, saved.best_epoch, saved.epoch + 1
-    stop_reason = None
+    stop_reason, compile_seconds = None, 0.0
     epochs = range(start, tc.epochs + 1)
     bar = None
     if progress:
@@ -335,12 +333,15 @@ def fit(
     for epoch in epochs:
         if tc.patience is not None and best_epoch and epoch - 1 - best_epoch >= tc.patience:
             break  # a resumed run that had already stopped early
-        t0 = time.perf_counter()
         epoch_key = jax.random.fold_in(key, epoch)
-        new_state, losses = train_epoch(state, users, items, ratings, epoch_key, times=times)
+        compiled, seconds = engine.compile(state, users, items, ratings, epoch_key, times=times, aux=aux)
+        compile_seconds += seconds
+        t0 = time.perf_counter()
+        new_state, losses = compiled(state, users, items, ratings, epoch_key, times=times, aux=aux)
         losses = np.asarray(losses)  # waits for the epoch to finish
         if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
-            state, stop_reason = _last_finite(train_epoch, state, (users, items, ratings), epoch_key, losses,
+            replay = functools.partial(engine.run, aux=aux)
+            state, stop_reason = _last_finite(replay, state, (users, items, ratings), epoch_key, losses,
                                               epoch, times)
             warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
             if best_epoch == 0:
@@ -377,10 +378,22 @@ def fit(
         bar.close()
     seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
             "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
+    seen["compile_seconds"] = compile_seconds
     if param_loss is None:
         return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux, **seen)
     return FitResult(best_params.model, history, model, model_config, tc, best_epoch, state, stop_reason, aux,
                      best_params.loss, param_loss, **seen)
+
+
+def _get_engine(*key):
+    """`recsys_jax.engine.make_engine`, cached when the settings are hashable."""
+    from recsys_jax.engine import make_engine
+
+    try:
+        hash(key)
+    except TypeError:  # e.g. a custom loss object that defines __eq__ without __hash__
+        return make_engine.__wrapped__(*key)
+    return make_engine(*key)
 
 
 def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None) -> tuple[TrainState, str]:

@@ -62,16 +62,28 @@ def make_config(name: str, **overrides):
     return config_cls(**overrides)
 
 
-@functools.lru_cache(maxsize=128)
+def static_config(config):
+    """``config`` without what only the initial parameters read (``mean_rating``), so that
+    two training splits give the same key to every compiled function."""
+    return config._replace(mean_rating=0.0) if "mean_rating" in getattr(config, "_fields", ()) else config
+
+
 def make_apply(name: str, config):
     """``apply(params, users, items, key=None, *, aux=None, times=None)``, config bound.
 
-    Cached per ``(name, config)``, so the same function object comes back and jitted
-    callers (`recsys_jax.predict`) compile once per model and config.
+    Cached per ``(name, static_config(config))``, so the same function object comes back
+    for every split and jitted callers (`recsys_jax.predict`, `recsys_jax.engine`) compile
+    once per model and config. No model's ``apply`` reads ``mean_rating``: it sets the
+    initial parameters only.
 
     When ``config.y_range = (lo, hi)`` the output ``x`` is squashed to
     ``lo + (hi - lo) * sigmoid(x)`` (fastai's y-range), a link applied to any model.
     """
+    return _make_apply(name, static_config(config))
+
+
+@functools.lru_cache(maxsize=128)
+def _make_apply(name: str, config):
     apply = functools.partial(get_model(name).apply, config=config)
     y_range = getattr(config, "y_range", None)
     if y_range is None:

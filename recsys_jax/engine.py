@@ -1,0 +1,157 @@
+"""The training engine: one compiled epoch per (model, configuration, shapes), reused.
+
+`make_engine` builds, once per key and cached for the process, what `recsys_jax.train.fit`
+runs: ``init(params) -> TrainState`` and a jitted ``epoch(state, data, key)`` (shuffle on
+the device, one `jax.lax.scan` over the steps). Everything derived from the data is an
+*argument* of the compiled epoch, never a constant baked into it: the ratings, the model's
+``aux`` (SVD++'s implicit lists, timeSVD's per-user mean day), the rating times. The
+training mean only sets the initial parameters (`recsys_jax.models.make_apply` drops it
+from the config that the compiled functions see), so a second split of the same size
+reuses the compiled program. `Engine.compile` compiles ahead of time and reports how long
+that took, so fit times are reported with and without compilation; with JAX's persistent
+compilation cache (`enable_compile_cache`, on by default in the CLI) a new process loads
+the compiled program from disk instead of compiling it.
+
+The step is either
+
+- dense (``optimizer="adam"``): Optax Adam (AdamW with ``weight_decay``) on the whole
+  parameter pytree, the gradient of each table a scatter-add of the batch's rows; or
+- row-sparse (``"lazy_adam"``, ``"adagrad"``, ``"sgd"``): `recsys_jax.sparse`, touching only
+  the rows the batch uses, for models with ``ROW_LOCAL = True``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from recsys_jax import sparse
+from recsys_jax.models import get_model
+from recsys_jax.optim import make_optimizer, make_schedule
+
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+
+
+class Engine(NamedTuple):
+    init: Callable  # params -> TrainState
+    epoch: Callable  # jitted (state, users, items, ratings, key, num_steps=None, times=None, aux=None)
+    compiled: dict  # (num_steps, argument shapes) -> compiled epoch
+    optimizer: str
+
+    def compile(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None):
+        """``(compiled_epoch, seconds)``: the epoch compiled for these argument shapes
+        (0 seconds when it already was, in this process)."""
+        args = (state, users, items, ratings, key, times, aux)
+        sig = (num_steps, jax.tree.structure(args),
+               tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args)))
+        if sig in self.compiled:
+            return self.compiled[sig], 0.0
+        t0 = time.perf_counter()
+        fn = self.epoch.lower(state, users, items, ratings, key, num_steps=num_steps, times=times,
+                              aux=aux).compile()
+        seconds = time.perf_counter() - t0
+        self.compiled[sig] = fn
+        return fn, seconds
+
+    def run(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None):
+        """One epoch: ``(state, losses[num_batches])``, compiling first if needed."""
+        fn, _ = self.compile(state, users, items, ratings, key, num_steps=num_steps, times=times, aux=aux)
+        return fn(state, users, items, ratings, key, times=times, aux=aux)
+
+
+def check_optimizer(name: str, model: str, train_config, *, joint: bool = False) -> None:
+    """A clear error when ``name`` cannot train ``model`` with ``train_config``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+    if name == "adam":
+        return
+    what = None
+    if not getattr(get_model(model), "ROW_LOCAL", False):
+        what = f"model {model!r} reads table rows other than its user's and item's"
+    elif train_config.penalty == "table":
+        what = "a whole-table penalty (penalty='table') touches every row at every step"
+    elif train_config.weight_decay:
+        what = "decoupled weight decay shrinks every row at every step"
+    elif joint:
+        what = "losses with learned parameters train with the dense optimizer"
+    if what:
+        raise ValueError(f"optimizer {name!r} updates only the rows a batch touches, but {what}: "
+                         "use optimizer 'adam'")
+
+
+@functools.lru_cache(maxsize=64)
+def make_engine(model: str, apply_fn: Callable, model_config, loss_fn: Callable, penalty_fn: Callable | None,
+                train_config, steps_per_epoch: int, joint: bool = False) -> Engine:
+    """The engine for these (hashable) settings; the same object for the same settings.
+
+    ``apply_fn`` is `recsys_jax.models.make_apply`'s (no aux bound); ``model_config`` the
+    config it was made with. ``penalty_fn`` is a custom penalty, or None for the one that
+    ``train_config`` names (`recsys_jax.train.make_penalty`), built inside the compiled
+    epoch so that it reads the model's ``aux`` as an argument.
+    """
+    from recsys_jax.train import TrainState, make_objective, make_penalty, make_update, run_epoch
+
+    tc = train_config
+    check_optimizer(tc.optimizer, model, tc, joint=joint)
+    module = get_model(model)
+    schedule = make_schedule(tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                             phases=tc.phases)
+    if tc.optimizer == "adam":
+        optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
+    else:
+        make_rows, make_dense = sparse.ROW_OPTIMIZERS[tc.optimizer]
+        row_tx, dense_tx = make_rows(), make_dense(schedule)
+
+    def objective_for(aux):
+        apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
+        penalty = penalty_fn
+        if penalty is None and (tc.l2 or tc.bias_l2):
+            penalty = make_penalty(tc, module, model_config, aux)
+        return make_objective(apply, loss_fn, penalty)
+
+    def init(params):
+        if tc.optimizer == "adam":
+            opt_state = optimizer.init(params)
+        else:
+            opt_state = sparse.init_opt_state(params, row_tx, dense_tx)
+        return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
+
+    @functools.partial(jax.jit, static_argnames="num_steps")
+    def epoch(state, users, items, ratings, key, num_steps=None, times=None, aux=None):
+        objective = objective_for(aux)
+        if tc.optimizer == "adam":
+            step = make_update(objective, optimizer)
+            return run_epoch(step, tc.batch_size, state, users, items, ratings, key, num_steps, times)
+        lay = sparse.layout(state.params)
+        step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, state.params)
+        carry, losses = run_epoch(step, tc.batch_size, sparse.pack(state, lay), users, items, ratings, key,
+                                  num_steps, times)
+        return sparse.unpack(carry, lay, state.params, TrainState), losses
+
+    return Engine(init, epoch, {}, tc.optimizer)
+
+
+def compile_cache_dir() -> Path:
+    """Where the CLI keeps JAX's persistent compilation cache: ``$RECSYS_JAX_COMPILE_CACHE``,
+    else ``<cache>/jax-compile`` with ``<cache>`` = ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``."""
+    if os.environ.get("RECSYS_JAX_COMPILE_CACHE"):
+        return Path(os.environ["RECSYS_JAX_COMPILE_CACHE"]).expanduser()
+    base = os.environ.get("RECSYS_JAX_CACHE") or Path.home() / ".cache" / "recsys_jax"
+    return Path(base).expanduser() / "jax-compile"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turns on JAX's persistent compilation cache in ``path`` (default `compile_cache_dir`):
+    a later process with the same programs loads them instead of compiling. Every program is
+    cached, however quick its compilation."""
+    path = Path(path) if path is not None else compile_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

@@ -1,0 +1,246 @@
+r"""Row-sparse training: optimizers that touch only the embedding rows a batch uses.
+
+Dense Adam reads and writes every row of every table, with both moments, at every step,
+so the cost of a step grows with the tables, not with the batch. Here a step costs
+:math:`O(B\,D)` whatever the table sizes:
+
+1. **Gather once.** The tables of one side (every ``user_*`` field, indexed by the users;
+   every ``item_*`` field, by the items) are packed side by side with their optimizer
+   state into one table ``float32[N, D + S]`` for the epoch. A step gathers the batch's
+   rows of it once: the parameter columns feed the model, the state columns the update.
+2. **Local model.** The model is run on *local* tables: each side table replaced by its
+   ``B`` gathered rows, indexed by ``0..B-1``. The objective (`recsys_jax.train.make_objective`:
+   loss and penalty, unchanged) is differentiated with respect to those rows, which gives
+   one gradient row per example, ``float32[B, D]``, and no dense gradient table.
+3. **Merge duplicates.** A row used by several examples must get the *sum* of their
+   gradients, once. Each example finds a representative among the examples with its row
+   (``slot[row] = b`` scattered, then ``rep_b = slot[row_b]`` gathered: whichever write
+   wins, all read the same one), the per-example gradients are scatter-added onto the
+   representatives (``float32[B, D]``, not ``[N, D]``), and only representatives write.
+   No sort, static shapes.
+4. **Row update.** The row transformation (below) maps (merged gradient, state, params)
+   of the touched rows to new ones, written back with one scatter; rows of padding
+   examples (weight 0) and untouched rows are left exactly as they were.
+
+The other parameters (global bias, dense layers) are updated with the matching dense
+Optax transformation at every step.
+
+Row transformations, ``RowTransform(state_width, init, update)`` (Optax's shape, on rows):
+
+``lazy_adam``
+    Adam's moments for the touched rows only:
+
+    .. math::
+
+       m_r \leftarrow \beta_1 m_r + (1-\beta_1) g_r,\quad
+       v_r \leftarrow \beta_2 v_r + (1-\beta_2) g_r^2,\quad
+       \theta_r \leftarrow \theta_r - \eta_t\,\frac{m_r / (1-\beta_1^t)}{\sqrt{v_r/(1-\beta_2^t)} + \epsilon}
+
+    with :math:`t` the global step. **Where it differs from dense Adam:** a row that a
+    step does not touch keeps its moments and its value; dense Adam would decay both
+    moments (a zero gradient) and still move the row by :math:`\eta_t \hat m / (\sqrt{\hat v}+\epsilon)`,
+    i.e. keep applying momentum from earlier steps. On a step that touches every row the two
+    are identical (tested); the bias correction uses the global step, not a per-row count,
+    as TensorFlow's LazyAdam does.
+``adagrad``
+    Row-wise AdaGrad: one accumulator per row, the mean of the squared gradient over the
+    row's columns, :math:`a_r \leftarrow a_r + \overline{g_r^2}`,
+    :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r / (\sqrt{a_r} + \epsilon)`.
+``sgd``
+    :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r`. Merging is still done first, so a
+    row used twice moves by the sum of the two gradients, as dense SGD would: for SGD the
+    sparse step equals the dense one exactly.
+
+Which models: those whose ``user_*``/``item_*`` tables are read only at row ``user`` /
+``item`` (the module sets ``ROW_LOCAL = True``). A whole-table penalty (``penalty="table"``)
+makes every row's gradient nonzero, so it trains densely only.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+SIDES = ("user", "item")
+
+
+class RowTransform(NamedTuple):
+    """An optimizer on table rows: ``S = state_width(D)`` state columns per row,
+    ``init(table[N, D]) -> state[N, S]``, and
+    ``update(grads[R, D], state[R, S], params[R, D], count, lr) -> (params[R, D], state[R, S])``
+    where ``count`` is the 1-based global step and ``lr`` this step's learning rate."""
+
+    state_width: Callable[[int], int]
+    init: Callable[[Array], Array]
+    update: Callable[..., tuple[Array, Array]]
+
+
+def lazy_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowTransform:
+    def update(g, state, p, count, lr):
+        d = g.shape[1]
+        m = b1 * state[:, :d] + (1 - b1) * g
+        v = b2 * state[:, d:] + (1 - b2) * jnp.square(g)
+        t = count.astype(jnp.float32)
+        step = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+        return p - lr * step, jnp.concatenate([m, v], axis=1)
+
+    return RowTransform(lambda d: 2 * d, lambda t: jnp.zeros((t.shape[0], 2 * t.shape[1]), t.dtype), update)
+
+
+def rowwise_adagrad(eps: float = 1e-10, initial: float = 0.0) -> RowTransform:
+    def update(g, state, p, count, lr):
+        acc = state + jnp.mean(jnp.square(g), axis=1, keepdims=True)
+        return p - lr * g / (jnp.sqrt(acc) + eps), acc
+
+    return RowTransform(lambda d: 1, lambda t: jnp.full((t.shape[0], 1), initial, t.dtype), update)
+
+
+def sgd() -> RowTransform:
+    def update(g, state, p, count, lr):
+        return p - lr * g, state
+
+    return RowTransform(lambda d: 0, lambda t: jnp.zeros((t.shape[0], 0), t.dtype), update)
+
+
+def _dense_adagrad(schedule, eps: float = 1e-10) -> optax.GradientTransformation:
+    """Dense AdaGrad with the same conventions as `rowwise_adagrad` (accumulator from 0)."""
+    return optax.chain(optax.scale_by_rss(initial_accumulator_value=0.0, eps=eps),
+                       optax.scale_by_learning_rate(schedule))
+
+
+# name -> (row transformation, the dense Optax transformation for the other parameters)
+ROW_OPTIMIZERS: dict[str, tuple[Callable[[], RowTransform], Callable]] = {
+    "lazy_adam": (lazy_adam, lambda schedule: optax.adam(schedule)),
+    "adagrad": (rowwise_adagrad, _dense_adagrad),
+    "sgd": (sgd, lambda schedule: optax.sgd(schedule)),
+}
+
+
+class Layout(NamedTuple):
+    """Where each ``user_*`` / ``item_*`` field sits in its side's packed table."""
+
+    fields: tuple[tuple[str, str, int, int, tuple[int, ...]], ...]  # (name, side, start, stop, row shape)
+    width: tuple[tuple[str, int], ...]  # (side, D): parameter columns per side
+    dense: tuple[str, ...]  # the other fields
+
+
+def layout(params) -> Layout:
+    fields, width, dense = [], {}, []
+    for name, value in params._asdict().items():
+        side = name.split("_", 1)[0]
+        if side in SIDES:
+            size = int(np.prod(value.shape[1:], dtype=np.int64))
+            start = width.get(side, 0)
+            fields.append((name, side, start, start + size, tuple(value.shape[1:])))
+            width[side] = start + size
+        else:
+            dense.append(name)
+    return Layout(tuple(fields), tuple(width.items()), tuple(dense))
+
+
+class SparseOptState(NamedTuple):
+    """`TrainState.opt_state` of a row-sparse optimizer, between epochs."""
+
+    rows: dict  # side -> float32[N, S]: each row's optimizer state
+    dense: Any  # the dense transformation's state for the other fields (a dict)
+
+
+class Carry(NamedTuple):
+    """What the scan carries within an epoch: the packed tables and the rest."""
+
+    tables: dict  # side -> float32[N, D + S]: parameters, then optimizer state
+    slots: dict  # side -> int32[N]: scratch for finding each row's representative
+    dense: dict  # name -> array: the fields that are not side tables
+    dense_state: Any
+    step: Array  # int32[]
+
+
+def init_opt_state(params, row_tx: RowTransform, dense_tx: optax.GradientTransformation) -> SparseOptState:
+    lay = layout(params)
+    packed = _pack_params(params, lay)
+    rows = {side: row_tx.init(packed[side]) for side, _ in lay.width}
+    dense = {name: getattr(params, name) for name in lay.dense}
+    return SparseOptState(rows, dense_tx.init(dense))
+
+
+def _pack_params(params, lay: Layout) -> dict:
+    out = {}
+    for side, _ in lay.width:
+        cols = [getattr(params, name).reshape(getattr(params, name).shape[0], -1)
+                for name, s, *_ in lay.fields if s == side]
+        out[side] = jnp.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+    return out
+
+
+def _unpack_rows(rows: dict, lay: Layout, params_like, dense: dict):
+    """A Params whose side fields are read from ``rows[side]`` (any number of rows)."""
+    values = dict(dense)
+    for name, side, start, stop, shape in lay.fields:
+        block = rows[side][:, start:stop]
+        values[name] = block.reshape((block.shape[0],) + shape)
+    return type(params_like)(**values)
+
+
+def pack(state, lay: Layout):
+    """`TrainState` (params + `SparseOptState`) -> `Carry`, once per epoch."""
+    params, opt = state.params, state.opt_state
+    packed = _pack_params(params, lay)
+    tables = {side: jnp.concatenate([packed[side], opt.rows[side]], axis=1) for side, _ in lay.width}
+    slots = {side: jnp.zeros(tables[side].shape[0], jnp.int32) for side, _ in lay.width}
+    dense = {name: getattr(params, name) for name in lay.dense}
+    return Carry(tables, slots, dense, opt.dense, state.step)
+
+
+def unpack(carry: Carry, lay: Layout, params_like, state_cls):
+    """`Carry` -> `TrainState`, at the end of the epoch."""
+    params = _unpack_rows(carry.tables, lay, params_like, carry.dense)
+    width = dict(lay.width)
+    rows = {side: carry.tables[side][:, width[side]:] for side in width}
+    return state_cls(params, SparseOptState(rows, carry.dense_state), carry.step)
+
+
+def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: optax.GradientTransformation,
+                       schedule: Callable, lay: Layout, params_like) -> Callable:
+    """``update(carry, batch, key) -> (carry, loss)``: one row-sparse step (module docstring).
+
+    ``objective(params, batch, key)`` is `recsys_jax.train.make_objective`'s; it is called
+    with local tables and a batch whose users and items are ``0..B-1``.
+    """
+    width = dict(lay.width)
+
+    def update(carry: Carry, batch, key: Array) -> tuple[Carry, Array]:
+        b = batch.users.shape[0]
+        iota = jnp.arange(b, dtype=jnp.int32)
+        index = {"user": batch.users, "item": batch.items}
+        rows = {side: carry.tables[side][index[side]] for side in width}  # the one gather per side
+        local = _unpack_rows({s: r[:, : width[s]] for s, r in rows.items()}, lay, params_like, carry.dense)
+        loss, grads = jax.value_and_grad(objective)(local, batch._replace(users=iota, items=iota), key)
+        lr = schedule(carry.step)
+        count = carry.step + 1
+        live = batch.mask.astype(jnp.float32)
+        tables, slots = dict(carry.tables), dict(carry.slots)
+        for side, d in width.items():
+            idx = index[side]
+            g = jnp.concatenate([getattr(grads, name).reshape(b, -1) for name, s, *_ in lay.fields if s == side],
+                                axis=1)
+            slots[side] = carry.slots[side].at[idx].set(iota)
+            rep = slots[side][idx]
+            merged = jnp.zeros_like(g).at[rep].add(g)
+            used = jnp.zeros((b,), jnp.float32).at[rep].add(live) > 0
+            new_p, new_s = row_tx.update(merged, rows[side][:, d:], rows[side][:, :d], count, lr)
+            n = tables[side].shape[0]
+            # Non-representatives (and rows only padding touched) write out of bounds, each to
+            # its own index, so the written indices are unique and the dropped ones vanish.
+            target = jnp.where((rep == iota) & used, idx, n + iota)
+            tables[side] = tables[side].at[target].set(jnp.concatenate([new_p, new_s], axis=1), mode="drop",
+                                                       unique_indices=True)
+        dense_grads = {name: getattr(grads, name) for name in lay.dense}
+        updates, dense_state = dense_tx.update(dense_grads, carry.dense_state, carry.dense)
+        dense = optax.apply_updates(carry.dense, updates)
+        return Carry(tables, slots, dense, dense_state, count), loss
+
+    return update

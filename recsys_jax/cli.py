@@ -32,6 +32,8 @@ environment:
                        https://files.grouplens.org/datasets/movielens (an http(s):// or
                        file:// URL of the folder holding the zips; the published sha256
                        is still checked)
+  RECSYS_JAX_COMPILE_CACHE  train: the folder of JAX's persistent compilation cache
+                       (default: <RECSYS_JAX_CACHE>/jax-compile); "off" disables it
   RECSYS_JAX_DEBUG     set to 1 to see the traceback behind an error message"""
 
 
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--weight-decay", float, "decoupled weight decay (AdamW)"),
         ("--loss", str, "a name in recsys_jax.losses.LOSSES or PARAM_LOSSES (e.g. huber, ordinal, gaussian_nll)"),
         ("--patience", int, "early stopping patience in epochs"),
+        ("--optimizer", str, "adam (dense), or lazy_adam, adagrad, sgd (row-sparse: only the rows a batch touches)"),
     ]:
         t.add_argument(name, type=typ, default=None, help=f"{helptext} (default: from the preset)")
     t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")
@@ -96,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume-dir", metavar="DIR",
                    help="save training progress here after every epoch; rerunning the same command resumes")
     t.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    t.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in $RECSYS_JAX_COMPILE_CACHE "
+                        "or <cache>/jax-compile, so a second run does not compile)")
     t.add_argument("--json", action="store_true", help="end with one line of JSON with the results")
 
     p = sub.add_parser("predict", help="predict ratings from a checkpoint by raw MovieLens ids")
@@ -178,13 +184,18 @@ def cmd_train(args) -> dict:
     dest = _checkpoint_folder(args)
     ratings = _load(args)
     split = _split(args, ratings)
+    if not args.no_compile_cache and os.environ.get("RECSYS_JAX_COMPILE_CACHE") != "off":
+        from recsys_jax.engine import enable_compile_cache
+
+        enable_compile_cache()  # after the data loaded: a failed load leaves the cache folder untouched
     if args.save_split:
         save_split(args.save_split, split, seed=args.seed)
 
     tc = get_preset(args.preset, args.model)
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "batch_size", "lr", "schedule", "l2", "bias_l2", "weight_decay", "loss", "patience")
+        for k in ("epochs", "batch_size", "lr", "schedule", "l2", "bias_l2", "weight_decay", "loss", "patience",
+                  "optimizer")
         if getattr(args, k) is not None
     }
     tc = tc._replace(**overrides)

@@ -24,3 +24,10 @@ def data_dir() -> Path:
     if d is None:
         pytest.skip("genuine ml-latest-small not available (set RECSYS_JAX_DATA)")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compile_cache(monkeypatch):
+    """In-process CLI runs would turn on JAX's persistent compilation cache for the whole
+    test process (a global setting); tests that want it run the CLI in a subprocess."""
+    monkeypatch.setenv("RECSYS_JAX_COMPILE_CACHE", "off")

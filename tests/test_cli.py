@@ -413,3 +413,38 @@ def test_val_frac_zero_trains_on_the_whole_training_split(workdir, capsys):
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["num_val"] == 0 and summary["num_train"] + summary["num_test"] == summary["num_ratings"]
+
+
+def test_train_with_a_row_sparse_optimizer(workdir, capsys):
+    code, out, _ = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--optimizer", "lazy_adam",
+                                "--no-save", "--json"])
+    assert code == 0
+    rec = last_json(out)
+    assert rec["train_config"]["optimizer"] == "lazy_adam"
+    assert math.isfinite(rec["test_rmse"]) and rec["test_rmse"] < 1.5
+    assert 0 < rec["compile_seconds"] <= rec["fit_seconds"]
+
+
+def test_row_sparse_optimizer_refused_for_a_model_that_reads_other_rows(workdir, capsys):
+    code, _, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", "--model", "svdpp", "--epochs", "1",
+                                "--optimizer", "sgd", "--no-save"])
+    assert_user_error(code, err, "optimizer 'sgd'", "use optimizer 'adam'")
+
+
+def test_persistent_compile_cache_is_written_and_can_be_turned_off(workdir, tmp_path):
+    import subprocess
+    import sys
+
+    def train(cache, *extra):
+        env = {**os.environ, "RECSYS_JAX_COMPILE_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run([sys.executable, "-m", "recsys_jax.cli", "train", "--ratings",
+                               str(workdir / "ratings.csv"), *TRAIN, "--no-save", "--json", *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return last_json(proc.stdout)
+
+    on = train(tmp_path / "cache")
+    assert any((tmp_path / "cache").iterdir())  # compiled programs were stored
+    off = train(tmp_path / "unused", "--no-compile-cache")
+    assert not (tmp_path / "unused").exists()
+    assert on["test_rmse"] == off["test_rmse"]  # the cache changes the time, never the result

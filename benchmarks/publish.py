@@ -10,13 +10,15 @@ becomes dirty or HEAD moves between steps, so every record names the same clean 
 Each step is a fresh process running a full benchmark with the arguments that produced
 the published results; its files go to ``benchmarks/results/`` (the rule in
 `benchmarks.common`). ``tune`` runs first because the ``tuned`` preset of the later steps
-reads the ``benchmarks/results/tuned.json`` it writes. Last, ``benchmarks.report``
+reads the ``benchmarks/results/tuned.json`` it writes. ``peers`` (Keras 3 and Surprise on
+the same splits) is a step only where the ``peers`` extra is installed. Last, ``benchmarks.report``
 rewrites the README's section and ``benchmarks.report --check`` confirms that README and
 results agree and name one commit.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -27,11 +29,18 @@ if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks`
 
 from benchmarks.common import REPO, git_state
 
+
+def peers_installed() -> bool:
+    """Whether the ``peers`` extra (Keras, Surprise) is importable: only then is ``peers`` a step."""
+    return all(importlib.util.find_spec(name) is not None for name in ("keras", "surprise"))
+
+
 TUNED_MODELS = ["--models", "fm", "bias", "timesvd", "--seeds", "0", "1", "2"]
 # (name, module, arguments), in the order they must run.
 STEPS = [
     ("tune", "benchmarks.tune", TUNED_MODELS),
     ("accuracy", "benchmarks.accuracy", ["--datasets", "ml-latest-small", "--presets", "default", "notebook"]),
+    *([("peers", "benchmarks.peers", [])] if peers_installed() else []),
     ("accuracy-nested", "benchmarks.accuracy", ["--datasets", "ml-latest-small", "--presets", "tuned", *TUNED_MODELS,
                                                 "--json", "benchmarks/results/accuracy-nested.json"]),
     ("losses", "benchmarks.accuracy", ["--datasets", "ml-latest-small", "--models", "bias", "--presets", "default",

@@ -25,7 +25,7 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,20 +84,48 @@ def check_optimizer(name: str, model: str, train_config, *, joint: bool = False)
                          "use optimizer 'adam'")
 
 
+class RatingObjective(NamedTuple):
+    """An element-wise loss on the rated pairs (`recsys_jax.train.make_objective`)."""
+
+    loss_fn: Callable  # (predictions, targets) -> per-example, or a ParamLoss
+
+    def build(self, apply_fn: Callable, penalty_fn: Callable | None) -> Callable:
+        from recsys_jax.train import make_objective
+
+        return make_objective(apply_fn, self.loss_fn, penalty_fn)
+
+
+class RankingObjective(NamedTuple):
+    """A ranking loss of positive pairs against sampled items (`recsys_jax.ranking`)."""
+
+    loss_fn: Callable  # (pos_scores[B], neg_scores[B, M]) -> per-example
+    num_items: int
+    num_negatives: int
+
+    def build(self, apply_fn: Callable, penalty_fn: Callable | None) -> Callable:
+        from recsys_jax.ranking import make_ranking_objective
+
+        return make_ranking_objective(apply_fn, self.loss_fn, self.num_items, self.num_negatives, penalty_fn)
+
+
 @functools.lru_cache(maxsize=64)
-def make_engine(model: str, apply_fn: Callable, model_config, loss_fn: Callable, penalty_fn: Callable | None,
+def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty_fn: Callable | None,
                 train_config, steps_per_epoch: int, joint: bool = False) -> Engine:
     """The engine for these (hashable) settings; the same object for the same settings.
 
     ``apply_fn`` is `recsys_jax.models.make_apply`'s (no aux bound); ``model_config`` the
-    config it was made with. ``penalty_fn`` is a custom penalty, or None for the one that
-    ``train_config`` names (`recsys_jax.train.make_penalty`), built inside the compiled
-    epoch so that it reads the model's ``aux`` as an argument.
+    config it was made with; ``objective`` a `RatingObjective` or `RankingObjective`.
+    ``penalty_fn`` is a custom penalty, or None for the one that ``train_config`` names
+    (`recsys_jax.train.make_penalty`), built inside the compiled epoch so that it reads the
+    model's ``aux`` as an argument.
     """
-    from recsys_jax.train import TrainState, make_objective, make_penalty, make_update, run_epoch
+    from recsys_jax.train import TrainState, make_penalty, make_update, run_epoch
 
     tc = train_config
     check_optimizer(tc.optimizer, model, tc, joint=joint)
+    if tc.optimizer != "adam" and not isinstance(objective, RatingObjective):
+        raise ValueError(f"optimizer {tc.optimizer!r} trains rating objectives only: a ranking objective "
+                         "also scores sampled items, whose rows it does not gather; use optimizer 'adam'")
     module = get_model(model)
     schedule = make_schedule(tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                              phases=tc.phases)
@@ -112,7 +140,7 @@ def make_engine(model: str, apply_fn: Callable, model_config, loss_fn: Callable,
         penalty = penalty_fn
         if penalty is None and (tc.l2 or tc.bias_l2):
             penalty = make_penalty(tc, module, model_config, aux)
-        return make_objective(apply, loss_fn, penalty)
+        return objective.build(apply, penalty)
 
     def init(params):
         if tc.optimizer == "adam":

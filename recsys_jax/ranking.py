@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -43,10 +41,9 @@ from jax import Array
 
 from recsys_jax import metrics
 from recsys_jax.data.ratings import Ratings
-from recsys_jax.models import get_model, make_apply, make_config
-from recsys_jax.optim import make_optimizer, make_schedule
-from recsys_jax.penalties import make_l2_penalty
-from recsys_jax.train import Batch, TrainConfig, TrainState, make_train_epoch, make_update, num_batches
+from recsys_jax.engine import RankingObjective
+from recsys_jax.models import get_model, make_apply, make_config, static_config
+from recsys_jax.train import Batch, Best, EpochData, TrainConfig, get_engine, num_batches, run_loop
 
 
 def implicit(ratings: Ratings, threshold: float = 4.0) -> Ratings:
@@ -200,53 +197,25 @@ def fit_ranking(
     loss_fn = get_ranking_loss(loss)
     model_config = model_config if model_config is not None else make_config(model)
     apply_fn = make_apply(model, model_config)
-    penalty_fn = make_l2_penalty(tc.l2, tc.bias_l2) if (tc.l2 or tc.bias_l2) else None
-    steps_per_epoch = num_batches(len(train_pos), tc.batch_size)
-    schedule = make_schedule(tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                             phases=tc.phases)
-    optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
-    objective = make_ranking_objective(apply_fn, loss_fn, train_pos.num_items, num_negatives, penalty_fn)
-    train_epoch = make_train_epoch(make_update(objective, optimizer), tc.batch_size)
+    objective = RankingObjective(loss_fn, train_pos.num_items, num_negatives)
+    engine = get_engine(model, apply_fn, static_config(model_config), objective, None, tc,
+                        num_batches(len(train_pos), tc.batch_size))
     score_fn = metrics.make_score_fn(model, model_config, train_pos.num_items)
 
     key, init_key = jax.random.split(key)
-    params = module.init(init_key, train_pos.num_users, train_pos.num_items, model_config)
-    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    users, items = jnp.asarray(train_pos.users), jnp.asarray(train_pos.items)
-    ones = jnp.ones(len(train_pos), jnp.float32)
+    state = engine.init(module.init(init_key, train_pos.num_users, train_pos.num_items, model_config))
+
+    def evaluate(params) -> tuple[dict, float | None]:
+        if val_pos is None or not len(val_pos):
+            return {"val_recall": None, "val_ndcg": None}, None
+        scores = metrics.ranking_metrics(score_fn, params, val_pos, k=k, exclude=train_pos)
+        return {"val_recall": scores["recall"], "val_ndcg": scores["ndcg"]}, -scores["recall"]  # higher is better
 
     history: dict[str, list] = {k_: [] for k_ in ("epoch", "train_loss", "val_recall", "val_ndcg", "seconds")}
-    best_score, best_params, best_epoch, stop_reason = -math.inf, state.params, 0, None
-    epochs = range(1, tc.epochs + 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = epochs = tqdm(epochs, desc=f"fit_ranking {model} {loss}", unit="epoch", leave=False)
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        new_state, losses = train_epoch(state, users, items, ones, jax.random.fold_in(key, epoch))
-        losses = np.asarray(losses)
-        if not np.all(np.isfinite(losses)):
-            stop_reason = (f"fit_ranking: non-finite loss in epoch {epoch}; training stopped with the state "
-                           "before it. Lower the learning rate or raise the regularisation.")
-            warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
-            break
-        state = new_state
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_recall": None, "val_ndcg": None}
-        if val_pos is not None and len(val_pos):
-            scores = metrics.ranking_metrics(score_fn, state.params, val_pos, k=k, exclude=train_pos)
-            record["val_recall"], record["val_ndcg"] = scores["recall"], scores["ndcg"]
-        record["seconds"] = time.perf_counter() - t0
-        for name, v in record.items():
-            history[name].append(v)
-        score = record["val_recall"] if record["val_recall"] is not None else epoch  # no val: last wins
-        if score > best_score:
-            best_score, best_params, best_epoch = score, state.params, epoch
-        if bar is not None:
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", recall=record["val_recall"])
-        if tc.patience is not None and epoch - best_epoch >= tc.patience:
-            break
-    if bar is not None:
-        bar.close()
+    data = EpochData(jnp.asarray(train_pos.users), jnp.asarray(train_pos.items), jnp.ones(len(train_pos), jnp.float32))
+    state, best, stop_reason, _ = run_loop(
+        engine, state, data, key, epochs=range(1, tc.epochs + 1), evaluate=evaluate, history=history,
+        best=Best(math.inf, state.params, 0), patience=tc.patience,
+        desc=f"fit_ranking {model} {loss}" if progress else None, caller="fit_ranking")
+    best_params, best_epoch = best.params, best.epoch
     return RankingResult(best_params, history, model, model_config, tc, best_epoch, k, state, stop_reason)

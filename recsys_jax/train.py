@@ -34,10 +34,10 @@ from jax import Array
 
 from recsys_jax import metrics, resume
 from recsys_jax.data.ratings import Ratings, days
+from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
 from recsys_jax.models import get_model, make_apply, make_config, static_config
-from recsys_jax.optim import make_optimizer, make_schedule
-from recsys_jax.penalties import make_l2_penalty, make_model_penalty, make_table_l2_penalty
+from recsys_jax.penalties import make_model_penalty, make_table_l2_penalty
 from recsys_jax.predict import predict_indices
 from recsys_jax.shuffle import permutation
 
@@ -302,7 +302,7 @@ def fit(
         tc = tc._replace(loss=param_loss_name(param_loss))  # record the loss actually trained
     # One engine per (model, settings, data size), cached: a second fit of the same shapes
     # compiles nothing. A custom penalty is part of the key; the named one is built inside.
-    engine = _get_engine(model, apply_fn, static_config(model_config), loss_fn, penalty_fn, tc,
+    engine = get_engine(model, apply_fn, static_config(model_config), RatingObjective(loss_fn), penalty_fn, tc,
                          num_batches(len(train), tc.batch_size), param_loss is not None)
 
     run_key = key
@@ -311,71 +311,37 @@ def fit(
     if param_loss is not None:
         params = JointParams(params, param_loss.init(train))
     state = engine.init(params)
-    users, items, ratings = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
+
+    def evaluate(params) -> tuple[dict, float | None]:
+        if val is None or not len(val):
+            return {"val_rmse": None, "val_mae": None}, None
+        model_params, link = params, {}
+        if param_loss is not None:
+            model_params, link = params.model, {"link": param_loss.predict, "link_params": params.loss}
+        pred = predict_indices(apply_fn, model_params, val.users, val.items, clip=train.rating_scale,
+                               aux=aux, times=val_times, **link)
+        rmse = metrics.rmse(pred, val.ratings)
+        return {"val_rmse": rmse, "val_mae": metrics.mae(pred, val.ratings)}, rmse
 
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
-    best_score, best_params, best_epoch, start = math.inf, state.params, 0, 1
-    fp = None
+    best, start, after_epoch = Best(math.inf, state.params, 0), 1, None
     if checkpoint_dir is not None:
         fp = resume.fingerprint(model, model_config, tc, train, run_key)
         saved = resume.load_progress(checkpoint_dir, state, state.params, fp)
         if saved is not None:
-            state, history = saved.state, saved.history
-            best_score, best_params, best_epoch, start = saved.best_score, saved.best_params, saved.best_epoch, saved.epoch + 1
-    stop_reason, compile_seconds = None, 0.0
-    epochs = range(start, tc.epochs + 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+            state, history, start = saved.state, saved.history, saved.epoch + 1
+            best = Best(saved.best_score, saved.best_params, saved.best_epoch)
 
-        bar = tqdm(epochs, desc=f"fit {model}", unit="epoch", leave=False)
-        epochs = bar
-    for epoch in epochs:
-        if tc.patience is not None and best_epoch and epoch - 1 - best_epoch >= tc.patience:
-            break  # a resumed run that had already stopped early
-        epoch_key = jax.random.fold_in(key, epoch)
-        compiled, seconds = engine.compile(state, users, items, ratings, epoch_key, times=times, aux=aux)
-        compile_seconds += seconds
-        t0 = time.perf_counter()
-        new_state, losses = compiled(state, users, items, ratings, epoch_key, times=times, aux=aux)
-        losses = np.asarray(losses)  # waits for the epoch to finish
-        if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
-            replay = functools.partial(engine.run, aux=aux)
-            state, stop_reason = _last_finite(replay, state, (users, items, ratings), epoch_key, losses,
-                                              epoch, times)
-            warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
-            if best_epoch == 0:
-                best_params = state.params
-            break
-        state = new_state
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_rmse": None, "val_mae": None}
-        if val is not None and len(val):
-            if param_loss is None:
-                model_params, link = state.params, {}
-            else:
-                model_params = state.params.model
-                link = {"link": param_loss.predict, "link_params": state.params.loss}
-            pred = predict_indices(apply_fn, model_params, val.users, val.items, clip=train.rating_scale,
-                                   aux=aux, times=val_times, **link)
-            record["val_rmse"] = metrics.rmse(pred, val.ratings)
-            record["val_mae"] = metrics.mae(pred, val.ratings)
-        record["seconds"] = time.perf_counter() - t0
-        for k, v in record.items():
-            history[k].append(v)
-        score = record["val_rmse"] if record["val_rmse"] is not None else -epoch  # no val: last wins
-        if score < best_score:
-            best_score, best_params, best_epoch = score, state.params, epoch
-        if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == tc.epochs):
-            resume.save_progress(checkpoint_dir, resume.Progress(state, epoch, history, best_score, best_params,
-                                                                 best_epoch), fp)
-        if bar is not None:
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_rmse=record["val_rmse"])
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-        if tc.patience is not None and epoch - best_epoch >= tc.patience:
-            break
-    if bar is not None:
-        bar.close()
+        def after_epoch(epoch, state, history, best):
+            if epoch % checkpoint_every == 0 or epoch == tc.epochs:
+                resume.save_progress(checkpoint_dir, resume.Progress(state, epoch, history, *best), fp)
+
+    data = EpochData(*(jnp.asarray(a) for a in (train.users, train.items, train.ratings)), times, aux)
+    state, best, stop_reason, compile_seconds = run_loop(
+        engine, state, data, key, epochs=range(start, tc.epochs + 1), evaluate=evaluate, history=history,
+        best=best, patience=tc.patience, on_epoch=on_epoch, after_epoch=after_epoch,
+        desc=f"fit {model}" if progress else None, caller="fit")
+    best_params, best_epoch = best.params, best.epoch
     seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
             "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
     seen["compile_seconds"] = compile_seconds
@@ -385,10 +351,88 @@ def fit(
                      best_params.loss, param_loss, **seen)
 
 
-def _get_engine(*key):
-    """`recsys_jax.engine.make_engine`, cached when the settings are hashable."""
-    from recsys_jax.engine import make_engine
+class Best(NamedTuple):
+    """The best epoch so far: its score (lower is better), parameters and number (0: none)."""
 
+    score: float
+    params: Any
+    epoch: int
+
+
+class EpochData(NamedTuple):
+    """What the compiled epoch reads besides the state and the key."""
+
+    users: Array  # int32[N]
+    items: Array  # int32[N]
+    ratings: Array  # float32[N] (ignored by ranking objectives)
+    times: Array | None = None  # float32[N] days, for time-aware models
+    aux: Any = None  # the model's constant data from its prepare(train)
+
+
+def run_loop(engine, state: TrainState, data: EpochData, key: Array, *, epochs: range, evaluate: Callable,
+             history: dict, best: Best, patience: int | None = None, on_epoch: Callable | None = None,
+             after_epoch: Callable | None = None, desc: str | None = None,
+             caller: str = "fit") -> tuple[TrainState, Best, str | None, float]:
+    """The epoch loop that every trainer shares (`fit`, `recsys_jax.ranking.fit_ranking`).
+
+    Each epoch: the engine's compiled epoch with key ``fold_in(key, epoch)``; on a
+    non-finite loss or parameter, the epoch is replayed up to its last finite step and the
+    loop stops (a warning names the step); otherwise ``evaluate(params) -> (metrics, score)``
+    (score None: the last epoch wins), a record ``{epoch, train_loss, **metrics, seconds}``
+    appended to ``history``, the best kept, ``after_epoch(epoch, state, history, best)``
+    (checkpointing) and ``on_epoch(epoch, record)`` called, and early stopping after
+    ``patience`` epochs without a better score. ``desc`` shows a tqdm bar.
+
+    Returns ``(state, best, stop_reason, compile_seconds)``; ``seconds`` in the history
+    excludes compilation.
+    """
+    stop_reason, compile_seconds = None, 0.0
+    bar = None
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        bar = epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
+    args = (data.users, data.items, data.ratings)
+    for epoch in epochs:
+        if patience is not None and best.epoch and epoch - 1 - best.epoch >= patience:
+            break  # a resumed run that had already stopped early
+        epoch_key = jax.random.fold_in(key, epoch)
+        compiled, seconds = engine.compile(state, *args, epoch_key, times=data.times, aux=data.aux)
+        compile_seconds += seconds
+        t0 = time.perf_counter()
+        new_state, losses = compiled(state, *args, epoch_key, times=data.times, aux=data.aux)
+        losses = np.asarray(losses)  # waits for the epoch to finish
+        if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
+            replay = functools.partial(engine.run, aux=data.aux)
+            state, stop_reason = _last_finite(replay, state, args, epoch_key, losses, epoch, data.times, caller)
+            warnings.warn(stop_reason, RuntimeWarning, stacklevel=3)
+            if best.epoch == 0:
+                best = best._replace(params=state.params)
+            break
+        state = new_state
+        scores, score = evaluate(state.params)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **scores,
+                  "seconds": time.perf_counter() - t0}
+        for k, v in record.items():
+            history[k].append(v)
+        score = -epoch if score is None else score
+        if score < best.score:
+            best = Best(score, state.params, epoch)
+        if after_epoch is not None:
+            after_epoch(epoch, state, history, best)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{k: v for k, v in scores.items() if v is not None})
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if patience is not None and epoch - best.epoch >= patience:
+            break
+    if bar is not None:
+        bar.close()
+    return state, best, stop_reason, compile_seconds
+
+
+def get_engine(*key):
+    """`recsys_jax.engine.make_engine`, cached when the settings are hashable."""
     try:
         hash(key)
     except TypeError:  # e.g. a custom loss object that defines __eq__ without __hash__
@@ -396,7 +440,8 @@ def _get_engine(*key):
     return make_engine(*key)
 
 
-def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None) -> tuple[TrainState, str]:
+def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None,
+                 caller: str = "fit") -> tuple[TrainState, str]:
     """Replays the epoch from ``state`` up to the last step whose result is finite."""
     bad = int(np.argmin(np.isfinite(losses))) if not np.all(np.isfinite(losses)) else len(losses)
     steps = bad
@@ -407,7 +452,7 @@ def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None)
             break
         steps -= 1
     what = f"loss {losses[bad]}" if bad < len(losses) else "parameters"
-    reason = (f"fit: non-finite {what} in epoch {epoch}, step {steps + 1} of {len(losses)} (global step "
+    reason = (f"{caller}: non-finite {what} in epoch {epoch}, step {steps + 1} of {len(losses)} (global step "
               f"{int(state.step) + 1}); training stopped with the last finite state. Lower the learning "
               "rate or raise the regularisation.")
     return state, reason

@@ -4,11 +4,14 @@
 carved from the training split of ml-latest-small (random 80/20, split seed 0); the test
 split of seed 0 was not looked at. The test rows of other split seeds overlap seed 0's
 training data, so for them these defaults are not strictly held out; the accuracy
-benchmark's ``tuned`` rows are (nested: each split tuned on its own training split). The later models start from the bias model's regimen (SVD++ with
-larger batches); ``python -m benchmarks.tune`` runs the documented grid for every model on
-a slice of the training split and the accuracy benchmark reports its choice as ``tuned``.
-Regularisation is L2 on the touched rows, per example (`recsys_jax.penalties`); the
-schedule is one-cycle.
+benchmark's ``tuned`` rows are (nested: each split tuned on its own training split). The
+later models start from the bias model's regimen; SVD++'s (10 epochs, ``l2=0.12``) was
+chosen on the same validation slice of split seed 0, with Koren's penalty on y_j for
+every j in N(u) and y starting at 0. ``python -m benchmarks.tune`` runs the
+documented grid for every model on a slice of the training split and the accuracy
+benchmark reports its choice as ``tuned``.
+Regularisation is the L2 term of each model's written objective, per example
+(`recsys_jax.penalties.make_model_penalty`); the schedule is one-cycle.
 
 ``notebook`` is the course notebook as `NOTEBOOK.md` states it, cell by cell: Adam
 (epsilon 1e-8), mean squared error, Keras' ``l2(1e-4)`` on the whole user and item factor
@@ -39,8 +42,9 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         "mlp": TrainConfig(epochs=8, batch_size=1024, lr=3e-3, schedule="one_cycle"),
         "gmf": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "neumf": TrainConfig(epochs=8, batch_size=1024, lr=3e-3, schedule="one_cycle", l2=0.01),
-        # SVD++ sums the implicit factors of every training pair once per step: big batches.
-        "svdpp": TrainConfig(epochs=10, batch_size=4096, lr=1e-2, schedule="one_cycle", l2=0.1),
+        # Chosen on the validation slice of seed 0's training split (benchmarks.tune's protocol):
+        # RMSE 0.8592 there (bias: 0.8613); at batch 4096 (cheaper steps) 0.8675 at best.
+        "svdpp": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.12),
         "timesvd": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "fm": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
     },

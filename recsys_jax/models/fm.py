@@ -26,6 +26,26 @@ symbol                  argument
 :math:`x_j`             ``aux.item_values[i]`` at ``aux.item_features[i]`` (padded with
                         feature 0, value 0), and the same for users
 ======================  ===============================================================
+
+Trained on each rating :math:`(u, i)` with the regularised objective (Rendle 2010: L2 on
+every parameter of the features active in the example, with a weight per parameter group
+as in Rendle 2012), :math:`F(u, i)` being the side features of i and of u with
+:math:`x_j \neq 0`:
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui})
+   + \lambda\Big(\lVert v_u\rVert^2 + \lVert v_i\rVert^2 + s\sum_{j\in F(u,i)} \lVert v_j\rVert^2\Big)
+   + \lambda_b\Big(w_u^2 + w_i^2 + s\sum_{j\in F(u,i)} w_j^2\Big),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``,
+:math:`\lambda_b` = ``TrainConfig.bias_l2``, :math:`s` = ``config.feature_l2_scale``;
+:math:`w_0` is not penalised. A side feature (a genre) is active in the ratings of many
+items, so per example it is penalised far more often than any one item's row: on a
+validation slice of ml-latest-small (split seed 0, ``l2=0.1``) :math:`s = 1` cost 0.009
+RMSE and :math:`s \le 0.1` nothing against :math:`s = 0`; the default is 0.1. `penalty` is the
+weighted sum of these terms over a batch, through per-feature weights :math:`d_j` (the
+batch weight of the examples in which j is active).
 """
 from __future__ import annotations
 
@@ -38,6 +58,7 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.penalties import row_weights, weighted_sq_norm
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -49,6 +70,7 @@ class Config(NamedTuple):
     y_range: tuple[float, float] | None = None
     num_features: int = 1  # side-feature vocabulary, set from the data by `configure`
     year_bucket: int = 5  # years per release-year feature
+    feature_l2_scale: float = 0.1  # the side features' L2 weight, as a multiple of l2 / bias_l2
 
 
 class Params(NamedTuple):
@@ -153,3 +175,25 @@ def predict_one(
 
 
 apply = batched(predict_one, uses_aux=True)
+
+
+def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
+            config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
+    """sum_b w_b [l2 (|v_u|^2 + |v_i|^2 + s sum_{j in F(u,i)} |v_j|^2) + bias_l2 (w_u^2 + w_i^2 + s sum_j w_j^2)]"""
+    if aux is None:
+        raise ValueError("fm: penalty needs aux = fm.prepare(train_ratings)")
+    num_users, num_items = params.user_factors.shape[0], params.item_factors.shape[0]
+    num_features = params.feature_factors.shape[0]
+    c_user, c_item = row_weights(users, weight, num_users), row_weights(items, weight, num_items)
+
+    def feature_weights(features, values, row_weight):  # sum over rows of row_weight[r] * [x_{r,m} != 0]
+        per_entry = row_weight[:, None] * (values != 0).astype(jnp.float32)
+        return jax.ops.segment_sum(per_entry.ravel(), features.ravel(), num_segments=num_features)
+
+    d_feature = config.feature_l2_scale * (feature_weights(aux.item_features, aux.item_values, c_item)
+                                           + feature_weights(aux.user_features, aux.user_values, c_user))
+    factors = (weighted_sq_norm(params.user_factors, c_user) + weighted_sq_norm(params.item_factors, c_item)
+               + weighted_sq_norm(params.feature_factors, d_feature))
+    biases = (weighted_sq_norm(params.user_bias, c_user) + weighted_sq_norm(params.item_bias, c_item)
+              + weighted_sq_norm(params.feature_bias, d_feature))
+    return l2 * factors + bias_l2 * biases

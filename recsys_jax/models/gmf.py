@@ -15,6 +15,16 @@ symbol             argument
 With :math:`h = \mathbf 1` and :math:`c = 0` this is the dot model: GMF only adds a
 weighting of the latent dimensions. The paper trains it on implicit feedback with a
 sigmoid and log loss; for explicit ratings the output is linear and the loss is MSE.
+
+Trained on each rating :math:`(u, i)` with the regularised objective
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui}) + \lambda\,(\lVert p_u\rVert^2 + \lVert q_i\rVert^2),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``;
+:math:`h` and :math:`c` are not penalised. The generic, name-based
+`recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
 """
 from __future__ import annotations
 

@@ -15,6 +15,17 @@ symbol                   argument
 :math:`w, c`             ``params.out_w`` (float32[K + H3]), ``params.out_b``
 =======================  ==============================================
 
+Trained on each rating :math:`(u, i)` with the regularised objective
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui}) + \lambda\,\big(\lVert p^G_u\rVert^2 + \lVert q^G_i\rVert^2
+   + \lVert p^M_u\rVert^2 + \lVert q^M_i\rVert^2\big),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``; the
+tower and the output layer are not in it (``TrainConfig.weight_decay`` decays the matrices).
+The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+
 The GMF and MLP paths have separate embeddings, as in the paper. Explicit ratings: a
 linear output with MSE, the output bias starting at the training mean. Rendle et al.
 (2020) showed that a tuned dot product beats this learned similarity; the accuracy

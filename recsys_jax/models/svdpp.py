@@ -13,12 +13,27 @@ symbol                 argument
 :math:`N(u)`           the items u rated in the *training split*: ``aux`` (from `prepare`)
 =====================  ==============================================================
 
+Trained on each rating :math:`(u, i)` with the regularised objective of Koren (2008)
+
+.. math::
+
+   \mathcal L(\hat r_{ui}, r_{ui})
+   + \lambda\Big(\lVert p_u\rVert^2 + \lVert q_i\rVert^2 + \sum_{j\in N(u)} \lVert y_j\rVert^2\Big)
+   + \lambda_b\,(b_u^2 + b_i^2),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``,
+:math:`\lambda_b` = ``TrainConfig.bias_l2``; :math:`\mu` is
+not penalised. `penalty` is the weighted sum of these terms over a batch.
+
 ``prepare(train, config)`` builds the implicit-feedback lists once from the training
 ratings. ``predict_one`` reads like the formula (a masked sum over the list, O(N) per
 pair: for tests and single predictions); ``apply`` is the batched form: it sums
 :math:`|N(u)|^{-1/2}\sum_j y_j` for every user once per batch with one
 `jax.ops.segment_sum` over the training pairs, then gathers the batch's users. Its cost
-per step is O(N_train K), so SVD++ wants large batches.
+per step is O(N_train K), so larger batches make an epoch cheaper. `penalty` never lists
+:math:`N(u)` per example either: with :math:`c_u = \sum_{b: u_b = u} w_b` the batch weight of
+user u, :math:`\sum_b w_b \sum_{j\in N(u_b)} \lVert y_j\rVert^2 = \sum_j d_j \lVert y_j\rVert^2`
+where :math:`d_j = \sum_{u:\, j\in N(u)} c_u` is one scalar segment sum over the training pairs.
 """
 from __future__ import annotations
 
@@ -30,6 +45,7 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.models._common import initial_offset
+from recsys_jax.penalties import row_weights, weighted_sq_norm
 
 
 class Config(NamedTuple):
@@ -64,8 +80,13 @@ def prepare(train, config: Config = Config()) -> Aux:
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
-    """Zero biases, factors and implicit factors from N(0, init_scale^2), mu at the mean."""
-    ukey, ikey, ykey = jax.random.split(key, 3)
+    """Zero biases, factors from N(0, init_scale^2), mu at the mean, and zero implicit factors.
+
+    With :math:`y = 0` an untrained SVD++ is the bias model's init, and :math:`y_j` grows
+    only as far as the data pull it against its penalty (random :math:`y` is noise that the
+    heavy penalty on :math:`y` must first remove: zero scored better on the validation slice).
+    """
+    ukey, ikey, _ = jax.random.split(key, 3)  # the third key drew y before; p and q keep theirs
     k, s = config.embedding_dim, config.init_scale
     return Params(
         global_bias=jnp.asarray(initial_offset(config), jnp.float32),
@@ -73,7 +94,7 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
         item_bias=jnp.zeros((num_items,), jnp.float32),
         user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
         item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
-        item_implicit=s * jax.random.normal(ykey, (num_items, k), jnp.float32),
+        item_implicit=jnp.zeros((num_items, k), jnp.float32),
     )
 
 
@@ -107,3 +128,18 @@ def apply(params: Params, users: Array, items: Array, key: Array | None = None, 
     z = params.user_factors[users] + implicit_user_vectors(params, aux)[users]
     return (params.global_bias + params.user_bias[users] + params.item_bias[items]
             + jnp.sum(params.item_factors[items] * z, axis=-1))
+
+
+def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
+            config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
+    """sum_b w_b [l2 (|p_u|^2 + |q_i|^2 + sum_{j in N(u)} |y_j|^2) + bias_l2 (b_u^2 + b_i^2)]"""
+    if aux is None:
+        raise ValueError("svdpp: penalty needs aux = svdpp.prepare(train_ratings)")
+    num_users, num_items = params.user_factors.shape[0], params.item_factors.shape[0]
+    c_user, c_item = row_weights(users, weight, num_users), row_weights(items, weight, num_items)
+    # d_j = sum of c_u over the users u with j in N(u): how often y_j is penalised in this batch.
+    d_implicit = jax.ops.segment_sum(c_user[aux.rated_users], aux.rated_items, num_segments=num_items)
+    factors = (weighted_sq_norm(params.user_factors, c_user) + weighted_sq_norm(params.item_factors, c_item)
+               + weighted_sq_norm(params.item_implicit, d_implicit))
+    biases = weighted_sq_norm(params.user_bias, c_user) + weighted_sq_norm(params.item_bias, c_item)
+    return l2 * factors + bias_l2 * biases

@@ -21,6 +21,20 @@ The training time range is cut into ``config.num_bins`` equal bins (``aux.first_
 ``aux.bin_days``); times outside it fall into the first or last bin. :math:`s` is the mean
 of :math:`|t - \bar t_u|^\beta` over the training ratings, so that :math:`\mathrm{dev}` is of
 order one and :math:`\alpha_u` trains at the same learning rate as the other biases.
+
+Trained on each rating :math:`(u, i, t)` with the regularised objective (Koren 2009, the
+time-aware baseline: every bias parameter the rating uses is penalised, :math:`\alpha_u`
+included, and of the item's time-bin biases only the one of :math:`t`'s bin)
+
+.. math::
+
+   \mathcal L(\hat r_{ui}(t), r_{ui})
+   + \lambda\,(\lVert p_u\rVert^2 + \lVert q_i\rVert^2)
+   + \lambda_b\,(b_u^2 + \alpha_u^2 + b_i^2 + b_{i,\mathrm{Bin}(t)}^2),
+
+:math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``,
+:math:`\lambda_b` = ``TrainConfig.bias_l2``; :math:`\mu` is
+not penalised. `penalty` is the weighted sum of these terms over a batch.
 """
 from __future__ import annotations
 
@@ -32,6 +46,7 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.penalties import row_weights, weighted_sq_norm
 
 # predict_one reads the time of each rating (float32 days since the epoch).
 USES_TIME = True
@@ -91,6 +106,12 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
     )
 
 
+def time_bin(time: Array, aux: Aux, config: Config = Config()) -> Array:
+    """Bin(t): the index of t's bin, clipped to the training range: int32 of ``time``'s shape."""
+    bin_ = jnp.floor((time - aux.first_day) / aux.bin_days)
+    return jnp.clip(bin_, 0, config.num_bins - 1).astype(jnp.int32)
+
+
 def predict_one(
     params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(),
     aux: Aux, time: Array,
@@ -98,7 +119,7 @@ def predict_one(
     """r_ui(t) = mu + b_u + alpha_u dev_u(t) + b_i + b_{i,Bin(t)} + p_u . q_i"""
     delta = time - aux.user_mean_day[user]
     dev = jnp.sign(delta) * jnp.abs(delta) ** config.beta / aux.dev_scale
-    bin_ = jnp.clip(jnp.floor((time - aux.first_day) / aux.bin_days), 0, config.num_bins - 1).astype(jnp.int32)
+    bin_ = time_bin(time, aux, config)
     return (
         params.global_bias
         + params.user_bias[user]
@@ -110,3 +131,17 @@ def predict_one(
 
 
 apply = batched(predict_one, uses_aux=True, uses_time=True)
+
+
+def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
+            config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
+    """sum_b w_b [l2 (|p_u|^2 + |q_i|^2) + bias_l2 (b_u^2 + alpha_u^2 + b_i^2 + b_{i,Bin(t)}^2)]"""
+    if aux is None or times is None:
+        raise ValueError("timesvd: penalty needs aux (timesvd.prepare) and times (days since the epoch)")
+    num_users, num_items = params.user_factors.shape[0], params.item_factors.shape[0]
+    c_user, c_item = row_weights(users, weight, num_users), row_weights(items, weight, num_items)
+    c_item_bin = jnp.zeros(params.item_bin_bias.shape, jnp.float32).at[items, time_bin(times, aux, config)].add(weight)
+    factors = weighted_sq_norm(params.user_factors, c_user) + weighted_sq_norm(params.item_factors, c_item)
+    biases = (weighted_sq_norm(params.user_bias, c_user) + weighted_sq_norm(params.user_drift_bias, c_user)
+              + weighted_sq_norm(params.item_bias, c_item) + jnp.sum(c_item_bin * jnp.square(params.item_bin_bias)))
+    return l2 * factors + bias_l2 * biases

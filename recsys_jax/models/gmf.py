@@ -70,4 +70,7 @@ def predict_one(
     return params.out_b + params.out_w @ (params.user_factors[user] * params.item_factors[item])
 
 
+# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
+# optimizers (recsys_jax.sparse) can train it.
+ROW_LOCAL = True
 apply = batched(predict_one)

@@ -100,4 +100,7 @@ def predict_one(
     return params.out_w @ jnp.concatenate([g, m]) + params.out_b
 
 
+# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
+# optimizers (recsys_jax.sparse) can train it.
+ROW_LOCAL = True
 apply = batched(predict_one)

@@ -7,8 +7,8 @@ For each split seed of ml-latest-small (random 80/20) the training split is carv
 every run (`recsys_jax.experiment`: 10% validation slice, seed-derived), then
 
 - ``sequential``: K calls of `fit` with seeds 0..K-1 (``--preset``: default, or tuned, the
-  nested choice made on that split's own training split), one after
-  another, each compiling its own program as a user's loop would;
+  nested choice made on that split's own training split), one after another, sharing one
+  compiled epoch (`recsys_jax.engine` caches it: only the first fit compiles);
 - ``fit_many``: the same K members in one `recsys_jax.many.fit_many` call;
 
 both timed wall-clock end to end (compilation included), and the largest parameter

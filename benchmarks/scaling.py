@@ -6,9 +6,13 @@
 Synthetic ratings (`recsys_jax.data.make_synthetic`) from 100k up to the ML-25M shape
 (25,000,095 ratings, 162,541 users, 62,423 items); smaller sizes scale users and items
 by the square root of the size ratio, keeping ML-25M's ratio of users to items (so
-ratings per user grow with size, from about 10 at 100k to 154 at 25M). Each size runs in a fresh subprocess, so its peak RSS is its
-own. The model is ``bias`` (50 factors, Adam, L2 on touched rows) at one batch size; the
-first epoch (compile) is excluded and the median of the following epochs is reported.
+ratings per user grow with size, from about 10 at 100k to 154 at 25M). Each (size,
+optimizer) runs in a fresh subprocess, so its peak RSS is its own. The model is ``bias``
+(50 factors, L2 on touched rows) at one batch size, trained by the library's engine with
+each of ``--optimizers`` (dense Adam and the row-sparse ones, `recsys_jax.sparse`);
+compilation is timed apart and the median epoch is reported. A slice of the planted
+ratings is held out and scored after the last epoch, so optimizers are compared at equal
+epochs. At ``--libmf-sizes`` LIBMF (C++ SGD, the ``peers`` extra) runs on the same data.
 Writes JSON, Markdown and a log-log PNG plot (matplotlib, the ``plot`` extra):
 ``scaling-<device>.*`` in benchmarks/results/ for a full run from a clean commit, else
 runs/benchmarks/ (the rule in `benchmarks.common`).
@@ -38,8 +42,13 @@ def shape_for(num_ratings: int) -> tuple[int, int]:
     return max(int(ML25M[0] * f), 100), max(int(ML25M[1] * f), 100)
 
 
-def one_size(num_ratings: int, batch_size: int, epochs: int, model: str) -> dict:
-    """Runs in a child process: generate, train ``epochs`` epochs, report."""
+def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimizer: str,
+             val_frac: float = 0.0, lr: float = 1e-2) -> dict:
+    """Runs in a child process: generate, train ``epochs`` epochs with ``optimizer``, report.
+
+    With ``val_frac`` a slice of the planted data is held out and scored after the last
+    epoch (RMSE), so optimizers can be compared at the same number of epochs.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -48,23 +57,51 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str) -> dict
 
     num_users, num_items = shape_for(num_ratings)
     t0 = time.perf_counter()
+    from recsys_jax import metrics
     from recsys_jax.data import make_synthetic
+    from recsys_jax.experiment import carve_validation
+    from recsys_jax.predict import predict_indices
 
     ratings, _ = make_synthetic(jax.random.key(0), num_users, num_items, num_ratings)
     gen_s = time.perf_counter() - t0
-    _, epoch, state, _, extra = build(model, ratings, batch_size)
-    users, items, vals = (jnp.asarray(a) for a in (ratings.users, ratings.items, ratings.ratings))
+    train, val = carve_validation(ratings, 0, val_frac) if val_frac else (ratings, None)
+    engine, state, apply_fn, extra = build(model, train, batch_size, lr=lr, optimizer=optimizer)
+    users, items, vals = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
+    compiled, compile_s = engine.compile(state, users, items, vals, jax.random.key(0), **extra)
     times = []
-    for e in range(epochs + 1):  # epoch 0 compiles
+    for e in range(epochs):
         t0 = time.perf_counter()
-        state, losses = epoch(state, users, items, vals, jax.random.key(e), times=extra["times"])
+        state, losses = compiled(state, users, items, vals, jax.random.key(e), **extra)
         jax.block_until_ready(losses)
         times.append(time.perf_counter() - t0)
-    secs = float(np.median(times[1:]))
-    return {"bench": "scaling", "model": model, "dataset": f"synthetic-{num_ratings}", "num_ratings": num_ratings,
-            "num_users": num_users, "num_items": num_items, "batch_size": batch_size,
-            "seconds_per_epoch": secs, "ratings_per_s": num_ratings / secs, "first_epoch_s": times[0],
-            "generate_s": gen_s, "peak_rss_mb": peak_rss_mb()}
+    secs = float(np.median(times))
+    val_rmse = None
+    if val is not None:
+        pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=ratings.rating_scale, **extra)
+        val_rmse = metrics.rmse(pred, val.ratings)
+    return {"bench": "scaling", "model": model, "optimizer": optimizer, "dataset": f"synthetic-{num_ratings}",
+            "num_ratings": num_ratings, "num_train": len(train), "num_users": num_users, "num_items": num_items,
+            "batch_size": batch_size, "lr": lr, "epochs": epochs, "seconds_per_epoch": secs,
+            "ratings_per_s": len(train) / secs, "compile_s": compile_s, "epoch_seconds": times,
+            "val_rmse": val_rmse, "generate_s": gen_s, "peak_rss_mb": peak_rss_mb()}
+
+
+def libmf_size(num_ratings: int, k: int, epochs: int) -> dict:
+    """Runs in a child process: LIBMF (`benchmarks.peers.libmf_throughput`, 2 threads) on the
+    same synthetic ratings."""
+    import jax
+
+    from benchmarks.peers import libmf_throughput
+    from recsys_jax.data import make_synthetic
+
+    num_users, num_items = shape_for(num_ratings)
+    ratings, _ = make_synthetic(jax.random.key(0), num_users, num_items, num_ratings)
+    out = libmf_throughput(ratings, k=k, threads=2, epochs=epochs)
+    return {"bench": "scaling", "model": "LIBMF", "optimizer": f"SGD (k={k}, 2 threads)",
+            "dataset": f"synthetic-{num_ratings}", "num_ratings": num_ratings, "num_train": num_ratings,
+            "num_users": num_users, "num_items": num_items, "batch_size": None, "epochs": epochs,
+            "seconds_per_epoch": out["seconds"] / epochs, "ratings_per_s": out["ratings_per_second"],
+            "compile_s": None, "val_rmse": None, "peak_rss_mb": peak_rss_mb(), "libmf": out}
 
 
 def plot(records: list[dict], path: Path) -> bool:
@@ -76,18 +113,20 @@ def plot(records: list[dict], path: Path) -> bool:
     except ImportError:
         print("[scaling] matplotlib not installed (pip install -e '.[plot]'): no plot", file=sys.stderr)
         return False
-    n = [r["num_ratings"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, label in zip(axes, ["seconds_per_epoch", "ratings_per_s", "peak_rss_mb"],
-                              ["seconds per epoch", "ratings / s", "peak RSS (MiB)"]):
-        ax.loglog(n, [r[key] for r in records], "o-")
+    groups = {}
+    for r in records:
+        groups.setdefault(f"{r['model']} {r['optimizer']}", []).append(r)
+    for label, rs in groups.items():
+        n = [r["num_ratings"] for r in rs]
+        for ax, key in zip(axes, ["seconds_per_epoch", "ratings_per_s", "peak_rss_mb"]):
+            ax.loglog(n, [r[key] for r in rs], "o-", label=label)
+    for ax, ylabel in zip(axes, ["seconds per epoch", "ratings / s", "peak RSS (MiB)"]):
         ax.set_xlabel("ratings")
-        ax.set_ylabel(label)
+        ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    if len(n) > 1:  # a linear-cost guide through the first point
-        axes[0].loglog(n, [records[0]["seconds_per_epoch"] * x / n[0] for x in n], "--", color="gray", label="linear")
-        axes[0].legend()
-    fig.suptitle(f"bias model, batch {records[0]['batch_size']}, {records[0]['device']}")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"synthetic ratings, batch {records[0]['batch_size']}, {records[0]['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -100,37 +139,60 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--model", default="bias")
+    p.add_argument("--optimizers", nargs="+", default=["adam", "lazy_adam", "adagrad"],
+                   help="recsys_jax.engine optimizers, each size with each (default: %(default)s)")
+    p.add_argument("--val-frac", type=float, default=0.02,
+                   help="planted ratings held out and scored after the last epoch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-2, help="constant learning rate (default: %(default)s)")
+    p.add_argument("--libmf-sizes", nargs="*", type=int, default=[5_000_000],
+                   help="sizes at which LIBMF (the peers extra) runs too, k=64, 2 threads (default: 5M)")
     add_output_args(p, png=True)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child-optimizer", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(one_size(args.child, args.batch_size, args.epochs, args.model)))
+        if args.child_optimizer == "libmf":
+            print(json.dumps(libmf_size(args.child, 64, args.epochs)))
+        else:
+            print(json.dumps(one_size(args.child, args.batch_size, args.epochs, args.model, args.child_optimizer,
+                                      args.val_frac, args.lr)))
         return 0
     if args.quick:
-        args.sizes, args.epochs = [100_000, 1_000_000], 2
+        args.sizes, args.epochs, args.libmf_sizes = [100_000, 1_000_000], 2, []
     env = environment()
     tag = env["device"].split(":")[0]
     files = resolve_outputs("scaling", f"scaling-{tag}", args)
     records = []
-    for n in args.sizes:
-        cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", str(n), "--batch-size", str(args.batch_size),
-               "--epochs", str(args.epochs), "--model", args.model]
+    runs = [(n, opt) for n in args.sizes for opt in args.optimizers]
+    runs += [(n, "libmf") for n in args.libmf_sizes if n in args.sizes]
+    for n, opt in runs:
+        cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", str(n), "--child-optimizer", opt,
+               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--model", args.model,
+               "--val-frac", str(args.val_frac), "--lr", str(args.lr)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if out.returncode != 0:
-            print(f"[scaling] {n} ratings failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-            break
+            print(f"[scaling] {n} ratings, {opt} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
         rec = json.loads(out.stdout.strip().splitlines()[-1])
         rec.update(env)
         records.append(rec)
-        print(f"[scaling] {n:>11,d} ratings: {rec['seconds_per_epoch']:8.3f} s/epoch, "
-              f"{rec['ratings_per_s']:12,.0f} ratings/s, peak RSS {rec['peak_rss_mb']:7.0f} MiB", flush=True)
+        print(f"[scaling] {n:>11,d} ratings, {opt:9s}: {rec['seconds_per_epoch']:8.3f} s/epoch, "
+              f"{rec['ratings_per_s']:12,.0f} ratings/s, peak RSS {rec['peak_rss_mb']:7.0f} MiB"
+              + (f", val RMSE {rec['val_rmse']:.4f}" if rec.get("val_rmse") is not None else ""), flush=True)
     written = [write_json(files.json, records)]
     md = ("### Scaling (synthetic, ML-25M shape at the top)\n\n" + markdown_table(
-        ["ratings", "users", "items", "s/epoch", "ratings/s", "peak RSS MiB"],
-        [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", f"{r['seconds_per_epoch']:.3f}",
-          f"{r['ratings_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}"] for r in records])
-        + f"\n\nModel {args.model}, batch {args.batch_size}, median of {args.epochs} epochs after the compile epoch. "
-        f"Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}; "
+        ["ratings", "users", "items", "model", "optimizer", "s/epoch", "ratings/s", "compile s",
+         f"val RMSE after {args.epochs} epochs", "peak RSS MiB"],
+        [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", r["model"], r["optimizer"],
+          f"{r['seconds_per_epoch']:.3f}", f"{r['ratings_per_s']:,.0f}",
+          "" if r.get("compile_s") is None else f"{r['compile_s']:.2f}",
+          "" if r.get("val_rmse") is None else f"{r['val_rmse']:.4f}", f"{r['peak_rss_mb']:.0f}"] for r in records])
+        + f"\n\n{args.model}: batch {args.batch_size}, learning rate {args.lr:g} (constant), L2 1e-4 on the touched rows; "
+        f"{args.epochs} epochs after compiling (compile s, apart), median s/epoch; ratings/s counts the training "
+        f"part ({1 - args.val_frac:.0%}); {args.val_frac:.0%} of the planted ratings held out and scored after the "
+        "last epoch. LIBMF: the PyPI binding's C++ SGD, k=64, 2 threads, all ratings, its own timer around "
+        "training. Device: "
+        f"{env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}; "
         f"commit {env['git_commit']}; `{env['command']}`.\n")
     written.append(write_text(files.md, md))
     files.png.parent.mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,12 @@
 For each model in MODELS, on the genuine ml-latest-small ratings (or synthetic data of the
 same shape when it is absent):
 
-- training: one epoch (shuffle + `lax.scan` over jitted Adam steps) at batch sizes 64,
-  1024, 8192, 65536; compile time is measured separately (``jit(...).lower().compile()``)
-  and excluded; each timed epoch ends with ``block_until_ready``; the median of several
-  epochs is reported as ratings/s;
-- the same epoch as a Python loop over the jitted step (data already on the device), so
-  the gain of the scan is visible;
+- training: one epoch of the library's engine (`recsys_jax.engine`: shuffle + `lax.scan`
+  over the steps, as `fit` runs it) at batch sizes 64, 1024, 8192, 65536, with dense Adam
+  for every model and, for the row-local ones in ``--sparse-models`` (bias by default),
+  the row-sparse optimizers too (``lazy_adam``, ``adagrad``, ``sgd``); compile time is
+  measured separately (`Engine.compile`) and excluded; each timed epoch ends with
+  ``block_until_ready``; the median of several epochs is reported as ratings/s;
 - prediction: `recsys_jax.predict.predict_indices` (validation, fixed-size chunks, blocks
   inside one compiled program) on 1k to 1M random pairs, median of several calls;
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
@@ -37,11 +37,10 @@ from benchmarks.common import (add_output_args, environment, markdown_table, med
                                print_written, resolve_outputs, write_json, write_text)
 from recsys_jax.data import DataError, load_movielens, make_synthetic
 from recsys_jax.losses import mse
-from recsys_jax.models import MODELS
-from recsys_jax.optim import make_optimizer
-from recsys_jax.penalties import make_l2_penalty
+from recsys_jax.engine import RatingObjective, make_engine
+from recsys_jax.models import MODELS, static_config
 from recsys_jax.predict import predict_indices
-from recsys_jax.train import Batch, TrainState, make_train_epoch, make_train_step, num_batches, prepare_model
+from recsys_jax.train import TrainConfig, num_batches, prepare_model
 
 
 def load_data(seed: int = 0):
@@ -59,61 +58,41 @@ def device_peak_mb() -> float | None:
     return None
 
 
-def build(model: str, ratings, batch_size: int, lr: float = 1e-3):
-    """The pieces `fit` builds: (train_step, train_epoch, state, apply_fn, extra) where
-    ``extra`` holds the model's aux and times (for `predict_indices` / the epoch)."""
-    module, config, aux, apply_fn, train_apply, times = prepare_model(model, ratings)
-    optimizer = make_optimizer(lr)
-    step = make_train_step(train_apply, mse, optimizer, make_l2_penalty(1e-4))
-    params = module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config)
-    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    return step, make_train_epoch(step, batch_size), state, apply_fn, {"aux": aux, "times": times}
+def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str = "adam"):
+    """What `fit` builds, through the same engine (`recsys_jax.engine.make_engine`):
+    ``(engine, state, apply_fn, extra)`` with ``extra`` the model's aux and times. The
+    objective is MSE with L2 1e-4 on the touched rows, at a constant learning rate."""
+    module, config, aux, apply_fn, _, times = prepare_model(model, ratings)
+    tc = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, schedule="constant", l2=1e-4, optimizer=optimizer)
+    engine = make_engine(model, apply_fn, static_config(config), RatingObjective(mse), None, tc,
+                         num_batches(len(ratings), batch_size))
+    state = engine.init(module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config))
+    return engine, state, apply_fn, {"aux": aux, "times": times}
 
 
-def bench_train(model: str, ratings, batch_size: int, repeats: int, loop: bool) -> list[dict]:
-    step, epoch, state, _, extra = build(model, ratings, batch_size)
+def bench_train(model: str, ratings, batch_size: int, repeats: int, optimizer: str = "adam") -> list[dict]:
+    engine, state, _, extra = build(model, ratings, batch_size, optimizer=optimizer)
     users, items, vals = (jnp.asarray(a) for a in (ratings.users, ratings.items, ratings.ratings))
-    times = extra["times"]
+    kw = {"times": extra["times"], "aux": extra["aux"]}
     n = len(ratings)
     key = jax.random.key(1)
-    t0 = time.perf_counter()
-    compiled = epoch.lower(state, users, items, vals, key, times=times).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = engine.compile(state, users, items, vals, key, **kw)  # measured apart
     box = [state]
 
     def run_scan():
-        box[0], losses = compiled(box[0], users, items, vals, key, times=times)
+        box[0], losses = compiled(box[0], users, items, vals, key, **kw)
         jax.block_until_ready(losses)
 
     secs = median_time(run_scan, repeats=repeats)
-    out = [{"bench": "train_throughput", "model": model, "path": "scan", "batch_size": batch_size,
-            "num_ratings": n, "seconds_per_epoch": secs, "ratings_per_s": n / secs, "compile_s": compile_s}]
-    if loop:
-        nb = num_batches(n, batch_size)
-        order = jnp.concatenate([jax.random.permutation(key, n), jnp.zeros(nb * batch_size - n, jnp.int32)])
-        order = order.reshape(nb, batch_size)
-        mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
-        keys = jax.random.split(key, nb)
-        batches = [Batch(users[order[b]], items[order[b]], vals[order[b]], mask[b],
-                         None if times is None else times[order[b]]) for b in range(nb)]
-
-        def run_loop():
-            s = box[0]
-            for b in range(nb):
-                s, loss = step(s, batches[b], keys[b])
-            jax.block_until_ready(loss)
-            box[0] = s
-
-        secs_loop = median_time(run_loop, repeats=max(2, repeats // 2))
-        out.append({"bench": "train_throughput", "model": model, "path": "python loop", "batch_size": batch_size,
-                    "num_ratings": n, "seconds_per_epoch": secs_loop, "ratings_per_s": n / secs_loop})
-    return out
+    return [{"bench": "train_throughput", "model": model, "optimizer": optimizer, "path": "scan",
+             "batch_size": batch_size, "num_ratings": n, "seconds_per_epoch": secs, "ratings_per_s": n / secs,
+             "compile_s": compile_s}]
 
 
 def bench_predict(model: str, ratings, sizes: list[int], repeats: int) -> list[dict]:
     """`recsys_jax.predict.predict_indices` (the library's path: validation, chunks of
     up to 2^20 pairs, blocks of 8,192 inside the compiled program) on random index pairs."""
-    _, _, state, apply_fn, extra = build(model, ratings, 1024)
+    _, state, apply_fn, extra = build(model, ratings, 1024)
     rng = np.random.default_rng(0)
     out = []
     for size in sizes:
@@ -137,8 +116,8 @@ def markdown(records: list[dict], env: dict) -> str:
     train = [r for r in records if r["bench"] == "train_throughput"]
     pred = [r for r in records if r["bench"] == "predict_throughput"]
     parts = ["### Training throughput (ratings/s, one epoch, compile excluded, median)\n",
-             markdown_table(["model", "path", "batch", "ratings/s", "s/epoch", "compile s"],
-                            [[r["model"], r["path"], r["batch_size"], f"{r['ratings_per_s']:,.0f}",
+             markdown_table(["model", "optimizer", "batch", "ratings/s", "s/epoch", "compile s"],
+                            [[r["model"], r.get("optimizer", "adam"), r["batch_size"], f"{r['ratings_per_s']:,.0f}",
                               f"{r['seconds_per_epoch']:.4f}", f"{r['compile_s']:.2f}" if "compile_s" in r else ""]
                              for r in train]),
              "\n### Prediction throughput (pairs/s, `predict_indices`, median)\n",
@@ -156,6 +135,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--sparse-models", nargs="*", default=["bias"],
+                   help="also time the row-sparse optimizers for these models (default: bias)")
+    p.add_argument("--optimizers", nargs="+", default=["lazy_adam", "adagrad", "sgd"],
+                   help="the row-sparse optimizers timed for --sparse-models")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1024, 8192, 65536])
     p.add_argument("--predict-sizes", nargs="+", type=int, default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--repeats", type=int, default=7)
@@ -170,10 +153,12 @@ def main(argv=None) -> int:
     records = []
     for model in args.models:
         for bs in args.batch_sizes:
-            for r in bench_train(model, ratings, bs, args.repeats, loop=bs in (1024, 8192)):
-                records.append(r)
-                print(f"[throughput] {model:5s} train {r['path']:11s} batch {bs:6d}: {r['ratings_per_s']:12,.0f} ratings/s",
-                      flush=True)
+            optimizers = ["adam"] + (args.optimizers if model in args.sparse_models else [])
+            for opt in optimizers:
+                for r in bench_train(model, ratings, bs, args.repeats, opt):
+                    records.append(r)
+                    print(f"[throughput] {model:5s} train {opt:9s} batch {bs:6d}: {r['ratings_per_s']:12,.0f} "
+                          f"ratings/s (compile {r['compile_s']:.2f} s)", flush=True)
         for r in bench_predict(model, ratings, args.predict_sizes, args.repeats):
             records.append(r)
             print(f"[throughput] {model:5s} predict batch {r['batch_size']:8d}: {r['pairs_per_s']:14,.0f} pairs/s", flush=True)

@@ -75,7 +75,9 @@ def _repo_state() -> tuple[str | None, tuple[str, ...]]:
 
 def _git_commit() -> str | None:
     commit, dirty = _repo_state()
-    return None if commit is None else commit + ("+dirty" if dirty else "")
+    if commit is None:  # a copy without .git (e.g. sent to a GPU machine): the sender names it
+        return os.environ.get("RECSYS_JAX_BENCH_COMMIT")
+    return commit + ("+dirty" if dirty else "")
 
 
 def command_line() -> str:

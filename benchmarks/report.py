@@ -56,6 +56,8 @@ def section(results: Path = RESULTS, readme: Path = README) -> str:
                 text = "### Presets on 5 seeds (see the caveat above)\n\n" + text.replace("### ", "Protocol: ", 1)
             if name == "losses.md":
                 text = "### Losses compared (the bias model, default preset)\n\n" + text.replace("### ", "Protocol: ", 1)
+            if name.endswith("-gpu.md"):  # the same tables as the CPU's: say whose they are
+                text = re.sub(r"^### ", "### GPU: ", text, flags=re.M)
             parts.append(re.sub(r"^### ", "#### ", text, flags=re.M))
             png = path.with_suffix(".png")
             if png.is_file():

@@ -18,6 +18,8 @@ both unknown           :math:`\\mu`        (the training mean)
 =====================  ===========================================================
 
 (passed through the y-range squash when the model has one), then clipped to the scale.
+A bias model without :math:`\\mu` (``global_mean=False``, the notebook's) falls back on
+the training mean, as models without biases do.
 `Recommender.fallbacks` says, pair by pair, which of these a prediction is (``"mu+b_i"``,
 ``"mu+b_u"``, ``"mu"``) or None where the model itself predicts.
 
@@ -92,7 +94,7 @@ class Recommender(NamedTuple):
         user), ``"mu+b_u"`` (unknown item), ``"mu"`` (both unknown, or a model without
         biases), or None where both ids are known and the model predicts."""
         raw_users, raw_items, _, user_found, _, item_found = self._lookup(raw_users, raw_items)
-        has_biases = all(hasattr(self.params, f) for f in ("global_bias", "user_bias", "item_bias"))
+        has_biases = self._has_bias_fallback()
         kinds: list[str | None] = []
         for u, i in zip(user_found.tolist(), item_found.tolist()):
             if u and i:
@@ -148,9 +150,16 @@ class Recommender(NamedTuple):
             out[~known] = self._fallback(users[~known], user_found[~known], items[~known], item_found[~known], link)
         return out
 
+    def _has_bias_fallback(self) -> bool:
+        """Whether the model has mu, b_u and b_i to fall back on. The notebook's bias model
+        (``global_mean=False``) has no mu: its b_u + b_i carry the mean between them, so
+        either alone is no prediction; it falls back on the training mean."""
+        return (all(hasattr(self.params, f) for f in ("global_bias", "user_bias", "item_bias"))
+                and getattr(self.config, "global_mean", True))
+
     def _fallback(self, users, user_found, items, item_found, link=None) -> np.ndarray:
         p = self.params
-        if not all(hasattr(p, f) for f in ("global_bias", "user_bias", "item_bias")):
+        if not self._has_bias_fallback():
             return np.full(users.shape[0], self.config.mean_rating, np.float32)  # a rating already
         x = float(p.global_bias) + np.where(user_found, np.asarray(p.user_bias)[users], 0.0)
         x = x + np.where(item_found, np.asarray(p.item_bias)[items], 0.0)

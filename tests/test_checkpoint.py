@@ -450,3 +450,12 @@ def test_ids_without_training_ratings_are_unknown(tmp_path):
     np.testing.assert_array_equal(loaded.trained_items, rec.trained_items)
     with pytest.raises(UnknownIdError):
         loaded.predict([1], [30])
+
+
+def test_notebook_bias_model_falls_back_on_the_training_mean(known):
+    """The notebook's bias model has no mu (global_mean=False): b_i alone is no rating, so an
+    unknown user or item gets the training mean, as for models without biases."""
+    rec = known._replace(config=KNOWN_CONFIG._replace(global_mean=False, mean_rating=3.6))
+    pred = rec.predict([77, 10, 77], [100, 999, 999], unknown="fallback")
+    np.testing.assert_array_equal(pred, np.full(3, 3.6, np.float32))
+    assert rec.fallbacks([77, 10, 77, 10], [100, 999, 999, 100]) == ["mu", "mu", "mu", None]

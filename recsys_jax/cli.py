@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models trained with --loss ordinal: the probability of each star level")
     p.add_argument("--json", action="store_true", help="end with one line of JSON, a list with one object per movie")
 
+    m = sub.add_parser("similar", help="the movies most similar to a movie (cosine of the learned item vectors)")
+    m.add_argument("--checkpoint", required=True, metavar="DIR", help="a folder written by train")
+    m.add_argument("--movie", type=int, required=True, help="raw movie id")
+    m.add_argument("-n", type=int, default=10, help="how many (default: %(default)s)")
+    m.add_argument("--json", action="store_true",
+                   help="end with one line of JSON: a list of objects with movieId, title and score")
+
     b = sub.add_parser("bench", help="run the quick benchmark suite (from a source checkout)")
     b.add_argument("--out", default="runs/bench-quick", metavar="DIR", help="where the results go (default: %(default)s)")
 
@@ -238,6 +245,20 @@ def cmd_train(args) -> dict:
 FALLBACK_WHY = {"mu+b_i": "unknown user", "mu+b_u": "unknown movie", "mu": "the training mean"}
 
 
+def cmd_similar(args) -> None:
+    from recsys_jax import checkpoint
+
+    rec = checkpoint.load(args.checkpoint)
+    table = rec.similar_items(args.movie, args.n)
+    title = rec.title(args.movie)
+    print(f"movies most similar to {args.movie}" + (f" ({title})" if title else "") + ":")
+    for row in table.itertuples(index=False):
+        print(f"  {row.score:+.3f}  {row.movieId}" + (f"  {row.title}" if row.title else ""))
+    if args.json:
+        print(json.dumps([{"movieId": int(r.movieId), "title": r.title, "score": float(r.score)}
+                          for r in table.itertuples(index=False)]))
+
+
 def cmd_predict(args) -> None:
     from recsys_jax import checkpoint
 
@@ -301,7 +322,8 @@ def main(argv=None) -> int:
     from recsys_jax.data import DataError, UnknownIdError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench, "download": cmd_download}
+    handlers = {"train": cmd_train, "predict": cmd_predict, "similar": cmd_similar, "bench": cmd_bench,
+                "download": cmd_download}
     try:
         out = handlers[args.command](args)
         if isinstance(out, dict) and out.get("stop_reason"):

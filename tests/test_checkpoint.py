@@ -459,3 +459,50 @@ def test_notebook_bias_model_falls_back_on_the_training_mean(known):
     pred = rec.predict([77, 10, 77], [100, 999, 999], unknown="fallback")
     np.testing.assert_array_equal(pred, np.full(3, 3.6, np.float32))
     assert rec.fallbacks([77, 10, 77, 10], [100, 999, 999, 100]) == ["mu", "mu", "mu", None]
+
+
+def _similar_rec():
+    """Five items with hand-made 2-d factors; item 400 has no training ratings."""
+    ids = np.array([100, 200, 300, 400, 500], np.int64)
+    q = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0], [1.0, 0.0], [2.0, 0.1]], np.float32)
+    cfg = make_config("dot", embedding_dim=2)
+    params = dot.Params(user_factors=jnp.zeros((len(USER_IDS), 2)), item_factors=jnp.asarray(q))
+    titles = {100: "A", 200: "B", 300: "C", 400: "D", 500: "E"}
+    return Recommender("dot", cfg, params, USER_IDS, ids, SCALE, titles,
+                       trained_items=np.array([True, True, True, False, True]))
+
+
+def test_similar_items_by_cosine():
+    rec = _similar_rec()
+    top = rec.similar_items(100, 2)
+    # cos(100, 500) = 2 / sqrt(4.01); cos(100, 200) = 0.9 / sqrt(0.82); 400 (identical, but
+    # untrained) and 100 itself are not candidates
+    assert top["movieId"].tolist() == [500, 200] and top["title"].tolist() == ["E", "B"]
+    np.testing.assert_allclose(top["score"], [2 / np.sqrt(4.01), 0.9 / np.sqrt(0.82)], rtol=1e-6)
+    everything = rec.similar_items(100, 10)  # more than there are: every candidate, best first
+    assert everything["movieId"].tolist() == [500, 200, 300]
+    assert everything["score"].iloc[-1] == pytest.approx(-1.0)
+
+
+def test_similar_items_errors():
+    rec = _similar_rec()
+    with pytest.raises(UnknownIdError, match="unknown item id 400"):
+        rec.similar_items(400)  # in the id map, but without training ratings
+    with pytest.raises(UnknownIdError, match="unknown item id 999"):
+        rec.similar_items(999)
+    with pytest.raises(ValueError, match="positive integer"):
+        rec.similar_items(100, 0)
+
+
+def test_similar_from_the_command_line(tmp_path, capsys):
+    from recsys_jax.cli import main
+
+    folder = checkpoint.save(tmp_path / "sim", _similar_rec())
+    assert main(["similar", "--checkpoint", str(folder), "--movie", "100", "-n", "2", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = json.loads(out[-1])
+    assert [r["movieId"] for r in rows] == [500, 200] and rows[0]["title"] == "E"
+    assert rows[0]["score"] == pytest.approx(2 / np.sqrt(4.01), rel=1e-6)
+    assert main(["similar", "--checkpoint", str(folder), "--movie", "999"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown item id 999" in err and "Traceback" not in err

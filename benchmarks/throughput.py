@@ -62,7 +62,7 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     """What `fit` builds, through the same engine (`recsys_jax.engine.make_engine`):
     ``(engine, state, apply_fn, extra)`` with ``extra`` the model's aux and times. The
     objective is MSE with L2 1e-4 on the touched rows, at a constant learning rate."""
-    module, config, aux, apply_fn, _, times = prepare_model(model, ratings)
+    module, config, aux, apply_fn, times = prepare_model(model, ratings)
     tc = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, schedule="constant", l2=1e-4, optimizer=optimizer)
     engine = make_engine(model, apply_fn, static_config(config), RatingObjective(mse), None, tc,
                          num_batches(len(ratings), batch_size))

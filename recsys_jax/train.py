@@ -1,17 +1,20 @@
-"""Training: a jitted Adam step, an epoch as a `jax.lax.scan`, and `fit`.
+"""Training: the step, the epoch as a `jax.lax.scan`, the shared loop, and `fit`.
 
 The verbs, from the inside out:
 
-- ``make_train_step(apply_fn, loss_fn, optimizer, penalty_fn) -> train_step``:
-  ``train_step(state, batch, key) -> (state, loss)``, compiled with `jax.jit`. The
-  objective is the masked mean over the batch of ``loss_fn(pred, rating) + penalty``.
-- ``make_train_epoch(train_step, batch_size) -> train_epoch``: shuffles the training
+- ``make_objective(apply_fn, loss_fn, penalty_fn) -> objective(params, batch, key)``: the
+  masked mean over the batch of ``loss_fn(pred, rating)`` plus the penalty;
+  ``make_update(objective, optimizer)`` turns it into one optimizer step
+  (``make_train_step`` is that step, jitted).
+- ``run_epoch(step, batch_size, state, users, items, ratings, key)``: shuffles the training
   arrays on the device (`recsys_jax.shuffle.permutation`), cuts them into batches (the last
-  partial batch is padded and masked, not dropped) and scans ``train_step`` over them:
-  one compiled program per epoch, no Python in the loop.
-- ``fit(model, train, val, ...)``: initialises, runs epochs, evaluates RMSE/MAE on the
-  validation ratings after each, optionally stops early, and returns the best parameters
-  with a history.
+  partial batch is padded and masked, not dropped) and scans ``step`` over them: one
+  compiled program per epoch, no Python in the loop. `recsys_jax.engine.make_engine`
+  compiles it once per (model, settings, shapes), with the dense or a row-sparse step.
+- ``run_loop(engine, state, data, key, ...)``: the loop every trainer shares (divergence
+  replay, evaluation, best epoch, early stopping, checkpoint hook, progress bar).
+- ``fit(model, train, val, ...)``: initialises, runs that loop with RMSE/MAE on the
+  validation ratings after each epoch, and returns the best parameters with a history.
 
 A loss with learned parameters (`recsys_jax.losses.ParamLoss`: a noise variance, ordinal
 cut-points) is trained jointly with the model: the trainable pytree is then
@@ -191,10 +194,10 @@ def _all_finite(tree) -> bool:
 def prepare_model(model: str, train: Ratings, model_config=None):
     """What training a model on ``train`` needs before the first step.
 
-    Returns ``(module, config, aux, apply_fn, train_apply, times)``: the config with
-    ``mean_rating`` set to the training mean (and completed by the module's ``configure``),
-    the module's ``prepare(train)`` data (or None), ``apply_fn`` with the config bound,
-    ``train_apply`` with the aux bound too, and the training ratings' times in days for
+    Returns ``(module, config, aux, apply_fn, times)``: the config with ``mean_rating`` set
+    to the training mean (and completed by the module's ``configure``), the module's
+    ``prepare(train)`` data (or None: it is passed to ``apply_fn`` as ``aux=``),
+    ``apply_fn`` with the config bound, and the training ratings' times in days for
     time-aware models (else None).
     """
     module = get_model(model)
@@ -204,9 +207,8 @@ def prepare_model(model: str, train: Ratings, model_config=None):
     if hasattr(module, "configure"):
         model_config = module.configure(model_config, aux)
     apply_fn = make_apply(model, model_config)
-    train_apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
     times = jnp.asarray(days(train.timestamps)) if getattr(module, "USES_TIME", False) else None
-    return module, model_config, aux, apply_fn, train_apply, times
+    return module, model_config, aux, apply_fn, times
 
 
 def make_penalty(tc: TrainConfig, module=None, model_config=None, aux=None) -> Callable:
@@ -295,7 +297,7 @@ def fit(
         raise ValueError("fit: the training set is empty")
     if tc.epochs < 1 or tc.batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
-    module, model_config, aux, apply_fn, train_apply, times = prepare_model(model, train, model_config)
+    module, model_config, aux, apply_fn, times = prepare_model(model, train, model_config)
     val_times = days(val.timestamps) if times is not None and val is not None else None
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)

@@ -65,10 +65,8 @@ def _weighted_row_sq_norms(params, users: Array, items: Array, weight: Array, *,
             continue
         side = name.split("_", 1)[0]
         if side not in counts:
-            index = users if side == "user" else items
-            counts[side] = jnp.zeros(table.shape[0], jnp.float32).at[index].add(weight)
-        row_sq = jnp.square(table).reshape(table.shape[0], -1).sum(axis=1)
-        total = total + jnp.sum(counts[side] * row_sq)
+            counts[side] = row_weights(users if side == "user" else items, weight, table.shape[0])
+        total = total + weighted_sq_norm(table, counts[side])
     return total
 
 

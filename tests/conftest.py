@@ -31,3 +31,16 @@ def _no_persistent_compile_cache(monkeypatch):
     """In-process CLI runs would turn on JAX's persistent compilation cache for the whole
     test process (a global setting); tests that want it run the CLI in a subprocess."""
     monkeypatch.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
+
+
+def configured_model(name: str, train, **options):
+    """``(module, config, aux)``: model ``name`` with ``options``, its ``prepare(train)`` data
+    (None for models without) and the config its ``configure`` completes from that data."""
+    from recsys_jax.models import MODELS, make_config
+
+    module = MODELS[name]
+    config = make_config(name, **options)
+    aux = module.prepare(train, config) if hasattr(module, "prepare") else None
+    if hasattr(module, "configure"):
+        config = module.configure(config, aux)
+    return module, config, aux

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from conftest import configured_model
 from recsys_jax.models import MODELS, bias, dot, make_apply, make_config, mlp
 
 NUM_USERS, NUM_ITEMS = 5, 7
@@ -36,13 +37,9 @@ class Ctx:
     """A model with its tiny config, perturbed params, and the extra inputs it reads."""
 
     def __init__(self, name):
-        self.name, self.module = name, MODELS[name]
-        config = make_config(name, embedding_dim=4)
-        self.aux = self.module.prepare(tiny_train(), config) if hasattr(self.module, "prepare") else None
-        if hasattr(self.module, "configure"):
-            config = self.module.configure(config, self.aux)
-        self.config = config
-        params = self.module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, config)
+        self.name = name
+        self.module, self.config, self.aux = configured_model(name, tiny_train(), embedding_dim=4)
+        params = self.module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, self.config)
         # Move off the init (zero biases, tiny factors) so every term matters.
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(1), len(leaves))

@@ -20,6 +20,7 @@ import pytest
 
 from recsys_jax.data import Ratings
 from recsys_jax.losses import mse
+from conftest import configured_model
 from recsys_jax.models import MODELS, make_apply, make_config, svdpp
 from recsys_jax.penalties import make_l2_penalty, make_model_penalty
 from recsys_jax.train import Batch, TrainConfig, fit, make_objective, make_penalty
@@ -60,13 +61,9 @@ class Ctx:
     """A model with a tiny config, its aux, and random parameters off the init."""
 
     def __init__(self, name):
-        self.name, self.module = name, MODELS[name]
-        config = make_config(name, embedding_dim=3)
-        self.aux = self.module.prepare(TRAIN, config) if hasattr(self.module, "prepare") else None
-        if hasattr(self.module, "configure"):
-            config = self.module.configure(config, self.aux)
-        self.config = config
-        params = self.module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, config)
+        self.name = name
+        self.module, self.config, self.aux = configured_model(name, TRAIN, embedding_dim=3)
+        params = self.module.init(jax.random.key(0), NUM_USERS, NUM_ITEMS, self.config)
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(1), len(leaves))
         self.params = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

@@ -12,6 +12,7 @@ a short message on stderr and exit status 2, never a traceback (set RECSYS_JAX_D
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -132,7 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ml-latest-small, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m or ml-32m (default: %(default)s)")
     d.add_argument("--data-dir", metavar="DIR",
                    help="look for an extracted copy here first (DIR/<dataset>/); downloads still go to the cache")
+    for module in COMMAND_MODULES:
+        COMMANDS.update(importlib.import_module(module).add_parsers(sub))
     return parser
+
+
+# Modules adding subcommands: each has ``add_parsers(sub) -> {name: handler(args)}``.
+COMMAND_MODULES = ("recsys_jax.cli_use", "recsys_jax.cli_inspect")
+COMMANDS: dict = {}
 
 
 def _load(args):
@@ -323,7 +331,7 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "predict": cmd_predict, "similar": cmd_similar, "bench": cmd_bench,
-                "download": cmd_download}
+                "download": cmd_download, **COMMANDS}
     try:
         out = handlers[args.command](args)
         if isinstance(out, dict) and out.get("stop_reason"):

@@ -1,26 +1,30 @@
-r"""An O(n) shuffle on the device: a keyed Feistel bijection with cycle walking.
+r"""An O(n) shuffle on the device: a keyed Feistel bijection, restricted by compaction.
 
 `jax.random.permutation` sorts random keys; XLA's sort on CPU made that cost more than a
 whole training epoch at 100k ratings (45 ms against ~40 ms). Above `SORT_MAX` elements
 the permutation is therefore a bijection computed element-wise, with no sort:
 
-1. Take :math:`2h` bits with :math:`2^{2h} \ge n` and split :math:`x` into halves
-   :math:`(L, R)` of :math:`h` bits each.
-2. Apply four Feistel rounds :math:`(L, R) \leftarrow (R,\ L \oplus F_k(R))` with round
-   keys :math:`k` drawn from the JAX key and :math:`F` a murmur3-style integer mix. Any
-   Feistel network is a bijection on :math:`[0, 2^{2h})`, whatever :math:`F` is.
-3. Cycle walking: while an image falls outside :math:`[0, n)`, apply the bijection again.
-   Restricting a bijection this way yields a bijection on :math:`[0, n)`; since
-   :math:`2^{2h} < 4n`, few walks are needed.
+1. Take the :math:`m` bits with :math:`n \le 2^m < 2n` and split :math:`x` into a high
+   part of :math:`m - s` bits and a low part of :math:`s = \lfloor m/2 \rfloor` bits.
+2. Apply four Feistel rounds: the high part is XORed with :math:`F_k` of the low part
+   (:math:`F` a murmur3-style integer mix, :math:`k` a round key drawn from the JAX key),
+   then the parts swap places, so the next round changes the other part (an unbalanced
+   Feistel network when :math:`m` is odd). Each round is a bijection on
+   :math:`[0, 2^m)`, whatever :math:`F` is, so their composition :math:`\pi` is one too.
+3. Compaction: the permutation is :math:`\pi(0), \pi(1), \dots` with the values
+   :math:`\ge n` left out. Each of :math:`0..n-1` is the image of exactly one :math:`x`,
+   so it appears exactly once: a bijection on :math:`[0, n)`. This costs one pass over
+   fewer than :math:`2n` elements (a prefix sum and a scatter), where cycle walking
+   (applying :math:`\pi` again to the values that fall outside) needed as many passes as
+   the longest walk, about 25 at 100k ratings (6.4 ms against 4.1 ms now, most of it XLA's CPU prefix sum).
 
 The result is a pseudo-random permutation (a keyed cipher on indices), not a uniform
 draw over all :math:`n!` orders; for shuffling minibatches that is what matters: every
 rating once per epoch, in an order that changes with the key and is unrelated to the
-input order. For small :math:`n` it is visibly not uniform (four rounds over a few bits:
-at :math:`n = 6` only 711 of the 720 orders ever occur), so up to `SORT_MAX` elements,
-where a sort costs next to nothing, `permutation` is `jax.random.permutation`, a uniform
-draw. Deterministic given the key, on any backend; ``n`` is static, so the choice is
-made once, at trace time.
+input order. For small :math:`n` it is visibly not uniform (four rounds over a few bits
+cannot reach every order), so up to `SORT_MAX` elements, where a sort costs next to
+nothing, `permutation` is `jax.random.permutation`, a uniform draw. Deterministic given
+the key, on any backend; ``n`` is static, so the choice is made once, at trace time.
 """
 from __future__ import annotations
 
@@ -52,22 +56,20 @@ def permutation(key: Array, n: int) -> Array:
 
 
 def feistel_permutation(key: Array, n: int) -> Array:
-    """The Feistel bijection with cycle walking (see the module docstring), int32[n], O(n)."""
+    """The Feistel bijection restricted to ``[0, n)`` (see the module docstring), int32[n], O(n)."""
     if n <= 1:
         return jnp.arange(n, dtype=jnp.int32)
-    half = max((int(n - 1).bit_length() + 1) // 2, 1)
-    mask = jnp.uint32((1 << half) - 1)
+    m = max(int(n - 1).bit_length(), 2)
     round_keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
-
-    def bijection(x: Array) -> Array:
-        left, right = x >> half, x & mask
-        for r in range(ROUNDS):
-            left, right = right, left ^ (_mix(right ^ round_keys[r]) & mask)
-        return (left << half) | right
-
-    def walk(x):
-        return jnp.where(x >= n, bijection(x), x)
-
-    y = bijection(jnp.arange(n, dtype=jnp.uint32))
-    y = jax.lax.while_loop(lambda y: jnp.any(y >= n), walk, y)
-    return y.astype(jnp.int32)
+    x = jnp.arange(1 << m, dtype=jnp.uint32)
+    low_bits = m // 2
+    for r in range(ROUNDS):
+        high_bits = m - low_bits
+        low, high = x & jnp.uint32((1 << low_bits) - 1), x >> low_bits
+        high = high ^ (_mix(low ^ round_keys[r]) & jnp.uint32((1 << high_bits) - 1))
+        x = (low << high_bits) | high  # swap: the changed part is the next round's input
+        low_bits = high_bits
+    keep = x < n
+    position = jnp.cumsum(keep, dtype=jnp.int32) - 1
+    out = jnp.zeros(n, jnp.int32)
+    return out.at[jnp.where(keep, position, n)].set(x.astype(jnp.int32), mode="drop", unique_indices=True)

@@ -11,8 +11,20 @@ Layout of a checkpoint folder::
                   loss's parameters as ``loss/<field>``
     titles.json   optional: raw item id -> title
 
-A checkpoint without ``loss`` (every one written before losses had parameters) loads as
-before.
+Optional, for looking inside the model (`recsys_jax.explore`, ``recsys-jax inspect`` and
+``plot``): ``meta.json``'s ``history``, the per-epoch record of the fit
+(`recsys_jax.train.FitResult.history`: lists ``epoch``, ``train_loss``, ``val_rmse``,
+``val_mae``, ``seconds``; null where there was no validation slice), read by
+`read_history`; and in ``arrays.npz`` ``train/item_count`` (int64[I]) and
+``train/item_mean`` (float64[I], NaN where the count is 0), each item's rating count and
+raw mean over the ratings the model was fit on, read by `read_item_stats`. They are stored
+rather than recomputed because rebuilding the training rows would need the same data file,
+split protocol, seeds and validation fraction again; two arrays of the catalogue's length
+cost less than that and cannot drift from the data.
+
+A checkpoint without ``loss`` (every one written before losses had parameters), or
+without ``history`` or ``train/*`` (written before they were kept), loads as before;
+`read_history` and `read_item_stats` then return None.
 
 Loading uses ``np.load(..., allow_pickle=False)``, so an object array planted in the file
 is refused instead of unpickled, and every array is checked against ``meta.json``, the
@@ -69,8 +81,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None) -> Path:
-    """Writes ``rec`` to the folder ``path`` atomically; returns the path."""
+def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None, history: dict | None = None,
+         item_stats=None) -> Path:
+    """Writes ``rec`` to the folder ``path`` atomically; returns the path.
+
+    ``history`` (`recsys_jax.train.FitResult.history`) and ``item_stats``
+    (`recsys_jax.explore.ItemStats` of the ratings the model was fit on) are optional; see
+    the module docstring.
+    """
     params = {f"params/{k}": np.asarray(v) for k, v in rec.params._asdict().items()}
     arrays = {**params, "user_ids": np.asarray(rec.user_ids, np.int64), "item_ids": np.asarray(rec.item_ids, np.int64)}
     if rec.aux is not None:
@@ -81,6 +99,12 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     if rec.loss is not None:
         get_param_loss(rec.loss)  # a clear error for a name that could not be loaded back
         arrays.update({f"loss/{k}": np.asarray(v) for k, v in rec.loss_params._asdict().items()})
+    if item_stats is not None:
+        count, mean = np.asarray(item_stats.count), np.asarray(item_stats.mean)
+        if count.shape != (rec.num_items,) or mean.shape != (rec.num_items,):
+            raise ValueError(f"save: item_stats cover {count.shape} / {mean.shape} items, the model has {rec.num_items}")
+        arrays["train/item_count"] = count.astype(np.int64)
+        arrays["train/item_mean"] = mean.astype(np.float64)
     config = rec.config._asdict()
     meta = {
         "format": FORMAT,
@@ -93,6 +117,8 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     }
     if rec.loss is not None:
         meta["loss"] = rec.loss
+    if history is not None:
+        meta["history"] = _history_to_json(history)
     files = {"arrays.npz": lambda f: np.savez(f, **arrays)}
     if rec.titles is not None:
         titles = {str(k): v for k, v in rec.titles.items()}
@@ -179,6 +205,8 @@ def load(path: str | os.PathLike) -> Recommender:
 
     expected = {f"params/{f}" for f in module.Params._fields} | {"user_ids", "item_ids"}
     expected |= {name for name in ("trained_users", "trained_items") if name in arrays}  # optional
+    if any(name.startswith("train/") for name in arrays):  # optional, but both or neither
+        expected |= set(ITEM_STATS_ARRAYS)
     if hasattr(module, "Aux"):
         expected |= {f"aux/{f}" for f in module.Aux._fields}
     if param_loss is not None:
@@ -234,6 +262,8 @@ def load(path: str | os.PathLike) -> Recommender:
                 raise ValueError(f"predict gives shape {out.shape}")
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{arrays_path}: the {loss_name!r} loss arrays do not fit together ({e})") from e
+    if "train/item_count" in arrays:
+        _check_item_stats(arrays_path, arrays["train/item_count"], arrays["train/item_mean"], len(item_ids))
     trained = {}
     for name, ids in (("trained_users", user_ids), ("trained_items", item_ids)):
         if name in arrays:
@@ -248,3 +278,87 @@ def load(path: str | os.PathLike) -> Recommender:
 def read_meta(path: str | os.PathLike) -> dict:
     """The ``meta.json`` of a checkpoint (for its ``extra``: metrics, train config)."""
     return json.loads((Path(path) / "meta.json").read_text())
+
+
+ITEM_STATS_ARRAYS = ("train/item_count", "train/item_mean")
+HISTORY_KEYS = ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")
+
+
+def _history_to_json(history: dict) -> dict:
+    """``history`` as JSON-ready lists (NumPy scalars to Python numbers); every list the
+    same length; a non-finite number becomes null (JSON has no NaN)."""
+    if not isinstance(history, dict) or "epoch" not in history:
+        raise ValueError("save: history must be a dict of per-epoch lists with an 'epoch' list (FitResult.history)")
+    n = len(history["epoch"])
+    out = {}
+    for key, values in history.items():
+        values = list(values)
+        if len(values) != n:
+            raise ValueError(f"save: history[{key!r}] has {len(values)} entries, history['epoch'] has {n}")
+        row = []
+        for v in values:
+            if v is None:
+                row.append(None)
+            else:
+                v = float(np.asarray(v))
+                row.append(int(v) if key == "epoch" else v if np.isfinite(v) else None)
+        out[str(key)] = row
+    return out
+
+
+def read_history(path: str | os.PathLike) -> dict | None:
+    """The per-epoch history saved with the checkpoint (lists ``epoch``, ``train_loss``,
+    ``val_rmse``, ``val_mae``, ``seconds``; None entries where nothing was measured), or
+    None for a checkpoint saved without one. A malformed one is a `CheckpointError`."""
+    meta_path = Path(path) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{Path(path)}: not a checkpoint folder (no meta.json)") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({e})") from e
+    history = meta.get("history") if isinstance(meta, dict) else None
+    if history is None:
+        return None
+    ok = isinstance(history, dict) and isinstance(history.get("epoch"), list) and all(
+        isinstance(v, list) and len(v) == len(history["epoch"])
+        and all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in v)
+        for v in history.values())
+    if not ok:
+        raise CheckpointError(f"{meta_path}: 'history' must map names to per-epoch lists of numbers of one length")
+    return history
+
+
+def _check_item_stats(arrays_path: Path, count: np.ndarray, mean: np.ndarray, num_items: int) -> None:
+    if count.dtype != np.int64 or count.shape != (num_items,) or mean.dtype != np.float64 or mean.shape != (num_items,):
+        raise CheckpointError(f"{arrays_path}: train/item_count and train/item_mean must be int64[{num_items}] and "
+                              f"float64[{num_items}], got {count.dtype}{list(count.shape)} and "
+                              f"{mean.dtype}{list(mean.shape)}")
+    if count.size and count.min() < 0:
+        raise CheckpointError(f"{arrays_path}: train/item_count has a negative count")
+
+
+def read_item_stats(path: str | os.PathLike):
+    """Each item's training rating count and raw mean (`recsys_jax.explore.ItemStats`,
+    indexed like the checkpoint's ``item_ids``), or None for a checkpoint saved without
+    them. Checked like `load` checks every array."""
+    from recsys_jax.explore import ItemStats
+
+    path = Path(path)
+    arrays_path = path / "arrays.npz"
+    try:
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if not names & set(ITEM_STATS_ARRAYS):
+                return None
+            if not set(ITEM_STATS_ARRAYS) <= names:
+                raise CheckpointError(f"{arrays_path}: has only one of {', '.join(ITEM_STATS_ARRAYS)}")
+            count, mean, item_ids = npz["train/item_count"], npz["train/item_mean"], npz["item_ids"]
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{arrays_path}: missing") from e
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{arrays_path}: unreadable or truncated ({e})") from e
+    _check_item_stats(arrays_path, count, mean, len(item_ids))
+    return ItemStats(count, mean)

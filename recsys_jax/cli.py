@@ -189,7 +189,8 @@ def _split(args, ratings):
 def cmd_train(args) -> dict:
     from recsys_jax import checkpoint
     from recsys_jax.data import save_split
-    from recsys_jax.experiment import run_experiment, to_recommender
+    from recsys_jax.experiment import run_experiment, split_parts, to_recommender
+    from recsys_jax.explore import item_stats
     from recsys_jax.models import make_config
     from recsys_jax.presets import get_preset, model_options
     from recsys_jax.presets import val_frac as preset_val_frac
@@ -242,7 +243,11 @@ def cmd_train(args) -> dict:
     print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
           f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']})")
     if dest is not None:
-        checkpoint.save(dest, to_recommender(ratings, result), extra=out)
+        # The history and each movie's training count and mean, for `inspect` and `plot`:
+        # split_parts gives the same training rows run_experiment fit on.
+        train, _, _ = split_parts(ratings, split, args.seed, val_frac)
+        checkpoint.save(dest, to_recommender(ratings, result), extra=out, history=result.history,
+                        item_stats=item_stats(train, ratings.item_ids))
         out["checkpoint"] = str(dest)
         print(f"saved checkpoint to {dest}")
     if args.json:

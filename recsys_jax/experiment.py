@@ -50,6 +50,16 @@ def carve_validation(train_all: Ratings, seed: int, val_frac: float = 0.1) -> tu
     return train_all.take(carve.train), train_all.take(carve.test)
 
 
+def split_parts(ratings: Ratings, split: Split, seed: int, val_frac: float = 0.1
+                ) -> tuple[Ratings, Ratings | None, Ratings]:
+    """Steps 1-2: ``(train, val, test)``, ``train`` being the rows the model is fit on (the
+    training split less the validation slice). `run_experiment` calls it, so calling it
+    again with the same arguments gives the same rows (e.g. for
+    `recsys_jax.explore.item_stats` of the training ratings)."""
+    train, val = carve_validation(ratings.take(split.train), seed, val_frac)
+    return train, val, ratings.take(split.test)
+
+
 def run_experiment(
     ratings: Ratings,
     split: Split,
@@ -67,8 +77,7 @@ def run_experiment(
     """Runs steps 1-4 above; returns a flat record of the results and the `FitResult`."""
     if len(split.test) == 0:
         raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
-    train_all, test = ratings.take(split.train), ratings.take(split.test)
-    train, val = carve_validation(train_all, seed, val_frac)
+    train, val, test = split_parts(ratings, split, seed, val_frac)
 
     t0 = time.perf_counter()
     result = fit(

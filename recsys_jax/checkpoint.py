@@ -10,6 +10,14 @@ Layout of a checkpoint folder::
                   models with ``prepare`` their constant data as ``aux/<field>``, and the
                   loss's parameters as ``loss/<field>``
     titles.json   optional: raw item id -> title
+    genres.json   optional: raw item id -> list of genres (movies.csv)
+
+Optional, for recommending and folding in (`recsys_jax.recommender`, `recsys_jax.foldin`):
+``rated/indptr`` (int64[U+1]) and ``rated/items`` (int32[N]) in ``arrays.npz``, the training
+split's (user, item) pairs as CSR by user (the validation slice included: those movies were
+rated too), so that recommendations leave out what each user rated and the split's test
+part is the data less these pairs; and ``meta.json``'s ``train_config`` (the `TrainConfig`
+as a dict, whose loss and penalty fold-in continues; read from ``extra`` when absent).
 
 Optional, for looking inside the model (`recsys_jax.explore`, ``recsys-jax inspect`` and
 ``plot``): ``meta.json``'s ``history``, the per-epoch record of the fit
@@ -99,6 +107,9 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     if rec.loss is not None:
         get_param_loss(rec.loss)  # a clear error for a name that could not be loaded back
         arrays.update({f"loss/{k}": np.asarray(v) for k, v in rec.loss_params._asdict().items()})
+    if rec.rated_indptr is not None:
+        arrays["rated/indptr"] = np.asarray(rec.rated_indptr, np.int64)
+        arrays["rated/items"] = np.asarray(rec.rated_items, np.int32)
     if item_stats is not None:
         count, mean = np.asarray(item_stats.count), np.asarray(item_stats.mean)
         if count.shape != (rec.num_items,) or mean.shape != (rec.num_items,):
@@ -119,10 +130,15 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
         meta["loss"] = rec.loss
     if history is not None:
         meta["history"] = _history_to_json(history)
+    if rec.train_config is not None:
+        meta["train_config"] = rec.train_config
     files = {"arrays.npz": lambda f: np.savez(f, **arrays)}
     if rec.titles is not None:
         titles = {str(k): v for k, v in rec.titles.items()}
         files["titles.json"] = lambda f: f.write(json.dumps(titles).encode())
+    if rec.genres is not None:
+        genres = {str(k): list(v) for k, v in rec.genres.items()}
+        files["genres.json"] = lambda f: f.write(json.dumps(genres).encode())
     # meta.json last: a folder without it is never mistaken for a checkpoint.
     files["meta.json"] = lambda f: f.write(json.dumps(meta, indent=1).encode())
     return write_folder(path, files)
@@ -207,6 +223,8 @@ def load(path: str | os.PathLike) -> Recommender:
     expected |= {name for name in ("trained_users", "trained_items") if name in arrays}  # optional
     if any(name.startswith("train/") for name in arrays):  # optional, but both or neither
         expected |= set(ITEM_STATS_ARRAYS)
+    if any(name.startswith("rated/") for name in arrays):  # optional, but both or neither
+        expected |= set(RATED_ARRAYS)
     if hasattr(module, "Aux"):
         expected |= {f"aux/{f}" for f in module.Aux._fields}
     if param_loss is not None:
@@ -243,6 +261,7 @@ def load(path: str | os.PathLike) -> Recommender:
                 f"{tuple(getattr(fresh, field).shape)}"
             )
 
+    extras = {}
     titles = None
     titles_path = path / "titles.json"
     if titles_path.is_file():
@@ -264,6 +283,18 @@ def load(path: str | os.PathLike) -> Recommender:
             raise CheckpointError(f"{arrays_path}: the {loss_name!r} loss arrays do not fit together ({e})") from e
     if "train/item_count" in arrays:
         _check_item_stats(arrays_path, arrays["train/item_count"], arrays["train/item_mean"], len(item_ids))
+    if "rated/indptr" in arrays:
+        _check_rated(arrays_path, arrays["rated/indptr"], arrays["rated/items"], len(user_ids), len(item_ids))
+        extras["rated_indptr"], extras["rated_items"] = arrays["rated/indptr"], arrays["rated/items"]
+    genres_path = path / "genres.json"
+    if genres_path.is_file():
+        try:
+            extras["genres"] = {int(k): tuple(str(g) for g in v) for k, v in json.loads(genres_path.read_text()).items()}
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            raise CheckpointError(f"{genres_path}: unreadable ({e})") from e
+    train_config = meta.get("train_config", (meta.get("extra") or {}).get("train_config"))
+    if isinstance(train_config, dict):
+        extras["train_config"] = train_config
     trained = {}
     for name, ids in (("trained_users", user_ids), ("trained_items", item_ids)):
         if name in arrays:
@@ -272,7 +303,7 @@ def load(path: str | os.PathLike) -> Recommender:
                 raise CheckpointError(f"{arrays_path}: {name} must be bool[{len(ids)}], got {a.dtype}{list(a.shape)}")
             trained[name] = a
     return Recommender(meta["model"], config, params, user_ids, item_ids, rating_scale, titles, aux,
-                       loss_name, loss_params, **trained)
+                       loss_name, loss_params, **trained, **extras)
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -281,6 +312,18 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 ITEM_STATS_ARRAYS = ("train/item_count", "train/item_mean")
+RATED_ARRAYS = ("rated/indptr", "rated/items")
+
+
+def _check_rated(arrays_path: Path, indptr: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> None:
+    ok = (indptr.dtype == np.int64 and indptr.shape == (num_users + 1,) and items.dtype == np.int32
+          and items.ndim == 1 and indptr[0] == 0 and indptr[-1] == len(items) and np.all(indptr[1:] >= indptr[:-1]))
+    if not ok:
+        raise CheckpointError(f"{arrays_path}: rated/indptr and rated/items must be the CSR int64[{num_users + 1}] "
+                              f"and int32[N] of the training pairs, got {indptr.dtype}{list(indptr.shape)} and "
+                              f"{items.dtype}{list(items.shape)}")
+    if items.size and (items.min() < 0 or items.max() >= num_items):
+        raise CheckpointError(f"{arrays_path}: rated/items holds an item index outside 0..{num_items - 1}")
 HISTORY_KEYS = ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")
 
 

@@ -246,8 +246,9 @@ def cmd_train(args) -> dict:
         # The history and each movie's training count and mean, for `inspect` and `plot`:
         # split_parts gives the same training rows run_experiment fit on.
         train, _, _ = split_parts(ratings, split, args.seed, val_frac)
-        checkpoint.save(dest, to_recommender(ratings, result), extra=out, history=result.history,
-                        item_stats=item_stats(train, ratings.item_ids))
+        # train_split: the pairs each user rated in training, which recommend leaves out.
+        rec = to_recommender(ratings, result, train_split=ratings.take(split.train))
+        checkpoint.save(dest, rec, extra=out, history=result.history, item_stats=item_stats(train, ratings.item_ids))
         out["checkpoint"] = str(dest)
         print(f"saved checkpoint to {dest}")
     if args.json:

@@ -120,20 +120,34 @@ def run_experiment(
     return record, result
 
 
-def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
-    """The trained model with the full data set's id maps and titles, ready to save.
+def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings | None = None) -> Recommender:
+    """The trained model with the full data set's id maps, titles and genres, ready to save.
 
     The id maps cover the whole data set, but only the users and items that had training
     ratings count as known: an id seen only in the validation or test split has untrained
     parameters, so prediction treats it as unknown (an error, or the documented fallback).
 
+    ``train_split`` (``ratings.take(split.train)``: the training split, validation slice
+    included) is recorded as the pairs each user rated (`Recommender.rated_items`), which
+    recommendations leave out and evaluation needs; the fit's `TrainConfig` is kept for
+    fold-in (`recsys_jax.foldin`).
+
     A loss with parameters must be registered in `recsys_jax.losses.PARAM_LOSSES`: the
     recommender (and its checkpoint) names it.
     """
-    titles = None
+    titles = genres = None
     if ratings.movies is not None:
         rated = set(ratings.item_ids.tolist())
         titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
+        if "genres" in ratings.movies.columns:
+            genres = {int(i): tuple(g for g in str(gs).split("|") if g and g != "(no genres listed)")
+                      for i, gs in ratings.movies["genres"].items() if i in rated}
+    rated_pairs = {}
+    if train_split is not None:
+        from recsys_jax.metrics import pairs_by_user
+
+        indptr, items = pairs_by_user(train_split.users, train_split.items, ratings.num_users)
+        rated_pairs = {"rated_indptr": indptr, "rated_items": items}
     loss = None
     if result.loss is not None:
         loss = param_loss_name(result.loss)
@@ -142,4 +156,5 @@ def to_recommender(ratings: Ratings, result: FitResult) -> Recommender:
                              "in recsys_jax.losses.PARAM_LOSSES; add it there under a name")
     return Recommender(result.model, result.model_config, result.params, ratings.user_ids,
                        ratings.item_ids, ratings.rating_scale, titles, result.aux, loss, result.loss_params,
-                       result.trained_users, result.trained_items)
+                       result.trained_users, result.trained_items, genres=genres,
+                       train_config=result.train_config._asdict(), **rated_pairs)

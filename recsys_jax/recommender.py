@@ -39,7 +39,7 @@ import numpy as np
 
 from recsys_jax.data.ratings import UnknownIdError, days, lookup_ids
 from recsys_jax.losses import get_param_loss, ordinal_probs
-from recsys_jax.models import get_model, make_apply
+from recsys_jax.models import get_model, make_apply, static_config
 from recsys_jax.predict import predict_indices
 
 
@@ -56,6 +56,12 @@ class Recommender(NamedTuple):
     loss_params: Any = None  # that loss's Params
     trained_users: np.ndarray | None = None  # bool[U]: had training ratings (None: all did)
     trained_items: np.ndarray | None = None  # bool[I]
+    # The training split's (user, item) pairs, validation slice included (the user rated those
+    # too), as CSR: user u rated items rated_items[rated_indptr[u]:rated_indptr[u + 1]].
+    rated_indptr: np.ndarray | None = None  # int64[U+1]
+    rated_items: np.ndarray | None = None  # int32[N]
+    genres: dict[int, tuple[str, ...]] | None = None  # raw item id -> its genres (movies.csv)
+    train_config: dict | None = None  # the TrainConfig it was fit with (fold-in reads its loss and penalty)
 
     @property
     def num_users(self) -> int:
@@ -209,6 +215,237 @@ class Recommender(NamedTuple):
         ids = self.item_ids[np.asarray(top)]
         return pd.DataFrame({"movieId": ids.astype(np.int64), "title": [self.title(i) for i in ids],
                              "score": np.asarray(top_scores, np.float64)})
+
+    # -- recommending ----------------------------------------------------------------------
+    def _score_inputs(self):
+        """`recsys_jax.metrics.ScoreInputs` for this model: time-aware models score each user at
+        the mean day of its training ratings (as `predict` does without timestamps)."""
+        from recsys_jax.metrics import ScoreInputs
+
+        user_times = None
+        if getattr(get_model(self.model), "USES_TIME", False):
+            user_times = jnp.asarray(self.aux.user_mean_day, jnp.float32)
+        return ScoreInputs(self.params, self.aux, user_times, self.loss_params)
+
+    def _score_fn(self):
+        from recsys_jax.metrics import make_score_fn
+
+        link = None if self.loss is None else get_param_loss(self.loss).predict
+        return make_score_fn(self.model, static_config(self.config), self.num_items, link=link)
+
+    def _rated(self, what: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.rated_indptr is None or self.rated_items is None:
+            raise ValueError(f"{what}: this model does not record which movies each user rated in training "
+                             "(a checkpoint saved without them); retrain it with this version")
+        return np.asarray(self.rated_indptr, np.int64), np.asarray(self.rated_items, np.int32)
+
+    def item_counts(self) -> np.ndarray:
+        """int64[I]: each item's number of ratings in the training split (validation slice included)."""
+        _, items = self._rated("item_counts")
+        return np.bincount(items, minlength=self.num_items).astype(np.int64)
+
+    def known_genres(self) -> list[str]:
+        """The genres of the catalogue (sorted), from movies.csv; a clear error without them."""
+        if not self.genres:
+            raise ValueError("genres: this model has no genres (its data set had no movies.csv, or the "
+                             "checkpoint was saved without them)")
+        return sorted({g for gs in self.genres.values() for g in gs})
+
+    def _item_mask(self, min_ratings, genres, what: str) -> np.ndarray:
+        """bool[I]: the items that may be recommended: trained, rated at least ``min_ratings``
+        times in training, and of one of ``genres``."""
+        mask = np.ones(self.num_items, bool) if self.trained_items is None else np.asarray(self.trained_items, bool)
+        if min_ratings is not None:
+            if isinstance(min_ratings, bool) or not isinstance(min_ratings, (int, np.integer)) or min_ratings < 0:
+                raise ValueError(f"{what}: min_ratings must be a non-negative integer, got {min_ratings!r}")
+            mask = mask & (self.item_counts() >= int(min_ratings))
+        if genres is not None:
+            wanted = [genres] if isinstance(genres, str) else list(genres)
+            known = self.known_genres()
+            unknown = [g for g in wanted if g not in known]
+            if unknown or not wanted:
+                raise ValueError(f"{what}: unknown genre {unknown[0] if unknown else '(none given)'!r}; "
+                                 f"known genres: {', '.join(known)}")
+            wanted_set = set(wanted)
+            mask = mask & np.array([bool(wanted_set & set(self.genres.get(int(i), ()))) for i in self.item_ids])
+        return mask
+
+    def _known_users(self, raw_users, what: str) -> np.ndarray:
+        """User indices of ``raw_users``; `UnknownIdError` for an id without training ratings."""
+        raw_users = _as_id_array(raw_users, "user")
+        users, found = lookup_ids(self.user_ids, raw_users)
+        if self.trained_users is not None:
+            found = found & np.asarray(self.trained_users, bool)[users]
+        if not found.all():
+            first = f"unknown user id {int(raw_users[np.argmin(found)])}: not in the training data"
+            raise UnknownIdError(f"{what}: {first} (fold_in_user gives a new user from a few ratings)",
+                                 cli=f"{first} (--rate gives a new user from a few ratings)")
+        return users
+
+    def recommend_many(self, raw_users, n: int = 10, *, min_ratings: int | None = None, genres=None,
+                       exclude_rated: bool = True):
+        r"""The ``n`` best items for each of ``raw_users``: a DataFrame with ``userId``, ``rank``
+        (1 = best), ``movieId``, ``title`` and ``score``, users in the order given.
+
+        ``score`` is the predicted rating :math:`\hat r_{ui}` before clipping to the rating scale
+        (so that the order stays strict above the top of the scale). Every item is scored at
+        once (`recsys_jax.metrics.make_score_fn`: a matrix product for the dot-product family,
+        the model's ``apply`` over the catalogue otherwise) and ranked with `jax.lax.top_k`,
+        users in chunks. Candidates are the items with training ratings, less
+
+        - with ``exclude_rated`` (default), the items the user rated in training (the
+          validation slice included: `rated_items`);
+        - with ``min_ratings``, the items with fewer training ratings than that;
+        - with ``genres`` (a name or a list), the items of none of those genres.
+
+        A user with fewer than ``n`` candidates gets fewer rows.
+        """
+        import pandas as pd
+
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"recommend: n must be a positive integer, got {n!r}")
+        users = self._known_users(raw_users, "recommend")
+        mask = self._item_mask(min_ratings, genres, "recommend")
+        exclude = self._rated("recommend (exclude_rated=True)") if exclude_rated else None
+        if len(users) == 0 or not mask.any():
+            return pd.DataFrame({"userId": np.zeros(0, np.int64), "rank": np.zeros(0, np.int64),
+                                 "movieId": np.zeros(0, np.int64), "title": [], "score": np.zeros(0)})
+        from recsys_jax.metrics import top_k
+
+        scores, top = top_k(self._score_fn(), self._score_inputs(), users, int(n), num_items=self.num_items,
+                            exclude=exclude, item_mask=mask)
+        keep = np.isfinite(scores)
+        rows, cols = np.nonzero(keep)
+        ids = self.item_ids[top[rows, cols]]
+        return pd.DataFrame({"userId": self.user_ids[users[rows]].astype(np.int64), "rank": cols.astype(np.int64) + 1,
+                             "movieId": ids.astype(np.int64), "title": [self.title(i) for i in ids],
+                             "score": scores[rows, cols].astype(np.float64)})
+
+    def recommend(self, raw_user: int, n: int = 10, *, min_ratings: int | None = None, genres=None,
+                  exclude_rated: bool = True):
+        """The ``n`` best items for one user: a DataFrame with ``movieId``, ``title`` and
+        ``score`` (the predicted rating), best first; see `recommend_many`."""
+        table = self.recommend_many([raw_user], n, min_ratings=min_ratings, genres=genres,
+                                    exclude_rated=exclude_rated)
+        return table[["movieId", "title", "score"]].reset_index(drop=True)
+
+    def users_for_item(self, raw_item: int, n: int = 10):
+        """The ``n`` users predicted to like ``raw_item`` most: a DataFrame with ``userId`` and
+        ``score`` (the predicted rating, unclipped), best first. Candidates are the users with
+        training ratings who did not rate the item in training."""
+        import pandas as pd
+
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"users_for_item: n must be a positive integer, got {n!r}")
+        _, _, _, _, items, found = self._lookup([0], [raw_item])
+        if not found[0]:
+            first = f"unknown item id {int(raw_item)}: not in the training data"
+            raise UnknownIdError(first, cli=first)
+        item = int(items[0])
+        users = np.arange(self.num_users, dtype=np.int32)
+        scores = self._predict_indices(users, np.full(self.num_users, item, np.int32))
+        candidate = np.ones(self.num_users, bool) if self.trained_users is None else np.asarray(
+            self.trained_users, bool).copy()
+        indptr, rated = self._rated("users_for_item")
+        raters = np.repeat(np.arange(self.num_users), np.diff(indptr))[rated == item]
+        candidate[raters] = False
+        k = min(int(n), int(candidate.sum()))
+        top_scores, top = jax.lax.top_k(jnp.where(jnp.asarray(candidate), jnp.asarray(scores), -jnp.inf), k)
+        return pd.DataFrame({"userId": self.user_ids[np.asarray(top)].astype(np.int64),
+                             "score": np.asarray(top_scores, np.float64)})
+
+    def _predict_indices(self, users, items, times=None, clip=None) -> np.ndarray:
+        """The model's ratings for index pairs (through the loss's link), unclipped unless ``clip``;
+        time-aware models at ``times`` (days), else at each user's mean training day."""
+        apply_fn = make_apply(self.model, self.config)
+        if getattr(get_model(self.model), "USES_TIME", False) and times is None:
+            times = np.asarray(self.aux.user_mean_day, np.float32)[users]
+        elif not getattr(get_model(self.model), "USES_TIME", False):
+            times = None
+        return predict_indices(apply_fn, self.params, users, items, aux=self.aux, times=times, clip=clip,
+                               **self._link())
+
+    def score(self, df, *, unknown: str = "error"):
+        """``df`` (a DataFrame with ``userId`` and ``movieId`` columns, and ``timestamp`` read
+        by time-aware models when present) with a ``prediction`` column added: `predict` of
+        each row, clipped to the scale. The input is not changed."""
+        import pandas as pd
+
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"score: expected a pandas DataFrame with userId and movieId columns, got "
+                             f"{type(df).__name__}")
+        missing = [c for c in ("userId", "movieId") if c not in df.columns]
+        if missing:
+            raise ValueError(f"score: the DataFrame has no {' or '.join(missing)} column (columns: "
+                             f"{', '.join(map(str, df.columns))})")
+        times = df["timestamp"].to_numpy() if "timestamp" in df.columns else None
+        pred = self.predict(df["userId"].to_numpy(), df["movieId"].to_numpy(), unknown=unknown, timestamps=times)
+        return df.assign(prediction=pred.astype(np.float64))
+
+    # -- fold-in and evaluation ----------------------------------------------------------------
+    def fold_in_user(self, ratings, *, user_id: int | None = None, timestamps=None, steps: int | None = None
+                     ) -> "Recommender":
+        """This model with one more user, solved from ``ratings`` (a dict ``{movieId: rating}``
+        or a DataFrame with ``movieId`` and ``rating`` columns) with every item parameter
+        fixed: see `recsys_jax.foldin`. The new user gets the raw id ``user_id`` (default:
+        one more than the largest known), so ``rec.fold_in_user(r).recommend(id)`` works."""
+        from recsys_jax import foldin
+
+        return foldin.fold_in_user(self, ratings, user_id=user_id, timestamps=timestamps, steps=steps)
+
+    def fold_in_item(self, ratings, *, item_id: int | None = None, title: str | None = None, genres=None,
+                     timestamps=None, steps: int | None = None) -> "Recommender":
+        """This model with one more item, solved from ``ratings`` (``{userId: rating}`` or a
+        DataFrame with ``userId`` and ``rating``) with every user parameter fixed: see
+        `recsys_jax.foldin`."""
+        from recsys_jax import foldin
+
+        return foldin.fold_in_item(self, ratings, item_id=item_id, title=title, genres=genres,
+                                   timestamps=timestamps, steps=steps)
+
+    def evaluate(self, test, *, k: int = 10, threshold: float | None = 4.0, baseline: bool = True) -> dict:
+        """Rating and ranking metrics on held-out ratings ``test`` (a `Ratings` of the same data
+        set, e.g. the checkpoint's test split).
+
+        Rating metrics: ``rmse`` and ``mae`` of every test pair, predicted by the model
+        itself and clipped to the scale, as ``recsys-jax train`` scores its test split (pairs
+        whose user or item had no training rating included). Ranking metrics at ``k``
+        (`recsys_jax.metrics.ranking_report`): a test item is relevant when rated at least
+        ``threshold`` (None: every test item); the candidates of a user are *all items it did
+        not rate in the training split* (the recorded `rated_items`), untrained items
+        included. With ``baseline``, ``popularity`` holds the same ranking metrics for the
+        non-personalised baseline that scores each item by its number of training ratings.
+        """
+        from recsys_jax.metrics import broadcast_scores, mae, ranking_report, rmse
+
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"evaluate: k must be a positive integer, got {k!r}")
+        lo, hi = self.rating_scale
+        if threshold is not None and not lo <= threshold <= hi:
+            raise ValueError(f"evaluate: threshold {threshold} is outside the rating scale {lo:g}..{hi:g}")
+        raw_users, raw_items = test.user_ids[test.users], test.item_ids[test.items]
+        users, user_found = lookup_ids(self.user_ids, raw_users)
+        items, item_found = lookup_ids(self.item_ids, raw_items)
+        if not (user_found.all() and item_found.all()):
+            bad = raw_users[np.argmin(user_found)] if not user_found.all() else raw_items[np.argmin(item_found)]
+            what = "user" if not user_found.all() else "movie"
+            raise ValueError(f"evaluate: test {what} id {int(bad)} is not in the model's id maps: the test ratings "
+                             "do not come from the data set the model was trained on")
+        exclude = self._rated("evaluate")
+        times = days(test.timestamps) if getattr(get_model(self.model), "USES_TIME", False) else None
+        pred = self._predict_indices(users, items, times=times, clip=self.rating_scale)
+        import dataclasses
+
+        mapped = dataclasses.replace(test, users=users, items=items, user_ids=self.user_ids, item_ids=self.item_ids)
+        out = {"rmse": rmse(pred, test.ratings), "mae": mae(pred, test.ratings), "num_test": len(test),
+               **ranking_report(self._score_fn(), self._score_inputs(), mapped, k=k, exclude=exclude,
+                                threshold=threshold),
+               "threshold": threshold, "candidates": "every item the user did not rate in the training split"}
+        if baseline:
+            popularity = jnp.asarray(self.item_counts(), jnp.float32)
+            out["popularity"] = ranking_report(broadcast_scores, popularity, mapped, k=k, exclude=exclude,
+                                               threshold=threshold)
+        return out
 
     def title(self, raw_item_id: int) -> str | None:
         return None if self.titles is None else self.titles.get(int(raw_item_id))

@@ -153,6 +153,7 @@ def cmd_plot(args) -> None:
     extra = checkpoint.read_meta(args.checkpoint).get("extra") or {}
     loss = (extra.get("train_config") or {}).get("loss")
     name = f"{rec.model} on {extra['dataset']}" if extra.get("dataset") else rec.model
+    result = _pca(args, rec, stats, 2)  # before writing anything: a PCA error leaves no half-done output
     written = []
     if history is None:
         print(f"recsys-jax plot: no learning curve: {args.checkpoint} has no per-epoch history (it was written "
@@ -160,7 +161,6 @@ def cmd_plot(args) -> None:
     else:
         written.append(explore.plot_learning_curve(history, out / "learning_curve.png", title=name,
                                                    loss_name=loss if isinstance(loss, str) else None, dpi=args.dpi))
-    result = _pca(args, rec, stats, 2)
     written.append(explore.plot_pca_map(
         result, out / "pca_map.png", labels=args.labels, dpi=args.dpi,
         title=f"{name}: {len(result.scores):,} movies with >= {args.min_ratings} training ratings, "

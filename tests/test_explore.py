@@ -400,3 +400,15 @@ def test_train_keeps_history_and_training_counts(tmp_path, capsys):
     np.testing.assert_array_equal(stats.count > 0, checkpoint.load(out).trained_items)
     i = int(np.argmax(stats.count))
     assert stats.mean[i] == pytest.approx(float(train.ratings[train.items == i].mean()))
+
+
+def test_plot_on_an_old_checkpoint(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    old = checkpoint.save(tmp_path / "old", bias_rec(np.random.default_rng(4).normal(size=(6, 4))))
+    code, out, err = run(capsys, ["plot", "--checkpoint", old, "--out", tmp_path / "a"])
+    assert code == 2 and "has no training rating counts" in err and "--min-ratings 0" in err
+    assert not (tmp_path / "a").exists()  # nothing half-written
+    code, out, err = run(capsys, ["plot", "--checkpoint", old, "--out", tmp_path / "b", "--min-ratings", "0",
+                                  "--dpi", "40"])
+    assert code == 0 and out.split() == [str(tmp_path / "b" / "pca_map.png")]
+    assert "no learning curve" in err and "no per-epoch history" in err

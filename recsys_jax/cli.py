@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--weight-decay", float, "decoupled weight decay (AdamW)"),
         ("--loss", str, "a name in recsys_jax.losses.LOSSES or PARAM_LOSSES (e.g. huber, ordinal, gaussian_nll)"),
         ("--patience", int, "early stopping patience in epochs"),
-        ("--optimizer", str, "adam (dense), or lazy_adam, adagrad, sgd (row-sparse: only the rows a batch touches)"),
+        ("--optimizer", str, "adam (dense), lazy_adam, adagrad, sgd (row-sparse: only the rows a batch touches), "
+                         "or als (alternating least squares: dot and bias, squared error)"),
     ]:
         t.add_argument(name, type=typ, default=None, help=f"{helptext} (default: from the preset)")
     t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")

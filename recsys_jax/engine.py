@@ -17,7 +17,10 @@ The step is either
 - dense (``optimizer="adam"``): Optax Adam (AdamW with ``weight_decay``) on the whole
   parameter pytree, the gradient of each table a scatter-add of the batch's rows; or
 - row-sparse (``"lazy_adam"``, ``"adagrad"``, ``"sgd"``): `recsys_jax.sparse`, touching only
-  the rows the batch uses, for models with ``ROW_LOCAL = True``.
+  the rows the batch uses, for models with ``ROW_LOCAL = True``;
+
+or, with ``optimizer="als"``, no step at all: `recsys_jax.als.AlsEngine` (same face)
+solves every user's and item's row in closed form each epoch (dot, bias; squared error).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from recsys_jax import sparse
 from recsys_jax.models import get_model
 from recsys_jax.optim import make_optimizer, make_schedule
 
-OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd", "als")
 
 
 class Engine(NamedTuple):
@@ -68,8 +71,8 @@ def check_optimizer(name: str, model: str, train_config, *, joint: bool = False)
     """A clear error when ``name`` cannot train ``model`` with ``train_config``."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
-    if name == "adam":
-        return
+    if name in ("adam", "als"):
+        return  # als: recsys_jax.als.check, which also needs the loss
     what = None
     if not getattr(get_model(model), "ROW_LOCAL", False):
         what = f"model {model!r} reads table rows other than its user's and item's"
@@ -123,6 +126,13 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
 
     tc = train_config
     check_optimizer(tc.optimizer, model, tc, joint=joint)
+    if tc.optimizer == "als":
+        from recsys_jax import als
+
+        if not isinstance(objective, RatingObjective):
+            raise ValueError("optimizer 'als' trains rating objectives only; use optimizer 'adam'")
+        als.check(model, model_config, tc, objective.loss_fn, penalty_fn, joint)
+        return als.AlsEngine(model, model_config, tc)
     if tc.optimizer != "adam" and not isinstance(objective, RatingObjective):
         raise ValueError(f"optimizer {tc.optimizer!r} trains rating objectives only: a ranking objective "
                          "also scores sampled items, whose rows it does not gather; use optimizer 'adam'")

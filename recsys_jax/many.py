@@ -124,6 +124,9 @@ def fit_many(
     if len(train) == 0:
         raise ValueError("fit_many: the training set is empty")
     tc = train_config
+    if tc.optimizer != "adam":
+        raise ValueError(f"fit_many: optimizer {tc.optimizer!r} is not available here: its members train with "
+                         "dense Adam; train with fit for the other optimizers")
     module = get_model(model)
     base = model_config if model_config is not None else make_config(model)
     resolved = _resolve(members, tc, base)

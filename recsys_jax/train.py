@@ -76,7 +76,7 @@ class TrainConfig(NamedTuple):
     l2: float = 0.0  # L2 on embedding rows, per example (recsys_jax.penalties)
     bias_l2: float = 0.0  # the same on the touched bias entries
     penalty: str = "touched"  # "touched": rows the batch uses; "table": Keras' whole-table l2 per batch
-    optimizer: str = "adam"  # "adam" (dense) or row-sparse "lazy_adam", "adagrad", "sgd" (recsys_jax.sparse)
+    optimizer: str = "adam"  # "adam" (dense), row-sparse "lazy_adam", "adagrad", "sgd" (recsys_jax.sparse), "als"
     loss: str = "mse"  # a name in recsys_jax.losses.LOSSES or PARAM_LOSSES
     patience: int | None = None  # stop after this many epochs without a better val RMSE
 

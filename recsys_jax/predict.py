@@ -10,6 +10,14 @@ length, each inside its table. The table sizes are read from the params: the fir
 dimension of the ``user_*`` and ``item_*`` fields (every model in `recsys_jax.models`
 names its tables so). The check is one min/max per array; a bad input raises
 `ValueError` before any device work.
+
+Many pairs, small catalogue. When the model can score every pair at once (its apply
+carries a ``score_matrix``: the dot-product family, `recsys_jax.models.make_apply`) and
+the pairs number at least ``U * I / DENSE_RATIO`` (up to `DENSE_MAX` entries), the
+predictions are read from the whole score matrix, one matrix product and one scalar
+gather per pair, instead of gathering two embedding rows per pair. On ml-latest-small
+(610 x 9,724) 1M pairs took about a third of the time of the row path on the 2-core CPU.
+The two paths agree to float32 rounding (tested).
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ import numpy as np
 # CPU this took the bias model from ~7M to ~20M+ pairs/s at 1M pairs (one jitted vmap over
 # all pairs vs these blocks; see benchmarks/results/throughput-cpu.md).
 BLOCK = 8192
+DENSE_RATIO = 8  # the score matrix is used when num_users * num_items <= DENSE_RATIO * num_pairs
+DENSE_MAX = 1 << 26  # entries (256 MB of float32) at most
 
 
 @functools.lru_cache(maxsize=64)
@@ -47,6 +57,20 @@ def _jitted(apply_fn: Callable, with_aux: bool, with_times: bool, link: Callable
         return jax.lax.map(block, blocks).reshape(n)
 
     return jax.jit(predict)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_matrix(score_matrix: Callable) -> Callable:
+    return jax.jit(lambda params: score_matrix(params).reshape(-1))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_lookup(num_items: int, link: Callable | None = None) -> Callable:
+    def lookup(flat_scores, users, items, link_params):
+        out = flat_scores[users * num_items + items]
+        return out if link is None else link(link_params, out)
+
+    return jax.jit(lookup)
 
 
 def predict_indices(
@@ -90,6 +114,20 @@ def predict_indices(
         times = np.asarray(times, np.float32)
         if times.shape != users.shape:
             raise ValueError(f"predict_indices: {users.shape[0]} pairs but {times.shape[0]} times")
+    dense = getattr(apply_fn, "score_matrix", None)
+    if (dense is not None and aux is None and times is None and num_users and num_items
+            and num_users * num_items <= min(DENSE_RATIO * n, DENSE_MAX)):
+        flat = _jitted_matrix(dense)(params)  # once, whatever the number of chunks
+        fn = _jitted_lookup(num_items, link)
+        for start in range(0, n, size):
+            u, i = users[start : start + size], items[start : start + size]
+            m = u.shape[0]
+            if m < size:
+                u, i = np.pad(u, (0, size - m)), np.pad(i, (0, size - m))
+            out[start : start + m] = np.asarray(fn(flat, jnp.asarray(u), jnp.asarray(i), link_params))[:m]
+        if clip is not None:
+            np.clip(out, clip[0], clip[1], out=out)
+        return out
     fn = _jitted(apply_fn, aux is not None, times is not None, link)
     for start in range(0, n, size):
         u, i = users[start : start + size], items[start : start + size]

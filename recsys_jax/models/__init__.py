@@ -78,19 +78,31 @@ def make_apply(name: str, config):
 
     When ``config.y_range = (lo, hi)`` the output ``x`` is squashed to
     ``lo + (hi - lo) * sigmoid(x)`` (fastai's y-range), a link applied to any model.
+
+    For a model whose module defines ``score_matrix(params, *, config) -> float32[U, I]``
+    (every pair at once: one matrix product for the dot-product family), the returned
+    function carries it, squashed alike, as its ``score_matrix`` attribute;
+    `recsys_jax.predict.predict_indices` uses it when the pairs are many for the catalogue.
     """
     return _make_apply(name, static_config(config))
 
 
 @functools.lru_cache(maxsize=128)
 def _make_apply(name: str, config):
-    apply = functools.partial(get_model(name).apply, config=config)
+    module = get_model(name)
+    apply = functools.partial(module.apply, config=config)
+    matrix = functools.partial(module.score_matrix, config=config) if hasattr(module, "score_matrix") else None
     y_range = getattr(config, "y_range", None)
-    if y_range is None:
-        return apply
-    lo, hi = y_range
+    if y_range is not None:
+        lo, hi = y_range
+        raw_apply, raw_matrix = apply, matrix
 
-    def squashed(params, users, items, key=None, **kw):
-        return lo + (hi - lo) * jax.nn.sigmoid(apply(params, users, items, key, **kw))
+        def apply(params, users, items, key=None, **kw):
+            return lo + (hi - lo) * jax.nn.sigmoid(raw_apply(params, users, items, key, **kw))
 
-    return squashed
+        if raw_matrix is not None:
+            def matrix(params):
+                return lo + (hi - lo) * jax.nn.sigmoid(raw_matrix(params))
+    if matrix is not None:
+        apply.score_matrix = matrix
+    return apply

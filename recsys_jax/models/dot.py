@@ -64,6 +64,11 @@ def predict_one(
     return params.user_factors[user] @ params.item_factors[item]
 
 
+def score_matrix(params: Params, *, config: Config = Config()) -> Array:
+    """Every (user, item) pair at once, ``float32[U, I]``: :math:`P Q^\top` (one matrix product)."""
+    return params.user_factors @ params.item_factors.T
+
+
 # Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
 # optimizers (recsys_jax.sparse) can train it.
 ROW_LOCAL = True

@@ -9,8 +9,10 @@ by the square root of the size ratio, keeping ML-25M's ratio of users to items (
 ratings per user grow with size, from about 10 at 100k to 154 at 25M). Each (size,
 optimizer) runs in a fresh subprocess, so its peak RSS is its own. The model is ``bias``
 (50 factors, L2 on touched rows) at one batch size, trained by the library's engine with
-each of ``--optimizers`` (dense Adam and the row-sparse ones, `recsys_jax.sparse`);
-compilation is timed apart and the median epoch is reported. A slice of the planted
+each of ``--optimizers`` (dense Adam, the row-sparse ones, `recsys_jax.sparse`, and
+alternating least squares, `recsys_jax.als`, which ignores batch size and learning
+rate); compilation is timed apart and the median epoch is reported (ALS builds its
+per-training-set plan inside its first epoch, reported as ``plan_s``). A slice of the planted
 ratings is held out and scored after the last epoch, so optimizers are compared at equal
 epochs. At ``--libmf-sizes`` LIBMF (C++ SGD, the ``peers`` extra) runs on the same data.
 Writes JSON, Markdown and a log-log PNG plot (matplotlib, the ``plot`` extra):
@@ -83,7 +85,8 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
             "num_ratings": num_ratings, "num_train": len(train), "num_users": num_users, "num_items": num_items,
             "batch_size": batch_size, "lr": lr, "epochs": epochs, "seconds_per_epoch": secs,
             "ratings_per_s": len(train) / secs, "compile_s": compile_s, "epoch_seconds": times,
-            "val_rmse": val_rmse, "generate_s": gen_s, "peak_rss_mb": peak_rss_mb()}
+            "val_rmse": val_rmse, "generate_s": gen_s, "peak_rss_mb": peak_rss_mb(),
+            "plan_s": getattr(engine, "plan_seconds", None)}
 
 
 def libmf_size(num_ratings: int, k: int, epochs: int) -> dict:
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--model", default="bias")
-    p.add_argument("--optimizers", nargs="+", default=["adam", "lazy_adam", "adagrad"],
+    p.add_argument("--optimizers", nargs="+", default=["adam", "lazy_adam", "adagrad", "als"],
                    help="recsys_jax.engine optimizers, each size with each (default: %(default)s)")
     p.add_argument("--val-frac", type=float, default=0.02,
                    help="planted ratings held out and scored after the last epoch (default: %(default)s)")
@@ -187,7 +190,9 @@ def main(argv=None) -> int:
           f"{r['seconds_per_epoch']:.3f}", f"{r['ratings_per_s']:,.0f}",
           "" if r.get("compile_s") is None else f"{r['compile_s']:.2f}",
           "" if r.get("val_rmse") is None else f"{r['val_rmse']:.4f}", f"{r['peak_rss_mb']:.0f}"] for r in records])
-        + f"\n\n{args.model}: batch {args.batch_size}, learning rate {args.lr:g} (constant), L2 1e-4 on the touched rows; "
+        + f"\n\n{args.model}: batch {args.batch_size}, learning rate {args.lr:g} (constant), L2 1e-4 on the touched rows "
+        "(als: the same objective, solved row by row, no batches or learning rate; its first epoch also builds "
+        "its plan, excluded by the median); "
         f"{args.epochs} epochs after compiling (compile s, apart), median s/epoch; ratings/s counts the training "
         f"part ({1 - args.val_frac:.0%}); {args.val_frac:.0%} of the planted ratings held out and scored after the "
         "last epoch. LIBMF: the PyPI binding's C++ SGD, k=64, 2 threads, all ratings, its own timer around "

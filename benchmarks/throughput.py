@@ -70,8 +70,10 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     return engine, state, apply_fn, {"aux": aux, "times": times}
 
 
-def bench_train(model: str, ratings, batch_size: int, repeats: int, optimizer: str = "adam") -> list[dict]:
-    engine, state, _, extra = build(model, ratings, batch_size, optimizer=optimizer)
+def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam") -> list[dict]:
+    """One epoch of the engine, timed; ``batch_size`` None for ALS (no batches; its plan is
+    built before the timed epochs, reported as ``plan_s``)."""
+    engine, state, _, extra = build(model, ratings, batch_size or 1024, optimizer=optimizer)
     users, items, vals = (jnp.asarray(a) for a in (ratings.users, ratings.items, ratings.ratings))
     kw = {"times": extra["times"], "aux": extra["aux"]}
     n = len(ratings)
@@ -86,7 +88,7 @@ def bench_train(model: str, ratings, batch_size: int, repeats: int, optimizer: s
     secs = median_time(run_scan, repeats=repeats)
     return [{"bench": "train_throughput", "model": model, "optimizer": optimizer, "path": "scan",
              "batch_size": batch_size, "num_ratings": n, "seconds_per_epoch": secs, "ratings_per_s": n / secs,
-             "compile_s": compile_s}]
+             "compile_s": compile_s, "plan_s": getattr(engine, "plan_seconds", None)}]
 
 
 def bench_predict(model: str, ratings, sizes: list[int], repeats: int) -> list[dict]:
@@ -117,7 +119,8 @@ def markdown(records: list[dict], env: dict) -> str:
     pred = [r for r in records if r["bench"] == "predict_throughput"]
     parts = ["### Training throughput (ratings/s, one epoch, compile excluded, median)\n",
              markdown_table(["model", "optimizer", "batch", "ratings/s", "s/epoch", "compile s"],
-                            [[r["model"], r.get("optimizer", "adam"), r["batch_size"], f"{r['ratings_per_s']:,.0f}",
+                            [[r["model"], r.get("optimizer", "adam"), r["batch_size"] or "whole epoch (ALS)",
+                              f"{r['ratings_per_s']:,.0f}",
                               f"{r['seconds_per_epoch']:.4f}", f"{r['compile_s']:.2f}" if "compile_s" in r else ""]
                              for r in train]),
              "\n### Prediction throughput (pairs/s, `predict_indices`, median)\n",
@@ -137,8 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--sparse-models", nargs="*", default=["bias"],
                    help="also time the row-sparse optimizers for these models (default: bias)")
-    p.add_argument("--optimizers", nargs="+", default=["lazy_adam", "adagrad", "sgd"],
-                   help="the row-sparse optimizers timed for --sparse-models")
+    p.add_argument("--optimizers", nargs="+", default=["lazy_adam", "adagrad", "sgd", "als"],
+                   help="the other optimizers timed for --sparse-models (als: once, it has no batches)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1024, 8192, 65536])
     p.add_argument("--predict-sizes", nargs="+", type=int, default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--repeats", type=int, default=7)
@@ -152,13 +155,15 @@ def main(argv=None) -> int:
     ratings = load_data()
     records = []
     for model in args.models:
-        for bs in args.batch_sizes:
-            optimizers = ["adam"] + (args.optimizers if model in args.sparse_models else [])
-            for opt in optimizers:
-                for r in bench_train(model, ratings, bs, args.repeats, opt):
-                    records.append(r)
-                    print(f"[throughput] {model:5s} train {opt:9s} batch {bs:6d}: {r['ratings_per_s']:12,.0f} "
-                          f"ratings/s (compile {r['compile_s']:.2f} s)", flush=True)
+        runs = [(bs, opt) for bs in args.batch_sizes
+                for opt in ["adam"] + (args.optimizers if model in args.sparse_models else []) if opt != "als"]
+        if model in args.sparse_models and "als" in args.optimizers:
+            runs.append((None, "als"))
+        for bs, opt in runs:
+            for r in bench_train(model, ratings, bs, args.repeats, opt):
+                records.append(r)
+                print(f"[throughput] {model:5s} train {opt:9s} batch {str(bs or '-'):>6s}: "
+                      f"{r['ratings_per_s']:12,.0f} ratings/s (compile {r['compile_s']:.2f} s)", flush=True)
         for r in bench_predict(model, ratings, args.predict_sizes, args.repeats):
             records.append(r)
             print(f"[throughput] {model:5s} predict batch {r['batch_size']:8d}: {r['pairs_per_s']:14,.0f} pairs/s", flush=True)

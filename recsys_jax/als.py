@@ -262,6 +262,7 @@ class AlsEngine:
         self.global_mean = self.biases and getattr(model_config, "global_mean", True)
         self.l2, self.bias_l2 = float(train_config.l2), float(train_config.bias_l2)
         self._plans: dict = {}
+        self.plan_seconds = 0.0  # host time spent building plans (inside the epochs that built them)
 
     def init(self, params):
         from recsys_jax.train import TrainState
@@ -271,7 +272,9 @@ class AlsEngine:
     def _plan(self, params, users, items, ratings) -> Plan:
         key = (id(users), id(items), id(ratings))
         if key not in self._plans:
+            t0 = time.perf_counter()
             plan = make_plan(users, items, ratings, params.user_factors.shape[0], params.item_factors.shape[0])
+            self.plan_seconds += time.perf_counter() - t0
             self._plans = {key: (plan, (users, items, ratings))}  # keeps the arrays alive: ids stay unique
         return self._plans[key][0]
 

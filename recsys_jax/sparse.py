@@ -47,9 +47,9 @@ Row transformations, ``RowTransform(state_width, init, update)`` (Optax's shape,
     row's columns, :math:`a_r \leftarrow a_r + \overline{g_r^2}`,
     :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r / (\sqrt{a_r} + \epsilon)`.
 ``sgd``
-    :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r`. Merging is still done first, so a
-    row used twice moves by the sum of the two gradients, as dense SGD would: for SGD the
-    sparse step equals the dense one exactly.
+    :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r`. The per-example rows are
+    scatter-added into the table directly (no merge step: a row used twice receives both
+    gradients, their sum, as dense SGD would): the sparse step equals the dense one exactly.
 
 Which models: those whose ``user_*``/``item_*`` tables are read only at row ``user`` /
 ``item`` (the module sets ``ROW_LOCAL = True``). A whole-table penalty (``penalty="table"``)
@@ -74,14 +74,15 @@ class RowTransform(NamedTuple):
     ``update(grads[R, D], state[R, S], params[R, D], count, lr) -> (params[R, D], state[R, S])``
     where ``count`` is the 1-based global step and ``lr`` this step's learning rate.
 
-    ``additive``: the update of a row is ``-lr`` times its merged gradient (SGD), so the
-    per-example rows can be scatter-added into the table directly, duplicates summing as
-    the merge would, with no merge step (the same result, fewer passes)."""
+    ``scatter``, when given, replaces merge-then-update:
+    ``scatter(table[N, D + S], rows[B], grads[B, D], count, lr) -> table`` applies the
+    per-example gradient rows to the packed table directly with scatter-adds, a row used
+    by several examples receiving all of them (fewer passes over ``[B, D]`` than merging)."""
 
     state_width: Callable[[int], int]
     init: Callable[[Array], Array]
     update: Callable[..., tuple[Array, Array]]
-    additive: bool = False
+    scatter: Callable | None = None
 
 
 def lazy_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowTransform:
@@ -108,7 +109,10 @@ def sgd() -> RowTransform:
     def update(g, state, p, count, lr):
         return p - lr * g, state
 
-    return RowTransform(lambda d: 0, lambda t: jnp.zeros((t.shape[0], 0), t.dtype), update, additive=True)
+    def scatter(table, rows, g, count, lr):  # duplicates sum: exactly the merged update
+        return table.at[rows].add(-lr * g)
+
+    return RowTransform(lambda d: 0, lambda t: jnp.zeros((t.shape[0], 0), t.dtype), update, scatter)
 
 
 def _dense_adagrad(schedule, eps: float = 1e-10) -> optax.GradientTransformation:
@@ -232,8 +236,8 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
             idx = index[side]
             g = jnp.concatenate([getattr(grads, name).reshape(b, -1) for name, s, *_ in lay.fields if s == side],
                                 axis=1)
-            if row_tx.additive:  # padding examples have zero gradients: adding them changes nothing
-                tables[side] = tables[side].at[idx].add(-lr * g)
+            if row_tx.scatter is not None:  # padding examples have zero gradients: they change nothing
+                tables[side] = row_tx.scatter(tables[side], idx, g, count, lr)
                 continue
             slots[side] = carry.slots[side].at[idx].set(iota)
             rep = slots[side][idx]

@@ -233,8 +233,9 @@ def _params(params, user_table, item_table, biases: bool, mu=None):
 
 
 def epoch(params, plan: Plan, *, l2: float, bias_l2: float, biases: bool, global_mean: bool,
-          cg_steps: int = CG_STEPS):
+          cg_steps: int | None = None):
     """One ALS epoch (the module docstring): ``(params, training objective / |Omega|)``."""
+    cg_steps = CG_STEPS if cg_steps is None else cg_steps
     d = params.user_factors.shape[1]
     reg = jnp.asarray([l2] * d + ([bias_l2] if biases else []), jnp.float32)
     mu = params.global_bias if biases and global_mean else jnp.zeros((), jnp.float32)

@@ -262,7 +262,7 @@ def _gradient_solver(model: str, config, side: str, loss: str, pen: Penalty, ste
     optimizer = optax.adam(lr)
     table = pen.table_total is not None
 
-    def solve_one(params, aux, others, ratings, mask, times, loss_params):
+    def solve_one(params, aux, others, ratings, mask, times, loss_params, rows0):
         zeros = jnp.zeros_like(others)
         users, items = (zeros, others) if side == "user" else (others, zeros)
         weight = mask.astype(jnp.float32)
@@ -281,7 +281,6 @@ def _gradient_solver(model: str, config, side: str, loss: str, pen: Penalty, ste
                 total = total + penalty_fn(view, users, items, weight, **kw)
             return total
 
-        rows0 = {f: jnp.zeros(getattr(params, f).shape[1:], jnp.float32) for f in fields}
 
         def step(carry, _):
             rows, state = carry
@@ -292,7 +291,19 @@ def _gradient_solver(model: str, config, side: str, loss: str, pen: Penalty, ste
         (rows, _), _ = jax.lax.scan(step, (rows0, optimizer.init(rows0)), None, length=steps)
         return rows
 
-    return jax.jit(jax.vmap(solve_one, in_axes=(None, aux_axes, 0, 0, 0, 0, None)))
+    return jax.jit(jax.vmap(solve_one, in_axes=(None, aux_axes, 0, 0, 0, 0, None, None)))
+
+
+def start_rows(rec, side: str, fields) -> dict:
+    """Where Adam starts: the mean of the trained rows of each field (the average user, or
+    movie), zero for a model without trained rows."""
+    trained = rec.trained_users if side == "user" else rec.trained_items
+    out = {}
+    for f in fields:
+        table = np.asarray(getattr(rec.params, f), np.float32)
+        rows = table if trained is None else table[np.asarray(trained, bool)]
+        out[f] = jnp.asarray(rows.mean(axis=0) if len(rows) else np.zeros(table.shape[1:], np.float32))
+    return out
 
 
 def _padded(lists: list[np.ndarray], dtype, fill=0) -> np.ndarray:
@@ -306,30 +317,55 @@ def _padded(lists: list[np.ndarray], dtype, fill=0) -> np.ndarray:
 
 
 def solve_rows(rec, side: str, others: list[np.ndarray], ratings: list[np.ndarray], times: list[np.ndarray],
-               *, steps: int | None = None, lr: float = LR) -> dict[str, np.ndarray]:
+               *, steps: int | None = None, lr: float = LR, method: str = "auto", penalty: Penalty | None = None
+               ) -> dict[str, np.ndarray]:
     """The new rows of ``side`` ("user" or "item"), one per entry of ``others`` (the indices
     of the items, or users, each new row rated), from ``ratings`` (float[L_m] each) at
-    ``times`` (float32 days each): ``{field: float32[M, ...]}`` for `solved_fields`."""
+    ``times`` (float32 days each): ``{field: float32[M, ...]}`` for `solved_fields`.
+    ``method``: ``"auto"`` (the closed form where `uses_closed_form`, else Adam),
+    ``"closed_form"`` or ``"gradient"``; ``penalty`` replaces the training objective's
+    (`penalty_of`)."""
+    if method not in ("auto", "closed_form", "gradient"):
+        raise ValueError(f"fold-in: method must be 'auto', 'closed_form' or 'gradient', got {method!r}")
+    if method == "closed_form" and not uses_closed_form(rec):
+        raise ValueError(f"fold-in: no closed form for model {rec.model!r} with this config and loss")
+    if not others or any(len(x) == 0 for x in others):
+        raise ValueError("fold-in: every new row needs at least one rating")
+    pen = penalty_of(rec) if penalty is None else Penalty(*penalty)
+    closed = method != "gradient" and uses_closed_form(rec)
+    steps = STEPS if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"fold-in: steps must be >= 1, got {steps}")
+    # Rows go in groups of similar length (the same power of two), so that a row with few
+    # ratings is not padded to the longest one's length.
+    width = np.array([1 << max(len(x) - 1, 0).bit_length() for x in others])
+    out: dict[str, np.ndarray] = {}
+    for w in np.unique(width):
+        group = np.flatnonzero(width == w)
+        rows = _solve_group(rec, side, [others[j] for j in group], [ratings[j] for j in group],
+                            [times[j] for j in group], pen, closed, steps, lr)
+        for f, v in rows.items():
+            out.setdefault(f, np.zeros((len(others),) + v.shape[1:], np.float32))[group] = v
+    return out
+
+
+def _solve_group(rec, side, others, ratings, times, pen: Penalty, closed: bool, steps: int, lr: float):
     m = len(others)
     others_p = _padded(others, np.int32)
     mask = _padded([np.ones(len(x), bool) for x in others], bool, False)
     ratings_p = _padded([np.asarray(r, np.float32) for r in ratings], np.float32)
     times_p = _padded([np.asarray(t, np.float32) for t in times], np.float32)
-    pen = penalty_of(rec)
-    if uses_closed_form(rec):
+    if closed:
         rows = _closed_form(rec, side, others_p, ratings_p, mask, pen)
         return {f: v[:m] for f, v in rows.items()}
-    steps = STEPS if steps is None else int(steps)
-    if steps < 1:
-        raise ValueError(f"fold-in: steps must be >= 1, got {steps}")
-    day = np.array([np.mean(t) if len(t) else 0.0 for t in times] + [0.0] * (others_p.shape[0] - m), np.float32)
+    day = np.array([np.mean(t) for t in times] + [0.0] * (others_p.shape[0] - m), np.float32)
     view_fn = _user_view if side == "user" else _item_view
     view = view_fn(rec.model, rec.params, rec.aux, others_p, mask, day)
     fields = solved_fields(rec.model, rec.params, side)
     solver = _gradient_solver(rec.model, static_config(rec.config), side, loss_of(rec), pen, steps, float(lr),
                               fields, view.aux_axes)
     rows = solver(view.params, view.aux, jnp.asarray(others_p), jnp.asarray(ratings_p), jnp.asarray(mask),
-                  jnp.asarray(times_p), rec.loss_params)
+                  jnp.asarray(times_p), rec.loss_params, start_rows(rec, side, fields))
     return {f: np.asarray(v)[:m] for f, v in rows.items()}
 
 
@@ -369,19 +405,23 @@ def _as_pairs(ratings, key: str, what: str, scale) -> tuple[np.ndarray, np.ndarr
     lo, hi = scale
     bad = ~np.isfinite(values) | (values < lo) | (values > hi)
     if bad.any():
-        raise ValueError(f"{what}: rating {values[bad][0]!r} of {key} {int(ids[bad][0])} is outside the rating "
+        raise ValueError(f"{what}: rating {float(values[bad][0]):g} of {key} {int(ids[bad][0])} is outside the rating "
                          f"scale {lo:g}..{hi:g}")
     return ids, values.astype(np.float32), stamps
 
 
-def _lookup_trained(ids, table_ids, trained, what: str, noun: str) -> np.ndarray:
+def _lookup_trained(ids, table_ids, trained, what: str, noun: str, unknown: str = "error") -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, kept)``: the indices of the ``ids`` with training ratings; with ``unknown="skip"``
+    the others are dropped (``kept`` marks which), else they raise `UnknownIdError`."""
+    if unknown not in ("error", "skip"):
+        raise ValueError(f"{what}: unknown must be 'error' or 'skip', got {unknown!r}")
     index, found = lookup_ids(table_ids, ids)
     if trained is not None:
         found = found & np.asarray(trained, bool)[index]
-    if not found.all():
+    if not found.all() and (unknown == "error" or not found.any()):
         first = f"unknown {noun} id {int(ids[np.argmin(found)])}: not in the training data"
         raise UnknownIdError(f"{what}: {first}", cli=first)
-    return index
+    return index[found], found
 
 
 def _days(rec, stamps, n: int) -> np.ndarray:
@@ -410,10 +450,13 @@ def _append_rows(table, rows) -> jnp.ndarray:
     return jnp.concatenate([jnp.asarray(table), jnp.asarray(rows, jnp.asarray(table).dtype)], axis=0)
 
 
-def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: int | None = None, lr: float = LR):
+def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: int | None = None, lr: float = LR,
+                  unknown: str = "error", penalty: Penalty | None = None):
     """``rec`` with one new user per entry of ``tables`` (each ``{movieId: rating}`` or a
     DataFrame with ``movieId``, ``rating`` and optionally ``timestamp``), solved together;
-    new raw ids ``user_ids`` (default: after the largest known)."""
+    new raw ids ``user_ids`` (default: after the largest known). A movie without training
+    ratings has no learned parameters: an `UnknownIdError`, or with ``unknown="skip"`` its
+    rating is left out (a user left with none is still an error)."""
 
     what = "fold_in_user"
     if not tables:
@@ -421,11 +464,14 @@ def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: i
     items, values, times = [], [], []
     for table in tables:
         ids, r, stamps = _as_pairs(table, "movieId", what, rec.rating_scale)
-        items.append(_lookup_trained(ids, rec.item_ids, rec.trained_items, what, "movie"))
-        values.append(r)
-        times.append(_days(rec, stamps if stamps is not None else timestamps, len(ids)))
+        index, kept = _lookup_trained(ids, rec.item_ids, rec.trained_items, what, "movie", unknown)
+        items.append(index)
+        values.append(r[kept])
+        stamps = stamps if stamps is not None else timestamps
+        stamps = None if stamps is None else np.broadcast_to(np.asarray(stamps, np.float64), kept.shape)[kept]
+        times.append(_days(rec, stamps, len(index)))
     new_ids = _new_ids(rec.user_ids, user_ids, len(tables), what, "user")
-    rows = solve_rows(rec, "user", items, values, times, steps=steps, lr=lr)
+    rows = solve_rows(rec, "user", items, values, times, steps=steps, lr=lr, penalty=penalty)
     m, num_users = len(tables), rec.num_users
     params = rec.params._replace(**{
         f: _append_rows(getattr(rec.params, f), rows[f]) if f in rows
@@ -442,14 +488,14 @@ def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: i
 
 
 def fold_in_user(rec, ratings, *, user_id: int | None = None, timestamps=None, steps: int | None = None,
-                 lr: float = LR):
+                 lr: float = LR, unknown: str = "error", penalty: Penalty | None = None):
     """``rec`` with one new user solved from ``ratings`` (see `fold_in_users`)."""
     return fold_in_users(rec, [ratings], user_ids=None if user_id is None else [user_id], timestamps=timestamps,
-                         steps=steps, lr=lr)
+                         steps=steps, lr=lr, unknown=unknown, penalty=penalty)
 
 
 def fold_in_item(rec, ratings, *, item_id: int | None = None, title: str | None = None, genres=None,
-                 timestamps=None, steps: int | None = None, lr: float = LR):
+                 timestamps=None, steps: int | None = None, lr: float = LR, penalty: Penalty | None = None):
     """``rec`` with one new item solved from ``ratings`` (``{userId: rating}``, or a DataFrame
     with ``userId``, ``rating`` and optionally ``timestamp``), every user parameter fixed;
     raw id ``item_id`` (default: after the largest known), with ``title`` and ``genres``."""
@@ -457,10 +503,10 @@ def fold_in_item(rec, ratings, *, item_id: int | None = None, title: str | None 
 
     what = "fold_in_item"
     ids, r, stamps = _as_pairs(ratings, "userId", what, rec.rating_scale)
-    users = _lookup_trained(ids, rec.user_ids, rec.trained_users, what, "user")
+    users, _ = _lookup_trained(ids, rec.user_ids, rec.trained_users, what, "user")
     t = _days(rec, stamps if stamps is not None else timestamps, len(ids))
     new_id = _new_ids(rec.item_ids, None if item_id is None else [item_id], 1, what, "movie")
-    rows = solve_rows(rec, "item", [users], [r], [t], steps=steps, lr=lr)
+    rows = solve_rows(rec, "item", [users], [r], [t], steps=steps, lr=lr, penalty=penalty)
     params = rec.params._replace(**{
         f: _append_rows(getattr(rec.params, f), rows[f]) if f in rows
         else _append_rows(getattr(rec.params, f), np.zeros((1,) + getattr(rec.params, f).shape[1:]))

@@ -403,7 +403,8 @@ class Recommender(NamedTuple):
         return foldin.fold_in_item(self, ratings, item_id=item_id, title=title, genres=genres,
                                    timestamps=timestamps, steps=steps)
 
-    def evaluate(self, test, *, k: int = 10, threshold: float | None = 4.0, baseline: bool = True) -> dict:
+    def evaluate(self, test, *, k: int = 10, threshold: float | None = 4.0, min_ratings: int | None = None,
+                 baseline: bool = True) -> dict:
         """Rating and ranking metrics on held-out ratings ``test`` (a `Ratings` of the same data
         set, e.g. the checkpoint's test split).
 
@@ -413,8 +414,10 @@ class Recommender(NamedTuple):
         (`recsys_jax.metrics.ranking_report`): a test item is relevant when rated at least
         ``threshold`` (None: every test item); the candidates of a user are *all items it did
         not rate in the training split* (the recorded `rated_items`), untrained items
-        included. With ``baseline``, ``popularity`` holds the same ranking metrics for the
-        non-personalised baseline that scores each item by its number of training ratings.
+        included; with ``min_ratings``, only items with at least that many training ratings
+        (coverage is then a share of those). With ``baseline``, ``popularity`` holds the same
+        ranking metrics for the non-personalised baseline that scores each item by its number
+        of training ratings.
         """
         from recsys_jax.metrics import broadcast_scores, mae, ranking_report, rmse
 
@@ -432,6 +435,11 @@ class Recommender(NamedTuple):
             raise ValueError(f"evaluate: test {what} id {int(bad)} is not in the model's id maps: the test ratings "
                              "do not come from the data set the model was trained on")
         exclude = self._rated("evaluate")
+        item_mask = None
+        if min_ratings is not None:
+            if isinstance(min_ratings, bool) or not isinstance(min_ratings, (int, np.integer)) or min_ratings < 0:
+                raise ValueError(f"evaluate: min_ratings must be a non-negative integer, got {min_ratings!r}")
+            item_mask = self.item_counts() >= int(min_ratings)
         times = days(test.timestamps) if getattr(get_model(self.model), "USES_TIME", False) else None
         pred = self._predict_indices(users, items, times=times, clip=self.rating_scale)
         import dataclasses
@@ -439,12 +447,14 @@ class Recommender(NamedTuple):
         mapped = dataclasses.replace(test, users=users, items=items, user_ids=self.user_ids, item_ids=self.item_ids)
         out = {"rmse": rmse(pred, test.ratings), "mae": mae(pred, test.ratings), "num_test": len(test),
                **ranking_report(self._score_fn(), self._score_inputs(), mapped, k=k, exclude=exclude,
-                                threshold=threshold),
-               "threshold": threshold, "candidates": "every item the user did not rate in the training split"}
+                                item_mask=item_mask, threshold=threshold),
+               "threshold": threshold, "min_ratings": min_ratings,
+               "candidates": "every item the user did not rate in the training split"
+                             + ("" if min_ratings is None else f", with at least {min_ratings} training ratings")}
         if baseline:
             popularity = jnp.asarray(self.item_counts(), jnp.float32)
             out["popularity"] = ranking_report(broadcast_scores, popularity, mapped, k=k, exclude=exclude,
-                                               threshold=threshold)
+                                               item_mask=item_mask, threshold=threshold)
         return out
 
     def title(self, raw_item_id: int) -> str | None:

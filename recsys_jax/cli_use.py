@@ -244,11 +244,14 @@ def cmd_evaluate(args) -> dict:
 
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
-    rec = checkpoint.load(args.checkpoint)
-    meta = checkpoint.read_meta(args.checkpoint)
-    rec, test = evaluate_data(rec, meta, args)
     if args.min_ratings is not None and args.min_ratings < 0:
         raise ValueError(f"--min-ratings must be >= 0, got {args.min_ratings}")
+    rec = checkpoint.load(args.checkpoint)
+    lo, hi = rec.rating_scale
+    if not args.all_relevant and not lo <= args.threshold <= hi:
+        raise ValueError(f"--threshold {args.threshold:g} is outside the rating scale {lo:g}..{hi:g}")
+    meta = checkpoint.read_meta(args.checkpoint)
+    rec, test = evaluate_data(rec, meta, args)
     out = rec.evaluate(test, k=args.k, threshold=None if args.all_relevant else args.threshold,
                        min_ratings=args.min_ratings)
     recorded = (meta.get("extra") or {}).get("test_rmse")

@@ -425,7 +425,7 @@ class Recommender(NamedTuple):
             raise ValueError(f"evaluate: k must be a positive integer, got {k!r}")
         lo, hi = self.rating_scale
         if threshold is not None and not lo <= threshold <= hi:
-            raise ValueError(f"evaluate: threshold {threshold} is outside the rating scale {lo:g}..{hi:g}")
+            raise ValueError(f"evaluate: threshold {threshold:g} is outside the rating scale {lo:g}..{hi:g}")
         raw_users, raw_items = test.user_ids[test.users], test.item_ids[test.items]
         users, user_found = lookup_ids(self.user_ids, raw_users)
         items, item_found = lookup_ids(self.item_ids, raw_items)

@@ -21,6 +21,13 @@ from the training split for per-epoch scores and the best epoch; the test split 
 once. Hyperparameters come from `recsys_jax.presets` (``default``: tuned on a validation
 slice of the training split; ``notebook``: the course's own regimen) and are written into
 every record. Each summary row carries the published reference for the same protocol.
+
+Ranking (unless ``--no-ranking``): each trained model also ranks the whole catalogue for
+every test user (`recsys_jax.recommender.Recommender.evaluate`): precision, recall, NDCG,
+MAP and hit rate at ``--k`` (10) with catalogue coverage, a test rating of at least 4 being
+relevant and every movie the user did not rate in the training split a candidate; beside
+it, on the same splits, the popularity baseline (movies ranked by their number of training
+ratings).
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ import numpy as np
 from benchmarks.common import (REPO, RESULTS, add_output_args, environment, markdown_table, print_written,
                                resolve_outputs, write_json, write_text)
 from recsys_jax.data import DataError, kfold_split, load_movielens, random_split
-from recsys_jax.experiment import run_experiment
+from recsys_jax.experiment import run_experiment, to_recommender
 from recsys_jax.models import MODELS, make_config
 from recsys_jax.presets import get_preset, model_options, val_frac
 
@@ -111,6 +118,38 @@ def train_config(preset: str, model: str, seed: int | None = None, tuned: str | 
     if choice is None:
         return None
     return get_preset("default", model)._replace(**choice["best"])
+
+
+RANKING = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+RELEVANT = 4.0  # a test rating of at least this is relevant
+
+
+def ranking_record(data, split, result, k: int) -> tuple[dict, dict]:
+    """``(model, popularity)``: the ranking metrics of the trained model and of the
+    popularity baseline at ``k`` on the test split (see the module docstring)."""
+    rec = to_recommender(data, result, train_split=data.take(split.train))
+    out = rec.evaluate(data.take(split.test), k=k, threshold=RELEVANT)
+    return {m: out[m] for m in (*RANKING, "num_users", "k")}, out["popularity"]
+
+
+def summarise_ranking(records: list[dict]) -> list[dict]:
+    """Mean ranking metrics per (dataset, protocol, model, preset, loss), and one popularity
+    row per (dataset, protocol) from the same splits."""
+    groups, baseline = defaultdict(list), defaultdict(dict)
+    for r in records:
+        if "ranking" not in r:
+            continue
+        groups[(r["dataset"], r["protocol"], r["model"], r["preset"], r["loss"])].append(r["ranking"])
+        baseline[(r["dataset"], r["protocol"])][r["seed"]] = r["popularity_ranking"]
+    rows = []
+    for (dataset, protocol, model, preset, loss), rs in groups.items():
+        rows.append({"dataset": dataset, "protocol": protocol, "model": model, "preset": preset, "loss": loss,
+                     "runs": len(rs), "k": rs[0]["k"], **{m: float(np.mean([x[m] for x in rs])) for m in RANKING}})
+    for (dataset, protocol), per_seed in baseline.items():
+        rs = list(per_seed.values())
+        rows.append({"dataset": dataset, "protocol": protocol, "model": "popularity", "preset": "-", "loss": "-",
+                     "runs": len(rs), "k": rs[0]["k"], **{m: float(np.mean([x[m] for x in rs])) for m in RANKING}})
+    return rows
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -194,6 +233,21 @@ def markdown(summary: list[dict], env: dict, records: list[dict]) -> str:
         if refs:
             out.append("\nPublished, same protocol unless noted: " + "; ".join(f"{n}: {v}" for n, v in refs) + ".")
         out.append("")
+        ranking = [r for r in summarise_ranking(records) if (r["dataset"], r["protocol"]) == (dataset, protocol)]
+        if ranking:
+            ranking.sort(key=lambda r: -r["ndcg"])
+            k = ranking[0]["k"]
+            out.append(f"#### Ranking at k = {k} ({dataset}, {protocol}; mean over the same runs)\n")
+            out.append(markdown_table(
+                ["model", "preset", "loss", f"precision@{k}", f"recall@{k}", f"NDCG@{k}", f"MAP@{k}",
+                 f"hit rate@{k}", "coverage"],
+                [[r["model"], r["preset"], r["loss"], *(f"{r[m]:.4f}" for m in RANKING)] for r in ranking],
+            ))
+            out.append(f"\nA test rating of at least {RELEVANT:g} is relevant; the candidates of a user are every "
+                       "movie it did not rate in the training split (the whole catalogue ranked with "
+                       "`jax.lax.top_k`); coverage is the share of the catalogue in at least one user's top k. "
+                       "The popularity baseline ranks movies by their number of training ratings.")
+            out.append("")
     out += comparisons(records)
     out.append(f"Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}, "
                f"optax {env['optax']}; commit {env['git_commit']}; `{env['command']}`.")
@@ -213,6 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--losses", nargs="+", default=["mse"],
                    help="train each model with each loss (recsys_jax.losses LOSSES / PARAM_LOSSES)")
     add_output_args(p)
+    p.add_argument("--k", type=int, default=10, help="cut-off of the ranking metrics (default: %(default)s)")
+    p.add_argument("--no-ranking", action="store_true", help="rating metrics only (no whole-catalogue ranking)")
     p.add_argument("--from-json", metavar="PATH",
                    help="only re-render the summary of records in PATH (no training), beside it unless --md")
     args = p.parse_args(argv)
@@ -244,16 +300,21 @@ def main(argv=None) -> int:
                         continue
                     tc = tc._replace(loss=loss, **LOSS_SETTINGS.get(loss, {}))
                     opts = model_options(preset, model) if preset != "tuned" else {}
-                    rec, _ = run_experiment(data, split, model, seed=seed, train_config=tc,
-                                            model_config=make_config(model, **opts),
-                                            val_frac=val_frac(preset) if preset != "tuned" else 0.1)
+                    rec, result = run_experiment(data, split, model, seed=seed, train_config=tc,
+                                                 model_config=make_config(model, **opts),
+                                                 val_frac=val_frac(preset) if preset != "tuned" else 0.1)
+                    if not args.no_ranking:
+                        rec["ranking"], rec["popularity_ranking"] = ranking_record(data, split, result, args.k)
                     rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset,
                                loss=tc.loss, **{k: env[k] for k in env if k not in rec})
                     if preset == "tuned":
                         rec["tuned_from"] = str(args.tuned or TUNED.relative_to(REPO))
                     records.append(rec)
+                    ranked = "" if args.no_ranking else (
+                        f" ndcg@{args.k} {rec['ranking']['ndcg']:.4f} (popularity "
+                        f"{rec['popularity_ranking']['ndcg']:.4f})")
                     print(f"[accuracy] {name} {protocol} seed/fold {seed} {model:5s} {preset:8s} {loss:12s} "
-                          f"rmse {rec['test_rmse']:.4f} mae {rec['test_mae']:.4f} "
+                          f"rmse {rec['test_rmse']:.4f} mae {rec['test_mae']:.4f}{ranked} "
                           f"fit {rec['fit_seconds']:.1f} s", flush=True)
     summary = summarise(records)
     json_path = write_json(files.json, records)

@@ -175,3 +175,27 @@ def test_evaluate_refuses_other_data_and_bad_flags(trained, tmp_path):
     code, _, err = run_cli(["evaluate", "--checkpoint", ck, "--data-dir", root, "--no-download",
                             "--threshold", "9"])
     assert code == 2 and "--threshold 9 is outside the rating scale 0.5..5" in err
+
+
+# -- benchmarks/accuracy.py's ranking table ---------------------------------------------------------
+def test_accuracy_benchmark_summarises_ranking_beside_popularity():
+    from benchmarks import accuracy
+
+    def record(model, seed, ndcg, pop_ndcg):
+        metrics = {m: ndcg for m in accuracy.RANKING}
+        return {"dataset": "d", "protocol": "p", "model": model, "preset": "default", "loss": "mse", "seed": seed,
+                "test_rmse": 0.9, "test_mae": 0.7, "fit_seconds": 1.0, "epochs": 1,
+                "ranking": {**metrics, "num_users": 5, "k": 10},
+                "popularity_ranking": {**{m: pop_ndcg for m in accuracy.RANKING}, "num_users": 5, "k": 10}}
+
+    records = [record("bias", 0, 0.1, 0.3), record("bias", 1, 0.2, 0.5), record("dot", 0, 0.4, 0.3),
+               record("dot", 1, 0.0, 0.5)]
+    rows = {r["model"]: r for r in accuracy.summarise_ranking(records)}
+    assert rows["bias"]["ndcg"] == pytest.approx(0.15) and rows["dot"]["ndcg"] == pytest.approx(0.2)
+    assert rows["popularity"]["ndcg"] == pytest.approx(0.4) and rows["popularity"]["runs"] == 2  # once per split
+    env = {"device": "cpu", "cpu": "x", "cpu_count": 2, "jax": "0", "optax": "0", "git_commit": "c", "command": "c"}
+    text = accuracy.markdown(accuracy.summarise(records), env, records)
+    assert "#### Ranking at k = 10 (d, p" in text
+    assert "| popularity | - | - | 0.4000 | 0.4000 | 0.4000 | 0.4000 | 0.4000 | 0.4000 |" in text
+    old = [{k: v for k, v in r.items() if "ranking" not in k} for r in records]  # records from before
+    assert "Ranking at k" not in accuracy.markdown(accuracy.summarise(old), env, old)

@@ -43,9 +43,15 @@ instead of an error).
 The closed form holds for ``dot`` and ``bias`` trained with squared error and no y-range.
 Every other model (and those two with a y-range or another loss) takes ``steps`` steps of
 Adam (``lr``) on the same objective, :math:`\sum_{i} \ell(\hat r_{ui}, r_i)` plus the
-model's own penalty terms of the new row (its ``penalty``, or the name-based one), from a
-zero row: one compiled program per model and shape (the ratings are padded to a power of
-two and masked; many users are solved at once with `jax.vmap`). The new row is evaluated
+model's own penalty terms of the new row (its ``penalty``, or the name-based one), starting
+from the mean of the trained rows: one compiled program per model and shape (the ratings
+are padded to a power of two and masked; rows of similar length are solved at once with
+`jax.vmap`). The objective is the training objective, however weakly it regularises: on
+ml-latest-small (50 users held out of training, folded in; mean per-user test RMSE) NeuMF's
+preset (``l2=0.01``) folds users in 0.09 worse than training placed them, its few epochs
+having regularised more than the penalty does; with ``penalty=Penalty(0.1)`` fold-in does
+better than training did (re-solving trained users' rows: 0.861 against 0.870). `Penalty`
+overrides the objective's. The new row is evaluated
 through a *one-row view* of the model: its ``user_*`` (or ``item_*``) tables replaced by
 the row being solved, at index 0, and its ``aux`` made to describe that one user (SVD++:
 :math:`N(u)` = the items just rated; timeSVD: the mean day of the ratings; the
@@ -91,7 +97,10 @@ class Penalty(NamedTuple):
 
 def penalty_of(rec) -> Penalty:
     """The `Penalty` ``rec`` was trained with (its ``train_config``); without one, the
-    ``default`` preset's for its model (a model loaded from an old checkpoint)."""
+    ``default`` preset's for its model (a model loaded from an old checkpoint). For the
+    whole-table penalty, :math:`N` is the number of recorded training pairs (the notebook
+    presets, the only ones with that penalty, carve no validation slice, so these are
+    exactly the ratings the model was fit on)."""
     tc = rec.train_config
     if tc is None:
         from recsys_jax.presets import get_preset

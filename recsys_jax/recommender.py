@@ -28,6 +28,17 @@ A model trained with a loss that has parameters (`recsys_jax.losses.PARAM_LOSSES
 parameters, and every prediction, the fallback's included, is the loss's ``predict`` of
 the score (for ``ordinal``: the expected rating; `Recommender.rating_distribution` gives
 the whole distribution over the levels).
+
+Recommending. `recommend` (one user) and `recommend_many` (a batch) score the whole
+catalogue for each user at once (`recsys_jax.metrics.make_score_fn`: one matrix product for
+the dot-product family, the model's ``apply`` in blocks otherwise) and rank it with
+`jax.lax.top_k`, leaving out what the user rated in training (``rated_indptr`` /
+``rated_items``, the training split's pairs that ``recsys-jax train`` keeps), with optional
+filters on a movie's number of training ratings and its genres; `users_for_item` ranks the
+users for a movie; `score` adds a ``prediction`` column to a DataFrame of pairs.
+`fold_in_user` / `fold_in_item` add a user or movie the model has never seen from a few
+ratings (`recsys_jax.foldin`), and `evaluate` reports rating and ranking metrics on
+held-out ratings beside a popularity baseline.
 """
 from __future__ import annotations
 
@@ -383,25 +394,28 @@ class Recommender(NamedTuple):
         return df.assign(prediction=pred.astype(np.float64))
 
     # -- fold-in and evaluation ----------------------------------------------------------------
-    def fold_in_user(self, ratings, *, user_id: int | None = None, timestamps=None, steps: int | None = None
-                     ) -> "Recommender":
+    def fold_in_user(self, ratings, *, user_id: int | None = None, timestamps=None, steps: int | None = None,
+                     unknown: str = "error", penalty=None) -> "Recommender":
         """This model with one more user, solved from ``ratings`` (a dict ``{movieId: rating}``
-        or a DataFrame with ``movieId`` and ``rating`` columns) with every item parameter
-        fixed: see `recsys_jax.foldin`. The new user gets the raw id ``user_id`` (default:
-        one more than the largest known), so ``rec.fold_in_user(r).recommend(id)`` works."""
+        or a DataFrame with ``movieId``, ``rating`` and optionally ``timestamp`` columns) with
+        every item parameter fixed: see `recsys_jax.foldin` (``unknown="skip"`` drops movies
+        without training ratings; ``penalty``, a `recsys_jax.foldin.Penalty`, replaces the
+        training objective's). The new user gets the raw id ``user_id`` (default: one more
+        than the largest known), so ``rec.fold_in_user(r).recommend(id)`` works."""
         from recsys_jax import foldin
 
-        return foldin.fold_in_user(self, ratings, user_id=user_id, timestamps=timestamps, steps=steps)
+        return foldin.fold_in_user(self, ratings, user_id=user_id, timestamps=timestamps, steps=steps,
+                                   unknown=unknown, penalty=penalty)
 
     def fold_in_item(self, ratings, *, item_id: int | None = None, title: str | None = None, genres=None,
-                     timestamps=None, steps: int | None = None) -> "Recommender":
+                     timestamps=None, steps: int | None = None, penalty=None) -> "Recommender":
         """This model with one more item, solved from ``ratings`` (``{userId: rating}`` or a
         DataFrame with ``userId`` and ``rating``) with every user parameter fixed: see
         `recsys_jax.foldin`."""
         from recsys_jax import foldin
 
         return foldin.fold_in_item(self, ratings, item_id=item_id, title=title, genres=genres,
-                                   timestamps=timestamps, steps=steps)
+                                   timestamps=timestamps, steps=steps, penalty=penalty)
 
     def evaluate(self, test, *, k: int = 10, threshold: float | None = 4.0, min_ratings: int | None = None,
                  baseline: bool = True) -> dict:

@@ -48,6 +48,11 @@ def test_closed_form_dot_by_hand():
     assert float(new.params.user_factors[1, 0]) == pytest.approx(5 / 6, rel=1e-6)
     # prediction p q: 5/6 and 10/6
     np.testing.assert_allclose(new.predict([2, 2], [10, 20]), [5 / 6, 10 / 6], rtol=1e-6)
+    # lambda = 2: (5 + 2 * 2) p = 5, p = 5/9; a penalty given to fold-in replaces the training one
+    rec = hand_rec("dot", {"l2": 2.0, "loss": "mse"})
+    assert float(rec.fold_in_user({10: 1.0, 20: 2.0}).params.user_factors[1, 0]) == pytest.approx(5 / 9, rel=1e-6)
+    new = rec.fold_in_user({10: 1.0, 20: 2.0}, penalty=foldin.Penalty(0.5))
+    assert float(new.params.user_factors[1, 0]) == pytest.approx(5 / 6, rel=1e-6)
     # the whole-table penalty of the notebook presets: N lambda with N the recorded training
     # pairs (here 4 of user 1), biases free: lambda = 0.25 gives N lambda = 1 again
     rec = hand_rec("dot", {"l2": 0.25, "loss": "mse", "penalty": "table"},
@@ -243,7 +248,7 @@ def test_bad_input_is_a_clear_error(tiny):
     with pytest.raises(UnknownIdError, match="unknown user id 999"):
         rec.fold_in_item({999: 4.0})
     # unknown="skip" drops the movie without training ratings and solves from the rest
-    skipped = foldin.fold_in_user(rec, {1: 4.0, 999: 2.0}, unknown="skip")
+    skipped = rec.fold_in_user({1: 4.0, 999: 2.0}, unknown="skip")
     direct = rec.fold_in_user({1: 4.0})
     np.testing.assert_allclose(skipped.params.user_factors[-1], direct.params.user_factors[-1], rtol=1e-6)
 

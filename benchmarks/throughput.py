@@ -58,12 +58,15 @@ def device_peak_mb() -> float | None:
     return None
 
 
-def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str = "adam"):
+def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str = "adam", l2: float = 1e-4,
+          bias_l2: float = 0.0):
     """What `fit` builds, through the same engine (`recsys_jax.engine.make_engine`):
     ``(engine, state, apply_fn, extra)`` with ``extra`` the model's aux and times. The
-    objective is MSE with L2 1e-4 on the touched rows, at a constant learning rate."""
+    objective is MSE with L2 ``l2`` (default 1e-4) on the touched rows, at a constant
+    learning rate."""
     module, config, aux, apply_fn, times = prepare_model(model, ratings)
-    tc = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, schedule="constant", l2=1e-4, optimizer=optimizer)
+    tc = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, schedule="constant", l2=l2, bias_l2=bias_l2,
+                     optimizer=optimizer)
     engine = make_engine(model, apply_fn, static_config(config), RatingObjective(mse), None, tc,
                          num_batches(len(ratings), batch_size))
     state = engine.init(module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config))

@@ -44,3 +44,19 @@ def configured_model(name: str, train, **options):
     if hasattr(module, "configure"):
         config = module.configure(config, aux)
     return module, config, aux
+
+
+def run_cli(argv) -> tuple[int, str, str]:
+    """``recsys-jax argv`` in this process: ``(exit code, stdout, stderr)`` (``--help``'s exit too)."""
+    import contextlib
+    import io
+
+    from recsys_jax.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # --help
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

@@ -3,8 +3,6 @@ recorded (random, user, temporal), and ``recsys-jax evaluate`` against an indepe
 computation on a tiny checkpoint."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -14,13 +12,26 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from recsys_jax import checkpoint
-from recsys_jax.cli import main
 from recsys_jax.cli_use import rebuild_split
-from recsys_jax.data import Ratings, load_movielens, make_synthetic, random_split, temporal_split, user_split
-from recsys_jax.metrics import (broadcast_scores, make_score_fn, matrix_scores, rank_metrics, ranking_report,
-                                top_k)
+from recsys_jax.data import (
+    Ratings,
+    load_movielens,
+    make_synthetic,
+    random_split,
+    temporal_split,
+    user_split,
+)
+from recsys_jax.metrics import (
+    broadcast_scores,
+    make_score_fn,
+    matrix_scores,
+    rank_metrics,
+    ranking_report,
+    top_k,
+)
 
 L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)  # DCG discounts of ranks 1, 2, 3
 
@@ -121,13 +132,6 @@ def movielens_folder(root: Path, seed: int = 11) -> Path:
                   "genres": [genres[j % len(genres)] for j in range(len(movies))]}).to_csv(folder / "movies.csv",
                                                                                         index=False)
     return root
-
-
-def run_cli(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

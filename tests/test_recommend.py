@@ -4,9 +4,7 @@ checkpoint keeping the training pairs, genres and train config, ``recsys-jax rec
 known user, a new user from --rate, bad input) and scripts/recommend_for_me.py."""
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 from pathlib import Path
 
@@ -15,18 +13,21 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import configured_model, run_cli
+from test_evaluate import movielens_folder
 
 from recsys_jax import checkpoint
 from recsys_jax.checkpoint import CheckpointError
-from recsys_jax.cli import main
 from recsys_jax.data import UnknownIdError, make_synthetic
 from recsys_jax.losses import PARAM_LOSSES
-from recsys_jax.metrics import DENSE_SCORES, ScoreInputs, make_score_fn, pairs_by_user, top_k
+from recsys_jax.metrics import (
+    DENSE_SCORES,
+    make_score_fn,
+    pairs_by_user,
+    top_k,
+)
 from recsys_jax.models import MODELS, bias
 from recsys_jax.recommender import Recommender
-
-from conftest import configured_model
-from test_evaluate import movielens_folder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "recommend_for_me.py"
 
@@ -189,16 +190,6 @@ def test_checkpoint_keeps_pairs_genres_and_train_config(tmp_path):
 
 
 # -- recsys-jax recommend ------------------------------------------------------------------------------
-def run_cli(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:  # --help
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny checkpoint trained by the CLI on a MovieLens-shaped folder (titles, genres)."""

@@ -299,6 +299,11 @@ def fit(
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
     module, model_config, aux, apply_fn, times = prepare_model(model, train, model_config)
     val_times = days(val.timestamps) if times is not None and val is not None else None
+    if hasattr(module, "fit_epochs"):
+        if loss_fn is not None or penalty_fn is not None or checkpoint_dir is not None:
+            raise ValueError(f"fit: model {model!r} trains itself (its module's fit_epochs); it takes no custom "
+                             "loss_fn or penalty_fn and no checkpoint_dir")
+        return _fit_self(module, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch)
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
     param_loss = loss_fn if isinstance(loss_fn, ParamLoss) else None
@@ -353,6 +358,47 @@ def fit(
         return FitResult(best_params, history, model, model_config, tc, best_epoch, state, stop_reason, aux, **seen)
     return FitResult(best_params.model, history, model, model_config, tc, best_epoch, state, stop_reason, aux,
                      best_params.loss, param_loss, **seen)
+
+
+def _fit_self(module, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch) -> FitResult:
+    """`fit` for a model that trains itself: its ``fit_epochs`` yields ``(params, train_loss)``
+    after each epoch (a Gibbs sweep, a closed-form solve, an epoch of its own optimiser);
+    validation, the best epoch, early stopping and progress are the same as for the engine."""
+    history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
+    best = Best(math.inf, None, 0)
+    epochs = module.fit_epochs(key, train, model_config, tc, aux)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.epochs, desc=f"fit {model}", unit="epoch", leave=False)
+    t0 = time.perf_counter()
+    for epoch, (params, train_loss) in enumerate(epochs, start=1):
+        record = {"epoch": epoch, "train_loss": float(train_loss), "val_rmse": None, "val_mae": None}
+        score = -epoch  # no validation: the last epoch wins
+        if val is not None and len(val):
+            pred = predict_indices(apply_fn, params, val.users, val.items, clip=train.rating_scale, aux=aux)
+            score = metrics.rmse(pred, val.ratings)
+            record.update(val_rmse=score, val_mae=metrics.mae(pred, val.ratings))
+        record["seconds"] = time.perf_counter() - t0
+        for k, v in record.items():
+            history[k].append(v)
+        if score < best.score:
+            best = Best(score, params, epoch)
+        if bar is not None:
+            bar.update()
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if epoch >= tc.epochs or (tc.patience is not None and epoch - best.epoch >= tc.patience):
+            break
+        t0 = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    if best.epoch == 0:
+        raise ValueError(f"fit: model {model!r} yielded no epoch")
+    seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
+            "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
+    return FitResult(best.params, history, model, model_config, tc, best.epoch, None, None, aux, **seen)
 
 
 class Best(NamedTuple):

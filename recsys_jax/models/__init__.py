@@ -13,6 +13,13 @@ and ``prepare(train_ratings, config) -> Aux``; `recsys_jax.train.fit` calls it a
 checkpoints save the result. Time-aware models read ``times`` (float32 days since the
 epoch) per pair; the others ignore it.
 
+A model that is not trained by the gradient engine (a closed form, a sampler, an
+autoencoder with its own optimiser) has ``fit_epochs(key, train, config, train_config, aux)``,
+a generator of ``(params, train_loss)`` after each epoch; `recsys_jax.train.fit` then runs
+its loop (validation after every epoch, best epoch, early stopping at ``patience``, at most
+``train_config.epochs``) around it, and prediction is the module's ``apply`` as for every
+other model.
+
 `MODELS` is written out by hand: tests and benchmarks iterate over it, so listing a
 model here gets it tested and benchmarked.
 """

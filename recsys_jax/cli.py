@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-frac", type=float, default=None,
                    help="validation slice of the training split (0: none, train on all of it; "
                         "default: 0.1, or 0 for the notebook presets, which keep the last epoch)")
+    t.add_argument("--no-refit", action="store_true",
+                   help="keep the model fit on the training split less the validation slice (default: choose the "
+                        "epoch count on the slice, then refit on the whole training split)")
     t.add_argument("--split-file", metavar="NPZ", help="use this saved split (recsys_jax.data.save_split)")
     t.add_argument("--save-split", metavar="NPZ", help="write the train/test split used to this file")
     for name, typ, helptext in [
@@ -237,19 +240,25 @@ def cmd_train(args) -> dict:
     out, result = run_experiment(
         ratings, split, args.model, seed=args.seed, train_config=tc, model_config=model_config,
         val_frac=val_frac, progress=args.progress, on_epoch=on_epoch, checkpoint_dir=args.resume_dir,
+        refit=not args.no_refit,
     )
+    selection_history = out.pop("selection_history", None)
     if out["stop_reason"]:
         print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
     out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
+    refit_txt = f", then refit on all {out['num_fit']} training ratings" if out["refit"] else ""
     print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
-          f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']})")
+          f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']}{refit_txt})")
     if dest is not None:
         # The history and each movie's training count and mean, for `inspect` and `plot`:
-        # split_parts gives the same training rows run_experiment fit on.
-        train, _, _ = split_parts(ratings, split, args.seed, val_frac)
+        # split_parts gives the same training rows run_experiment fit on (all of the training
+        # split after a refit).
+        train = ratings.take(split.train) if out["refit"] else split_parts(ratings, split, args.seed, val_frac)[0]
         # train_split: the pairs each user rated in training, which recommend leaves out.
         rec = to_recommender(ratings, result, train_split=ratings.take(split.train))
-        checkpoint.save(dest, rec, extra=out, history=result.history, item_stats=item_stats(train, ratings.item_ids))
+        # The learning curve with validation scores is the selection fit's (the refit has no validation).
+        checkpoint.save(dest, rec, extra=out, history=selection_history or result.history,
+                        item_stats=item_stats(train, ratings.item_ids))
         out["checkpoint"] = str(dest)
         print(f"saved checkpoint to {dest}")
     if args.json:

@@ -6,14 +6,21 @@ a number from the CLI and a number in the benchmark table come from the same pro
 1. the test split is fixed by the caller (a `Split`, e.g. ``random_split(ratings, seed)``);
 2. a validation slice (``val_frac`` of the training split, drawn from ``seed``) is carved
    off the training split; training sees only the rest;
-3. `fit` scores the validation slice after every epoch and keeps the best epoch;
-4. the test split is scored once, at the end, with predictions clipped to the scale (for a
+3. `fit` scores the validation slice after every epoch and keeps the best epoch (early
+   stopping, with a patience);
+4. refit (``refit=True``, the default): the model is trained again, from the same key, on
+   the whole training split (validation slice included) for the best epoch's number of
+   epochs, the schedule spread over those epochs, and that model is the result. The
+   validation slice chose the epoch count; it then counts as training data, as it would for
+   any user of the model. With ``refit=False`` the model of step 3 is the result;
+5. the test split is scored once, at the end, with predictions clipped to the scale (for a
    loss with parameters, the loss's ``predict`` of the model's scores: e.g. the expected
    rating of the ordinal model).
 
-``fit_seconds`` is the wall time of step 3, compilation included, data loading excluded;
-``compile_seconds`` is the part of it spent compiling the training epoch (0 when this
-process, or JAX's persistent cache, had it already).
+``fit_seconds`` is the wall time of steps 3-4, compilation included, data loading
+excluded (``refit_seconds`` the part of it spent in step 4); ``compile_seconds`` is the
+part spent compiling the training epoch (0 when this process, or JAX's persistent cache,
+had it already).
 """
 from __future__ import annotations
 
@@ -73,8 +80,12 @@ def run_experiment(
     progress: bool = False,
     on_epoch=None,
     checkpoint_dir: str | None = None,
+    refit: bool = True,
 ) -> tuple[dict, FitResult]:
-    """Runs steps 1-4 above; returns a flat record of the results and the `FitResult`."""
+    """Runs steps 1-5 above; returns a flat record of the results and the `FitResult` (of
+    the refit when there was one; the selection fit's history is the record's
+    ``selection_history``). ``checkpoint_dir`` keeps the progress of step 3 there and of
+    step 4 in its ``refit`` subfolder."""
     if len(split.test) == 0:
         raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
     train, val, test = split_parts(ratings, split, seed, val_frac)
@@ -86,27 +97,38 @@ def run_experiment(
         checkpoint_dir=checkpoint_dir,
     )
     jax.block_until_ready(result.params)
+    selection = result
+    refit_seconds = None
+    if refit and val is not None and result.stop_reason is None:
+        t1 = time.perf_counter()
+        result = refit_on(ratings.take(split.train), result, seed=seed, loss_fn=loss_fn, progress=progress,
+                          checkpoint_dir=None if checkpoint_dir is None else f"{checkpoint_dir}/refit")
+        jax.block_until_ready(result.params)
+        refit_seconds = time.perf_counter() - t1
     fit_seconds = time.perf_counter() - t0
 
     apply_fn = make_apply(model, result.model_config)
     times = days(test.timestamps) if getattr(get_model(model), "USES_TIME", False) else None
     pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale,
                            aux=result.aux, times=times, **result.predict_link())
-    val_scores = [v for v in result.history["val_rmse"] if v is not None]
+    val_scores = [v for v in selection.history["val_rmse"] if v is not None]
     record = {
         "model": model,
         "dataset": ratings.name,
         "seed": seed,
         "test_rmse": metrics.rmse(pred, test.ratings),
         "test_mae": metrics.mae(pred, test.ratings),
-        "val_rmse": min(val_scores) if val_scores else None,
-        "best_epoch": result.best_epoch,
+        "val_rmse": min(val_scores) if val_scores else None,  # of the selection fit (step 3)
+        "best_epoch": selection.best_epoch,
+        "refit": refit_seconds is not None,
         "fit_seconds": fit_seconds,
-        "compile_seconds": result.compile_seconds,  # part of fit_seconds: compiling the epoch
-        "epochs": len(result.history["epoch"]),
-        "stop_reason": result.stop_reason,
+        "refit_seconds": refit_seconds,  # part of fit_seconds: step 4
+        "compile_seconds": selection.compile_seconds + (result.compile_seconds if refit_seconds else 0.0),
+        "epochs": len(selection.history["epoch"]),
+        "stop_reason": selection.stop_reason or result.stop_reason,
         "num_ratings": len(ratings),
-        "num_train": len(train),
+        "num_train": len(train),  # the selection fit's rows (the training split less the validation slice)
+        "num_fit": len(train) + (len(val) if refit_seconds is not None else 0),  # the rows the result was fit on
         "num_val": 0 if val is None else len(val),
         "num_test": len(test),
         "num_users": ratings.num_users,
@@ -117,7 +139,35 @@ def run_experiment(
         "jax": jax.__version__,
         "python": platform.python_version(),
     }
+    if refit_seconds is not None:
+        record["selection_history"] = selection.history
     return record, result
+
+
+def refit_on(train_all: Ratings, selection: FitResult, *, seed: int, loss_fn=None, progress: bool = False,
+             checkpoint_dir: str | None = None) -> FitResult:
+    """Step 4: ``selection``'s model and settings trained again on ``train_all`` (the whole
+    training split) from the same key, for ``selection.best_epoch`` epochs, with no
+    validation (the last epoch is the result).
+
+    The schedule is spread over the refit's epochs (a one-cycle schedule completes its
+    cycle), and each epoch has about ``1 / (1 - val_frac)`` times the steps of a selection
+    epoch: the same number of passes over the data, which is what the epoch count measures.
+    A piecewise schedule's phases are cut at ``best_epoch``.
+    """
+    tc = selection.train_config._replace(epochs=selection.best_epoch, patience=None)
+    if tc.phases is not None:
+        phases, left = [], tc.epochs
+        for n, lr in tc.phases:
+            if left > 0:
+                phases.append((min(int(n), left), lr))
+                left -= int(n)
+        tc = tc._replace(phases=tuple(phases))
+    # fit sets what the config takes from the data (mean_rating; a module's configure) from train_all.
+    if selection.loss is not None and loss_fn is None:
+        loss_fn = selection.loss
+    return fit(selection.model, train_all, None, key=jax.random.key(seed), model_config=selection.model_config,
+               train_config=tc, loss_fn=loss_fn, progress=progress, checkpoint_dir=checkpoint_dir)
 
 
 def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings | None = None) -> Recommender:

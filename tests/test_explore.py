@@ -373,9 +373,12 @@ def test_plot_without_matplotlib_is_a_usage_error(saved, tmp_path, capsys, monke
     assert not (tmp_path / "png").exists()
 
 
-def test_train_keeps_history_and_training_counts(tmp_path, capsys):
-    """`recsys-jax train` saves the history it printed and each movie's count and mean over
-    exactly the rows it fit on (training split less the validation slice)."""
+@pytest.mark.parametrize("refit", [True, False])
+def test_train_keeps_history_and_training_counts(tmp_path, capsys, refit):
+    """`recsys-jax train` saves the history it printed (the selection fit's, with validation
+    scores) and each movie's count and mean over exactly the rows the saved model was fit
+    on: the whole training split after the default refit, less the validation slice with
+    --no-refit."""
     from recsys_jax.data import load_ratings, random_split
     from recsys_jax.experiment import split_parts
 
@@ -387,19 +390,23 @@ def test_train_keeps_history_and_training_counts(tmp_path, capsys):
     out = tmp_path / "ck"
     code, text, err = run(capsys, ["train", "--ratings", tmp_path / "r.csv", "--model", "bias", "--epochs", "2",
                                    "--embedding-dim", "2", "--batch-size", "128", "--seed", "4", "--out", out,
-                                   "--json"])
+                                   "--json"] + ([] if refit else ["--no-refit"]))
     assert code == 0, err
     summary = json.loads(text.strip().splitlines()[-1])
+    assert summary["refit"] is refit
     history = checkpoint.read_history(out)
     assert history["epoch"] == [1, 2] and min(history["val_rmse"]) == pytest.approx(summary["val_rmse"])
     loaded = load_ratings(tmp_path / "r.csv")
-    train, _, _ = split_parts(loaded, random_split(loaded, 4, 0.2), 4, 0.1)
+    split = random_split(loaded, 4, 0.2)
+    train, val, _ = split_parts(loaded, split, 4, 0.1)
+    assert summary["num_train"] == len(train) and summary["num_val"] == len(val)
+    fit_rows = loaded.take(split.train) if refit else train
     stats = checkpoint.read_item_stats(out)
-    assert stats.count.sum() == summary["num_train"] == len(train)
-    np.testing.assert_array_equal(stats.count, np.bincount(train.items, minlength=loaded.num_items))
+    assert stats.count.sum() == summary["num_fit"] == len(fit_rows)
+    np.testing.assert_array_equal(stats.count, np.bincount(fit_rows.items, minlength=loaded.num_items))
     np.testing.assert_array_equal(stats.count > 0, checkpoint.load(out).trained_items)
     i = int(np.argmax(stats.count))
-    assert stats.mean[i] == pytest.approx(float(train.ratings[train.items == i].mean()))
+    assert stats.mean[i] == pytest.approx(float(fit_rows.ratings[fit_rows.items == i].mean()))
 
 
 def test_plot_on_an_old_checkpoint(tmp_path, capsys):

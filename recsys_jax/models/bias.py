@@ -98,7 +98,7 @@ def predict_one(
 
 
 def score_matrix(params: Params, *, config: Config = Config()) -> Array:
-    """Every (user, item) pair at once, ``float32[U, I]``: :math:`\mu + b_u + b_i + P Q^\top`."""
+    r"""Every (user, item) pair at once, ``float32[U, I]``: :math:`\mu + b_u + b_i + P Q^\top`."""
     mu = params.global_bias if config.global_mean else 0.0
     return mu + params.user_bias[:, None] + params.item_bias[None, :] + params.user_factors @ params.item_factors.T
 

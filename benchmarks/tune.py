@@ -6,7 +6,9 @@
 For each split seed S of ml-latest-small (random 80/20; ``--seeds``, default 0), the
 *training* split of S is cut again into 90% search-train and 10% search-validation; every
 grid point is trained on the search-train part (with its own early-stopping slice, as in
-every run) and scored on the search-validation part. The test split of S is never loaded.
+every run, and refit on the whole search-train part for the epoch count it chose, as
+`recsys_jax.experiment.run_experiment` does by default) and scored on the search-validation
+part. The test split of S is never loaded.
 The grid point with the lowest search-validation RMSE is written per seed, with the whole
 grid, to ``benchmarks/results/tuned.json`` for a full run from a clean commit, else to
 ``runs/benchmarks/tuned.json`` (``--json`` names it); ``benchmarks.accuracy --presets

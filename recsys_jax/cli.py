@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules adding subcommands: each has ``add_parsers(sub) -> {name: handler(args)}``.
-COMMAND_MODULES = ("recsys_jax.cli_use", "recsys_jax.cli_inspect")
+COMMAND_MODULES = ("recsys_jax.cli_use", "recsys_jax.cli_inspect", "recsys_jax.cli_blend")
 COMMANDS: dict = {}
 
 

@@ -107,10 +107,7 @@ def run_experiment(
         refit_seconds = time.perf_counter() - t1
     fit_seconds = time.perf_counter() - t0
 
-    apply_fn = make_apply(model, result.model_config)
-    times = days(test.timestamps) if getattr(get_model(model), "USES_TIME", False) else None
-    pred = predict_indices(apply_fn, result.params, test.users, test.items, clip=ratings.rating_scale,
-                           aux=result.aux, times=times, **result.predict_link())
+    pred = predict_result(result, test, ratings.rating_scale)
     val_scores = [v for v in selection.history["val_rmse"] if v is not None]
     record = {
         "model": model,
@@ -142,6 +139,16 @@ def run_experiment(
     if refit_seconds is not None:
         record["selection_history"] = selection.history
     return record, result
+
+
+def predict_result(result: FitResult, pairs: Ratings, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """float32[N]: ``result``'s predictions of ``pairs``' (user, item) indices (with their
+    times for a time-aware model; through the loss's ``predict`` for a loss with parameters),
+    clipped to ``clip``."""
+    apply_fn = make_apply(result.model, result.model_config)
+    times = days(pairs.timestamps) if getattr(get_model(result.model), "USES_TIME", False) else None
+    return predict_indices(apply_fn, result.params, pairs.users, pairs.items, clip=clip, aux=result.aux,
+                           times=times, **result.predict_link())
 
 
 def refit_on(train_all: Ratings, selection: FitResult, *, seed: int, loss_fn=None, progress: bool = False,

@@ -23,6 +23,12 @@ slice is scored instead), and the test split is scored once. Hyperparameters com
 slice of the training split; ``notebook``: the course's own regimen) and are written into
 every record. Each summary row carries the published reference for the same protocol.
 
+Blend (unless ``--no-blend``): for each split and preset where two or more models ran with
+the squared-error loss, the ``blend`` row is the linear blend of all of them
+(`recsys_jax.blend`): ridge weights fitted on the validation slice (the same rows for every
+model of the split) from the selection fits' predictions, applied to the refitted models'
+test predictions; no extra training. Its fit seconds are the sum of its members'.
+
 Ranking (unless ``--no-ranking``): each trained model also ranks the whole catalogue for
 every test user (`recsys_jax.recommender.Recommender.evaluate`): precision, recall, NDCG,
 MAP and hit rate at ``--k`` (10) with catalogue coverage, a test rating of at least 4 being
@@ -46,6 +52,8 @@ import numpy as np
 
 from benchmarks.common import (REPO, RESULTS, add_output_args, environment, markdown_table, print_written,
                                resolve_outputs, write_json, write_text)
+from recsys_jax import metrics
+from recsys_jax.blend import combine, fit_weights
 from recsys_jax.data import DataError, kfold_split, load_movielens, random_split
 from recsys_jax.experiment import run_experiment, to_recommender
 from recsys_jax.models import MODELS, make_config
@@ -151,6 +159,24 @@ def summarise_ranking(records: list[dict]) -> list[dict]:
         rows.append({"dataset": dataset, "protocol": protocol, "model": "popularity", "preset": "-", "loss": "-",
                      "runs": len(rs), "k": rs[0]["k"], **{m: float(np.mean([x[m] for x in rs])) for m in RANKING}})
     return rows
+
+
+def blend_record(parts: list[tuple[dict, dict]], test_ratings, scale: tuple[float, float]) -> dict:
+    """The ``blend`` row of one split: weights fitted on the validation slice's predictions
+    of the selection fits, applied to the test predictions of the results."""
+    val_ratings = parts[0][1]["val_ratings"]
+    for _, p in parts:
+        if not np.array_equal(p["val_ratings"], val_ratings):
+            raise ValueError("blend: the runs of one split carved different validation slices")
+    intercept, weights = fit_weights(np.stack([p["val"] for _, p in parts]), val_ratings)
+    test = combine(np.stack([p["test"] for _, p in parts]), intercept, weights, scale)
+    val = combine(np.stack([p["val"] for _, p in parts]), intercept, weights, scale)
+    first = parts[0][0]
+    return {"model": "blend", "members": [r["model"] for r, _ in parts], "weights": weights.tolist(),
+            "intercept": intercept, "test_rmse": metrics.rmse(test, test_ratings),
+            "test_mae": metrics.mae(test, test_ratings), "val_rmse": metrics.rmse(val, val_ratings),
+            "fit_seconds": float(sum(r["fit_seconds"] for r, _ in parts)), "epochs": None,
+            "refit": first["refit"], "num_test": first["num_test"]}
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -270,6 +296,7 @@ def main(argv=None) -> int:
     add_output_args(p)
     p.add_argument("--no-refit", action="store_true",
                    help="score the model fit without the validation slice (no refit on the whole training split)")
+    p.add_argument("--no-blend", action="store_true", help="no blend rows")
     p.add_argument("--k", type=int, default=10, help="cut-off of the ranking metrics (default: %(default)s)")
     p.add_argument("--no-ranking", action="store_true", help="rating metrics only (no whole-catalogue ranking)")
     p.add_argument("--from-json", metavar="PATH",
@@ -293,6 +320,7 @@ def main(argv=None) -> int:
             print(f"[accuracy] {name}: not present locally, skipped", file=sys.stderr)
             continue
         for protocol, seed, split, data in protocols(name, ratings, args.seeds):
+            blend_parts = defaultdict(list)  # preset -> [(record, predictions)] of mse runs on this split
             for model in args.models:
                 for preset, loss in [(p_, l_) for p_ in args.presets for l_ in args.losses]:
                     if preset.startswith("notebook") and model not in NOTEBOOK_MODELS:
@@ -303,11 +331,14 @@ def main(argv=None) -> int:
                         continue
                     tc = tc._replace(loss=loss, **LOSS_SETTINGS.get(loss, {}))
                     opts = model_options(preset, model) if preset != "tuned" else {}
+                    preds = {}
                     rec, result = run_experiment(data, split, model, seed=seed, train_config=tc,
                                                  model_config=make_config(model, **opts),
                                                  val_frac=val_frac(preset) if preset != "tuned" else 0.1,
-                                                 refit=not args.no_refit)
+                                                 refit=not args.no_refit, predictions=preds)
                     rec.pop("selection_history", None)
+                    if tc.loss == "mse" and "val" in preds:
+                        blend_parts[preset].append((rec, preds))
                     if not args.no_ranking:
                         rec["ranking"], rec["popularity_ranking"] = ranking_record(data, split, result, args.k)
                     rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset,
@@ -321,6 +352,15 @@ def main(argv=None) -> int:
                     print(f"[accuracy] {name} {protocol} seed/fold {seed} {model:5s} {preset:8s} {loss:12s} "
                           f"rmse {rec['test_rmse']:.4f} mae {rec['test_mae']:.4f}{ranked} "
                           f"fit {rec['fit_seconds']:.1f} s", flush=True)
+            for preset, parts in blend_parts.items():
+                if len(parts) < 2 or args.no_blend:
+                    continue
+                rec = blend_record(parts, data.take(split.test).ratings, data.rating_scale)
+                rec.update(bench="accuracy", dataset=name, protocol=protocol, preset=preset, loss="mse", seed=seed,
+                           **{k: env[k] for k in env if k not in rec})
+                records.append(rec)
+                print(f"[accuracy] {name} {protocol} seed/fold {seed} blend of {len(parts)} {preset:8s} "
+                      f"rmse {rec['test_rmse']:.4f} mae {rec['test_mae']:.4f}", flush=True)
     summary = summarise(records)
     json_path = write_json(files.json, records)
     write_text(files.md, markdown(summary, env, records))

@@ -81,11 +81,15 @@ def run_experiment(
     on_epoch=None,
     checkpoint_dir: str | None = None,
     refit: bool = True,
+    predictions: dict | None = None,
 ) -> tuple[dict, FitResult]:
     """Runs steps 1-5 above; returns a flat record of the results and the `FitResult` (of
     the refit when there was one; the selection fit's history is the record's
     ``selection_history``). ``checkpoint_dir`` keeps the progress of step 3 there and of
-    step 4 in its ``refit`` subfolder."""
+    step 4 in its ``refit`` subfolder. A ``predictions`` dict is filled with the clipped
+    predictions of the validation slice by the selection fit (``val``, beside the slice's
+    ``val_ratings``) and of the test split by the result (``test``): what a blend
+    (`recsys_jax.blend`) of several runs on the same split and seed is fitted and scored on."""
     if len(split.test) == 0:
         raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
     train, val, test = split_parts(ratings, split, seed, val_frac)
@@ -108,6 +112,11 @@ def run_experiment(
     fit_seconds = time.perf_counter() - t0
 
     pred = predict_result(result, test, ratings.rating_scale)
+    if predictions is not None:
+        predictions["test"] = pred
+        if val is not None:
+            predictions["val"] = predict_result(selection, val, ratings.rating_scale)
+            predictions["val_ratings"] = val.ratings
     val_scores = [v for v in selection.history["val_rmse"] if v is not None]
     record = {
         "model": model,

@@ -50,8 +50,9 @@ class Engine(NamedTuple):
         """``(compiled_epoch, seconds)``: the epoch compiled for these argument shapes
         (0 seconds when it already was, in this process)."""
         args = (state, users, items, ratings, key, times, aux)
+        # The placement is part of the signature: the same shapes on a mesh are another program.
         sig = (num_steps, jax.tree.structure(args),
-               tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args)))
+               tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None)) for x in jax.tree.leaves(args)))
         if sig in self.compiled:
             return self.compiled[sig], 0.0
         t0 = time.perf_counter()
@@ -113,8 +114,13 @@ class RankingObjective(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty_fn: Callable | None,
-                train_config, steps_per_epoch: int, joint: bool = False) -> Engine:
+                train_config, steps_per_epoch: int, joint: bool = False, plan=None) -> Engine:
     """The engine for these (hashable) settings; the same object for the same settings.
+
+    ``plan`` (a `recsys_jax.sharding.MeshPlan`, or None for one device) places the epoch
+    on a mesh: the state is constrained to its placement (tables by rows) where the epoch
+    starts, at every step and where it ends, and the batches are split by examples. With
+    None nothing of this is traced: the one-device program is unchanged.
 
     ``apply_fn`` is `recsys_jax.models.make_apply`'s (no aux bound); ``model_config`` the
     config it was made with; ``objective`` a `RatingObjective` or `RankingObjective`.
@@ -128,6 +134,9 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
     check_optimizer(tc.optimizer, model, tc, joint=joint)
     if tc.optimizer == "als":
         from recsys_jax import als
+
+        if plan is not None:
+            raise ValueError("optimizer 'als' trains on one device; use a gradient optimizer on a mesh")
 
         if not isinstance(objective, RatingObjective):
             raise ValueError("optimizer 'als' trains rating objectives only; use optimizer 'adam'")
@@ -152,6 +161,12 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
             penalty = make_penalty(tc, module, model_config, aux)
         return objective.build(apply, penalty)
 
+    # On a mesh, dense Adam reads the batch's rows with explicit collectives (as the sparse
+    # step does) where the objective reads only the batch's rows: a row-local model, the
+    # touched-rows penalty, a rating objective. Otherwise XLA's partitioner decides.
+    gather_rows = (plan is not None and getattr(module, "ROW_LOCAL", False) and penalty_fn is None
+                   and tc.penalty == "touched" and isinstance(objective, RatingObjective))
+
     def init(params):
         if tc.optimizer == "adam":
             opt_state = optimizer.init(params)
@@ -162,16 +177,47 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
     @functools.partial(jax.jit, static_argnames="num_steps")
     def epoch(state, users, items, ratings, key, num_steps=None, times=None, aux=None):
         objective = objective_for(aux)
+        place = {} if plan is None else {"plan": plan}
+        if plan is not None:
+            state = plan.constrain(state)
         if tc.optimizer == "adam":
-            step = make_update(objective, optimizer)
-            return run_epoch(step, tc.batch_size, state, users, items, ratings, key, num_steps, times)
-        lay = sparse.layout(state.params)
-        step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, state.params)
-        carry, losses = run_epoch(step, tc.batch_size, sparse.pack(state, lay), users, items, ratings, key,
-                                  num_steps, times)
-        return sparse.unpack(carry, lay, state.params, TrainState), losses
+            step = make_update(rows_objective(objective, plan) if gather_rows else objective, optimizer)
+            state, losses = run_epoch(step, tc.batch_size, state, users, items, ratings, key, num_steps, times,
+                                      **place)
+        else:
+            lay = sparse.layout(state.params)
+            step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, state.params, plan)
+            carry = sparse.pack(state, lay)
+            carry, losses = run_epoch(step, tc.batch_size, carry if plan is None else plan.constrain(carry),
+                                      users, items, ratings, key, num_steps, times, **place)
+            state = sparse.unpack(carry, lay, state.params, TrainState)
+        return (state if plan is None else plan.constrain(state)), losses
 
     return Engine(init, epoch, {}, tc.optimizer)
+
+
+def rows_objective(objective: Callable, plan) -> Callable:
+    """``objective(params, batch, key)`` run on the batch's rows of each side table, read
+    with `recsys_jax.sharding.take_rows` (tables split by rows, the batch by examples), and
+    a batch whose users and items are ``0..B-1``: the same value, and gradients that are
+    scatter-adds into the sharded tables (the transpose of the explicit exchange)."""
+    from recsys_jax.sharding import SIDES, take_rows
+    from recsys_jax.train import JointParams
+
+    def local(model, batch):
+        index = {"user": batch.users, "item": batch.items}
+        return model._replace(**{name: take_rows(plan, getattr(model, name), index[name.split("_", 1)[0]])
+                                 for name in model._fields if name.split("_", 1)[0] in SIDES})
+
+    def wrapped(params, batch, key):
+        iota = jnp.arange(batch.users.shape[0], dtype=jnp.int32)
+        if isinstance(params, JointParams):
+            params = params._replace(model=local(params.model, batch))
+        else:
+            params = local(params, batch)
+        return objective(params, batch._replace(users=iota, items=iota), key)
+
+    return wrapped
 
 
 def compile_cache_dir() -> Path:

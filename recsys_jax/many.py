@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from recsys_jax import sharding
 from recsys_jax.data.ratings import Ratings
 from recsys_jax.losses import LOSSES, PARAM_LOSSES
 from recsys_jax.models import get_model, make_apply, make_config
@@ -112,12 +113,20 @@ def fit_many(
     model_config=None,
     train_config: TrainConfig = TrainConfig(),
     progress: bool = False,
+    mesh=None,
 ) -> ManyResult:
     """Trains ``len(members)`` models at once; returns each member's best parameters.
 
     Validation RMSE (predictions clipped to the scale) is computed for every member after
     every epoch; each member keeps its own best epoch. ``train_config.patience`` stops the
     run when no member has improved for that many epochs.
+
+    ``mesh`` (a one-axis `jax.sharding.Mesh`, `recsys_jax.sharding.make_mesh`) splits the
+    *members* over its devices: K members on D devices, K/D each (K must be a multiple of
+    D), every leaf of the stacked state split along its member axis, the ratings
+    replicated. The members never exchange anything, so the program has no collective
+    and each member's result equals the one-device run's; the returned parameters stay
+    split by member. (To split one big model's tables, train it with `fit` on a mesh.)
     """
     if not members:
         raise ValueError("fit_many: no members")
@@ -197,9 +206,19 @@ def fit_many(
     )
     keys = jnp.stack([jax.random.key(m.seed) for m in resolved])
     states, run_keys = jax.jit(jax.vmap(init_member))(keys, hyper)
-    all_epochs = jax.jit(jax.vmap(epoch_member, in_axes=(0, 0, 0, None, None, None, None)))
-    all_predict = jax.jit(jax.vmap(predict_member, in_axes=(0, 0, None, None)))
+    plan = sharding.as_plan(mesh)
+    place = {}
     users, items, ratings = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
+    if plan is not None:
+        if len(resolved) % plan.size:
+            raise ValueError(f"fit_many: {len(resolved)} members cannot be split evenly over the mesh's "
+                             f"{plan.size} devices; use a multiple of {plan.size} members")
+        by_member = plan.rows()  # the leading axis of every stacked leaf is the member axis
+        states, run_keys, hyper = jax.device_put((states, run_keys, hyper), by_member)
+        users, items, ratings = sharding.put_replicated(plan, (train.users, train.items, train.ratings))
+        place = {"out_shardings": by_member}
+    all_epochs = jax.jit(jax.vmap(epoch_member, in_axes=(0, 0, 0, None, None, None, None)), **place)
+    all_predict = jax.jit(jax.vmap(predict_member, in_axes=(0, 0, None, None)), **place)
 
     k = len(resolved)
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_rmse": [], "seconds": []}

@@ -129,6 +129,14 @@ ROW_OPTIMIZERS: dict[str, tuple[Callable[[], RowTransform], Callable]] = {
 }
 
 
+def _set(table, index, values):
+    return table.at[index].set(values)
+
+
+def _set_unique(table, index, values):
+    return table.at[index].set(values, mode="drop", unique_indices=True)
+
+
 class Layout(NamedTuple):
     """Where each ``user_*`` / ``item_*`` field sits in its side's packed table."""
 
@@ -213,19 +221,37 @@ def unpack(carry: Carry, lay: Layout, params_like, state_cls):
 
 
 def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: optax.GradientTransformation,
-                       schedule: Callable, lay: Layout, params_like) -> Callable:
+                       schedule: Callable, lay: Layout, params_like, plan=None) -> Callable:
     """``update(carry, batch, key) -> (carry, loss)``: one row-sparse step (module docstring).
 
     ``objective(params, batch, key)`` is `recsys_jax.train.make_objective`'s; it is called
     with local tables and a batch whose users and items are ``0..B-1``.
+
+    With ``plan`` (a `recsys_jax.sharding.MeshPlan`: packed tables and slots split by rows,
+    the batch by examples) every read and write of a table row goes through
+    `recsys_jax.sharding.take_rows` / `update_rows`, which exchange batch-sized arrays only.
     """
     width = dict(lay.width)
+    if plan is None:
+        def take(table, index):
+            return table[index]
+
+        def write(table, index, values, fn, *args):
+            return fn(table, index, values, *args)
+    else:
+        from recsys_jax.sharding import take_rows, update_rows
+
+        def take(table, index):
+            return take_rows(plan, table, index)
+
+        def write(table, index, values, fn, *args):
+            return update_rows(plan, table, index, values, fn, *args)
 
     def update(carry: Carry, batch, key: Array) -> tuple[Carry, Array]:
         b = batch.users.shape[0]
         iota = jnp.arange(b, dtype=jnp.int32)
         index = {"user": batch.users, "item": batch.items}
-        rows = {side: carry.tables[side][index[side]] for side in width}  # the one gather per side
+        rows = {side: take(carry.tables[side], index[side]) for side in width}  # the one gather per side
         local = _unpack_rows({s: r[:, : width[s]] for s, r in rows.items()}, lay, params_like, carry.dense)
         loss, grads = jax.value_and_grad(objective)(local, batch._replace(users=iota, items=iota), key)
         lr = schedule(carry.step)
@@ -237,10 +263,10 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
             g = jnp.concatenate([getattr(grads, name).reshape(b, -1) for name, s, *_ in lay.fields if s == side],
                                 axis=1)
             if row_tx.scatter is not None:  # padding examples have zero gradients: they change nothing
-                tables[side] = row_tx.scatter(tables[side], idx, g, count, lr)
+                tables[side] = write(tables[side], idx, g, row_tx.scatter, count, lr)
                 continue
-            slots[side] = carry.slots[side].at[idx].set(iota)
-            rep = slots[side][idx]
+            slots[side] = write(carry.slots[side], idx, iota, _set)
+            rep = take(slots[side], idx)
             merged = jnp.zeros_like(g).at[rep].add(g)
             used = jnp.zeros((b,), jnp.float32).at[rep].add(live) > 0
             new_p, new_s = row_tx.update(merged, rows[side][:, d:], rows[side][:, :d], count, lr)
@@ -248,8 +274,7 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
             # Non-representatives (and rows only padding touched) write out of bounds, each to
             # its own index, so the written indices are unique and the dropped ones vanish.
             target = jnp.where((rep == iota) & used, idx, n + iota)
-            tables[side] = tables[side].at[target].set(jnp.concatenate([new_p, new_s], axis=1), mode="drop",
-                                                       unique_indices=True)
+            tables[side] = write(tables[side], target, jnp.concatenate([new_p, new_s], axis=1), _set_unique)
         dense_grads = {name: getattr(grads, name) for name in lay.dense}
         updates, dense_state = dense_tx.update(dense_grads, carry.dense_state, carry.dense)
         dense = optax.apply_updates(carry.dense, updates)

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from recsys_jax import metrics, resume
+from recsys_jax import metrics, resume, sharding
 from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
@@ -162,8 +162,13 @@ def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
 
 
 def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: Array, items: Array,
-              ratings: Array, key: Array, num_steps: int | None = None, times: Array | None = None):
-    """One epoch, traceable: the body of `make_train_epoch` (and of `recsys_jax.many`)."""
+              ratings: Array, key: Array, num_steps: int | None = None, times: Array | None = None, *,
+              plan=None):
+    """One epoch, traceable: the body of `make_train_epoch` (and of `recsys_jax.many`).
+
+    ``plan`` (a `recsys_jax.sharding.MeshPlan`) splits each batch's examples over the mesh
+    and keeps the carried state placed as the plan says after every step; None: one device.
+    """
     n = users.shape[0]
     nb = num_batches(n, batch_size)
     perm_key, step_key = jax.random.split(key)
@@ -177,10 +182,15 @@ def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: A
         order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
     batches = Batch(users[order], items[order], ratings[order], mask,  # one gather per epoch
                     None if times is None else times[order])
+    if plan is not None:
+        batches = plan.constrain_batches(batches)
 
     def body(state, xs):
         batch, k = xs
-        return train_step(state, batch, k)
+        if plan is None:
+            return train_step(state, batch, k)
+        state, loss = train_step(state, batch, k)
+        return plan.constrain(state), loss
 
     # Many small steps: unrolling the loop twice saved 12% of the notebook's batch-64 epoch
     # (measured on the 2-core CPU); with few steps it only costs compile time.
@@ -261,6 +271,7 @@ def fit(
     on_epoch: Callable[[int, dict], None] | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 1,
+    mesh=None,
 ) -> FitResult:
     """Trains the model registered as ``model`` on ``train``.
 
@@ -286,6 +297,11 @@ def fit(
       checkpoint_dir: if set, the training progress is saved there (atomically) every
         ``checkpoint_every`` epochs, and a run started with the same folder, data, configs
         and key resumes from it, ending with the same parameters as an uninterrupted run.
+      mesh: a one-axis `jax.sharding.Mesh` (`recsys_jax.sharding.make_mesh`) to train on:
+        the embedding tables and their optimizer state split by rows over its devices,
+        each batch by examples, the rest replicated (`recsys_jax.sharding`). The returned
+        parameters stay on the mesh (unpadded); checkpoints hold plain arrays and load with
+        any device count. None: the default device, the unchanged one-device program.
 
     A non-finite loss or parameter stops training: the result carries the last finite
     state and a ``stop_reason`` naming the epoch and step, and a warning is issued.
@@ -299,7 +315,14 @@ def fit(
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
     module, model_config, aux, apply_fn, times = prepare_model(model, train, model_config)
     val_times = days(val.timestamps) if times is not None and val is not None else None
+    plan = sharding.as_plan(mesh)
+    if plan is not None and tc.batch_size % plan.size:
+        raise ValueError(f"fit: batch_size ({tc.batch_size}) must be a multiple of the number of devices in "
+                         f"the mesh ({plan.size}): each device takes the same share of every batch")
     if hasattr(module, "fit_epochs"):
+        if plan is not None:
+            raise ValueError(f"fit: model {model!r} trains itself (its module's fit_epochs) on one device; "
+                             "it takes no mesh")
         if loss_fn is not None or penalty_fn is not None or checkpoint_dir is not None:
             raise ValueError(f"fit: model {model!r} trains itself (its module's fit_epochs); it takes no custom "
                              "loss_fn or penalty_fn and no checkpoint_dir")
@@ -312,14 +335,22 @@ def fit(
     # One engine per (model, settings, data size), cached: a second fit of the same shapes
     # compiles nothing. A custom penalty is part of the key; the named one is built inside.
     engine = get_engine(model, apply_fn, static_config(model_config), RatingObjective(loss_fn), penalty_fn, tc,
-                         num_batches(len(train), tc.batch_size), param_loss is not None)
+                         num_batches(len(train), tc.batch_size), param_loss is not None,
+                         *(() if plan is None else (plan,)))
 
     run_key = key
     key, init_key = jax.random.split(key)
     params = module.init(init_key, train.num_users, train.num_items, model_config)
     if param_loss is not None:
         params = JointParams(params, param_loss.init(train))
+    if plan is not None:
+        params = plan.pad(params)  # zero rows up to a multiple of the device count: no effect on training
     state = engine.init(params)
+    if plan is not None:
+        state = plan.put(state)
+
+    def unpad(tree):  # what leaves fit (result, progress on disk): the tables' true sizes
+        return tree if plan is None else sharding.unpad_rows(tree, train.num_users, train.num_items)
 
     def evaluate(params) -> tuple[dict, float | None]:
         if val is None or not len(val):
@@ -336,21 +367,27 @@ def fit(
     best, start, after_epoch = Best(math.inf, state.params, 0), 1, None
     if checkpoint_dir is not None:
         fp = resume.fingerprint(model, model_config, tc, train, run_key)
-        saved = resume.load_progress(checkpoint_dir, state, state.params, fp)
+        saved = resume.load_progress(checkpoint_dir, unpad(state), unpad(state.params), fp)
         if saved is not None:
             state, history, start = saved.state, saved.history, saved.epoch + 1
             best = Best(saved.best_score, saved.best_params, saved.best_epoch)
+            if plan is not None:
+                state, best = plan.put(plan.pad(state)), best._replace(params=plan.put(plan.pad(best.params)))
 
         def after_epoch(epoch, state, history, best):
             if epoch % checkpoint_every == 0 or epoch == tc.epochs:
-                resume.save_progress(checkpoint_dir, resume.Progress(state, epoch, history, *best), fp)
+                progress = resume.Progress(unpad(state), epoch, history, best.score, unpad(best.params), best.epoch)
+                resume.save_progress(checkpoint_dir, progress, fp)
 
     data = EpochData(*(jnp.asarray(a) for a in (train.users, train.items, train.ratings)), times, aux)
+    if plan is not None:  # read once per epoch to cut the batches: on every device
+        data = EpochData(*sharding.put_replicated(plan, (train.users, train.items, train.ratings)),
+                         *sharding.put_replicated(plan, (times, aux)))
     state, best, stop_reason, compile_seconds = run_loop(
         engine, state, data, key, epochs=range(start, tc.epochs + 1), evaluate=evaluate, history=history,
         best=best, patience=tc.patience, on_epoch=on_epoch, after_epoch=after_epoch,
         desc=f"fit {model}" if progress else None, caller="fit")
-    best_params, best_epoch = best.params, best.epoch
+    best_params, best_epoch, state = unpad(best.params), best.epoch, unpad(state)
     seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
             "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
     seen["compile_seconds"] = compile_seconds

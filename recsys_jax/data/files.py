@@ -14,12 +14,25 @@ Contract of `load_ratings`:
 Every violation raises `DataError` whose message names the file, the 1-based line number
 of the first offending line and that line's text (cut to `MAX_SHOWN` characters, so that
 a binary file gives a short message); a user's mistake never surfaces as a traceback from
-inside pandas. Ids are int64: raw ids beyond int32 load (the indices stay contiguous
-int32), ids beyond int64 are refused with the line that holds them.
+inside pandas. Raw ids are parsed as int32, and as int64 when one does not fit: raw ids
+beyond int32 load (the indices stay contiguous int32), ids beyond int64 are refused with
+the line that holds them.
 
-Speed: the clean case is one pass of pandas' C parser with explicit dtypes (``::`` is
-translated to a tab while streaming so that the C parser can read it). Only when that
-fails does a slower diagnostic pass run, to find the first bad line.
+Speed: the clean case is one parsing pass with the dtypes fixed before parsing (int32
+ids, float64 ratings, cast to float32 once checked, int64 timestamps). With
+``engine="auto"`` (the default) a comma- or tab-separated file whose header, if any, is its
+first line is read by pyarrow's CSV reader when pyarrow is installed (the ``fast``
+extra); every other file, and any file pyarrow refuses, by pandas' C parser (``::`` is
+translated to a tab while streaming so that it can read it). Both give identical arrays.
+Only when the C parser fails does a slower diagnostic pass run, to find the first bad
+line. Ids are mapped to contiguous indices without sorting the rows (a table over the id
+range, or hashing when the ids are sparse), and a file already in (user, item) order is
+checked for repeated pairs in one pass.
+
+Cache: `load_ratings` keeps the arrays it built from a large file in a binary cache (see
+`recsys_jax.data.cache`), keyed by the file's absolute path, size, modification time and
+the options, so that loading it again skips parsing; ``cache=False`` or
+``RECSYS_JAX_PARSE_CACHE=0`` turns that off.
 
 `read_columns` and `first_duplicate` are the building blocks that the MovieLens loaders
 share with `load_ratings`. `parse_ratings` is `load_ratings` on bytes already in memory
@@ -38,10 +51,13 @@ from typing import BinaryIO, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
+from recsys_jax.data import cache as _cache
 from recsys_jax.data.ratings import DataError, Ratings
 
 Column = str | int
 Duplicates = Literal["error", "last", "mean"]
+Engine = Literal["auto", "c", "pyarrow"]
+ENGINES = ("auto", "c", "pyarrow")
 
 WHITESPACE = r"\s+"  # the `sep` value meaning "one or more spaces or tabs"
 
@@ -127,8 +143,8 @@ def _line_error(
 class RatingColumns(NamedTuple):
     """Raw parsed columns, one entry per data row, in file order."""
 
-    users: np.ndarray  # int64 raw ids
-    items: np.ndarray  # int64 raw ids
+    users: np.ndarray  # int32 raw ids, int64 when one does not fit in int32
+    items: np.ndarray  # int32 raw ids, int64 when one does not fit in int32
     ratings: np.ndarray  # float64, finite
     timestamps: np.ndarray | None  # int64 >= 0, or None when the file has none
     source: Source
@@ -145,13 +161,17 @@ def read_columns(
     header: bool = True,
     rating_scale: tuple[float, float] | None = None,
     data: bytes | None = None,
+    engine: Engine = "auto",
 ) -> RatingColumns:
     """Parses and validates the four rating columns; see the module docstring.
 
     ``data``, when given, is the file's content: nothing is read from disk and ``path``
     only names it in messages. Duplicate (user, item) pairs are not looked for here
-    (see `first_duplicate`).
+    (see `first_duplicate`). ``engine``: ``"auto"`` (pyarrow where it can read the file and
+    is installed), ``"c"`` (pandas' C parser only) or ``"pyarrow"`` (as auto, but refusing
+    to run without pyarrow); the results are identical.
     """
+    _check_engine(engine)
     path = Path(path)
     first_index, first_line = _first_line(path, data)
     if sep is None:
@@ -164,16 +184,14 @@ def read_columns(
         path, first_index + 1, fields, header, (user_col, item_col, rating_col, timestamp_col)
     )
     source = Source(path, skip=first_index + 1 if header else 0, data=data)
-    frame = _read_typed(source, sep, len(fields), positions)
-    if frame is None:  # the fast path failed: find the first bad line and say so
+    columns = _read_arrow(source, sep, len(fields), positions) if engine != "c" else None
+    if columns is None:
+        columns = _read_c(source, sep, len(fields), positions)
+    if columns is None:  # the fast path failed: find the first bad line and say so
         raise _diagnose(source, sep, len(fields), positions)
-    if len(frame) == 0:
+    users, items, ratings, timestamps = columns
+    if len(users) == 0:
         raise DataError(f"{path}: the file has a header but no data rows")
-
-    users = frame[positions[0]].to_numpy(np.int64)
-    items = frame[positions[1]].to_numpy(np.int64)
-    ratings = frame[positions[2]].to_numpy(np.float64)
-    timestamps = frame[positions[3]].to_numpy(np.int64) if positions[3] is not None else None
 
     checks: list[tuple[np.ndarray, str]] = [(~np.isfinite(ratings), "missing or non-finite rating")]
     if rating_scale is not None:
@@ -335,11 +353,107 @@ def _read_frame(source: Source, sep: str, dtype, **kwargs) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(source.data) if in_memory else source.path, sep=sep, **options)
 
 
+_ID_KINDS = (("int32", "int32", "float64", "int64"), ("int64", "int64", "float64", "int64"))
+
+Columns4 = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def _read_c(source: Source, sep: str, ncols: int, positions: list[int | None]) -> Columns4 | None:
+    """The C parser's fast path, ids as int32 and, if one does not fit, as int64; None
+    when some value does not parse (then `_diagnose` runs)."""
+    for kinds in _ID_KINDS:
+        frame = _read_typed(source, sep, ncols, positions, kinds)
+        if frame is not None:
+            break
+    else:
+        return None
+    if len(frame) == 0:
+        return tuple(np.zeros(0, k) for k in kinds[:3]) + (  # type: ignore[return-value]
+            None if positions[3] is None else np.zeros(0, np.int64),)
+    out = [frame[p].to_numpy(k) if p is not None else None for p, k in zip(positions, kinds)]
+    return out[0], out[1], out[2], out[3]
+
+
+def _pyarrow_csv():
+    """pyarrow's CSV module, or None when pyarrow is not installed."""
+    try:
+        import pyarrow.csv
+    except ImportError:
+        return None
+    return pyarrow.csv
+
+
+def _data_start(source: Source) -> int | None:
+    """Byte offset of the first data row, when pyarrow can start there and agree with pandas
+    on the row count: the ``skip`` lines above it end in LF or CRLF. None otherwise."""
+    if source.data is not None:
+        head = source.data[: 1 << 16]
+    else:
+        with open(source.path, "rb") as fh:
+            head = fh.read(1 << 16)
+    pos = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+    for _ in range(source.skip):
+        end = head.find(b"\n", pos)
+        if end < 0 or b"\r" in head[pos:end - 1]:  # a lone CR also ends a line for pandas
+            return None
+        pos = end + 1
+    return pos
+
+
+def _read_arrow(source: Source, sep: str, ncols: int, positions: list[int | None]) -> Columns4 | None:
+    """pyarrow's multithreaded reader for a plain comma- or tab-separated file; None when
+    pyarrow is missing, the layout is not one it reads like pandas, or a value does not
+    parse (then the C parser reads the file and, if it also fails, `_diagnose` runs).
+
+    Stricter than the C parser, never looser: no null values, no line breaks inside
+    quotes, ids as int32 only, every row exactly ``ncols`` fields.
+    """
+    csv_module = _pyarrow_csv()
+    if csv_module is None or sep not in (",", "\t"):
+        return None
+    import pyarrow as pa
+
+    start = _data_start(source)
+    if start is None:
+        return None
+    names = [f"c{i}" for i in range(ncols)]
+    kinds = (pa.int32(), pa.int32(), pa.float64(), pa.int64())
+    types = {names[p]: k for p, k in zip(positions, kinds) if p is not None}
+    try:
+        if source.data is not None:
+            stream = pa.BufferReader(source.data[start:])
+        else:
+            stream = pa.OSFile(str(source.path))
+            stream.seek(start)
+        with stream:
+            table = csv_module.read_csv(
+                stream,
+                read_options=csv_module.ReadOptions(column_names=names, use_threads=True),
+                parse_options=csv_module.ParseOptions(
+                    delimiter=sep, quote_char='"', double_quote=True, escape_char=False,
+                    newlines_in_values=False, ignore_empty_lines=True),
+                convert_options=csv_module.ConvertOptions(
+                    column_types=types, include_columns=list(types), null_values=[],
+                    strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    chunked = [table.column(names[p]) if p is not None else None for p in positions]
+    del table
+    out = []
+    for i, column in enumerate(chunked):  # the chunks of each column are freed once joined
+        chunked[i] = None
+        out.append(None if column is None else column.to_numpy())
+        del column
+    pa.default_memory_pool().release_unused()  # give the freed chunks back to the system
+    return out[0], out[1], out[2], out[3]
+
+
 def _read_typed(
-    source: Source, sep: str, ncols: int, positions: list[int | None]
+    source: Source, sep: str, ncols: int, positions: list[int | None],
+    kinds: tuple[str, ...] = _ID_KINDS[1],
 ) -> pd.DataFrame | None:
-    """The fast path; None when some value does not parse (then `_diagnose` runs)."""
-    kinds = ("int64", "int64", "float64", "int64")
+    """One typed pass of the C parser; None when some value does not parse."""
     dtype: dict[int, str] = {c: "str" for c in range(ncols)}
     for position, kind in zip(positions, kinds):
         if position is not None:
@@ -471,9 +585,12 @@ def first_duplicate(users: np.ndarray, items: np.ndarray) -> tuple[int, int] | N
     """(row, earlier row) of the first row whose (user, item) pair occurred before.
 
     ``users``/``items`` are contiguous indices (as in `Ratings`), so the pair packs into
-    one int64 key; a stable sort keeps equal keys in row order.
+    one int64 key; a stable sort keeps equal keys in row order. Keys already strictly
+    increasing (a file in (user, item) order, as MovieLens ships them) need no sort.
     """
     key = _pair_key(users, items)
+    if len(key) < 2 or bool(np.all(key[1:] > key[:-1])):
+        return None
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     repeat = sorted_key[1:] == sorted_key[:-1]
@@ -486,7 +603,10 @@ def first_duplicate(users: np.ndarray, items: np.ndarray) -> tuple[int, int] | N
 
 def _pair_key(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     num_items = int(items.max()) + 1 if len(items) else 1
-    return users.astype(np.int64) * num_items + items.astype(np.int64)
+    key = users.astype(np.int64)  # in place from here: one int64[N] however large N is
+    key *= num_items
+    key += items
+    return key
 
 
 def _merge_duplicates(ratings: Ratings, policy: Duplicates) -> Ratings:
@@ -520,6 +640,9 @@ def load_ratings(
     rating_scale: tuple[float, float] | None = None,
     duplicates: Duplicates = "error",
     name: str | None = None,
+    engine: Engine = "auto",
+    cache: bool | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Ratings:
     """Loads explicit ratings from a delimited text file.
 
@@ -535,22 +658,68 @@ def load_ratings(
       duplicates: a repeated (user, item) pair is an error ('error'), or keeps the last
         row ('last') or the mean rating ('mean'), with a warning.
       name: `Ratings.name`; defaults to the path.
+      engine: ``"auto"``, ``"c"`` or ``"pyarrow"``; see `read_columns` (same result).
+      cache: use the binary cache of parsed files (`recsys_jax.data.cache`): True, False,
+        or None for files of at least ``cache.MIN_BYTES`` unless
+        ``$RECSYS_JAX_PARSE_CACHE`` is ``0``/``off``.
+      cache_dir: the cache's root (entries go to its ``parsed/``); default
+        ``$RECSYS_JAX_CACHE``, else ``~/.cache/recsys_jax``.
 
     Raises:
       DataError: naming the file and the first bad line; see the module docstring.
     """
     _check_duplicates_policy(duplicates)
-    columns = read_columns(
-        path,
-        sep=sep,
-        user_col=user_col,
-        item_col=item_col,
-        rating_col=rating_col,
-        timestamp_col=timestamp_col,
-        header=header,
-        rating_scale=rating_scale,
+    _check_engine(engine)
+    options = dict(sep=sep, user_col=user_col, item_col=item_col, rating_col=rating_col,
+                   timestamp_col=timestamp_col, header=header, rating_scale=rating_scale)
+    name = str(path) if name is None else name
+    entry = _cache_entry(Path(path), {**options, "duplicates": duplicates}, cache, cache_dir)
+    if entry is not None:
+        hit = _cache.read(*entry)
+        if hit is not None:
+            return _from_cache(*hit, name)
+    columns = read_columns(path, **options, engine=engine)
+    ratings, warning = _to_ratings(columns, path, rating_scale, duplicates, name)
+    if warning is not None:
+        warnings.warn(warning, stacklevel=2)
+    if entry is not None and _cache.stamp(Path(path)) == entry[1]:  # unchanged while parsed
+        _cache.write(*entry, *_to_cache(ratings, columns.timestamps is not None, warning))
+    return ratings
+
+
+# -- the parse cache -------------------------------------------------------------------
+_CACHED = ("users", "items", "ratings", "timestamps", "user_ids", "item_ids")
+
+
+def _cache_entry(path: Path, options: dict, cache: bool | None, cache_dir) -> tuple[Path, dict, dict] | None:
+    """(entry, stamp, options) when this load goes through the cache, else None."""
+    try:
+        stamp = _cache.stamp(path)
+    except OSError:
+        return None  # no such file: read_columns says so
+    if not path.is_file() or not _cache.enabled(cache, stamp["size"]):
+        return None
+    key = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    return _cache.entry_path(path, key, cache_dir), stamp, key
+
+
+def _to_cache(ratings: Ratings, has_timestamps: bool, warning: str | None) -> tuple[dict, dict]:
+    arrays = {k: getattr(ratings, k) for k in _CACHED if k != "timestamps" or has_timestamps}
+    meta = {"rating_scale": list(ratings.rating_scale), "warning": warning}
+    return arrays, meta
+
+
+def _from_cache(arrays: dict[str, np.ndarray], meta: dict, name: str) -> Ratings:
+    n = len(arrays["ratings"])
+    timestamps = arrays.get("timestamps")
+    if meta["warning"] is not None:
+        warnings.warn(meta["warning"], stacklevel=3)
+    return Ratings(
+        users=arrays["users"], items=arrays["items"], ratings=arrays["ratings"],
+        timestamps=np.zeros(n, np.int64) if timestamps is None else timestamps,
+        user_ids=arrays["user_ids"], item_ids=arrays["item_ids"], name=name,
+        rating_scale=tuple(meta["rating_scale"]),
     )
-    return _to_ratings(columns, path, rating_scale, duplicates, name)
 
 
 def parse_ratings(
@@ -568,7 +737,11 @@ def parse_ratings(
     """
     _check_duplicates_policy(duplicates)
     columns = read_columns(path, rating_scale=rating_scale, data=bytes(data), **options)
-    return _to_ratings(columns, path, rating_scale, duplicates, name)
+    ratings, warning = _to_ratings(columns, path, rating_scale, duplicates,
+                                   str(path) if name is None else name)
+    if warning is not None:
+        warnings.warn(warning, stacklevel=2)
+    return ratings
 
 
 def _check_duplicates_policy(duplicates) -> None:
@@ -576,27 +749,63 @@ def _check_duplicates_policy(duplicates) -> None:
         raise ValueError(f"duplicates must be 'error', 'last' or 'mean', got {duplicates!r}")
 
 
+def _check_engine(engine) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "pyarrow" and _pyarrow_csv() is None:
+        raise ValueError("engine='pyarrow' needs pyarrow (pip install 'recsys-jax[fast]')")
+
+
+def factorize(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique ids as int64, int32 index of each row)``, as ``np.unique(raw,
+    return_inverse=True)`` but without sorting the rows: a presence table over the id range
+    when it is at most a few times the row count, else pandas' hash table, whose few
+    uniques are then sorted."""
+    raw = np.asarray(raw)
+    if len(raw) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    lo, hi = int(raw.min()), int(raw.max())
+    if hi - lo < min(4 * len(raw) + (1 << 20), 2**31 - 1):
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        offset = raw - raw.dtype.type(lo) if lo != 0 else raw  # fits: 0 <= raw - lo <= hi - lo
+        present[offset] = True
+        ids = np.flatnonzero(present).astype(np.int64) + lo
+        index = np.cumsum(present, dtype=np.int32) - 1
+        return ids, index[offset]
+    codes, uniques = pd.factorize(raw, sort=False)
+    order = np.argsort(uniques)
+    rank = np.empty(len(uniques), dtype=np.int32)
+    rank[order] = np.arange(len(uniques), dtype=np.int32)
+    return np.asarray(uniques, dtype=np.int64)[order], rank[codes]
+
+
 def _to_ratings(
     columns: RatingColumns,
     path: str | Path,
     rating_scale: tuple[float, float] | None,
     duplicates: Duplicates,
-    name: str | None,
-) -> Ratings:
-    """The `Ratings` of parsed columns, with repeated pairs refused or merged."""
+    name: str,
+) -> tuple[Ratings, str | None]:
+    """The `Ratings` of parsed columns, with repeated pairs refused or merged, and the
+    warning to give when some were merged (None when none were)."""
     if rating_scale is None:
         rating_scale = (float(columns.ratings.min()), float(columns.ratings.max()))
-    ratings = Ratings.from_raw(
-        columns.users,
-        columns.items,
-        columns.ratings,
-        columns.timestamps,
-        name=str(path) if name is None else name,
-        rating_scale=rating_scale,
+    user_ids, users = factorize(columns.users)
+    item_ids, items = factorize(columns.items)
+    n = len(users)
+    ratings = Ratings(
+        users=users,
+        items=items,
+        ratings=columns.ratings.astype(np.float32),
+        timestamps=np.zeros(n, np.int64) if columns.timestamps is None else columns.timestamps,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        name=name,
+        rating_scale=(float(rating_scale[0]), float(rating_scale[1])),
     )
     duplicate = first_duplicate(ratings.users, ratings.items)
     if duplicate is None:
-        return ratings
+        return ratings, None
     row, earlier = duplicate
     if duplicates == "error":
         earlier_line, _ = columns.source.line_of(earlier)
@@ -607,9 +816,8 @@ def _to_ratings(
             f"{repeat} (pass --duplicates last or mean to merge repeats)",
         )
     merged = _merge_duplicates(ratings, duplicates)
-    warnings.warn(
+    warning = (
         f"{path}: {len(ratings) - len(merged)} repeated (user, item) rows merged "
-        f"(duplicates={duplicates!r}); the first repeat is line {columns.source.line_of(row)[0]}",
-        stacklevel=3,
+        f"(duplicates={duplicates!r}); the first repeat is line {columns.source.line_of(row)[0]}"
     )
-    return merged
+    return merged, warning

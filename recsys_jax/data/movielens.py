@@ -20,8 +20,9 @@ Contract:
   left exactly as it was: no partial folder, no temporary file, no new directory.
 * `load_movielens` parses the folder into a `Ratings` with the movies table
   (indexed by raw movie id, columns ``title`` and ``genres``) and the data set's
-  rating scale; `load_ml100k_fold` reads the canonical ml-100k folds ``u1``..``u5``
-  with id maps shared between train and test.
+  rating scale (the ratings file goes through `load_ratings`' binary cache of parsed
+  files, in ``<cache>/parsed/``); `load_ml100k_fold` reads the canonical ml-100k folds
+  ``u1``..``u5`` with id maps shared between train and test.
 
 Every failure is a `DataError` that names the data set, URL, folder or file (and line)
 concerned; offline with no local copy it lists every folder searched and where to
@@ -179,20 +180,23 @@ def load_movielens(
     timeout: float = DEFAULT_TIMEOUT,
     duplicates: Duplicates = "error",
     report_fn: Callable[[str], None] | None = None,
+    cache: bool | None = None,
 ) -> Ratings:
     """Loads a MovieLens data set (a `DATASETS` name, or a custom `Dataset`).
 
     Finds or downloads the extracted folder (see `ensure_local`), then parses it.
     The result has ``name`` = the data set name, the movies table and its rating scale.
     ``duplicates`` is `load_ratings`' policy for a repeated (user, item) pair (the
-    official archives have none). ``report_fn``: see `ensure_local`.
+    official archives have none). ``report_fn``: see `ensure_local`. ``cache``:
+    `load_ratings`' switch for the binary cache of the parsed ratings, kept under
+    ``<cache>/parsed/`` (None: on for files of 4 MiB or more, ml-10m and up).
     """
     dataset = get_dataset(name)
     folder = ensure_local(
         dataset, data_dir, download=download, base_url=base_url, cache_dir=cache_dir,
         timeout=timeout, report_fn=report_fn,
     )
-    return _PARSERS[dataset.format](folder, dataset, duplicates)
+    return _PARSERS[dataset.format](folder, dataset, duplicates, cache=cache, cache_dir=cache_dir)
 
 
 def ensure_local(
@@ -566,36 +570,42 @@ RATINGS_OPTIONS: dict[str, dict] = {
 }
 
 
-def parse_csv(folder: Path, dataset: Dataset, duplicates: Duplicates = "error") -> Ratings:
+def parse_csv(folder: Path, dataset: Dataset, duplicates: Duplicates = "error", *,
+              cache: bool | None = None, cache_dir: str | Path | None = None) -> Ratings:
     """``ratings.csv`` (userId,movieId,rating,timestamp) and ``movies.csv``."""
     ratings = load_ratings(
         folder / dataset.ratings_file, **RATINGS_OPTIONS["csv"],
         rating_scale=dataset.rating_scale, duplicates=duplicates, name=dataset.name,
+        cache=cache, cache_dir=cache_dir,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_csv))
 
 
-def parse_dat(folder: Path, dataset: Dataset, duplicates: Duplicates = "error") -> Ratings:
+def parse_dat(folder: Path, dataset: Dataset, duplicates: Duplicates = "error", *,
+              cache: bool | None = None, cache_dir: str | Path | None = None) -> Ratings:
     """``ratings.dat`` (UserID::MovieID::Rating::Timestamp) and ``movies.dat``."""
     ratings = load_ratings(
         folder / dataset.ratings_file, **RATINGS_OPTIONS["dat"],
         rating_scale=dataset.rating_scale, duplicates=duplicates, name=dataset.name,
+        cache=cache, cache_dir=cache_dir,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_movies_dat),
                    user_info=_optional(folder / "users.dat", _read_users_dat, quiet=True))
 
 
-def parse_100k(folder: Path, dataset: Dataset, duplicates: Duplicates = "error") -> Ratings:
+def parse_100k(folder: Path, dataset: Dataset, duplicates: Duplicates = "error", *,
+               cache: bool | None = None, cache_dir: str | Path | None = None) -> Ratings:
     """``u.data`` (user item rating timestamp, tab-separated) and ``u.item``."""
     ratings = load_ratings(
         folder / dataset.ratings_file, **RATINGS_OPTIONS["100k"],
         rating_scale=dataset.rating_scale, duplicates=duplicates, name=dataset.name,
+        cache=cache, cache_dir=cache_dir,
     )
     return replace(ratings, movies=_optional(folder / dataset.movies_file, _read_u_item),
                    user_info=_optional(folder / "u.user", _read_u_user, quiet=True))
 
 
-_PARSERS: dict[str, Callable[[Path, Dataset, Duplicates], Ratings]] = {
+_PARSERS: dict[str, Callable[..., Ratings]] = {  # (folder, dataset, duplicates, *, cache, cache_dir)
     "csv": parse_csv,
     "dat": parse_dat,
     "100k": parse_100k,

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: on, in $RECSYS_JAX_COMPILE_CACHE "
                         "or <cache>/jax-compile, so a second run does not compile)")
+    t.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="train on a mesh of the first N devices: tables split by rows, batches by examples "
+                        "(on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N host devices)")
     t.add_argument("--json", action="store_true", help="end with one line of JSON with the results")
 
     p = sub.add_parser("predict", help="predict ratings from a checkpoint by raw MovieLens ids")
@@ -201,6 +204,14 @@ def cmd_train(args) -> dict:
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    mesh = None
+    if args.devices is not None:  # before any data is read: a missing device fails at once
+        from recsys_jax.sharding import make_mesh
+
+        try:
+            mesh = make_mesh(args.devices)
+        except ValueError as e:
+            raise ValueError(f"--devices: {e}") from None
     dest = _checkpoint_folder(args)
     ratings = _load(args)
     split = _split(args, ratings)
@@ -240,7 +251,7 @@ def cmd_train(args) -> dict:
     out, result = run_experiment(
         ratings, split, args.model, seed=args.seed, train_config=tc, model_config=model_config,
         val_frac=val_frac, progress=args.progress, on_epoch=on_epoch, checkpoint_dir=args.resume_dir,
-        refit=not args.no_refit,
+        refit=not args.no_refit, mesh=mesh,
     )
     selection_history = out.pop("selection_history", None)
     if out["stop_reason"]:

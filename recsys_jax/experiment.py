@@ -82,6 +82,7 @@ def run_experiment(
     checkpoint_dir: str | None = None,
     refit: bool = True,
     predictions: dict | None = None,
+    mesh=None,
 ) -> tuple[dict, FitResult]:
     """Runs steps 1-5 above; returns a flat record of the results and the `FitResult` (of
     the refit when there was one; the selection fit's history is the record's
@@ -89,7 +90,8 @@ def run_experiment(
     step 4 in its ``refit`` subfolder. A ``predictions`` dict is filled with the clipped
     predictions of the validation slice by the selection fit (``val``, beside the slice's
     ``val_ratings``) and of the test split by the result (``test``): what a blend
-    (`recsys_jax.blend`) of several runs on the same split and seed is fitted and scored on."""
+    (`recsys_jax.blend`) of several runs on the same split and seed is fitted and scored on.
+    ``mesh`` (`recsys_jax.sharding.make_mesh`) trains both fits on those devices."""
     if len(split.test) == 0:
         raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
     train, val, test = split_parts(ratings, split, seed, val_frac)
@@ -98,7 +100,7 @@ def run_experiment(
     result = fit(
         model, train, val, key=jax.random.key(seed), model_config=model_config,
         train_config=train_config, loss_fn=loss_fn, progress=progress, on_epoch=on_epoch,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=checkpoint_dir, mesh=mesh,
     )
     jax.block_until_ready(result.params)
     selection = result
@@ -106,7 +108,7 @@ def run_experiment(
     if refit and val is not None and result.stop_reason is None:
         t1 = time.perf_counter()
         result = refit_on(ratings.take(split.train), result, seed=seed, loss_fn=loss_fn, progress=progress,
-                          checkpoint_dir=None if checkpoint_dir is None else f"{checkpoint_dir}/refit")
+                          checkpoint_dir=None if checkpoint_dir is None else f"{checkpoint_dir}/refit", mesh=mesh)
         jax.block_until_ready(result.params)
         refit_seconds = time.perf_counter() - t1
     fit_seconds = time.perf_counter() - t0
@@ -161,7 +163,7 @@ def predict_result(result: FitResult, pairs: Ratings, clip: tuple[float, float] 
 
 
 def refit_on(train_all: Ratings, selection: FitResult, *, seed: int, loss_fn=None, progress: bool = False,
-             checkpoint_dir: str | None = None) -> FitResult:
+             checkpoint_dir: str | None = None, mesh=None) -> FitResult:
     """Step 4: ``selection``'s model and settings trained again on ``train_all`` (the whole
     training split) from the same key, for ``selection.best_epoch`` epochs, with no
     validation (the last epoch is the result).
@@ -183,7 +185,7 @@ def refit_on(train_all: Ratings, selection: FitResult, *, seed: int, loss_fn=Non
     if selection.loss is not None and loss_fn is None:
         loss_fn = selection.loss
     return fit(selection.model, train_all, None, key=jax.random.key(seed), model_config=selection.model_config,
-               train_config=tc, loss_fn=loss_fn, progress=progress, checkpoint_dir=checkpoint_dir)
+               train_config=tc, loss_fn=loss_fn, progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh)
 
 
 def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings | None = None) -> Recommender:

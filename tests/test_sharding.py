@@ -138,6 +138,25 @@ def _main(out_dir: str) -> dict:
         "specs": sorted({str(x.sharding.spec) for x in jax.tree.leaves(m4.params)}),
         "predict_diff": float(np.max(np.abs(predict_many(m1, val.users, val.items)
                                             - predict_many(m4, val.users, val.items))))}
+
+    # 4. recsys-jax train --devices 4 equals the one-device run.
+    import contextlib
+    import io
+
+    import pandas as pd
+
+    from recsys_jax.cli import main
+
+    csv = f"{out_dir}/ratings.csv"
+    pd.DataFrame({"userId": ratings.user_ids[ratings.users], "movieId": ratings.item_ids[ratings.items],
+                  "rating": ratings.ratings, "timestamp": ratings.timestamps}).to_csv(csv, index=False)
+    report["cli"] = {}
+    for flags in ([], ["--devices", str(DEVICES)]):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main(["train", "--ratings", csv, "--epochs", "2", "--batch-size", "128", "--no-refit",
+                         "--no-save", "--no-compile-cache", "--json", *flags])
+        report["cli"][len(flags)] = {"code": code, **json.loads(buf.getvalue().strip().splitlines()[-1])}
     return report
 
 
@@ -208,7 +227,20 @@ def test_fit_many_members_sharded_equals_unsharded(report):
     assert m["param_diff"] < 1e-5 and m["rmse_diff"] < 1e-6 and m["predict_diff"] < 1e-5
 
 
+def test_cli_train_on_four_devices(report):
+    one, four = report["cli"]["0"], report["cli"]["2"]
+    assert one["code"] == four["code"] == 0
+    assert abs(one["test_rmse"] - four["test_rmse"]) < TOL_RMSE and abs(one["val_rmse"] - four["val_rmse"]) < TOL_RMSE
+
+
 # -- one process, one device --------------------------------------------------------------
+def test_cli_devices_beyond_the_machine_say_how_to_force_them():
+    from conftest import run_cli
+
+    code, _, err = run_cli(["train", "--devices", jax.device_count() + 1, "--ratings", "missing.csv"])
+    assert code == 2 and "--devices" in err and "xla_force_host_platform_device_count" in err
+
+
 def test_make_mesh_asks_for_host_devices():
     with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
         sharding.make_mesh(jax.device_count() + 1)

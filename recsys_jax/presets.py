@@ -47,6 +47,9 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         "svdpp": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.12),
         "timesvd": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "fm": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
+        # knn fits itself in one "epoch" (baselines, then neighbour lists) and reads no TrainConfig
+        # field; its settings are knn.Config's (see recsys_jax/models/knn.py for how they were chosen).
+        "knn": TrainConfig(epochs=1),
     },
     "notebook": {
         "dot": TrainConfig(epochs=10, batch_size=64, schedule="piecewise", l2=1e-4, penalty="table",

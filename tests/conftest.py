@@ -33,12 +33,18 @@ def _no_persistent_compile_cache(monkeypatch):
     monkeypatch.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
 
 
+# Models without latent factors: the option that the generic tests' embedding_dim stands for.
+TABLE_WIDTH = {"knn": "max_neighbors"}
+
+
 def configured_model(name: str, train, **options):
     """``(module, config, aux)``: model ``name`` with ``options``, its ``prepare(train)`` data
     (None for models without) and the config its ``configure`` completes from that data."""
     from recsys_jax.models import MODELS, make_config
 
     module = MODELS[name]
+    if name in TABLE_WIDTH and "embedding_dim" in options:  # no latent factors: the width of its item tables
+        options[TABLE_WIDTH[name]] = options.pop("embedding_dim")
     config = make_config(name, **options)
     aux = module.prepare(train, config) if hasattr(module, "prepare") else None
     if hasattr(module, "configure"):

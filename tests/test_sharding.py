@@ -284,5 +284,81 @@ def test_fit_on_a_one_device_mesh_equals_fit():
     np.testing.assert_allclose(a.history["val_rmse"], b.history["val_rmse"], atol=1e-6)
 
 
+# -- several processes (jax.distributed) ---------------------------------------------------
+MULTI = {"epochs": 2, "batch_size": 128, "lr": 1e-2, "l2": 0.01}
+
+
+def _multi_data():
+    from recsys_jax.data import make_synthetic, random_split
+
+    r, _ = make_synthetic(jax.random.key(0), 150, 101, 3000, embedding_dim=4, noise_std=0.3, round_to_half=False)
+    split = random_split(r, 0, 0.2)
+    return r.take(split.train), r.take(split.test)
+
+
+def _worker(process_id: int, num_processes: int, port: int) -> dict:
+    """One of several processes: each initialises jax.distributed, reads the data itself,
+    and trains on the mesh of every process's devices."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
+                               process_id=process_id)
+    from recsys_jax.models import make_config
+    from recsys_jax.train import TrainConfig, fit
+
+    train, val = _multi_data()
+    mesh = sharding.make_mesh()  # every device of every process
+    out = {"process_count": jax.process_count(), "device_count": jax.device_count()}
+    for opt in ("adam", "lazy_adam"):
+        res = fit("bias", train, val, key=0, model_config=make_config("bias", embedding_dim=8),
+                  train_config=TrainConfig(**MULTI, optimizer=opt), progress=False, mesh=mesh)
+        host = sharding.to_host(res.params)  # gathered from both processes: what a checkpoint writes
+        out[opt] = {"rmse": res.history["val_rmse"], "user_factors": host.user_factors.tolist()}
+    jax.distributed.shutdown()
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_equal_one(tmp_path):
+    """Two processes with two host devices each (jax.distributed over gloo on localhost)
+    train the same model as this one-device process."""
+    import socket
+
+    from recsys_jax.models import make_config
+    from recsys_jax.train import TrainConfig, fit
+
+    if not hasattr(jax.distributed, "initialize"):
+        pytest.skip("this jax has no jax.distributed")
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(i), "2", str(port)], env=env, cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        if p.returncode != 0 and ("gloo" in err.lower() and "not" in err.lower() or "Unimplemented" in err):
+            pytest.skip(f"this jax build cannot run CPU collectives across processes: {err.strip()[-300:]}")
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    train, val = _multi_data()
+    for r in results:
+        assert r["process_count"] == 2 and r["device_count"] == 4
+    for opt in ("adam", "lazy_adam"):
+        one = fit("bias", train, val, key=0, model_config=make_config("bias", embedding_dim=8),
+                  train_config=TrainConfig(**MULTI, optimizer=opt), progress=False)
+        for r in results:
+            np.testing.assert_allclose(r[opt]["rmse"], one.history["val_rmse"], atol=TOL_RMSE)
+            np.testing.assert_allclose(r[opt]["user_factors"], np.asarray(one.params.user_factors), atol=1e-5)
+
+
 if __name__ == "__main__":
-    print(json.dumps(_main(sys.argv[1])))
+    if sys.argv[1] == "--worker":
+        print(json.dumps(_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+    else:
+        print(json.dumps(_main(sys.argv[1])))

@@ -33,7 +33,7 @@ def reference_baselines(users, items, ratings, num_users, num_items, *, epochs, 
 
 def reference_similarities(users, items, residuals, num_items, *, shrinkage, min_support):
     """s_ij for every pair, float64[I, I], zero diagonal."""
-    by_item = [dict() for _ in range(num_items)]
+    by_item = [{} for _ in range(num_items)]
     for u, i, e in zip(users, items, residuals):
         by_item[i][int(u)] = float(e)
     sims = np.zeros((num_items, num_items))
@@ -128,7 +128,7 @@ def test_similarity_by_hand():
     np.testing.assert_allclose(sims, [[s01, 0, 0], [s01, 0, 0], [0, 0, 0], [0, 0, 0]], rtol=1e-6)
     # with min_support 1 the single common rater gives +-1 / (1 + shrinkage): 0-2 is -1/2 (dropped),
     # 1-2 is -1/2 (dropped) too
-    ids1, sims1 = knn.neighbor_lists(users, items, resid, 5, 4, config._replace(min_support=1))
+    ids1, _ = knn.neighbor_lists(users, items, resid, 5, 4, config._replace(min_support=1))
     np.testing.assert_array_equal(ids1, ids)
     # flip item 2's residual for user 0: now positively correlated with items 0 and 1 (weight 1/2),
     # ranked below s01 = 0.548 for both

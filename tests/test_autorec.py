@@ -68,16 +68,20 @@ def test_training_matrix_layout_and_size_limit(monkeypatch):
         autorec.training_matrix(train, config)
 
 
-def numpy_objective(p, inputs, observed, mean, l2, bias_l2):
-    """The paper's objective, one observed entry at a time."""
+def numpy_objective(p, inputs, observed, mean, l2, bias_l2, keep=None, dropout=0.0, kept_weight=1.0):
+    """The paper's objective, one observed entry at a time; with ``keep``, the input entries
+    not kept are zeroed (the kept ones scaled by 1 / (1 - dropout)) and the squared errors of
+    the kept entries weigh ``kept_weight``."""
     V, W = np.asarray(p.user_encoder, np.float64).T, np.asarray(p.user_decoder, np.float64)
     b, mu = np.asarray(p.user_bias, np.float64), np.asarray(p.hidden_bias, np.float64)
     total = 0.0
     for i in range(inputs.shape[0]):
-        z = sigmoid(V @ inputs[i] + mu)
+        x = inputs[i] if keep is None else np.where(keep[i], inputs[i] / (1.0 - dropout), 0.0)
+        z = sigmoid(V @ x + mu)
         for u in range(inputs.shape[1]):
             if observed[i, u]:
-                total += (inputs[i, u] + mean - (W[u] @ z + b[u])) ** 2
+                w = kept_weight if keep is not None and keep[i, u] else 1.0
+                total += w * (inputs[i, u] + mean - (W[u] @ z + b[u])) ** 2
     return total + 0.5 * l2 * (np.sum(W ** 2) + np.sum(V ** 2)) + 0.5 * bias_l2 * np.sum(b ** 2)
 
 
@@ -99,6 +103,19 @@ def test_objective_equals_numpy_reference(random_case):
     assert float(f(p)) == pytest.approx(want, rel=1e-5)
     # the item code plays no part in the objective (it is recomputed, not trained)
     assert float(f(p._replace(item_code=p.item_code + 1.0))) == pytest.approx(want, rel=1e-5)
+
+
+def test_denoising_objective_equals_numpy_reference(random_case):
+    config, x, m, p = random_case
+    keep = np.array([[True, False, True, True], [False, True, True, False], [True, True, False, False]])
+    want = numpy_objective(p, x, m, 3.0, 0.7, 0.0, keep, config.input_dropout, config.kept_weight)
+    got = jax.jit(lambda w: autorec.objective(w, x, m, config=config, l2=0.7, keep=keep))(p)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert config.input_dropout == 0.5 and config.kept_weight == 0.3  # the defaults, checked here
+    # an all-kept mask with kept_weight 1 is the paper's objective on inputs scaled by 1 / (1 - p)
+    plain = config._replace(kept_weight=1.0, input_dropout=0.0)
+    np.testing.assert_allclose(float(autorec.objective(p, x, m, config=plain, l2=0.7, keep=np.ones_like(keep))),
+                               numpy_objective(p, x, m, 3.0, 0.7, 0.0), rtol=1e-5)
 
 
 def test_objective_gradient_matches_finite_differences(random_case):
@@ -131,7 +148,7 @@ def test_penalty_counts_each_touched_user_once(random_case):
 
 
 # -- training ---------------------------------------------------------------------------------
-TC = TrainConfig(epochs=6, batch_size=16, lr=1e-2, schedule="constant", l2=1.0)
+TC = TrainConfig(epochs=15, batch_size=16, lr=1e-2, schedule="constant", l2=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +171,7 @@ def test_fit_learns_beyond_the_mean(synthetic, trained):
     losses, rmse = trained.history["train_loss"], trained.history["val_rmse"]
     assert len(losses) == TC.epochs and losses[-1] < 0.7 * losses[0]
     baseline = float(np.sqrt(np.mean((val.ratings - train.ratings.mean()) ** 2)))
-    assert min(rmse) < 0.9 * baseline
+    assert min(rmse) < 0.8 * baseline  # 0.60 against 0.84 when written
 
 
 def test_codes_are_the_encoded_training_ratings(synthetic, trained):
@@ -180,7 +197,8 @@ def test_fit_is_deterministic_per_key(synthetic, trained):
 
 def test_full_batch_adam_lowers_the_objective_every_epoch(synthetic):
     train, _ = synthetic
-    config = make_config("autorec", embedding_dim=8, mean_rating=float(train.ratings.mean()))
+    # the paper's model (no input dropout): a deterministic full-batch objective
+    config = make_config("autorec", embedding_dim=8, mean_rating=float(train.ratings.mean()), input_dropout=0.0)
     tc = TrainConfig(epochs=5, batch_size=10_000, lr=3e-3, schedule="constant", l2=1.0)
     losses = [loss for _, loss in autorec.fit_epochs(jax.random.key(2), train, config, tc)]
     assert np.all(np.diff(losses) < 0)

@@ -123,6 +123,10 @@ def example_terms(ctx, p, u, i, t):
 
 
 def naive_penalty(ctx, params):
+    if ctx.name == "autorec":  # its whole-table L2, (l2/2)(|W_u|^2 + |V_u|^2), once per user of weight > 0
+        p = params
+        return sum(0.5 * L2 * (sq(p.user_encoder[u]) + sq(p.user_decoder[u])) + 0.5 * BIAS_L2 * p.user_bias[u] ** 2
+                   for u in sorted({int(u) for u, w in zip(USERS, WEIGHT) if w > 0}))
     total = 0.0
     for b in range(len(USERS)):
         u, i, w = int(USERS[b]), int(ITEMS[b]), WEIGHT[b]
@@ -168,7 +172,7 @@ def test_padding_changes_nothing(ctx):
 
 def test_row_local_models_keep_the_name_based_penalty():
     for name, module in MODELS.items():
-        if name in ("svdpp", "timesvd", "fm"):
+        if name in ("svdpp", "timesvd", "fm", "autorec"):
             assert hasattr(module, "penalty"), name
         else:
             assert not hasattr(module, "penalty"), f"{name}: row-local, its objective is the name-based one"

@@ -29,7 +29,7 @@ import functools
 
 import jax
 
-from recsys_jax.models import bias, dot, fm, gmf, knn, mlp, neumf, svdpp, timesvd
+from recsys_jax.models import autorec, bias, dot, fm, gmf, knn, mlp, neumf, svdpp, timesvd
 
 MODELS = {
     "dot": dot,
@@ -40,6 +40,7 @@ MODELS = {
     "svdpp": svdpp,
     "timesvd": timesvd,
     "fm": fm,
+    "autorec": autorec,
     "knn": knn,
 }
 

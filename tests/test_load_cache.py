@@ -339,3 +339,23 @@ def test_movielens_folder_layout_is_cached(tmp_path, spy):
     assert len(entries(cache_dir)) == 1
     load_movielens("ml-32m", data_dir=tmp_path, download=False, cache_dir=cache_dir, cache=False)
     assert spy.calls == 2
+
+
+def test_benchmark_file_is_seeded_and_in_movielens_order(tmp_path):
+    from benchmarks.load import synthetic_columns, write_synthetic
+
+    a = synthetic_columns(5000, 300, 400, seed=7)
+    b = synthetic_columns(5000, 300, 400, seed=7)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    users, movies, stars, stamps, movie_ids = a
+    key = users.astype(np.int64) * (movie_ids.max() + 1) + movies
+    assert len(users) == 5000 and np.all(key[1:] > key[:-1])  # distinct, (user, movie) order
+    assert set(movies) <= set(movie_ids) and stars.min() >= 0 and stars.max() <= 9
+    data = write_synthetic(tmp_path / "ml-32m", 5000, 300, 400, seed=7)
+    r = load_ratings(tmp_path / "ml-32m" / "ratings.csv", cache=False)
+    assert (len(r), r.num_users, r.num_items) == (5000, data["users"], data["movies"])
+    np.testing.assert_array_equal(r.user_ids[r.users], users)
+    np.testing.assert_array_equal(r.item_ids[r.items], movies)
+    np.testing.assert_array_equal(r.ratings, (stars + 1) / 2)
+    np.testing.assert_array_equal(r.timestamps, stamps)

@@ -21,6 +21,9 @@ Contract:
 * `enabled`: ``cache=False`` turns the cache off, ``cache=True`` on; ``None`` (the default)
   uses it for files of at least `MIN_BYTES` unless ``$RECSYS_JAX_PARSE_CACHE`` is ``0``,
   ``off``, ``false`` or ``no``. Small files parse faster than an entry is checked.
+* An entry takes 20 bytes a rating (int32 user and item, float32 rating, int64
+  timestamp): 0.64 GB for 32M ratings. Entries of files since deleted stay until
+  ``<cache>/parsed/`` is removed; removing it at any time is safe.
 """
 from __future__ import annotations
 

@@ -164,14 +164,13 @@ def test_prediction_by_hand():
     config = knn.Config(k=2, max_neighbors=3)
     e1, e2 = 4.0 - (3.0 + 0.5 - 0.5), 5.0 - (3.0 + 0.5 + 1.0)  # 1.0, 0.5; item 3 is not rated by user 0
     want = 3.0 + 0.5 + 0.25 + (0.6 * e2 + 0.3 * e1) / 0.9
-    got = knn.predict_one(params, 0, 0, config=config, aux=aux)
-    assert float(got) == pytest.approx(want, rel=1e-6)
-    got1 = knn.predict_one(params, 0, 0, config=config._replace(k=1), aux=aux)
-    assert float(got1) == pytest.approx(3.75 + e2, rel=1e-6)
+    one = jax.jit(knn.predict_one, static_argnames="config")
+    assert float(one(params, 0, 0, config=config, aux=aux)) == pytest.approx(want, rel=1e-6)
+    assert float(one(params, 0, 0, config=config._replace(k=1), aux=aux)) == pytest.approx(3.75 + e2, rel=1e-6)
     # no rated neighbour: the baseline
-    assert float(knn.predict_one(params, 0, 1, config=config, aux=aux)) == pytest.approx(3.0)
-    np.testing.assert_array_equal(knn.num_neighbors_found(params, jnp.array([0, 0]), jnp.array([0, 1]),
-                                                          config=config, aux=aux), [2, 0])
+    assert float(one(params, 0, 1, config=config, aux=aux)) == pytest.approx(3.0)
+    found = jax.jit(knn.num_neighbors_found, static_argnames="config")
+    np.testing.assert_array_equal(found(params, jnp.array([0, 0]), jnp.array([0, 1]), config=config, aux=aux), [2, 0])
 
 
 def test_lower_bound():
@@ -304,4 +303,5 @@ def test_init_is_the_baseline_with_no_neighbours():
     assert params.item_neighbors.shape == params.item_neighbor_sims.shape == (5, 3)
     np.testing.assert_array_equal(params.item_neighbors, -1)
     aux = knn.Aux(jnp.array([0, 1, 1, 2, 2], jnp.int32), jnp.array([3, 0], jnp.int32), jnp.array([4.0, 2.0]))
-    np.testing.assert_allclose(knn.apply(params, jnp.arange(4), jnp.arange(4), config=config, aux=aux), 3.25)
+    apply = jax.jit(knn.apply, static_argnames="config")
+    np.testing.assert_allclose(apply(params, jnp.arange(4), jnp.arange(4), config=config, aux=aux), 3.25)

@@ -45,7 +45,7 @@ def test_encode_by_hand():
     np.testing.assert_allclose(autorec.encode(p, r), sigmoid(np.array([[1.5, -2.75]])), rtol=1e-6)
 
 
-def tiny_ratings(center_mean=None) -> Ratings:
+def tiny_ratings() -> Ratings:
     users = np.array([0, 0, 1, 2, 2, 3])
     items = np.array([0, 2, 2, 1, 2, 0])
     ratings = np.array([4.0, 2.5, 5.0, 1.0, 3.0, 4.5])
@@ -122,13 +122,13 @@ def test_objective_gradient_matches_finite_differences(random_case):
     config, x, m, p = random_case
     with jax.enable_x64(True):
         w = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p._replace(item_code=None))
-        f = lambda w: autorec.objective(jax.tree.map(jnp.asarray, w), jnp.asarray(x, jnp.float64), m,  # noqa: E731
+        f = lambda w: autorec.objective(jax.tree.map(jnp.asarray, w), jnp.asarray(x, jnp.float64), m,
                                         config=config, l2=0.7, bias_l2=0.2)
         check_grads(f, (w,), order=1, modes=["rev"], eps=1e-6)
 
 
 def test_item_codes_in_blocks_equal_encode(random_case):
-    config, x, m, p = random_case
+    _, x, _, p = random_case
     want = sigmoid(x.astype(np.float64) @ np.asarray(p.user_encoder, np.float64) + np.asarray(p.hidden_bias))
     np.testing.assert_allclose(autorec.item_codes(p, jnp.asarray(x), block=2), want, rtol=1e-5)
 

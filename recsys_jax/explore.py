@@ -160,10 +160,9 @@ def bias_table(rec: Recommender, ratings, n: int = 10, *, min_ratings: int = DEF
 
 
 def _vector_field(rec: Recommender) -> str:
-    fields = rec.params._fields
-    if "item_factors" in fields:
-        return "item_factors"
-    return "+".join(f for f in fields if f.startswith("item_") and not f.endswith("_bias"))
+    from recsys_jax.recommender import item_vector_fields
+
+    return "+".join(item_vector_fields(rec.model, rec.params))
 
 
 def pca(rec: Recommender, ratings=None, min_ratings: int = DEFAULT_MIN_RATINGS, components: int = 3) -> PCA:

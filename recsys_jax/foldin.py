@@ -336,6 +336,11 @@ def solve_rows(rec, side: str, others: list[np.ndarray], ratings: list[np.ndarra
     (`penalty_of`)."""
     if method not in ("auto", "closed_form", "gradient"):
         raise ValueError(f"fold-in: method must be 'auto', 'closed_form' or 'gradient', got {method!r}")
+    module = get_model(rec.model)
+    if hasattr(module, "fit_epochs") and not getattr(module, "FOLDS_IN", False):
+        raise ValueError(f"fold-in: model {rec.model!r} is not trained by steps on a row's parameters (it trains "
+                         "itself: its module's fit_epochs), so a new row cannot be solved with the others fixed; "
+                         "retrain it with the new ratings")
     if method == "closed_form" and not uses_closed_form(rec):
         raise ValueError(f"fold-in: no closed form for model {rec.model!r} with this config and loss")
     if not others or any(len(x) == 0 for x in others):

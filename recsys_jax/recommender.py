@@ -190,10 +190,10 @@ class Recommender(NamedTuple):
 
     def item_vectors(self) -> np.ndarray:
         """float32[I, D]: each item's learned representation, ``item_factors`` where the model
-        has them, else its other ``item_*`` tables side by side (biases left out)."""
+        has them, else its other ``item_*`` tables side by side (biases left out); a module's
+        ``ITEM_VECTORS`` names them instead (empty: the model has none, e.g. knn)."""
         fields = self.params._asdict()
-        names = ["item_factors"] if "item_factors" in fields else [
-            n for n in fields if n.startswith("item_") and not n.endswith("_bias")]
+        names = item_vector_fields(self.model, self.params)
         if not names:
             raise ValueError(f"model {self.model!r} has no item factors to compare")
         return np.concatenate([np.asarray(fields[n]).reshape(self.num_items, -1) for n in names], axis=1)
@@ -494,3 +494,17 @@ def _as_id_array(ids, what: str) -> np.ndarray:
     if arr.size == 0:
         return arr.astype(np.int64)
     raise ValueError(f"predict: {what} ids must be integers, got dtype {arr.dtype} ({arr[:3].tolist()}...)")
+
+
+def item_vector_fields(model: str, params) -> list[str]:
+    """The ``item_*`` fields of ``params`` that hold the items' learned vectors (see
+    `Recommender.item_vectors`)."""
+    from recsys_jax.models import get_model
+
+    named = getattr(get_model(model), "ITEM_VECTORS", None)
+    if named is not None:
+        return list(named)
+    fields = params._fields
+    if "item_factors" in fields:
+        return ["item_factors"]
+    return [f for f in fields if f.startswith("item_") and not f.endswith("_bias")]

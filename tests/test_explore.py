@@ -176,6 +176,10 @@ def test_every_model_pca_and_bias_table(name):
     params = jax.tree.map(lambda x: np.asarray(x, np.float32) + np.float32(0.3) * rng.normal(size=x.shape).astype(
         np.float32), params)
     rec = Recommender(name, config, params, train.user_ids, train.item_ids, (0.5, 5.0), aux=aux)
+    if getattr(module, "ITEM_VECTORS", None) == ():  # e.g. knn: neighbour lists, no vectors
+        with pytest.raises(ValueError, match="no item factors"):
+            explore.pca(rec, train, min_ratings=1, components=2)
+        return
     result = explore.pca(rec, train, min_ratings=1, components=2)
     q = rec.item_vectors().astype(np.float64)
     # The scores are the centered vectors projected on orthonormal axes, best first.

@@ -103,6 +103,9 @@ from recsys_jax.models._common import batched, initial_offset
 from recsys_jax.optim import make_optimizer, make_schedule
 
 MAX_ENTRIES = 1 << 28  # I * U at most: the dense float32 input and bool mask take 5 bytes per entry
+# Fold-in (recsys_jax.foldin) solves a new user's rows against the fixed item codes, the training
+# objective restricted to that user; a new item gets a free code, not sigma(V r + mu) (see `encode`).
+FOLDS_IN = True
 
 
 class Config(NamedTuple):

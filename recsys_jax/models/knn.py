@@ -152,6 +152,7 @@ class Aux(NamedTuple):
 
 # Entries of one [B, A] slab of similarities: B = max(1, SLAB // A) items per block.
 SLAB = 1 << 22
+ITEM_VECTORS = ()  # no learned item vectors: `similar` and PCA have nothing to compare (the neighbours are lists)
 MAX_ITEMS = 1 << 24  # float32 holds every integer id below this
 TRAIN_LOSS_PAIRS = 8192  # training pairs scored for the reported training loss
 

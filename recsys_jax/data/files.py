@@ -765,11 +765,13 @@ def factorize(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(raw) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
     lo, hi = int(raw.min()), int(raw.max())
-    if hi - lo < min(4 * len(raw) + (1 << 20), 2**31 - 1):
-        present = np.zeros(hi - lo + 1, dtype=bool)
-        offset = raw - raw.dtype.type(lo) if lo != 0 else raw  # fits: 0 <= raw - lo <= hi - lo
+    limit = min(4 * len(raw) + (1 << 20), 2**31 - 1)
+    base = 0 if 0 <= lo and hi < limit else lo  # ids from 0 or 1 index the table directly
+    if hi - base < limit:
+        present = np.zeros(hi - base + 1, dtype=bool)
+        offset = raw - raw.dtype.type(base) if base != 0 else raw  # 0 <= raw - base <= hi - base
         present[offset] = True
-        ids = np.flatnonzero(present).astype(np.int64) + lo
+        ids = np.flatnonzero(present).astype(np.int64) + base
         index = np.cumsum(present, dtype=np.int32) - 1
         return ids, index[offset]
     codes, uniques = pd.factorize(raw, sort=False)

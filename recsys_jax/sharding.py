@@ -22,12 +22,16 @@ an all-reduce of the ``[B, K]`` rows (no table is ever gathered), the gradient's
 lands on the device owning each row. On one device (``mesh=None``) none of this is traced:
 the program is exactly the unsharded one.
 
-Uneven tables. A `NamedSharding` must divide the dimension it splits, so a table whose
-row count is not a multiple of the device count is padded with zero rows while training
+Uneven tables. A `NamedSharding` must divide the dimension it splits, so for a row-local
+model (``ROW_LOCAL = True``: it reads a table only at the batch's rows) a table whose row
+count is not a multiple of the device count is padded with zero rows while training
 (`pad_rows`): a padded row is never indexed, its gradient is zero, and every optimizer
 here leaves a zero row with zero state unchanged (Adam's update is ``0 / (0 + eps)``), so
 padding changes no result (tested). `fit` strips the padding from the parameters it returns
 (`unpad_rows`); a stripped table that no longer divides the device count is replicated.
+Other models (SVD++, FM) may tie a table's size to their data, so they are not padded:
+their uneven tables are replicated, their even ones split, and XLA's partitioner places
+the collectives (correct, tested; not tuned).
 
 Many processes. With ``jax.distributed.initialize()`` in every process (one per host, or
 several on one host for a test) ``jax.devices()`` lists every process's devices and the

@@ -343,8 +343,11 @@ def fit(
     params = module.init(init_key, train.num_users, train.num_items, model_config)
     if param_loss is not None:
         params = JointParams(params, param_loss.init(train))
-    if plan is not None:
-        params = plan.pad(params)  # zero rows up to a multiple of the device count: no effect on training
+    if plan is not None and getattr(module, "ROW_LOCAL", False):
+        # Zero rows up to a multiple of the device count, so that every table can be split:
+        # a row-local model never reads them and they stay zero. Other models may relate a
+        # table's size to their data (SVD++'s implicit lists): their uneven tables are replicated.
+        params = plan.pad(params)
     state = engine.init(params)
     if plan is not None:
         state = plan.put(state)
@@ -372,7 +375,8 @@ def fit(
             state, history, start = saved.state, saved.history, saved.epoch + 1
             best = Best(saved.best_score, saved.best_params, saved.best_epoch)
             if plan is not None:
-                state, best = plan.put(plan.pad(state)), best._replace(params=plan.put(plan.pad(best.params)))
+                pad = plan.pad if getattr(module, "ROW_LOCAL", False) else (lambda tree: tree)
+                state, best = plan.put(pad(state)), best._replace(params=plan.put(pad(best.params)))
 
         def after_epoch(epoch, state, history, best):
             if epoch % checkpoint_every == 0 or epoch == tc.epochs:

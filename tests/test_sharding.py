@@ -94,6 +94,13 @@ def _main(out_dir: str) -> dict:
                     report["table_collectives"][obj.optimizer] = {
                         "tables": _table_collectives(text, {152, 104}), "any": len(_collectives(text))}
 
+    # A model that is not row-local (SVD++: implicit lists from the training split) is not padded.
+    tc = TrainConfig(epochs=1, batch_size=128, lr=1e-2, l2=0.01)
+    one = fit("svdpp", train, val, key=0, train_config=tc, progress=False)
+    four = fit("svdpp", train, val, key=0, train_config=tc, progress=False, mesh=mesh)
+    report["svdpp"] = {"rmse_1": one.history["val_rmse"], "rmse_4": four.history["val_rmse"],
+                       "param_diff": max_diff(one.params, four.params)}
+
     # 2. Tables that divide evenly stay sharded; prediction and top-N read them in place.
     ratings, train, val = data(152, 104)
     tc = TrainConfig(epochs=2, batch_size=128, lr=1e-2, l2=0.01)
@@ -183,6 +190,12 @@ def test_fit_on_four_devices_equals_one(report, opt):
     assert r["param_diff"] < 1e-5
     # padded while training (152 x 104), returned at the true sizes
     assert [150] in r["shapes"] and [101] in r["shapes"] and [150, 8] in r["shapes"] and [101, 8] in r["shapes"]
+
+
+def test_a_model_that_is_not_row_local_trains_on_four_devices(report):
+    r = report["svdpp"]
+    np.testing.assert_allclose(r["rmse_4"], r["rmse_1"], atol=TOL_RMSE)
+    assert r["param_diff"] < 1e-5
 
 
 def test_sharded_epoch_moves_no_table(report):

@@ -20,9 +20,10 @@ the line that holds them.
 
 Speed: the clean case is one parsing pass with the dtypes fixed before parsing (int32
 ids, float64 ratings, cast to float32 once checked, int64 timestamps). With
-``engine="auto"`` (the default) a comma- or tab-separated file whose header, if any, is its
-first line is read by pyarrow's CSV reader when pyarrow is installed (the ``fast``
-extra); every other file, and any file pyarrow refuses, by pandas' C parser (``::`` is
+``engine="auto"`` (the default) a comma- or tab-separated file of 1 MiB or more whose
+header, if any, is its first line is read by pyarrow's multithreaded CSV reader when
+pyarrow is installed (the ``fast`` extra); every other file, and any file pyarrow
+refuses, by pandas' C parser (``::`` is
 translated to a tab while streaming so that it can read it). Both give identical arrays.
 Only when the C parser fails does a slower diagnostic pass run, to find the first bad
 line. Ids are mapped to contiguous indices without sorting the rows (a table over the id
@@ -70,6 +71,10 @@ _PANDAS_LINE = re.compile(r"line (\d+)")
 _INT64_DIGITS = 19  # 2**63 - 1 has 19 digits: a shorter integer string always fits
 
 MAX_SHOWN = 120  # characters of an offending line quoted in an error message
+# engine="auto" reads files from this size with pyarrow (below it the C parser is as quick
+# and importing pyarrow would cost more than it saves); its threads from the second size.
+ARROW_MIN_BYTES = 1 << 20
+ARROW_THREADS_BYTES = 8 << 20
 
 
 def shorten(text: str, limit: int = MAX_SHOWN) -> str:
@@ -167,9 +172,10 @@ def read_columns(
 
     ``data``, when given, is the file's content: nothing is read from disk and ``path``
     only names it in messages. Duplicate (user, item) pairs are not looked for here
-    (see `first_duplicate`). ``engine``: ``"auto"`` (pyarrow where it can read the file and
-    is installed), ``"c"`` (pandas' C parser only) or ``"pyarrow"`` (as auto, but refusing
-    to run without pyarrow); the results are identical.
+    (see `first_duplicate`). ``engine``: ``"auto"`` (pyarrow for a file of at least
+    `ARROW_MIN_BYTES` that it can read, when it is installed), ``"c"`` (pandas' C parser
+    only) or ``"pyarrow"`` (pyarrow for any file it can read; refused without pyarrow).
+    The results are identical.
     """
     _check_engine(engine)
     path = Path(path)
@@ -184,7 +190,11 @@ def read_columns(
         path, first_index + 1, fields, header, (user_col, item_col, rating_col, timestamp_col)
     )
     source = Source(path, skip=first_index + 1 if header else 0, data=data)
-    columns = _read_arrow(source, sep, len(fields), positions) if engine != "c" else None
+    size = len(data) if data is not None else _size(path)
+    arrow = engine == "pyarrow" or (engine == "auto" and size >= ARROW_MIN_BYTES)
+    columns = None
+    if arrow:
+        columns = _read_arrow(source, sep, len(fields), positions, threads=size >= ARROW_THREADS_BYTES)
     if columns is None:
         columns = _read_c(source, sep, len(fields), positions)
     if columns is None:  # the fast path failed: find the first bad line and say so
@@ -206,6 +216,13 @@ def read_columns(
         row, problem = failure
         raise source.error_at_row(row, problem)
     return RatingColumns(users, items, ratings, timestamps, source)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _first_line(path: Path, data: bytes | None = None) -> tuple[int, str]:
@@ -400,7 +417,9 @@ def _data_start(source: Source) -> int | None:
     return pos
 
 
-def _read_arrow(source: Source, sep: str, ncols: int, positions: list[int | None]) -> Columns4 | None:
+def _read_arrow(
+    source: Source, sep: str, ncols: int, positions: list[int | None], threads: bool = True
+) -> Columns4 | None:
     """pyarrow's multithreaded reader for a plain comma- or tab-separated file; None when
     pyarrow is missing, the layout is not one it reads like pandas, or a value does not
     parse (then the C parser reads the file and, if it also fails, `_diagnose` runs).
@@ -428,7 +447,7 @@ def _read_arrow(source: Source, sep: str, ncols: int, positions: list[int | None
         with stream:
             table = csv_module.read_csv(
                 stream,
-                read_options=csv_module.ReadOptions(column_names=names, use_threads=True),
+                read_options=csv_module.ReadOptions(column_names=names, use_threads=threads),
                 parse_options=csv_module.ParseOptions(
                     delimiter=sep, quote_char='"', double_quote=True, escape_char=False,
                     newlines_in_values=False, ignore_empty_lines=True),

@@ -306,19 +306,21 @@ def _multi_data():
 
     r, _ = make_synthetic(jax.random.key(0), 150, 101, 3000, embedding_dim=4, noise_std=0.3, round_to_half=False)
     split = random_split(r, 0, 0.2)
-    return r.take(split.train), r.take(split.test)
+    return r.take(split.train), r.take(split.test), r
 
 
-def _worker(process_id: int, num_processes: int, port: int) -> dict:
+def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> dict:
     """One of several processes: each initialises jax.distributed, reads the data itself,
-    and trains on the mesh of every process's devices."""
+    and trains on the mesh of every process's devices; process 0 writes the checkpoint."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
                                process_id=process_id)
+    from recsys_jax import checkpoint
+    from recsys_jax.experiment import to_recommender
     from recsys_jax.models import make_config
     from recsys_jax.train import TrainConfig, fit
 
-    train, val = _multi_data()
+    train, val, ratings = _multi_data()
     mesh = sharding.make_mesh()  # every device of every process
     out = {"process_count": jax.process_count(), "device_count": jax.device_count()}
     for opt in ("adam", "lazy_adam"):
@@ -326,6 +328,8 @@ def _worker(process_id: int, num_processes: int, port: int) -> dict:
                   train_config=TrainConfig(**MULTI, optimizer=opt), progress=False, mesh=mesh)
         host = sharding.to_host(res.params)  # gathered from both processes: what a checkpoint writes
         out[opt] = {"rmse": res.history["val_rmse"], "user_factors": host.user_factors.tolist()}
+        if opt == "lazy_adam" and jax.process_index() == 0:  # written once, from host arrays
+            checkpoint.save(f"{out_dir}/model", to_recommender(ratings, res._replace(params=host), train_split=train))
     jax.distributed.shutdown()
     return out
 
@@ -346,7 +350,8 @@ def test_two_processes_on_localhost_equal_one(tmp_path):
         port = sock.getsockname()[1]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(i), "2", str(port)], env=env, cwd=root,
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(i), "2", str(port), str(tmp_path)],
+                              env=env, cwd=root,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
         outs = [p.communicate(timeout=300) for p in procs]
@@ -359,7 +364,7 @@ def test_two_processes_on_localhost_equal_one(tmp_path):
             pytest.skip(f"this jax build cannot run CPU collectives across processes: {err.strip()[-300:]}")
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    train, val = _multi_data()
+    train, val, _ = _multi_data()
     for r in results:
         assert r["process_count"] == 2 and r["device_count"] == 4
     for opt in ("adam", "lazy_adam"):
@@ -368,10 +373,20 @@ def test_two_processes_on_localhost_equal_one(tmp_path):
         for r in results:
             np.testing.assert_allclose(r[opt]["rmse"], one.history["val_rmse"], atol=TOL_RMSE)
             np.testing.assert_allclose(r[opt]["user_factors"], np.asarray(one.params.user_factors), atol=1e-5)
+    # The checkpoint process 0 wrote (lazy_adam, the loop's last `one`) loads here, on one device,
+    # and predicts as the one-process model.
+    from recsys_jax import checkpoint
+    from recsys_jax.models import make_apply
+    from recsys_jax.predict import predict_indices
+
+    rec = checkpoint.load(tmp_path / "model")
+    apply_fn = make_apply("bias", one.model_config)
+    np.testing.assert_allclose(predict_indices(apply_fn, rec.params, val.users, val.items),
+                               predict_indices(apply_fn, one.params, val.users, val.items), atol=1e-5)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--worker":
-        print(json.dumps(_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
     else:
         print(json.dumps(_main(sys.argv[1])))

@@ -383,3 +383,19 @@ def test_benchmark_file_is_seeded_and_in_movielens_order(tmp_path):
     np.testing.assert_array_equal(r.item_ids[r.items], movies)
     np.testing.assert_array_equal(r.ratings, (stars + 1) / 2)
     np.testing.assert_array_equal(r.timestamps, stamps)
+
+
+def test_entry_with_other_arrays_is_parsed_again(ratings_file, tmp_path, spy):
+    """An entry that passes every check but does not hold the arrays of a `Ratings`."""
+    cache_dir = tmp_path / "cache"
+    good = load_ratings(ratings_file, cache=True, cache_dir=cache_dir)
+    [entry] = entries(cache_dir)
+    _, stamp, options = files._cache_entry(ratings_file, {
+        "sep": None, "user_col": "userId", "item_col": "movieId", "rating_col": "rating",
+        "timestamp_col": "timestamp", "header": True, "rating_scale": None, "duplicates": "error"},
+        True, cache_dir)
+    assert cache_module.read(entry, stamp, options) is not None  # the key is rebuilt right
+    cache_module.write(entry, stamp, options, {"users": good.users.astype(np.int64)},
+                       {"rating_scale": [0.5, 5.0], "warning": None})
+    assert_same(load_ratings(ratings_file, cache=True, cache_dir=cache_dir), good)
+    assert spy.calls == 2

@@ -695,7 +695,7 @@ def load_ratings(
     entry = _cache_entry(Path(path), {**options, "duplicates": duplicates}, cache, cache_dir)
     if entry is not None:
         hit = _cache.read(*entry)
-        if hit is not None:
+        if hit is not None and _usable(*hit):
             return _from_cache(*hit, name)
     columns = read_columns(path, **options, engine=engine)
     ratings, warning = _to_ratings(columns, path, rating_scale, duplicates, name)
@@ -726,6 +726,21 @@ def _to_cache(ratings: Ratings, has_timestamps: bool, warning: str | None) -> tu
     arrays = {k: getattr(ratings, k) for k in _CACHED if k != "timestamps" or has_timestamps}
     meta = {"rating_scale": list(ratings.rating_scale), "warning": warning}
     return arrays, meta
+
+
+_DTYPES = {"users": np.int32, "items": np.int32, "ratings": np.float32, "timestamps": np.int64,
+           "user_ids": np.int64, "item_ids": np.int64}
+
+
+def _usable(arrays: dict[str, np.ndarray], meta: dict) -> bool:
+    """Whether a checked entry also holds what `_from_cache` reads (an entry that a future
+    version wrote under the same format number would not)."""
+    if set(arrays) - set(_DTYPES) or set(_DTYPES) - set(arrays) - {"timestamps"}:
+        return False
+    if any(a.dtype != _DTYPES[k] or a.ndim != 1 for k, a in arrays.items()):
+        return False
+    rows = {len(a) for k, a in arrays.items() if k not in ("user_ids", "item_ids")}
+    return len(rows) == 1 and isinstance(meta, dict) and {"rating_scale", "warning"} <= set(meta)
 
 
 def _from_cache(arrays: dict[str, np.ndarray], meta: dict, name: str) -> Ratings:

@@ -12,6 +12,10 @@ same shape when it is absent):
   the row-sparse optimizers too (``lazy_adam``, ``adagrad``, ``sgd``); compile time is
   measured separately (`Engine.compile`) and excluded; each timed epoch ends with
   ``block_until_ready``; the median of several epochs is reported as ratings/s;
+- models that train themselves (a module with ``fit_epochs``: knn, autorec, bpmf,
+  glocalk) have no step or batch size to time: their whole `fit` with the default preset
+  on the whole data set is timed instead, after one warm-up fit (which compiles what the
+  process caches), the median of ``min(2, --repeats)`` fits, as ratings x epochs per second;
 - prediction: `recsys_jax.predict.predict_indices` (validation, fixed-size chunks, blocks
   inside one compiled program) on 1k to 1M random pairs, median of several calls;
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
@@ -40,7 +44,8 @@ from recsys_jax.losses import mse
 from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.models import MODELS, static_config
 from recsys_jax.predict import predict_indices
-from recsys_jax.train import TrainConfig, num_batches, prepare_model
+from recsys_jax.presets import get_preset
+from recsys_jax.train import TrainConfig, fit, num_batches, prepare_model
 
 
 def load_data(seed: int = 0):
@@ -94,6 +99,22 @@ def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optim
              "compile_s": compile_s, "plan_s": getattr(engine, "plan_seconds", None)}]
 
 
+def bench_own_fit(model: str, ratings, repeats: int) -> list[dict]:
+    """The whole `fit` of a model that trains itself, default preset, no validation slice,
+    after a warm-up fit."""
+    tc = get_preset("default", model)
+
+    def run():
+        result = fit(model, ratings, None, key=0, train_config=tc, progress=False)
+        jax.block_until_ready(result.params)
+
+    secs = median_time(run, repeats=min(2, repeats), warmup=1)
+    n = len(ratings)
+    return [{"bench": "train_throughput", "model": model, "optimizer": "own (fit_epochs)", "path": "fit",
+             "batch_size": None, "num_ratings": n, "epochs": tc.epochs, "seconds_per_epoch": secs / tc.epochs,
+             "ratings_per_s": n * tc.epochs / secs, "compile_s": None, "fit_seconds": secs}]
+
+
 def bench_predict(model: str, ratings, sizes: list[int], repeats: int) -> list[dict]:
     """`recsys_jax.predict.predict_indices` (the library's path: validation, chunks of
     up to 2^20 pairs, blocks of 8,192 inside the compiled program) on random index pairs."""
@@ -122,9 +143,12 @@ def markdown(records: list[dict], env: dict) -> str:
     pred = [r for r in records if r["bench"] == "predict_throughput"]
     parts = ["### Training throughput (ratings/s, one epoch, compile excluded, median)\n",
              markdown_table(["model", "optimizer", "batch", "ratings/s", "s/epoch", "compile s"],
-                            [[r["model"], r.get("optimizer", "adam"), r["batch_size"] or "whole epoch (ALS)",
+                            [[r["model"], r.get("optimizer", "adam"),
+                              r["batch_size"] or ("its whole fit" if r.get("path") == "fit"
+                                                  else "whole epoch (ALS)"),
                               f"{r['ratings_per_s']:,.0f}",
-                              f"{r['seconds_per_epoch']:.4f}", f"{r['compile_s']:.2f}" if "compile_s" in r else ""]
+                              f"{r['seconds_per_epoch']:.4f}",
+                              f"{r['compile_s']:.2f}" if r.get("compile_s") is not None else ""]
                              for r in train]),
              "\n### Prediction throughput (pairs/s, `predict_indices`, median)\n",
              markdown_table(["model", "batch", "pairs/s", "s/call"],
@@ -158,6 +182,16 @@ def main(argv=None) -> int:
     ratings = load_data()
     records = []
     for model in args.models:
+        if hasattr(MODELS[model], "fit_epochs"):
+            for r in bench_own_fit(model, ratings, args.repeats):
+                records.append(r)
+                print(f"[throughput] {model:5s} its own fit: {r['ratings_per_s']:12,.0f} ratings x epochs/s "
+                      f"({r['fit_seconds']:.1f} s a fit)", flush=True)
+            for r in bench_predict(model, ratings, args.predict_sizes, args.repeats):
+                records.append(r)
+                print(f"[throughput] {model:5s} predict batch {r['batch_size']:8d}: {r['pairs_per_s']:14,.0f} pairs/s",
+                      flush=True)
+            continue
         runs = [(bs, opt) for bs in args.batch_sizes
                 for opt in ["adam"] + (args.optimizers if model in args.sparse_models else []) if opt != "als"]
         if model in args.sparse_models and "als" in args.optimizers:

@@ -196,12 +196,13 @@ def main(argv=None) -> int:
     written = [write_json(files.json, records)]
     md = ("### Scaling (synthetic, ML-25M shape at the top)\n\n" + markdown_table(
         ["ratings", "users", "items", "model", "optimizer", "L2", "s/epoch", "ratings/s", "compile s",
-         f"val RMSE after {args.epochs} epochs", "peak RSS MiB"],
+         f"val RMSE after {args.epochs} epochs", "peak RSS MiB", "device"],
         [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", r["model"], r["optimizer"],
           "" if r.get("l2") is None else f"{r['l2']:g}",
           f"{r['seconds_per_epoch']:.3f}", f"{r['ratings_per_s']:,.0f}",
           "" if r.get("compile_s") is None else f"{r['compile_s']:.2f}",
-          "" if r.get("val_rmse") is None else f"{r['val_rmse']:.4f}", f"{r['peak_rss_mb']:.0f}"] for r in records])
+          "" if r.get("val_rmse") is None else f"{r['val_rmse']:.4f}", f"{r['peak_rss_mb']:.0f}",
+          r.get("device", "")] for r in records])
         + f"\n\n{args.model}: batch {args.batch_size}, learning rate {args.lr:g} (constant), L2 1e-4 on the touched rows "
         "(als: the model's default preset L2, the L2 column, since it solves its objective exactly; no batches or "
         "learning rate; its first epoch also builds its plan, excluded by the median); "

@@ -99,6 +99,8 @@ def example_terms(ctx, p, u, i, t):
     """(factor terms, bias terms) of one example, as the model's docstring writes them."""
     if ctx.name in ("dot", "mlp", "gmf"):
         return sq(p.user_factors[u]) + sq(p.item_factors[i]), 0.0
+    if ctx.name == "glocalk":  # fold-in's ridge on its factor form (the autoencoder's own is in glocalk.objective)
+        return sq(p.user_factors[u]) + sq(p.item_factors[i]), p.user_bias[u] ** 2
     if ctx.name == "bias":
         return sq(p.user_factors[u]) + sq(p.item_factors[i]), p.user_bias[u] ** 2 + p.item_bias[i] ** 2
     if ctx.name == "neumf":

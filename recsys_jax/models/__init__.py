@@ -30,6 +30,7 @@ import functools
 import jax
 
 from recsys_jax.models import autorec, bias, dot, fm, gmf, knn, mlp, neumf, svdpp, timesvd
+from recsys_jax.models import glocalk
 
 MODELS = {
     "dot": dot,
@@ -40,6 +41,7 @@ MODELS = {
     "svdpp": svdpp,
     "timesvd": timesvd,
     "fm": fm,
+    "glocalk": glocalk,
     "autorec": autorec,
     "knn": knn,
 }

@@ -99,8 +99,8 @@ Departures from the paper, each measured or forced (defaults: see `Config` and
   entry starts near 1).
 
 **Epochs.** An epoch is ``config.steps_per_epoch`` optimiser iterations on the whole matrix
-(the paper: ``iter_p``/``iter_f`` = 5 L-BFGS-B iterations on ML-100K). Of ``TrainConfig.epochs`` epochs the first
-``config.pretrain_epochs`` pre-train, the rest fine-tune; the model is yielded after every
+(the paper: ``iter_p`` = ``iter_f`` = 5 L-BFGS-B iterations on ML-100K). Of
+``TrainConfig.epochs`` epochs the first ``config.pretrain_epochs`` pre-train, the rest fine-tune; the model is yielded after every
 epoch, so `recsys_jax.train.fit` picks the best epoch over both stages on the validation slice,
 and a refit for that many epochs repeats exactly the same stages (no schedule depends on the
 total). TrainConfig fields read: ``epochs``, ``lr`` (Adam's; L-BFGS has none), ``loss`` (must be
@@ -110,20 +110,22 @@ folded-in row (`recsys_jax.foldin`, the library's name-based L2 on the factor fo
 :math:`\lambda(\lVert \tilde w_u\rVert^2 + \lVert h_i\rVert^2) + \lambda_b b_u^2` per rating);
 a folded-in user or item keeps every other row as trained.
 
-**Size.** Training holds the dense [I, U] matrix (and a few of its size) as float32: at most
-`MAX_ENTRIES` = 2^26 entries (ml-latest-small 5.9M, ml-1m 22.4M; ml-10m's 746M is refused
-with a `ValueError`).
+**Size.** The first and the output layer read and score the observed entries only (N x k
+work: `encode_ratings`, `output_at`), but the global convolution, and so fine-tuning's first
+layer, need the dense [I, U] matrix, held as float32: at most `MAX_ENTRIES` = 2^26 entries
+(ml-latest-small 5.9M, ml-1m 22.4M; ml-10m's 746M is refused with a `ValueError`).
 
 Published figures (Han et al., "GLocal-K: Global and Local Kernels for Recommender Systems",
-CIKM 2021, Table 2): test RMSE 0.8889 on ML-100K (the canonical u1.base/u1.test split) and
-0.8227 on ML-1M (a random 90/10 split), ratings clipped to [1, 5]; settings as in the
-table above with 30 + 60 (ML-100K) and 20 + 30 (ML-1M) epochs of 5 (ML-1M: 50 pre-training,
+CIKM 2021, its results table): test RMSE 0.8889 on ML-100K (the canonical u1.base/u1.test
+split) and 0.8227 on ML-1M (one random 90/10 split), predictions clipped to [1, 5]; the
+paper's settings as in the symbol table above with 30 + 60 (ML-100K) and 20 + 30 (ML-1M) epochs of 5 (ML-1M: 50 pre-training,
 10 fine-tuning) L-BFGS-B iterations. In the authors' notebook the figure is the best test RMSE
 over the fine-tuning epochs (the test split chose the epoch; no validation slice).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import NamedTuple
 
@@ -286,7 +288,7 @@ def init_weights(key: Array, num_users: int, num_items: int, config: Config = Co
 def _init_weights(key: Array, num_users: int, num_items: int, config: Config, offset: Array) -> Weights:
     k, d, g = config.embedding_dim, config.kernel_dim, config.conv_size
     sizes = [num_users] + [k] * config.num_layers + [num_users]
-    shapes = list(zip(sizes[:-1], sizes[1:]))
+    shapes = list(itertools.pairwise(sizes))
     # Two draws in all (each random op costs compile time): U(-1, 1) for every W, scaled per
     # layer, and truncated normals for every unit vector and C.
     wkey, nkey = jax.random.split(key)

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import csv
 import io
+import mmap
+import os
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -414,7 +416,25 @@ def _data_start(source: Source) -> int | None:
         if end < 0 or b"\r" in head[pos:end - 1]:  # a lone CR also ends a line for pandas
             return None
         pos = end + 1
+    if head.startswith(b"\xef\xbb\xbf", pos):  # pyarrow would drop it as its stream's BOM
+        return None
     return pos
+
+
+_ARROW_MARKS = (b"x", b"X", b'"')
+
+
+def _has_marks(source: Source, start: int) -> bool:
+    """Whether ``x``, ``X`` or a double quote occurs after ``start``. pyarrow reads ``0x10``
+    as 16 and takes a quote left open at the end of the file, where pandas refuses both:
+    such a file is left to pandas. (A memchr pass per mark over the mapped file, no copy.)"""
+    if source.data is not None:
+        return any(source.data.find(mark, start) >= 0 for mark in _ARROW_MARKS)
+    with open(source.path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size <= start:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return any(view.find(mark, start) >= 0 for mark in _ARROW_MARKS)
 
 
 def _read_arrow(
@@ -424,8 +444,9 @@ def _read_arrow(
     pyarrow is missing, the layout is not one it reads like pandas, or a value does not
     parse (then the C parser reads the file and, if it also fails, `_diagnose` runs).
 
-    Stricter than the C parser, never looser: no null values, no line breaks inside
-    quotes, ids as int32 only, every row exactly ``ncols`` fields.
+    Stricter than the C parser, never looser: no null values, no quotes and no
+    hexadecimal (no ``"`` or ``x`` after the header), ids as int32 only, every row exactly
+    ``ncols`` fields (tests/test_load_cache.py compares the two on generated files).
     """
     csv_module = _pyarrow_csv()
     if csv_module is None or sep not in (",", "\t"):
@@ -433,7 +454,7 @@ def _read_arrow(
     import pyarrow as pa
 
     start = _data_start(source)
-    if start is None:
+    if start is None or _has_marks(source, start):
         return None
     names = [f"c{i}" for i in range(ncols)]
     kinds = (pa.int32(), pa.int32(), pa.float64(), pa.int64())

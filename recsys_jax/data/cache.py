@@ -18,6 +18,8 @@ Contract:
   data), and the caller parses the source again.
 * The arrays are mapped copy-on-write from the entry (``mmap`` with ``ACCESS_COPY``): no
   second copy in memory, and writing to one changes neither the entry nor other loads.
+  Entries are only ever replaced, never changed in place, so a mapping stays valid; an
+  entry cut short by hand while a process has it mapped would crash that process (SIGBUS).
 * `enabled`: ``cache=False`` turns the cache off, ``cache=True`` on; ``None`` (the default)
   uses it for files of at least `MIN_BYTES` unless ``$RECSYS_JAX_PARSE_CACHE`` is ``0``,
   ``off``, ``false`` or ``no``. Small files parse faster than an entry is checked.

@@ -189,7 +189,7 @@ def load_movielens(
     ``duplicates`` is `load_ratings`' policy for a repeated (user, item) pair (the
     official archives have none). ``report_fn``: see `ensure_local`. ``cache``:
     `load_ratings`' switch for the binary cache of the parsed ratings, kept under
-    ``<cache>/parsed/`` (None: on for files of 4 MiB or more, ml-1m and up).
+    ``<cache>/parsed/`` (None: on for files of 16 MiB or more, ml-1m and up).
     """
     dataset = get_dataset(name)
     folder = ensure_local(

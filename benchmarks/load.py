@@ -21,7 +21,10 @@ load, as it would be for an archive unpacked earlier. The load average before an
 machine it says how far other work distorted the times.
 
     python -m benchmarks.load                      # 32M rows: ~0.9 GB of text, deleted after
-    python -m benchmarks.load --rows 1000000 --out runs/load-small
+    python -m benchmarks.load --quick              # 1M rows, fewer repeats, into runs/benchmarks/
+
+Files: ``load-cpu.{json,md}`` in benchmarks/results/ for a full run (the default size) from
+a clean commit, else runs/benchmarks/ (the rule in `benchmarks.common`).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, environment, markdown_table, write_json, write_text
+from benchmarks.common import (REPO, add_output_args, environment, markdown_table, print_written, resolve_outputs,
+                               write_json, write_text)
 
 _HALF_STARS = np.array([0.015, 0.03, 0.02, 0.06, 0.05, 0.2, 0.13, 0.27, 0.09, 0.135])  # 0.5 .. 5.0
 
@@ -162,14 +166,18 @@ def main(argv=None) -> None:
                         help="first loads, the cache emptied before each (median)")
     parser.add_argument("--tmp", default=None, help="folder for the file and the cache (default: a new "
                         "temporary folder, deleted at the end)")
-    parser.add_argument("--out", default=str(REPO / "runs" / "benchmarks" / "load"),
-                        help="folder for load.json and load.md (default runs/benchmarks/load)")
+    add_output_args(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="1M rows, 2 loads of each kind")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.repeats, args.cold_repeats = 1_000_000, 2, 1
+    args.quick = args.quick or (args.rows, args.users, args.movies) != (32_000_000, 200_000, 84_000)
     if args.child is not None:
         print(json.dumps(_child(json.loads(args.child))))
         return
 
+    files = resolve_outputs("load", "load-cpu", args)
     work = Path(tempfile.mkdtemp(prefix="recsys-jax-load-", dir=args.tmp))
     try:
         folder, cache_dir = work / "ml-32m", work / "cache"
@@ -230,14 +238,13 @@ def main(argv=None) -> None:
         "cached_median_seconds": float(np.median([w["seconds"] for w in warm])),
         "cached_peak_rss_mb": float(max(w["peak_rss_mb"] for w in warm)),
     }
-    out_dir = Path(args.out)
-    report = {"environment": env, "data": data, "loadavg_before": load_before, "loadavg_after": load_after,
-              "summary": summary, "records": records}
-    json_path = write_json(out_dir / "load.json", [report])
+    report = {"environment": env, "git_commit": env["git_commit"], "data": data, "loadavg_before": load_before,
+              "loadavg_after": load_after, "summary": summary, "records": records}
+    json_path = write_json(files.json, [report])
     rows = [[r["case"], f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
              "" if r["vm_hwm_mb"] is None else f"{r['vm_hwm_mb']:.0f}"] for r in records]
     md = "\n".join([
-        f"# Loading a {data['rows']:,}-row ratings file ({data['ratings_bytes'] / 1e9:.2f} GB, "
+        f"### Loading a {data['rows']:,}-row ratings file ({data['ratings_bytes'] / 1e9:.2f} GB, "
         f"{data['users']:,} users, {data['movies']:,} movies)",
         "",
         f"Device: {env['cpu']} ({env['cpu_count']} cores); pandas {env['pandas']}, "
@@ -254,8 +261,8 @@ def main(argv=None) -> None:
         "Each load ran in a fresh process; CPU s above wall s means pyarrow's threads ran in parallel.",
         "",
     ])
-    md_path = write_text(out_dir / "load.md", md)
-    print(f"[load] wrote {json_path} and {md_path}")
+    md_path = write_text(files.md, md)
+    print_written("load", files, json_path, md_path)
 
 
 if __name__ == "__main__":

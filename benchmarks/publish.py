@@ -47,6 +47,7 @@ STEPS = [
                                        "--losses", "mse", "mae", "huber", "pseudo_huber", "log_cosh", "gaussian_nll",
                                        "ordinal", "--json", "benchmarks/results/losses.json"]),
     ("time_to_accuracy", "benchmarks.time_to_accuracy", []),
+    ("load", "benchmarks.load", []),
     ("throughput", "benchmarks.throughput", []),
     ("scaling", "benchmarks.scaling", []),
     ("many", "benchmarks.many", []),

@@ -38,7 +38,7 @@ def section(results: Path = RESULTS, readme: Path = README) -> str:
     parts = ["Produced by the scripts in `benchmarks/` (each table names its command, device and "
              "commit); regenerate this section with `python -m benchmarks.report`.\n"]
     for name in ["accuracy-nested.md", "accuracy.md", "peers.md", "losses.md", "time_to_accuracy-cpu.md",
-                 "throughput-cpu.md", "scaling-cpu.md", "many-cpu.md", "many-tuned-cpu.md",
+                 "throughput-cpu.md", "scaling-cpu.md", "load-cpu.md", "many-cpu.md", "many-tuned-cpu.md",
                  "throughput-gpu.md", "scaling-gpu.md", "many-gpu.md"]:
         path = Path(results) / name
         if path.is_file():

@@ -114,11 +114,17 @@ def _timesvd_scores(params, users, config, aux, user_times):
             + params.user_factors[users] @ params.item_factors.T)
 
 
+def _knn_scores(params, users, config, aux, user_times):
+    from recsys_jax.models.knn import dense_scores
+
+    return dense_scores(params, users, config, aux)
+
+
 # Models whose scores for every item are a matrix product (plus broadcast terms), not I
 # gathers: ``dense(params, users[C], config, aux, user_times) -> float32[C, I]``, before the
 # y-range squash. `tests/test_recommend.py` checks each against the model's ``apply``.
 DENSE_SCORES = {"dot": _dot_scores, "bias": _bias_scores, "gmf": _gmf_scores, "svdpp": _svdpp_scores,
-                "timesvd": _timesvd_scores}
+                "timesvd": _timesvd_scores, "knn": _knn_scores}
 
 
 @functools.lru_cache(maxsize=64)

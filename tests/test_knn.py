@@ -233,9 +233,83 @@ def test_search_steps_from_configure(problem, exact):
     train, _, every = problem
     longest = int(np.bincount(train.users).max())
     assert exact.model_config.search_steps == longest.bit_length()
-    config = exact.model_config._replace(search_steps=0)
-    slow = predict_indices(make_apply("knn", config), exact.params, every[:, 0], every[:, 1], aux=exact.aux)
-    np.testing.assert_allclose(slow, predict(exact, every), rtol=1e-6)
+    search = jax.jit(knn.apply_search, static_argnames="config")
+    u, i = jnp.asarray(every[:, 0]), jnp.asarray(every[:, 1])
+    fast = search(exact.params, u, i, config=exact.model_config, aux=exact.aux)
+    slow = search(exact.params, u, i, config=exact.model_config._replace(search_steps=0), aux=exact.aux)
+    np.testing.assert_allclose(slow, fast, rtol=1e-6)
+
+
+# -- the dense forms: apply's residual table and the whole-catalogue scores ---------------------------
+@pytest.mark.parametrize("options", [EXACT, TRUNCATED], ids=["exact", "top-M"])
+def test_table_and_search_agree_with_the_reference(problem, exact, truncated, options):
+    """apply_table, apply_search and dense_scores (users in one chunk, in another order, one
+    repeated) give the reference's predictions for every pair, including pairs where u rated
+    fewer than k (or none) of i's neighbours, and items with no neighbours at all."""
+    train, _, every = problem
+    result = exact if options is EXACT else truncated
+    config, params, aux = result.model_config, result.params, result.aux
+    want, _ = reference_predict(train, config, [tuple(p) for p in every])
+    u, i = jnp.asarray(every[:, 0]), jnp.asarray(every[:, 1])
+    table = jax.jit(knn.apply_table, static_argnames="config")(params, u, i, config=config, aux=aux)
+    search = jax.jit(knn.apply_search, static_argnames="config")(params, u, i, config=config, aux=aux)
+    np.testing.assert_allclose(table, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(table, search, rtol=1e-6, atol=1e-6)
+    users = np.concatenate([np.arange(train.num_users)[::-1], [3]])
+    grid = jax.jit(knn.dense_scores, static_argnames="config")(params, jnp.asarray(users), config, aux)
+    by_pair = np.asarray(search).reshape(train.num_users, train.num_items)
+    np.testing.assert_allclose(grid, by_pair[users], rtol=1e-6, atol=1e-6)
+    # the cases named above occur
+    used = np.asarray(knn.num_neighbors_found(params, u, i, config=config, aux=aux))
+    assert np.any(used == 0) and np.any((used > 0) & (used < config.k)) and np.any(used == config.k)
+    # items with no neighbours (fit gives every item some here): item 0's list blanked, item 1's cut to one
+    ids = np.asarray(params.item_neighbors).copy()
+    sims = np.asarray(params.item_neighbor_sims).copy()
+    ids[0], sims[0], ids[1, 1:], sims[1, 1:] = -1, 0, -1, 0
+    cut = params._replace(item_neighbors=jnp.asarray(ids), item_neighbor_sims=jnp.asarray(sims))
+    search = knn.apply_search(cut, u, i, config=config, aux=aux)
+    np.testing.assert_allclose(knn.apply_table(cut, u, i, config=config, aux=aux), search, rtol=1e-6, atol=1e-6)
+    grid = knn.dense_scores(cut, jnp.arange(train.num_users), config, aux)
+    np.testing.assert_allclose(grid, np.asarray(search).reshape(grid.shape), rtol=1e-6, atol=1e-6)
+    base = cut.global_bias + cut.user_bias[:, None] + cut.item_bias[None, :]
+    np.testing.assert_allclose(grid[:, 0], base[:, 0], rtol=1e-6)
+
+
+def test_dense_scores_by_hand():
+    """test_prediction_by_hand's model: user 0 rated items 1 and 2; user 1 rated nothing (the
+    baseline everywhere); items 1-3 have no neighbours."""
+    params = knn.Params(
+        global_bias=jnp.float32(3.0), user_bias=jnp.array([0.5, -0.25]), item_bias=jnp.array([0.25, -0.5, 1.0, 0.0]),
+        item_neighbors=jnp.array([[2.0, 1.0, 3.0], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]]),
+        item_neighbor_sims=jnp.array([[0.6, 0.3, 0.2], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
+    aux = knn.Aux(jnp.array([0, 2, 2], jnp.int32), jnp.array([1, 2], jnp.int32), jnp.array([4.0, 5.0]))
+    e1, e2 = 4.0 - (3.0 + 0.5 - 0.5), 5.0 - (3.0 + 0.5 + 1.0)
+    base = 3.0 + np.array([[0.5], [-0.25]]) + np.array([0.25, -0.5, 1.0, 0.0])
+    scores = jax.jit(knn.dense_scores, static_argnames="config")
+    for k, offset in [(2, (0.6 * e2 + 0.3 * e1) / 0.9), (1, e2)]:
+        config = knn.Config(k=k, max_neighbors=3, search_steps=2)
+        want = base.copy()
+        want[0, 0] += offset
+        np.testing.assert_allclose(scores(params, jnp.array([0, 1]), config, aux), want, rtol=1e-6)
+        np.testing.assert_allclose(knn.apply_table(params, jnp.array([0, 0, 1]), jnp.array([0, 1, 0]), config=config,
+                                                   aux=aux), [want[0, 0], want[0, 1], want[1, 0]], rtol=1e-6)
+    np.testing.assert_array_equal(np.isnan(knn.residual_table(params, aux)),
+                                  [[True, False, False, True], [True] * 4])
+    np.testing.assert_array_equal(knn.residual_rows(params, jnp.array([1, 0, 0]), config, aux),
+                                  np.asarray(knn.residual_table(params, aux))[[1, 0, 0]])
+
+
+def test_whole_catalogue_ranking_uses_the_dense_form(problem, truncated):
+    """metrics.make_score_fn's knn entry (DENSE_SCORES) equals the apply route over the grid."""
+    from recsys_jax.metrics import DENSE_SCORES, ScoreInputs, make_score_fn
+
+    train = problem[0]
+    assert "knn" in DENSE_SCORES
+    inputs = ScoreInputs(truncated.params, truncated.aux)
+    users = jnp.arange(train.num_users, dtype=jnp.int32)
+    dense = make_score_fn("knn", truncated.model_config, train.num_items)(inputs, users)
+    per_pair = make_score_fn("knn", truncated.model_config, train.num_items, dense=False)(inputs, users)
+    np.testing.assert_allclose(dense, per_pair, rtol=1e-6, atol=1e-6)
 
 
 def test_fit_yields_one_epoch_and_beats_the_baseline():

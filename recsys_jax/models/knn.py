@@ -153,6 +153,9 @@ class Aux(NamedTuple):
 # Entries of one [B, A] slab of similarities: B = max(1, SLAB // A) items per block.
 SLAB = 1 << 22
 ITEM_VECTORS = ()  # no learned item vectors: `similar` and PCA have nothing to compare (the neighbours are lists)
+# apply builds a dense U x I residual table when it has at most this many entries (256 MB of
+# float32), else binary-searches each user's list (see `apply`).
+DENSE_TABLE = 1 << 26
 MAX_ITEMS = 1 << 24  # float32 holds every integer id below this
 TRAIN_LOSS_PAIRS = 8192  # training pairs scored for the reported training loss
 
@@ -244,10 +247,82 @@ def _rated_neighbors(params: Params, user: Array, item: Array, config: Config, a
     return rated, sims, residuals
 
 
+def _first_k_offset(ids: Array, sims: Array, valid: Array, lookup, k: int) -> Array:
+    """sum_{j in S^k} s_ij e_uj / sum_{j in S^k} s_ij (0 when S^k(i;u) is empty), for a batch of
+    (u, i): ``ids``, ``sims``, ``valid`` are ``[M, *S]`` (the lists along the first axis: the
+    neighbour ids, s_ij and whether the entry is a real neighbour), ``lookup(ids[m])`` gives
+    e_uj = r_uj - b_uj where u rated j and NaN where not, of a shape ``sims[m]`` broadcasts to.
+
+    The lists are most similar first, so S^k(i;u) is the first k rated valid entries: one
+    pass down the lists (`jax.lax.scan` over M) with a running count, no sort; ties in s_ij go
+    to the earlier entry, as in `jax.lax.top_k`. Nothing of size ``M * S`` is gathered at once
+    (a cumulative sum over a gathered ``[S, M]`` block was 3-4x slower on the CPU)."""
+    def step(carry, xs):
+        count, num, den = carry
+        j, s, v = xs
+        e = lookup(j)
+        rated = v & ~jnp.isnan(e)
+        count = count + rated.astype(jnp.int32)
+        keep = rated & (count <= k)
+        e = jnp.where(keep, e, 0.0)  # before the product: NaN * 0 would reach the gradients
+        return (count, num + jnp.where(keep, s * e, 0.0), den + jnp.where(keep, s, 0.0)), None
+
+    out = jax.eval_shape(lookup, ids[0])
+    shape = jnp.broadcast_shapes(out.shape, sims.shape[1:])
+    zeros = jnp.zeros(shape, jnp.result_type(out.dtype, sims.dtype))
+    (_, num, den), _ = jax.lax.scan(step, (jnp.zeros(shape, jnp.int32), zeros, zeros), (ids, sims, valid), unroll=4)
+    return num / jnp.where(den > 0, den, 1.0)
+
+
+def _neighbor_table(params: Params, items: Array) -> tuple[Array, Array, Array]:
+    """``(ids int32[..., M], sims, valid bool[..., M])`` of the neighbour lists of ``items``."""
+    num_items = params.item_bias.shape[0]
+    neighbors = jnp.round(params.item_neighbors[items]).astype(jnp.int32)
+    sims = params.item_neighbor_sims[items]
+    valid = (neighbors >= 0) & (neighbors < num_items) & (sims > 0)
+    return jnp.clip(neighbors, 0, num_items - 1), sims, valid
+
+
+def _training_residuals(params: Params, aux: Aux) -> tuple[Array, Array]:
+    """``(users int32[N], e float32[N])``: each training pair's user and its baseline residual
+    r_uj - b_uj (the same float operations as `_rated_neighbors`)."""
+    num_pairs = aux.rated_items.shape[0]
+    users = jnp.searchsorted(aux.user_indptr, jnp.arange(num_pairs, dtype=jnp.int32), side="right") - 1
+    e = aux.rated_ratings - (params.global_bias + params.user_bias[users] + params.item_bias[aux.rated_items])
+    return users.astype(jnp.int32), e
+
+
+def residual_table(params: Params, aux: Aux) -> Array:
+    """``float32[U, I]``: r_uj - b_uj where u rated j in training, NaN elsewhere."""
+    users, e = _training_residuals(params, aux)
+    shape = (params.user_bias.shape[0], params.item_bias.shape[0])
+    return jnp.full(shape, jnp.nan, e.dtype).at[users, aux.rated_items].set(e)
+
+
+def residual_rows(params: Params, users: Array, config: Config, aux: Aux) -> Array:
+    """``float32[C, I]``: `residual_table`'s rows of ``users`` (repeats allowed), built from
+    their slices of the training pairs only (``C * L`` entries, L the longest list)."""
+    num_items, num_pairs = params.item_bias.shape[0], aux.rated_items.shape[0]
+    steps = int(config.search_steps)
+    longest = max(min(num_items, num_pairs, (1 << steps) if steps else num_pairs), 1)  # a list has no repeats
+    start, stop = aux.user_indptr[users], aux.user_indptr[users + 1]
+    pos = start[:, None] + jnp.arange(longest, dtype=jnp.int32)[None, :]  # [C, L]
+    inside = pos < stop[:, None]
+    at = jnp.clip(pos, 0, max(num_pairs - 1, 0))
+    j = aux.rated_items[at]
+    e = aux.rated_ratings[at] - (params.global_bias + params.user_bias[users][:, None] + params.item_bias[j])
+    rows = jnp.broadcast_to(jnp.arange(users.shape[0], dtype=jnp.int32)[:, None], pos.shape)
+    cols = jnp.where(inside, j, num_items)  # out of range: dropped
+    return jnp.full((users.shape[0], num_items), jnp.nan, e.dtype).at[rows, cols].set(e, mode="drop")
+
+
 def predict_one(
     params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(), aux: Aux
 ) -> Array:
-    """r_ui = b_ui + sum_{j in S^k(i;u)} s_ij (r_uj - b_uj) / sum_{j in S^k(i;u)} s_ij"""
+    """r_ui = b_ui + sum_{j in S^k(i;u)} s_ij (r_uj - b_uj) / sum_{j in S^k(i;u)} s_ij
+
+    By binary search in u's rated list (`_rated_neighbors`): the reference form, and
+    `apply`'s above `DENSE_TABLE`."""
     rated, sims, residuals = _rated_neighbors(params, user, item, config, aux)
     # S^k(i;u): the k largest s_ij among the rated neighbours (the others score 0 and drop out).
     top_sims, top = jax.lax.top_k(jnp.where(rated, sims, 0.0), min(int(config.k), sims.shape[0]))
@@ -259,10 +334,43 @@ def predict_one(
 
 def apply(params: Params, users: Array, items: Array, key: Array | None = None, *,
           config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
-    """Batched `predict_one` (vmap over the pairs; params and aux shared)."""
+    """Predictions for the pairs ``(users, items)``, ``float32[B]``.
+
+    With ``U * I <= DENSE_TABLE`` it builds `residual_table` (one scatter of the training
+    pairs) and reads each pair's M neighbours from u's row; above it, `predict_one` per pair
+    (binary searches, no U x I memory). Both give the same S^k(i;u) when, as `fit_epochs`
+    stores them, each list is most similar first."""
     if aux is None:
         raise ValueError("knn: apply needs aux = knn.prepare(train_ratings)")
+    num_users, num_items = params.user_bias.shape[0], params.item_bias.shape[0]
+    if num_users * num_items > DENSE_TABLE:
+        return apply_search(params, users, items, config=config, aux=aux)
+    return apply_table(params, users, items, config=config, aux=aux)
+
+
+def apply_search(params: Params, users: Array, items: Array, *, config: Config, aux: Aux) -> Array:
+    """`apply` by binary search: `predict_one` for each pair (vmap)."""
     return jax.vmap(lambda u, i: predict_one(params, u, i, config=config, aux=aux))(users, items)
+
+
+def apply_table(params: Params, users: Array, items: Array, *, config: Config, aux: Aux) -> Array:
+    """`apply` through `residual_table` (U x I memory)."""
+    table = residual_table(params, aux)
+    ids, sims, valid = _neighbor_table(params, items)  # [B, M]
+    offset = _first_k_offset(ids.T, sims.T, valid.T, lambda j: table[users, j], int(config.k))
+    return params.global_bias + params.user_bias[users] + params.item_bias[items] + offset
+
+
+def dense_scores(params: Params, users: Array, config: Config, aux: Aux) -> Array:
+    """``float32[C, I]``: every item's prediction for each of ``users`` (whole-catalogue
+    ranking, `recsys_jax.metrics.DENSE_SCORES`): the users' `residual_rows` read at every
+    item's M neighbour ids, one list position at a time (`_first_k_offset`; ``C * I * M``
+    gathers from rows of I floats, ``O(C * I)`` memory)."""
+    num_items = params.item_bias.shape[0]
+    rows = residual_rows(params, users, config, aux).T  # [I, C]: a lookup reads C contiguous floats
+    ids, sims, valid = _neighbor_table(params, jnp.arange(num_items))  # [I, M]
+    offset = _first_k_offset(ids.T, sims.T[..., None], valid.T[..., None], lambda j: rows[j], int(config.k))
+    return params.global_bias + params.user_bias[users][:, None] + params.item_bias[None, :] + offset.T
 
 
 # -- fitting ---------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_publish_dry_run_lists_the_commands_in_order():
     modules = [line.split()[2] for line in lines]
     peers = ["benchmarks.peers"] if publish.peers_installed() else []  # only with the peers extra
     assert modules == ["benchmarks.tune", "benchmarks.accuracy", *peers, "benchmarks.accuracy", "benchmarks.accuracy",
-                       "benchmarks.time_to_accuracy", "benchmarks.throughput", "benchmarks.scaling",
+                       "benchmarks.time_to_accuracy", "benchmarks.load", "benchmarks.throughput", "benchmarks.scaling",
                        "benchmarks.many", "benchmarks.many", "benchmarks.report", "benchmarks.report"]
     assert "--presets default notebook" in lines[1] and "--presets tuned" in lines[2 + len(peers)]
     assert lines[-1].endswith("--check")

@@ -64,6 +64,8 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         # k in {50, 100, 200, 500}, lambda in {1.5, 5, 15, 30, 60, 100}, dropout 0-0.8, kept weight
         # {0, 0.1, 0.3, 1}, batches of 128 or 256 items: RMSE 0.8495 there (bias: 0.8625).
         "autorec": TrainConfig(epochs=20, batch_size=128, lr=3e-3, schedule="one_cycle", l2=5.0),
+        # BPMF samples itself (recsys_jax.models.bpmf): an epoch is one Gibbs sweep; no other field applies.
+        "bpmf": TrainConfig(epochs=50),
     },
     "notebook": {
         "dot": TrainConfig(epochs=10, batch_size=64, schedule="piecewise", l2=1e-4, penalty="table",

@@ -29,7 +29,7 @@ import functools
 
 import jax
 
-from recsys_jax.models import autorec, bias, dot, fm, gmf, knn, mlp, neumf, svdpp, timesvd
+from recsys_jax.models import autorec, bias, bpmf, dot, fm, gmf, knn, mlp, neumf, svdpp, timesvd
 from recsys_jax.models import glocalk
 
 MODELS = {
@@ -43,6 +43,7 @@ MODELS = {
     "fm": fm,
     "glocalk": glocalk,
     "autorec": autorec,
+    "bpmf": bpmf,
     "knn": knn,
 }
 

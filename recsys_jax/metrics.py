@@ -121,7 +121,9 @@ def _knn_scores(params, users, config, aux, user_times):
 
 
 # Models whose scores for every item are a matrix product (plus broadcast terms), not I
-# gathers: ``dense(params, users[C], config, aux, user_times) -> float32[C, I]``, before the
+# gathers (knn: one pass down every item's neighbour list over the chunk's residual rows,
+# `recsys_jax.models.knn.dense_scores`):
+# ``dense(params, users[C], config, aux, user_times) -> float32[C, I]``, before the
 # y-range squash. `tests/test_recommend.py` checks each against the model's ``apply``.
 DENSE_SCORES = {"dot": _dot_scores, "bias": _bias_scores, "gmf": _gmf_scores, "svdpp": _svdpp_scores,
                 "timesvd": _timesvd_scores, "knn": _knn_scores}

@@ -1,6 +1,7 @@
 """Item-based k-NN with baselines (recsys_jax.models.knn): a similarity by hand, the baseline
 sweeps by hand, the whole estimator against a NumPy reference (exact and with the top-M
-truncation), the blocked similarity loop, the binary search, Surprise's KNNBaseline where
+truncation), the blocked similarity loop, the binary search, the dense forms (apply's
+residual table, the whole-catalogue scores) against the search, Surprise's KNNBaseline where
 it is installed, and bad input."""
 from __future__ import annotations
 

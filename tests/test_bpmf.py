@@ -148,6 +148,18 @@ def test_side_means_equal_numpy_solves_across_chunks(small, monkeypatch):
     np.testing.assert_allclose(table[7], mu_vec, rtol=1e-5)
     resid = ratings - mu - np.sum(want[users] * item_table[items], axis=1)
     assert float(sse) == pytest.approx(np.sum(resid ** 2), rel=1e-4)
+    # with biases the last column is the bias: design [q_i, 1], target r - mu - b_i
+    table, sse = bpmf.sample_side(jax.random.key(0), jnp.asarray(item_table, jnp.float32), plan.user, r.num_users,
+                                  jnp.asarray(mu_vec, jnp.float32), jnp.asarray(lam, jnp.float32),
+                                  jnp.float32(alpha), jnp.float32(mu), noise=0.0, biases=True)
+    design = np.concatenate([item_table[:, :-1], np.ones((r.num_items, 1))], axis=1)
+    for u in range(r.num_users):
+        mine = users == u
+        x, y = design[items[mine]], ratings[mine] - mu - item_table[items[mine], -1]
+        want[u] = np.linalg.solve(lam + alpha * x.T @ x, lam @ mu_vec + alpha * x.T @ y)
+    np.testing.assert_allclose(table, want, rtol=1e-4, atol=1e-4)
+    resid = ratings - mu - item_table[items, -1] - np.sum(want[users] * design[items], axis=1)
+    assert float(sse) == pytest.approx(np.sum(resid ** 2), rel=1e-4)
 
 
 # -- the chain --------------------------------------------------------------------------------------
@@ -173,12 +185,14 @@ def test_store_averages_the_last_samples(small, chain):
         # the samples the store should hold: the current one during burn-in, else the last `held`
         recent = [p for p, _ in steps[max(t - held, 0):t]]
         want = np.mean([np.sum(np.asarray(p.user_factors)[users] * np.asarray(p.item_factors)[items], axis=1)
+                        + np.asarray(p.user_bias)[users] + np.asarray(p.item_bias)[items]
                         for p in recent], axis=0) + float(params.global_bias)
         got = bpmf.apply(params, jnp.asarray(users), jnp.asarray(items), config=config)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert np.isfinite(loss) and loss > 0
     last = steps[-1][0]
-    assert last.user_samples.shape == (small.num_users, config.num_samples * k)
+    assert last.user_samples.shape == (small.num_users, config.num_samples * (k + 2))
+    assert np.any(np.asarray(last.user_bias) != 0) and np.any(np.asarray(last.item_bias) != 0)
     np.testing.assert_allclose(bpmf.score_matrix(last, config=config)[users, items],
                                bpmf.apply(last, jnp.asarray(users), jnp.asarray(items), config=config), rtol=1e-5)
 

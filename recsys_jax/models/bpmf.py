@@ -4,19 +4,24 @@ The model. With :math:`\mu` the training mean (fixed, as in the authors' code),
 
 .. math::
 
-   r_{ui} \mid U, V &\sim \mathcal N\big(\mu + u_u^\top v_i,\ \alpha^{-1}\big), \\
+   r_{ui} \mid U, V &\sim \mathcal N\big(\mu + b_u + b_i + p_u^\top q_i,\ \alpha^{-1}\big), \qquad
+   u_u = [p_u; b_u], \quad v_i = [q_i; b_i], \\
    u_u \mid \mu_U, \Lambda_U &\sim \mathcal N(\mu_U, \Lambda_U^{-1}), \qquad
    v_i \mid \mu_V, \Lambda_V \sim \mathcal N(\mu_V, \Lambda_V^{-1}), \\
    \Lambda_U &\sim \mathcal W(W_0, \nu_0), \qquad
    \mu_U \mid \Lambda_U \sim \mathcal N\big(\mu_0, (\beta_0 \Lambda_U)^{-1}\big)
 
-(the same for :math:`\mu_V, \Lambda_V`), :math:`\mu_0 = 0`, :math:`\nu_0 = K`, :math:`W_0 = I`,
-:math:`\beta_0` = ``config.prior_beta`` (2, the paper's choice). There are no explicit
-biases: a user's offset lives in the learned prior mean :math:`\mu_U` (a direction shared by
-all users, so :math:`\mu_U^\top v_i` acts as an item bias, and the same for users), which
-keeps the sampler the paper's. The noise precision :math:`\alpha` is
-``config.noise_precision`` when given, else sampled with a Gamma(1, 1) prior (the paper fixes
-:math:`\alpha = 2`; sampling it needs no choice that depends on the rating scale).
+(the same for :math:`\mu_V, \Lambda_V`), :math:`\mu_0 = 0`, :math:`\nu_0 = D`, :math:`W_0 = I`,
+:math:`\beta_0` = ``config.prior_beta`` (2, the paper's choice). The biases are what I added
+to the paper's model (``config.biases``, default on): each row is :math:`D = K + 1`
+numbers, the factors and the bias, under one Gaussian-Wishart prior (so the bias may
+correlate with the factors), and the conditionals below are the paper's with the other
+side's design vector :math:`x_i = [q_i; 1]` and its bias moved into the target,
+:math:`r_{ui} - \mu - b_i`. With ``biases=False`` it is the paper's model (:math:`u_u = p_u`,
+:math:`D = K`). The noise precision :math:`\alpha` is ``config.noise_precision``, 2 as in the
+paper (a noise s.d. of 0.71 stars: every MovieLens variant has the same star scale), or
+``None``: sampled with a Gamma(1, 1) prior, which on ml-latest-small fits the training data
+closer (alpha about 2.4) and validates worse (0.8603 against 0.8543 at 60 sweeps).
 
 One Gibbs sweep (one epoch of ``fit_epochs``), each draw from its exact conditional:
 
@@ -31,8 +36,8 @@ One Gibbs sweep (one epoch of ``fit_epochs``), each draw from its exact conditio
 
    .. math::
 
-      P_u = \Lambda_U + \alpha \sum_{i \in \Omega_u} v_i v_i^\top, \qquad
-      b_u = \Lambda_U \mu_U + \alpha \sum_{i \in \Omega_u} (r_{ui} - \mu)\, v_i,
+      P_u = \Lambda_U + \alpha \sum_{i \in \Omega_u} x_i x_i^\top, \qquad
+      b_u = \Lambda_U \mu_U + \alpha \sum_{i \in \Omega_u} (r_{ui} - \mu - b_i)\, x_i,
 
    by the Cholesky factor :math:`P_u = L L^\top`: :math:`u_u = P_u^{-1} b_u + L^{-\top} z`,
    :math:`z \sim \mathcal N(0, I)`;
@@ -60,17 +65,20 @@ Prediction is the posterior mean of the rating over the kept samples :math:`s = 
 
 .. math::
 
-   \hat r_{ui} = \mu + \frac 1S \sum_s u_u^{(s)\top} v_i^{(s)}
+   \hat r_{ui} = \mu + \frac 1S \sum_s \big(b_u^{(s)} + b_i^{(s)} + p_u^{(s)\top} q_i^{(s)}\big)
                = \mu + w\, \tilde u_u^\top \tilde v_i,
 
-:math:`\tilde u_u = [u_u^{(1)}; \dots; u_u^{(S)}]` the concatenated samples
-(``params.user_samples``, ``float32[U, S_max K]``) and :math:`w = 1/S` (``params.sample_weight``):
-a gather and a dot. The store has ``config.num_samples`` slots (:math:`S_{\max}`); with more
-kept sweeps than slots it is a ring: the last :math:`S_{\max}` samples are averaged, so memory
-is bounded by :math:`(U + I)\,S_{\max} K` floats (ml-latest-small, defaults: 10 k rows x 400,
-16 MB; ml-25m: 222 k rows, 355 MB). Slots not yet filled are zero and add nothing. During
-burn-in the store holds the current sample alone (:math:`w = 1`). ``user_factors`` /
-``item_factors`` hold the chain's current sample (what the next sweep starts from, and what
+:math:`\tilde u_u = [p_u^{(1)}; b_u^{(1)}; 1; \dots; p_u^{(S)}; b_u^{(S)}; 1]` and
+:math:`\tilde v_i = [q_i^{(1)}; 1; b_i^{(1)}; \dots]` the concatenated samples
+(``params.user_samples``, ``float32[U, S_max (K + 2)]``; ``K`` per slot without biases) and
+:math:`w = 1/S` (``params.sample_weight``): a gather and a dot. The store has
+``config.num_samples`` slots (:math:`S_{\max}`); with more kept sweeps than slots it is a
+ring: the last :math:`S_{\max}` samples are averaged, so memory is bounded by
+:math:`(U + I)\,S_{\max} (K + 2)` floats (defaults: ml-latest-small's 10 k rows x 768, 32 MB;
+ml-25m's 222 k rows, 680 MB), plus one such copy per epoch that `recsys_jax.train.fit` keeps
+as the best. Slots not yet filled are zero and add nothing. During burn-in the store holds
+the current sample alone (:math:`w = 1`). ``user_factors`` / ``user_bias`` (and the items')
+hold the chain's current sample (what the next sweep starts from, and what
 `recsys_jax.explore` compares); prediction does not read them.
 
 ``TrainConfig``: ``epochs`` is the number of sweeps (burn-in included), ``patience`` stops
@@ -105,9 +113,10 @@ ALPHA_PRIOR = (1.0, 1.0)  # Gamma(shape a0, rate b0) on the noise precision when
 class Config(NamedTuple):
     embedding_dim: int = 10  # K
     burn_in: int = 8  # sweeps before samples are kept
-    num_samples: int = 40  # slots of the sample store (the last this many kept samples are averaged)
-    noise_precision: float | None = None  # alpha; None: sampled (Gamma(1, 1) prior)
+    num_samples: int = 64  # slots of the sample store (the last this many kept samples are averaged)
+    noise_precision: float | None = 2.0  # alpha (the paper's); None: sampled (Gamma(1, 1) prior)
     prior_beta: float = 2.0  # beta_0 of the Normal-Wishart hyperprior
+    biases: bool = True  # b_u, b_i sampled with the factors (the rows are [u_u; b_u], [v_i; b_i])
     init_scale: float = 0.3  # the chain starts from N(0, s^2) rows (0.1: ~10 more sweeps to leave 0)
     mean_rating: float = 3.5  # set by `fit` to the training mean: mu
     y_range: tuple[float, float] | None = None
@@ -116,10 +125,12 @@ class Config(NamedTuple):
 class Params(NamedTuple):
     global_bias: Array  # float32[]: mu, the training mean (not sampled)
     sample_weight: Array  # float32[]: 1 / the number of samples in the store
-    user_factors: Array  # float32[U, K]: the chain's current sample
+    user_bias: Array  # float32[U]: the chain's current sample (0 without biases)
+    item_bias: Array  # float32[I]
+    user_factors: Array  # float32[U, K]
     item_factors: Array  # float32[I, K]
-    user_samples: Array  # float32[U, S_max * K]: kept samples side by side (unfilled slots 0)
-    item_samples: Array  # float32[I, S_max * K]
+    user_samples: Array  # float32[U, S_max * D]: kept samples side by side (unfilled slots 0)
+    item_samples: Array  # float32[I, S_max * D]; D = K + 2 with biases ([u, b_u, 1], [v, 1, b_i]), else K
 
 
 def check_config(config: Config) -> None:
@@ -137,20 +148,34 @@ def check_config(config: Config) -> None:
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
-    """The chain's start: rows from N(0, init_scale^2), stored as the only sample (w = 1)."""
+    """The chain's start: factors from N(0, init_scale^2), biases 0, stored as the only sample (w = 1)."""
     check_config(config)
     ukey, ikey = jax.random.split(key)
     k, s = config.embedding_dim, config.num_samples
     users = config.init_scale * jax.random.normal(ukey, (num_users, k), jnp.float32)
     items = config.init_scale * jax.random.normal(ikey, (num_items, k), jnp.float32)
+    user_slot, item_slot = _slots(users, jnp.zeros(num_users), items, jnp.zeros(num_items), config.biases)
+    d = user_slot.shape[1]
     return Params(
         global_bias=jnp.asarray(initial_offset(config), jnp.float32),
         sample_weight=jnp.ones((), jnp.float32),
+        user_bias=jnp.zeros((num_users,), jnp.float32),
+        item_bias=jnp.zeros((num_items,), jnp.float32),
         user_factors=users,
         item_factors=items,
-        user_samples=jnp.pad(users, ((0, 0), (0, (s - 1) * k))),
-        item_samples=jnp.pad(items, ((0, 0), (0, (s - 1) * k))),
+        user_samples=jnp.pad(user_slot, ((0, 0), (0, (s - 1) * d))),
+        item_samples=jnp.pad(item_slot, ((0, 0), (0, (s - 1) * d))),
     )
+
+
+def _slots(users, user_bias, items, item_bias, biases: bool):
+    """One sample as the store holds it: ``[u, b_u, 1]`` and ``[v, 1, b_i]`` (their dot is
+    :math:`u^\top v + b_u + b_i`), or ``u`` and ``v`` without biases."""
+    if not biases:
+        return users, items
+    one_u, one_i = jnp.ones_like(user_bias)[:, None], jnp.ones_like(item_bias)[:, None]
+    return (jnp.concatenate([users, user_bias[:, None], one_u], axis=1),
+            jnp.concatenate([items, one_i, item_bias[:, None]], axis=1))
 
 
 def predict_one(params: Params, user: Array, item: Array, key: Array | None = None, *,
@@ -266,14 +291,21 @@ def row_conditional(gram: Array, rhs: Array, lam: Array, lam_mu: Array, alpha: A
     return solve_lower_t(chol, solve_lower(chol, lam_mu + alpha * rhs) + z)
 
 
-@jax.jit
-def _chunk(key, other_table, rows, piece_row, other, ratings, lam, lam_mu, alpha, mu, noise):
+@functools.partial(jax.jit, static_argnames="biases")
+def _chunk(key, other_table, rows, piece_row, other, ratings, lam, lam_mu, alpha, mu, noise, *, biases: bool):
     """Every row of one chunk (`recsys_jax.als.SidePlan`) drawn from its conditional
-    (``noise`` 0: the means), and the chunk's squared residuals with the new rows."""
+    (``noise`` 0: the means), and the chunk's squared residuals with the new rows.
+
+    With ``biases`` the tables' last column is the bias: the other side's row enters as the
+    design vector ``[factors, 1]`` and its bias as an offset of the rating."""
     g, k = rows.shape[0], other_table.shape[1]
     valid = other < other_table.shape[0]
-    x = other_table.at[other].get(mode="fill", fill_value=0.0)  # [G, PIECE, K]; padding slots read 0
-    y = jnp.where(valid, ratings - mu, 0.0)
+    x = other_table.at[other].get(mode="fill", fill_value=0.0)  # [G, PIECE, W]; padding slots read 0
+    offset = mu
+    if biases:
+        offset = mu + x[..., -1]
+        x = x.at[..., -1].set(valid.astype(x.dtype))
+    y = jnp.where(valid, ratings - offset, 0.0)
     gram = jnp.zeros((g, k, k), x.dtype).at[piece_row].add(jnp.einsum("gpk,gpl->gkl", x, x), mode="drop")
     rhs = jnp.zeros((g, k), x.dtype).at[piece_row].add(jnp.einsum("gpk,gp->gk", x, y), mode="drop")
     z = noise * jax.random.normal(key, (g, k))
@@ -284,16 +316,18 @@ def _chunk(key, other_table, rows, piece_row, other, ratings, lam, lam_mu, alpha
 
 
 def sample_side(key: Array, other_table: Array, side, num_rows: int, mu_vec: Array, lam: Array, alpha,
-                mu, noise: float = 1.0) -> tuple[Array, Array]:
-    """``(table float32[num_rows, K], sse)``: every row of one side drawn from its
-    conditional given the other side's table (``noise=0``: the conditional means), one
+                mu, noise: float = 1.0, *, biases: bool = False) -> tuple[Array, Array]:
+    """``(table float32[num_rows, W], sse)``: every row of one side drawn from its
+    conditional given the other side's table (``noise=0``: the conditional means; with
+    ``biases`` each table's last column is its bias, see `_chunk`), one
     jitted call per chunk of ``side`` (a `recsys_jax.als.SidePlan`); rows without ratings
     from the prior; ``sse`` the squared residuals of the training ratings with the new rows."""
     lam_mu = lam @ mu_vec
     news, sse = [], 0.0
     keys = jax.random.split(key, len(side.rows) + 1)
     for c, (rows, piece_row, other, ratings) in enumerate(zip(side.rows, side.piece_row, side.other, side.ratings)):
-        new, s = _chunk(keys[c], other_table, rows, piece_row, other, ratings, lam, lam_mu, alpha, mu, noise)
+        new, s = _chunk(keys[c], other_table, rows, piece_row, other, ratings, lam, lam_mu, alpha, mu, noise,
+                        biases=biases)
         news.append(new)
         sse = sse + s
     return _scatter(keys[-1], jnp.concatenate(side.rows), jnp.concatenate(news), mu_vec, lam, noise,
@@ -324,14 +358,22 @@ def _gammas(key, df_users, df_items, alpha_shape, *, k: int):
     return 2.0 * g[:k], 2.0 * g[k:2 * k], g[2 * k]
 
 
-@jax.jit
-def _store(params: Params, users: Array, items: Array, slot: Array, weight: Array) -> Params:
+@functools.partial(jax.jit, static_argnames="biases")
+def _store(params: Params, users: Array, items: Array, slot: Array, weight: Array, *, biases: bool) -> Params:
     """The sample put in ``slot`` of the store, the chain's state beside it."""
-    k = users.shape[1]
+    if biases:
+        state = {"user_factors": users[:, :-1], "user_bias": users[:, -1],
+                 "item_factors": items[:, :-1], "item_bias": items[:, -1]}
+    else:
+        state = {"user_factors": users, "item_factors": items}
+    user_slot, item_slot = _slots(state["user_factors"], params.user_bias if not biases else state["user_bias"],
+                                  state["item_factors"], params.item_bias if not biases else state["item_bias"],
+                                  biases)
+    d = user_slot.shape[1]
     return params._replace(
-        sample_weight=weight.astype(jnp.float32), user_factors=users, item_factors=items,
-        user_samples=jax.lax.dynamic_update_slice(params.user_samples, users, (0, slot * k)),
-        item_samples=jax.lax.dynamic_update_slice(params.item_samples, items, (0, slot * k)))
+        sample_weight=weight.astype(jnp.float32), **state,
+        user_samples=jax.lax.dynamic_update_slice(params.user_samples, user_slot, (0, slot * d)),
+        item_samples=jax.lax.dynamic_update_slice(params.item_samples, item_slot, (0, slot * d)))
 
 
 class Chain(NamedTuple):
@@ -343,15 +385,16 @@ class Chain(NamedTuple):
     mu: Array  # float32[]: the training mean
     prior_beta: float
     sample_alpha: bool
+    biases: bool
 
 
-def make_chain(train, mu, *, prior_beta: float = 2.0, sample_alpha: bool = True) -> Chain:
+def make_chain(train, mu, *, prior_beta: float = 2.0, sample_alpha: bool = True, biases: bool = True) -> Chain:
     """The training set packed for `sweep` (once per training set)."""
     from recsys_jax.als import make_plan
 
     plan = make_plan(train.users, train.items, train.ratings, train.num_users, train.num_items)
     return Chain(plan, (plan.user.counts > 0).astype(jnp.float32), (plan.item.counts > 0).astype(jnp.float32),
-                 jnp.asarray(mu, jnp.float32), float(prior_beta), bool(sample_alpha))
+                 jnp.asarray(mu, jnp.float32), float(prior_beta), bool(sample_alpha), bool(biases))
 
 
 def sweep(key: Array, users: Array, items: Array, alpha, chain: Chain) -> tuple[Array, Array, Array, Array]:
@@ -362,9 +405,11 @@ def sweep(key: Array, users: Array, items: Array, alpha, chain: Chain) -> tuple[
     chi2_u, chi2_i, g_alpha = _gammas(gkey, k + jnp.sum(chain.user_has), k + jnp.sum(chain.item_has),
                                       ALPHA_PRIOR[0] + n / 2.0, k=k)
     mu_u, lam_u = _hyper(hukey, users, chain.user_has, chi2_u, prior_beta=chain.prior_beta)
-    users, _ = sample_side(ukey, items, chain.plan.user, users.shape[0], mu_u, lam_u, alpha, chain.mu)
+    users, _ = sample_side(ukey, items, chain.plan.user, users.shape[0], mu_u, lam_u, alpha, chain.mu,
+                           biases=chain.biases)
     mu_v, lam_v = _hyper(hikey, items, chain.item_has, chi2_i, prior_beta=chain.prior_beta)
-    items, sse = sample_side(ikey, users, chain.plan.item, items.shape[0], mu_v, lam_v, alpha, chain.mu)
+    items, sse = sample_side(ikey, users, chain.plan.item, items.shape[0], mu_v, lam_v, alpha, chain.mu,
+                             biases=chain.biases)
     if chain.sample_alpha:
         alpha = g_alpha / (ALPHA_PRIOR[1] + sse / 2.0)
     return users, items, alpha, sse / n
@@ -382,12 +427,16 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None) -
     init_key, key = jax.random.split(key)
     params = init(init_key, train.num_users, train.num_items, config)
     sample_alpha = config.noise_precision is None
-    chain = make_chain(train, params.global_bias, prior_beta=config.prior_beta, sample_alpha=sample_alpha)
+    chain = make_chain(train, params.global_bias, prior_beta=config.prior_beta, sample_alpha=sample_alpha,
+                       biases=config.biases)
     if sample_alpha:  # start at 1 / the ratings' variance: the precision of the mean alone
         alpha = 1.0 / max(float(np.var(np.asarray(train.ratings, np.float64))), 1e-6)
     else:
         alpha = float(config.noise_precision)
     users, items, alpha = params.user_factors, params.item_factors, jnp.asarray(alpha, jnp.float32)
+    if config.biases:  # the chain's rows: [factors, bias]
+        users = jnp.concatenate([users, params.user_bias[:, None]], axis=1)
+        items = jnp.concatenate([items, params.item_bias[:, None]], axis=1)
     kept, s_max, t = 0, int(config.num_samples), 0
     while True:
         t += 1
@@ -396,5 +445,5 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None) -
             kept += 1
         slot = 0 if kept == 0 else (kept - 1) % s_max
         params = _store(params, users, items, jnp.asarray(slot, jnp.int32),
-                        jnp.asarray(1.0 / max(min(kept, s_max), 1), jnp.float32))
+                        jnp.asarray(1.0 / max(min(kept, s_max), 1), jnp.float32), biases=config.biases)
         yield params, float(mse)

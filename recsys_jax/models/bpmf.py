@@ -53,12 +53,17 @@ standard Wishart is rotation invariant), so :math:`L = C^{-\top}` for the Choles
 
 How it runs. Each side's ratings are packed once per training set by
 `recsys_jax.als.make_plan` (rows cut into pieces of 16 rating slots, whole rows packed into
-fixed-shape chunks; padding slots point at an appended zero row). A chunk gathers the fixed
-side's rows, ``[G, 16, K]``, forms each piece's :math:`\sum v v^\top` and :math:`\sum r v` as two
-batched contractions, adds pieces into rows, and solves / samples every row's
-:math:`K \times K` system with ``jax.vmap`` over the rows. The whole sweep (both
-hyperparameter draws, both sides as `jax.lax.map` over the stacked chunks, :math:`\alpha`, the
-sample store) is one jitted program, compiled once per data shape.
+fixed-shape chunks of ``G`` pieces; padding slots point past the table and read zeros). A
+chunk is one jitted call: it gathers the fixed side's rows, ``[G, 16, D]``, forms each piece's
+:math:`\sum x x^\top` and :math:`\sum y x` as two batched contractions, adds pieces into rows,
+and draws every row from its :math:`D \times D` system with ``jax.vmap`` over the rows. The
+programs depend on ``G`` and the table shapes only, not on the number of chunks, so they
+compile once per side and `recsys_jax.experiment`'s refit on more ratings reuses them. All the
+Gamma draws of a sweep (both Wisharts' diagonals, :math:`\alpha`'s) are one call: their shapes
+do not depend on the chain, and each call site of `jax.random.gamma` costs seconds of
+compilation on the CPU. Cholesky factors and triangular solves are short ``fori_loop``\ s
+(`cholesky`, `solve_lower`, `solve_lower_t`): batched LAPACK calls inside the chunk program
+now and then never returned on the CPU (jaxlib 0.10; XLA's thread pool wedged).
 
 Prediction is the posterior mean of the rating over the kept samples :math:`s = 1 \dots S`
 (after ``config.burn_in`` sweeps):
@@ -98,7 +103,8 @@ Netflix (probe / qualifying).
 from __future__ import annotations
 
 import functools
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -94,11 +94,10 @@ score). Fold-in (`recsys_jax.foldin`) takes the generic gradient route on the st
 (a ridge fit of the new row, not a draw from its conditional).
 
 Published figures. Rendle, Zhang and Koren ("On the Difficulty of Evaluating Baselines",
-arXiv:1905.01395, 2019), ML10M with the 90:10 random split of the papers they compare with:
+arXiv:1905.01395, 2019), ML10M, random 90/10 as in the papers they compare with:
 Bayesian MF by Gibbs sampling, 512 dimensions, RMSE 0.7633 (SGD MF 0.7720); with the same
-sampler, Bayesian SVD++ 0.7563, Bayesian timeSVD++ 0.7523 and its "flipped" variant 0.7485,
-against the 0.8187 previously reported there for BPMF. The BPMF paper itself reports on
-Netflix (probe / qualifying).
+sampler, Bayesian SVD++ 0.7563, Bayesian timeSVD++ 0.7523 and its "flipped" variant 0.7485.
+The BPMF paper itself reports on Netflix (probe / qualifying).
 """
 from __future__ import annotations
 

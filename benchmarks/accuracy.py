@@ -69,7 +69,7 @@ REFERENCES = {
          "0.852 / 0.858"),
     ],
     ("ml-100k", "u1..u5 folds"): [("GLocal-K (u1) / GC-MC (u1)", "0.8889 / 0.905-0.910"),
-                                  ("Sparse FC (u1..u5)", "0.895"),
+                                  ("Sparse FC (as quoted in issue 11)", "0.895"),
                                   ("tuned PyTorch biased MF, mean of u1..u5 / u1 (issue 11)", "0.912 / 0.924")],
     ("ml-100k", "5-fold CV"): [("Surprise SVD / SVD++ / BaselineOnly", "0.934 / 0.919 / 0.944")],
     ("ml-1m", "random 90/10"): [("GLocal-K / Sparse FC / I-AutoRec", "0.8227 / 0.824 / 0.831")],

@@ -58,6 +58,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def add_split_args(p: argparse.ArgumentParser) -> None:
+    """``--seed``, ``--split``, ``--test-frac``, ``--last-k``: the test split, as `_split` reads them."""
+    p.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
+    p.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
+    p.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s)")
+    p.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-jax", description="Collaborative filtering on MovieLens in JAX.")
     parser.add_argument("--version", action="version", version=f"recsys-jax {__version__}")
@@ -70,10 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="default",
                    help="default (tuned here), notebook (the course notebook exactly) or notebook_as_run "
                         "(the same at constant rates, as its Keras 1 code actually ran)")
-    t.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
-    t.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
-    t.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s)")
-    t.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
+    add_split_args(t)
     t.add_argument("--val-frac", type=float, default=None,
                    help="validation slice of the training split (0: none, train on all of it; "
                         "default: 0.1, or 0 for the notebook presets, which keep the last epoch)")

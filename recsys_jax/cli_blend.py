@@ -13,7 +13,7 @@ import json
 
 
 def add_parsers(sub) -> dict:
-    from recsys_jax.cli import _add_data_args
+    from recsys_jax.cli import _add_data_args, add_split_args
 
     b = sub.add_parser("blend", help="fit a linear blend of models on a validation slice; score the test split",
                        description=__doc__.split("\n\n", 2)[2])
@@ -21,10 +21,7 @@ def add_parsers(sub) -> dict:
     b.add_argument("--models", nargs="+", required=True, metavar="MODEL",
                    help="names in recsys_jax.models.MODELS, each with its default preset; MODEL@S trains "
                         "it with seed S (a seed ensemble: bias@0 bias@1 ...)")
-    b.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
-    b.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
-    b.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s)")
-    b.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
+    add_split_args(b)
     b.add_argument("--split-file", metavar="NPZ", help="use this saved split (recsys_jax.data.save_split)")
     b.add_argument("--val-frac", type=float, default=0.1,
                    help="validation slice of the training split the weights are fitted on (default: %(default)s)")

@@ -39,7 +39,7 @@ from recsys_jax import metrics
 from recsys_jax.data.ratings import Ratings
 from recsys_jax.experiment import carve_validation, predict_result, refit_on
 from recsys_jax.presets import get_preset
-from recsys_jax.train import FitResult, TrainConfig, fit
+from recsys_jax.train import TrainConfig, fit
 
 
 class BlendMember(NamedTuple):

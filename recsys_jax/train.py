@@ -356,15 +356,10 @@ def fit(
         return tree if plan is None else sharding.unpad_rows(tree, train.num_users, train.num_items)
 
     def evaluate(params) -> tuple[dict, float | None]:
-        if val is None or not len(val):
-            return {"val_rmse": None, "val_mae": None}, None
-        model_params, link = params, {}
-        if param_loss is not None:
-            model_params, link = params.model, {"link": param_loss.predict, "link_params": params.loss}
-        pred = predict_indices(apply_fn, model_params, val.users, val.items, clip=train.rating_scale,
-                               aux=aux, times=val_times, **link)
-        rmse = metrics.rmse(pred, val.ratings)
-        return {"val_rmse": rmse, "val_mae": metrics.mae(pred, val.ratings)}, rmse
+        if param_loss is None:
+            return val_scores(apply_fn, params, val, train.rating_scale, aux, val_times)
+        link = {"link": param_loss.predict, "link_params": params.loss}
+        return val_scores(apply_fn, params.model, val, train.rating_scale, aux, val_times, **link)
 
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
     best, start, after_epoch = Best(math.inf, state.params, 0), 1, None
@@ -401,6 +396,17 @@ def fit(
                      best_params.loss, param_loss, **seen)
 
 
+def val_scores(apply_fn, params, val: Ratings | None, scale, aux=None, times=None, **link
+               ) -> tuple[dict, float | None]:
+    """``({"val_rmse", "val_mae"}, rmse)`` of ``params`` on ``val``, predictions clipped to
+    ``scale``; ``({... None}, None)`` without validation ratings."""
+    if val is None or not len(val):
+        return {"val_rmse": None, "val_mae": None}, None
+    pred = predict_indices(apply_fn, params, val.users, val.items, clip=scale, aux=aux, times=times, **link)
+    rmse = metrics.rmse(pred, val.ratings)
+    return {"val_rmse": rmse, "val_mae": metrics.mae(pred, val.ratings)}, rmse
+
+
 def _fit_self(module, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch) -> FitResult:
     """`fit` for a model that trains itself: its ``fit_epochs`` yields ``(params, train_loss)``
     after each epoch (a Gibbs sweep, a closed-form solve, an epoch of its own optimiser);
@@ -415,13 +421,9 @@ def _fit_self(module, model, train, val, key, model_config, tc, aux, apply_fn, p
         bar = tqdm(total=tc.epochs, desc=f"fit {model}", unit="epoch", leave=False)
     t0 = time.perf_counter()
     for epoch, (params, train_loss) in enumerate(epochs, start=1):
-        record = {"epoch": epoch, "train_loss": float(train_loss), "val_rmse": None, "val_mae": None}
-        score = -epoch  # no validation: the last epoch wins
-        if val is not None and len(val):
-            pred = predict_indices(apply_fn, params, val.users, val.items, clip=train.rating_scale, aux=aux)
-            score = metrics.rmse(pred, val.ratings)
-            record.update(val_rmse=score, val_mae=metrics.mae(pred, val.ratings))
-        record["seconds"] = time.perf_counter() - t0
+        scores, score = val_scores(apply_fn, params, val, train.rating_scale, aux)
+        record = {"epoch": epoch, "train_loss": float(train_loss), **scores, "seconds": time.perf_counter() - t0}
+        score = -epoch if score is None else score  # no validation: the last epoch wins
         for k, v in record.items():
             history[k].append(v)
         if score < best.score:

@@ -124,14 +124,27 @@ def train_config(preset: str, model: str, seed: int | None = None, tuned: str | 
     skipped, never borrowed from another seed)."""
     if preset != "tuned":
         return get_preset(preset, model)
+    choice = tuned_choice(model, seed, tuned)
+    return None if choice is None else get_preset("default", model)._replace(**choice["best"])
+
+
+def model_config(preset: str, model: str, seed: int | None = None, tuned: str | Path | None = None):
+    """The model config that goes with `train_config`: the preset's model options, or for
+    ``tuned`` the model options that ``benchmarks.tune`` chose on this split (``best_model``,
+    e.g. BPMF's K), else the model's defaults."""
+    if preset != "tuned":
+        return make_config(model, **model_options(preset, model))
+    choice = tuned_choice(model, seed, tuned) or {}
+    return make_config(model, **choice.get("best_model", {}))
+
+
+def tuned_choice(model: str, seed: int | None, tuned: str | Path | None = None) -> dict | None:
+    """``benchmarks.tune``'s per-seed record for ``model`` (None when that seed was not tuned)."""
     path = Path(tuned) if tuned is not None else TUNED
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python -m benchmarks.tune` first (or pass --tuned PATH)")
     choices = json.loads(path.read_text())[0]["models"]
-    choice = choices.get(model, {}).get("per_seed", {}).get(str(seed))
-    if choice is None:
-        return None
-    return get_preset("default", model)._replace(**choice["best"])
+    return choices.get(model, {}).get("per_seed", {}).get(str(seed))
 
 
 RANKING = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
@@ -261,6 +274,16 @@ def markdown(summary: list[dict], env: dict, records: list[dict]) -> str:
                    "whose user or item has no training rating (their parameters stay near their initial "
                    "values; about 4% of test rows on ml-latest-small's random 80/20). Raw-id prediction "
                    "(`Recommender.predict`) treats such ids as unknown instead.")
+        chosen = defaultdict(list)  # model -> [(seed, choice)] of the nested-tuned runs
+        for rec in records:
+            if (rec["dataset"], rec["protocol"]) == (dataset, protocol) and "tuned_choice" in rec:
+                chosen[rec["model"]].append((rec["seed"], rec["tuned_choice"]))
+        if chosen:
+            out.append("\nChosen on each split's own training data (`benchmarks.tune`), by split seed: " + "; ".join(
+                f"{model}: " + ", ".join(f"{seed}: " + " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                                for k, v in choice.items())
+                                         for seed, choice in sorted(runs))
+                for model, runs in chosen.items()) + ".")
         refs = REFERENCES.get((dataset, protocol), [])
         if refs:
             out.append("\nPublished, same protocol unless noted: " + "; ".join(f"{n}: {v}" for n, v in refs) + ".")
@@ -335,10 +358,9 @@ def main(argv=None) -> int:
                         print(f"[accuracy] {model} {preset}: seed {seed} was not tuned; skipped", file=sys.stderr)
                         continue
                     tc = tc._replace(loss=loss, **LOSS_SETTINGS.get(loss, {}))
-                    opts = model_options(preset, model) if preset != "tuned" else {}
                     preds = {}
                     rec, result = run_experiment(data, split, model, seed=seed, train_config=tc,
-                                                 model_config=make_config(model, **opts),
+                                                 model_config=model_config(preset, model, seed, args.tuned),
                                                  val_frac=val_frac(preset) if preset != "tuned" else 0.1,
                                                  refit=not args.no_refit, predictions=preds)
                     rec.pop("selection_history", None)
@@ -350,6 +372,8 @@ def main(argv=None) -> int:
                                loss=tc.loss, **{k: env[k] for k in env if k not in rec})
                     if preset == "tuned":
                         rec["tuned_from"] = str(args.tuned or TUNED.relative_to(REPO))
+                        choice = tuned_choice(model, seed, args.tuned)
+                        rec["tuned_choice"] = {**choice["best"], **choice.get("best_model", {})}
                     records.append(rec)
                     ranked = "" if args.no_ranking else (
                         f" ndcg@{args.k} {rec['ranking']['ndcg']:.4f} (popularity "

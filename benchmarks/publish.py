@@ -35,7 +35,7 @@ def peers_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("keras", "surprise"))
 
 
-TUNED_MODELS = ["--models", "fm", "bias", "timesvd", "--seeds", "0", "1", "2", "3", "4"]
+TUNED_MODELS = ["--models", "fm", "bias", "timesvd", "bpmf", "--seeds", "0", "1", "2", "3", "4"]
 # (name, module, arguments), in the order they must run.
 STEPS = [
     ("tune", "benchmarks.tune", TUNED_MODELS),

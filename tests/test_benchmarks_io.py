@@ -206,3 +206,24 @@ def test_publish_only_and_refusal(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a dirty tree must run nothing"))
     assert publish.main(["--only", "many"]) == 1
     assert "dirty" in capsys.readouterr().err
+
+
+def test_tuned_choices_give_train_and_model_settings(tmp_path):
+    """The nested ``tuned`` preset reads both halves of a tune record: training fields into
+    the preset, model options (BPMF's K) into the model config, per split seed only."""
+    from benchmarks import accuracy
+    from recsys_jax.models import make_config
+    from recsys_jax.presets import get_preset
+
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps([{"models": {
+        "bias": {"per_seed": {"0": {"best": {"lr": 0.03, "l2": 0.3}, "best_model": {}}}},
+        "bpmf": {"per_seed": {"1": {"best": {}, "best_model": {"embedding_dim": 32}}}},
+    }}]))
+    assert accuracy.train_config("tuned", "bias", 0, path) == get_preset("default", "bias")._replace(lr=0.03, l2=0.3)
+    assert accuracy.model_config("tuned", "bias", 0, path) == make_config("bias")
+    assert accuracy.train_config("tuned", "bpmf", 1, path) == get_preset("default", "bpmf")
+    assert accuracy.model_config("tuned", "bpmf", 1, path).embedding_dim == 32
+    assert make_config("bpmf").embedding_dim == 10
+    assert accuracy.train_config("tuned", "bpmf", 0, path) is None  # never borrowed from another seed
+    assert accuracy.model_config("default", "bpmf") == make_config("bpmf")

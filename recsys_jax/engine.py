@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from recsys_jax import sparse
 from recsys_jax.models import get_model
+from recsys_jax.models._common import Local
 from recsys_jax.optim import make_optimizer, make_schedule
 
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd", "als")
@@ -199,8 +200,9 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
 def rows_objective(objective: Callable, plan) -> Callable:
     """``objective(params, batch, key)`` run on the batch's rows of each side table, read
     with `recsys_jax.sharding.take_rows` (tables split by rows, the batch by examples), and
-    a batch whose users and items are ``0..B-1``: the same value, and gradients that are
-    scatter-adds into the sharded tables (the transpose of the explicit exchange)."""
+    a batch whose users and items are `recsys_jax.models._common.Local` (row b is example
+    b's): the same value, and gradients that are scatter-adds into the sharded tables (the
+    transpose of the explicit exchange)."""
     from recsys_jax.sharding import SIDES, take_rows
     from recsys_jax.train import JointParams
 
@@ -210,12 +212,12 @@ def rows_objective(objective: Callable, plan) -> Callable:
                                  for name in model._fields if name.split("_", 1)[0] in SIDES})
 
     def wrapped(params, batch, key):
-        iota = jnp.arange(batch.users.shape[0], dtype=jnp.int32)
+        here = Local(batch.users.shape[0])  # the local tables' row b is example b's
         if isinstance(params, JointParams):
             params = params._replace(model=local(params.model, batch))
         else:
             params = local(params, batch)
-        return objective(params, batch._replace(users=iota, items=iota), key)
+        return objective(params, batch._replace(users=here, items=here), key)
 
     return wrapped
 

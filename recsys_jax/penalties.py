@@ -46,9 +46,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
+from recsys_jax.models._common import Local
+
 
 def row_weights(index: Array, weight: Array, num_rows: int) -> Array:
-    """``c[r] = sum of weight[b] over the examples b with index[b] == r``: float32[num_rows]."""
+    """``c[r] = sum of weight[b] over the examples b with index[b] == r``: float32[num_rows].
+    For a `recsys_jax.models._common.Local` index (row b is example b's own) that is ``weight``."""
+    if isinstance(index, Local):
+        return weight
     return jnp.zeros(num_rows, jnp.float32).at[index].add(weight)
 
 

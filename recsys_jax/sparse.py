@@ -9,7 +9,9 @@ so the cost of a step grows with the tables, not with the batch. Here a step cos
    state into one table ``float32[N, D + S]`` for the epoch. A step gathers the batch's
    rows of it once: the parameter columns feed the model, the state columns the update.
 2. **Local model.** The model is run on *local* tables: each side table replaced by its
-   ``B`` gathered rows, indexed by ``0..B-1``. The objective (`recsys_jax.train.make_objective`:
+   ``B`` gathered rows, row ``b`` being example ``b``'s (the batch's users and items are
+   `recsys_jax.models._common.Local`, so each example reads its own row with no second
+   gather, and its gradient is no scatter). The objective (`recsys_jax.train.make_objective`:
    loss and penalty, unchanged) is differentiated with respect to those rows, which gives
    one gradient row per example, ``float32[B, D]``, and no dense gradient table.
 3. **Merge duplicates.** A row used by several examples must get the *sum* of their
@@ -22,10 +24,13 @@ so the cost of a step grows with the tables, not with the batch. Here a step cos
    of the touched rows to new ones, written back with one scatter; rows of padding
    examples (weight 0) and untouched rows are left exactly as they were.
 
+Steps 3 and 4 are for ``lazy_adam``. ``sgd`` and ``adagrad`` are sums over the examples
+and skip the merge: their updates are scatter-added into the packed table directly.
+
 The other parameters (global bias, dense layers) are updated with the matching dense
 Optax transformation at every step.
 
-Row transformations, ``RowTransform(state_width, init, update)`` (Optax's shape, on rows):
+Row transformations, ``RowTransform(state_width, init, update, scatter)`` (Optax's shape, on rows):
 
 ``lazy_adam``
     Adam's moments for the touched rows only:
@@ -43,9 +48,23 @@ Row transformations, ``RowTransform(state_width, init, update)`` (Optax's shape,
     are identical (tested); the bias correction uses the global step, not a per-row count,
     as TensorFlow's LazyAdam does.
 ``adagrad``
-    Row-wise AdaGrad: one accumulator per row, the mean of the squared gradient over the
-    row's columns, :math:`a_r \leftarrow a_r + \overline{g_r^2}`,
-    :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r / (\sqrt{a_r} + \epsilon)`.
+    Row-wise AdaGrad: one accumulator per row. With :math:`B_r` the examples of the batch
+    that use row :math:`r` and :math:`g_b` example :math:`b`'s gradient row,
+
+    .. math::
+
+       a_r \leftarrow a_r + \sum_{b \in B_r} \overline{g_b^2}, \qquad
+       \theta_r \leftarrow \theta_r - \eta_t\, \frac{\sum_{b \in B_r} g_b}{\sqrt{a_r} + \epsilon}
+
+    (:math:`\overline{x}`: the mean over the row's columns). The step is the merged
+    gradient's, scaled per row; **where it differs from merging first:** the accumulator
+    adds each example's squared gradient, as if the batch's examples were successive
+    AdaGrad steps that all read the same parameters (LIBMF's per-rating AdaGrad, applied
+    together), rather than the square of their sum. Without duplicates the two are the
+    same. Written as sums over the examples, it needs no merge (``scatter`` below): a
+    scalar scatter-add into the accumulators, their gather, and one ``[B, D]``
+    scatter-add, 1.5x faster than merging first at 5M ratings (2.16 s against 1.46 s an
+    epoch, batch 8192, this 2-core CPU), with validation RMSE 0.5997 against 0.6027.
 ``sgd``
     :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r`. The per-example rows are
     scatter-added into the table directly (no merge step: a row used twice receives both
@@ -65,23 +84,30 @@ import numpy as np
 import optax
 from jax import Array
 
+from recsys_jax.models._common import Local
+
 SIDES = ("user", "item")
 
 
 class RowTransform(NamedTuple):
     """An optimizer on table rows: ``S = state_width(D)`` state columns per row,
     ``init(table[N, D]) -> state[N, S]``, and
-    ``update(grads[R, D], state[R, S], params[R, D], count, lr) -> (params[R, D], state[R, S])``
-    where ``count`` is the 1-based global step and ``lr`` this step's learning rate.
+    and one of two forms, ``count`` being the 1-based global step and ``lr`` this step's
+    learning rate:
 
-    ``scatter``, when given, replaces merge-then-update:
-    ``scatter(table[N, D + S], rows[B], grads[B, D], count, lr) -> table`` applies the
-    per-example gradient rows to the packed table directly with scatter-adds, a row used
-    by several examples receiving all of them (fewer passes over ``[B, D]`` than merging)."""
+    - ``update(grads[R, D], state[R, S], params[R, D], count, lr) -> (params[R, D], state[R, S])``
+      on the merged gradient of each touched row (the step merges duplicates first);
+    - ``scatter(table[N, D + S], rows[B], grads[B, D], count, lr) -> table``: the
+      per-example gradient rows applied to the packed table directly with scatter-adds.
+      It skips the merge, whose ``[B, D]`` scatter costs about as much as the table's
+      own (XLA's CPU scatter is element by element), so it is for rules that can be
+      written as sums over the examples.
+
+    The step uses ``scatter`` when it is given."""
 
     state_width: Callable[[int], int]
     init: Callable[[Array], Array]
-    update: Callable[..., tuple[Array, Array]]
+    update: Callable[..., tuple[Array, Array]] | None
     scatter: Callable | None = None
 
 
@@ -98,21 +124,20 @@ def lazy_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowTrans
 
 
 def rowwise_adagrad(eps: float = 1e-10, initial: float = 0.0) -> RowTransform:
-    def update(g, state, p, count, lr):
-        acc = state + jnp.mean(jnp.square(g), axis=1, keepdims=True)
-        return p - lr * g / (jnp.sqrt(acc) + eps), acc
+    def scatter(table, rows, g, count, lr):
+        d = g.shape[1]
+        table = table.at[rows, d].add(jnp.mean(jnp.square(g), axis=1))  # every example's square
+        acc = table[rows, d]  # the row's accumulator after the whole batch
+        return table.at[rows, :d].add(-lr * g / (jnp.sqrt(acc) + eps)[:, None])
 
-    return RowTransform(lambda d: 1, lambda t: jnp.full((t.shape[0], 1), initial, t.dtype), update)
+    return RowTransform(lambda d: 1, lambda t: jnp.full((t.shape[0], 1), initial, t.dtype), None, scatter)
 
 
 def sgd() -> RowTransform:
-    def update(g, state, p, count, lr):
-        return p - lr * g, state
-
     def scatter(table, rows, g, count, lr):  # duplicates sum: exactly the merged update
         return table.at[rows].add(-lr * g)
 
-    return RowTransform(lambda d: 0, lambda t: jnp.zeros((t.shape[0], 0), t.dtype), update, scatter)
+    return RowTransform(lambda d: 0, lambda t: jnp.zeros((t.shape[0], 0), t.dtype), None, scatter)
 
 
 def _dense_adagrad(schedule, eps: float = 1e-10) -> optax.GradientTransformation:
@@ -225,7 +250,7 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
     """``update(carry, batch, key) -> (carry, loss)``: one row-sparse step (module docstring).
 
     ``objective(params, batch, key)`` is `recsys_jax.train.make_objective`'s; it is called
-    with local tables and a batch whose users and items are ``0..B-1``.
+    with local tables and a batch whose users and items are `recsys_jax.models._common.Local`.
 
     With ``plan`` (a `recsys_jax.sharding.MeshPlan`: packed tables and slots split by rows,
     the batch by examples) every read and write of a table row goes through
@@ -253,7 +278,8 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
         index = {"user": batch.users, "item": batch.items}
         rows = {side: take(carry.tables[side], index[side]) for side in width}  # the one gather per side
         local = _unpack_rows({s: r[:, : width[s]] for s, r in rows.items()}, lay, params_like, carry.dense)
-        loss, grads = jax.value_and_grad(objective)(local, batch._replace(users=iota, items=iota), key)
+        here = Local(b)  # the local tables' row b is example b's
+        loss, grads = jax.value_and_grad(objective)(local, batch._replace(users=here, items=here), key)
         lr = schedule(carry.step)
         count = carry.step + 1
         live = batch.mask.astype(jnp.float32)

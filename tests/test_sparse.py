@@ -100,30 +100,79 @@ def test_lazy_adam_leaves_untouched_rows_and_matches_hand_update():
     np.testing.assert_allclose(got.global_bias, p0.global_bias - lr * np.sign(g.global_bias), rtol=1e-5)
 
 
-def test_rowwise_adagrad_matches_hand_update():
-    p0 = _params(3)
-    lr, eps = 0.1, 1e-10
-    got = _sparse_steps(p0, [DUP, DUP], "adagrad", lr).params
-    # by hand, two steps: accumulator = sum over steps of the row's mean squared gradient
+def _example_grads(p, batch):
+    """Each live example's own gradient: its term of the batch objective (loss and touched
+    penalty, divided by the batch's total weight), the other examples masked out."""
+    live = np.flatnonzero(np.asarray(batch.mask))
+    total = float(len(live))
+    out = []
+    for b in live:
+        only = batch._replace(mask=jnp.arange(batch.mask.shape[0]) == b)
+        out.append((b, jax.tree.map(lambda x: np.asarray(x) / total, jax.grad(OBJECTIVE)(p, only, None))))
+    return out
+
+
+def _hand_adagrad(p0, batches, lr, eps=1e-10):
+    """Row-wise AdaGrad as recsys_jax.sparse documents it, in NumPy: per row, the
+    accumulator adds each example's mean squared gradient row, and the row moves by the
+    sum of its examples' gradients over the root of the new accumulator."""
     p = jax.tree.map(np.asarray, p0)
     acc = {"user": np.zeros(U), "item": np.zeros(I), "global": 0.0}
-    for _ in range(2):
-        g = jax.tree.map(np.asarray, jax.grad(OBJECTIVE)(jax.tree.map(jnp.asarray, p), DUP, None))
+    for batch in batches:
+        jp = jax.tree.map(jnp.asarray, p)
+        per_example = _example_grads(jp, batch)
+        g = jax.tree.map(np.asarray, jax.grad(OBJECTIVE)(jp, batch, None))  # the sum of per_example
         new = p._asdict()
-        for side, rows in (("user", [1, 2]), ("item", [1, 2, 3])):
-            grow = np.concatenate([getattr(g, f"{side}_bias")[:, None], getattr(g, f"{side}_factors")], 1)[rows]
-            acc[side][rows] += np.mean(grow**2, axis=1)
-            scale = lr / (np.sqrt(acc[side][rows]) + eps)
-            for name in (f"{side}_bias", f"{side}_factors"):
-                t = np.array(getattr(p, name))
-                gr = getattr(g, name)[rows]
-                t[rows] -= scale.reshape((-1,) + (1,) * (gr.ndim - 1)) * gr
-                new[name] = t
+        for side, index in (("user", batch.users), ("item", batch.items)):
+            step = {name: np.zeros_like(getattr(p, name)) for name in (f"{side}_bias", f"{side}_factors")}
+            for b, gb in per_example:
+                r = int(index[b])
+                row = np.concatenate([[getattr(gb, f"{side}_bias")[r]], getattr(gb, f"{side}_factors")[r]])
+                acc[side][r] += np.mean(row**2)
+                for name in step:
+                    step[name][r] += getattr(gb, name)[r]
+            scale = lr / (np.sqrt(acc[side]) + eps)
+            for name in step:
+                new[name] = getattr(p, name) - scale.reshape((-1,) + (1,) * (step[name].ndim - 1)) * step[name]
         # the global bias is dense: element-wise AdaGrad (optax.scale_by_rss, eps inside the root)
         acc["global"] += float(g.global_bias) ** 2
         new["global_bias"] = p.global_bias - lr * g.global_bias / np.sqrt(acc["global"] + eps)
         p = type(p)(**new)
+    return p
+
+
+def test_rowwise_adagrad_matches_hand_update():
+    p0 = _params(3)
+    got = _sparse_steps(p0, [DUP, DUP], "adagrad", 0.1).params
+    want = _hand_adagrad(p0, [DUP, DUP], 0.1)
     for name in ("user_factors", "item_factors", "user_bias", "item_bias", "global_bias"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-7)
+    # untouched rows (user 3, item 4) and the padding example's rows (user 0, item 0) stay put
+    for name, rows in (("user_factors", [0, 3]), ("item_factors", [0, 4])):
+        np.testing.assert_array_equal(np.asarray(getattr(got, name))[rows], np.asarray(getattr(p0, name))[rows])
+
+
+def test_rowwise_adagrad_without_duplicates_is_textbook_adagrad():
+    """With every row used once per batch, the accumulator adds the square of the row's
+    (merged) gradient: Duchi et al.'s diagonal AdaGrad, one accumulator shared per row."""
+    once = _batch([0, 1, 2], [3, 1, 0], [4.0, 2.0, 5.0])
+    p0, lr, eps = _params(4), 0.1, 1e-10
+    got = _sparse_steps(p0, [once, once], "adagrad", lr).params
+    p = jax.tree.map(np.asarray, p0)
+    acc = {"user": np.zeros(U), "item": np.zeros(I), "global": 0.0}
+    for _ in range(2):
+        g = jax.tree.map(np.asarray, jax.grad(OBJECTIVE)(jax.tree.map(jnp.asarray, p), once, None))
+        new = p._asdict()
+        for side in ("user", "item"):
+            merged = np.concatenate([getattr(g, f"{side}_bias")[:, None], getattr(g, f"{side}_factors")], 1)
+            acc[side] += np.mean(merged**2, axis=1)
+            scale = lr / (np.sqrt(acc[side]) + eps)
+            new[f"{side}_bias"] = p._asdict()[f"{side}_bias"] - scale * getattr(g, f"{side}_bias")
+            new[f"{side}_factors"] = p._asdict()[f"{side}_factors"] - scale[:, None] * getattr(g, f"{side}_factors")
+        acc["global"] += float(g.global_bias) ** 2
+        new["global_bias"] = p.global_bias - lr * g.global_bias / np.sqrt(acc["global"] + eps)
+        p = type(p)(**new)
+    for name in ("user_factors", "item_factors", "user_bias", "item_bias"):
         np.testing.assert_allclose(getattr(got, name), getattr(p, name), rtol=1e-5, atol=1e-7)
 
 
@@ -154,3 +203,28 @@ def test_second_fit_of_the_same_shapes_compiles_nothing(two_splits, optimizer):
     # and the second fit really trained on its own data: its mean sets mu's start
     assert float(second.params.global_bias) != pytest.approx(float(first.params.global_bias), abs=1e-6)
     assert np.all(np.isfinite(second.history["train_loss"]))
+
+
+@pytest.mark.parametrize("model", ["bias", "dot", "gmf", "mlp", "neumf"])
+def test_local_rows_equal_indexing_the_gathered_rows(model):
+    """`Local` (each example reads row b of the local tables, no second gather) gives the
+    objective and gradients of indexing those local tables with 0..B-1, dropout included."""
+    from recsys_jax.models import get_model
+    from recsys_jax.models._common import Local
+
+    config = make_config(model, embedding_dim=4, mean_rating=3.0)
+    apply = make_apply(model, config)
+    objective = make_objective(apply, mse, make_l2_penalty(0.1, 0.05))
+    params = get_model(model).init(jax.random.key(0), U, I, config)
+    users, items = jnp.array([1, 2, 1, 0], jnp.int32), jnp.array([2, 2, 3, 4], jnp.int32)
+    local = params._replace(**{name: getattr(params, name)[users if name.startswith("user_") else items]
+                               for name in params._fields if name.startswith(("user_", "item_"))})
+    batch = _batch(users, items, [4.0, 3.0, 5.0, 1.0], [True, True, True, False])
+    iota = jnp.arange(4, dtype=jnp.int32)
+    key = jax.random.key(7)
+    want, want_g = jax.value_and_grad(objective)(local, batch._replace(users=iota, items=iota), key)
+    got, got_g = jax.value_and_grad(objective)(local, batch._replace(users=Local(4), items=Local(4)), key)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    assert float(want) > 0

@@ -35,7 +35,18 @@ from benchmarks.common import (add_output_args, environment, markdown_table, pea
                                resolve_outputs, write_json, write_text)
 
 SIZES = [100_000, 1_000_000, 5_000_000, 25_000_095]
+# Constant learning rate per optimizer (--lr overrides all). AdaGrad divides by the root of
+# its accumulated squares, so its steps are far smaller than Adam's at the same rate: 0.1 was
+# chosen at the 1M size (3 epochs, held-out RMSE 0.7719 / 0.7384 / 0.8593 at 0.03 / 0.1 / 0.3,
+# commit 082c2ad), never at the sizes the targets are read at.
+LEARNING_RATES = {"adagrad": 0.1}
+DEFAULT_LR = 1e-2
 ML25M = (162_541, 62_423, 25_000_095)
+
+
+def learning_rate(optimizer: str, override: float | None = None) -> float:
+    """The constant learning rate ``optimizer`` trains with here: ``override`` if given."""
+    return override if override is not None else LEARNING_RATES.get(optimizer, DEFAULT_LR)
 
 
 def shape_for(num_ratings: int) -> tuple[int, int]:
@@ -157,7 +168,9 @@ def main(argv=None) -> int:
                    help="recsys_jax.engine optimizers, each size with each (default: %(default)s)")
     p.add_argument("--val-frac", type=float, default=0.02,
                    help="planted ratings held out and scored after the last epoch (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-2, help="constant learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"constant learning rate for every optimizer (default: {DEFAULT_LR:g}, adagrad "
+                        f"{LEARNING_RATES['adagrad']:g})")
     p.add_argument("--libmf-sizes", nargs="*", type=int, default=[5_000_000],
                    help="sizes at which LIBMF (the peers extra) runs too, k=64, 2 threads (default: 5M)")
     add_output_args(p, png=True)
@@ -169,7 +182,7 @@ def main(argv=None) -> int:
             print(json.dumps(libmf_size(args.child, 64, args.epochs)))
         else:
             print(json.dumps(one_size(args.child, args.batch_size, args.epochs, args.model, args.child_optimizer,
-                                      args.val_frac, args.lr)))
+                                      args.val_frac, learning_rate(args.child_optimizer, args.lr))))
         return 0
     if args.quick:
         args.sizes, args.epochs, args.libmf_sizes = [100_000, 1_000_000], 2, []
@@ -182,7 +195,7 @@ def main(argv=None) -> int:
     for n, opt in runs:
         cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", str(n), "--child-optimizer", opt,
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--model", args.model,
-               "--val-frac", str(args.val_frac), "--lr", str(args.lr)]
+               "--val-frac", str(args.val_frac), "--lr", str(learning_rate(opt, args.lr))]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if out.returncode != 0:
             print(f"[scaling] {n} ratings, {opt} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -195,15 +208,17 @@ def main(argv=None) -> int:
               + (f", val RMSE {rec['val_rmse']:.4f}" if rec.get("val_rmse") is not None else ""), flush=True)
     written = [write_json(files.json, records)]
     md = ("### Scaling (synthetic, ML-25M shape at the top)\n\n" + markdown_table(
-        ["ratings", "users", "items", "model", "optimizer", "L2", "s/epoch", "ratings/s", "compile s",
+        ["ratings", "users", "items", "model", "optimizer", "lr", "L2", "s/epoch", "ratings/s", "compile s",
          f"val RMSE after {args.epochs} epochs", "peak RSS MiB", "device"],
         [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", r["model"], r["optimizer"],
+          "" if r.get("lr") is None or r["optimizer"] == "als" else f"{r['lr']:g}",
           "" if r.get("l2") is None else f"{r['l2']:g}",
           f"{r['seconds_per_epoch']:.3f}", f"{r['ratings_per_s']:,.0f}",
           "" if r.get("compile_s") is None else f"{r['compile_s']:.2f}",
           "" if r.get("val_rmse") is None else f"{r['val_rmse']:.4f}", f"{r['peak_rss_mb']:.0f}",
           r.get("device", "")] for r in records])
-        + f"\n\n{args.model}: batch {args.batch_size}, learning rate {args.lr:g} (constant), L2 1e-4 on the touched rows "
+        + f"\n\n{args.model}: batch {args.batch_size}, the lr column's learning rate (constant; AdaGrad's chosen at "
+        "the 1M size, `benchmarks.scaling.LEARNING_RATES`), L2 1e-4 on the touched rows "
         "(als: the model's default preset L2, the L2 column, since it solves its objective exactly; no batches or "
         "learning rate; its first epoch also builds its plan, excluded by the median); "
         f"{args.epochs} epochs after compiling (compile s, apart), median s/epoch; ratings/s counts the training "

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recsys_jax.models import get_model, make_apply
+from recsys_jax.models._common import biased_product
 
 # Scores held at once: chunk_users * num_items (16 MB of float32).
 SCORE_BUDGET = 1 << 22
@@ -88,8 +89,8 @@ def _dot_scores(params, users, config, aux, user_times):
 
 def _bias_scores(params, users, config, aux, user_times):
     mu = params.global_bias if getattr(config, "global_mean", True) else 0.0
-    return (mu + params.user_bias[users][:, None] + params.item_bias[None, :]
-            + params.user_factors[users] @ params.item_factors.T)
+    return biased_product(params.user_factors[users], params.item_factors, mu + params.user_bias[users],
+                          params.item_bias)
 
 
 def _gmf_scores(params, users, config, aux, user_times):
@@ -100,7 +101,7 @@ def _svdpp_scores(params, users, config, aux, user_times):
     from recsys_jax.models.svdpp import implicit_user_vectors
 
     z = params.user_factors[users] + implicit_user_vectors(params, aux)[users]
-    return params.global_bias + params.user_bias[users][:, None] + params.item_bias[None, :] + z @ params.item_factors.T
+    return biased_product(z, params.item_factors, params.global_bias + params.user_bias[users], params.item_bias)
 
 
 def _timesvd_scores(params, users, config, aux, user_times):

@@ -3,6 +3,7 @@ the same predictions as the row path, chosen by the pair count, with links and c
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -54,3 +55,20 @@ def test_few_pairs_take_the_row_path(monkeypatch):
 
 def test_models_without_a_score_matrix_have_none():
     assert not hasattr(make_apply("mlp", make_config("mlp")), "score_matrix")
+
+
+def test_biased_product_is_the_broadcast_sum():
+    """One product of augmented factors equals L R^T plus each broadcast bias, with either
+    bias, both or none."""
+    from recsys_jax.models._common import biased_product
+
+    rng = np.random.default_rng(0)
+    left, right = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    lb, rb = rng.normal(size=3).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    base = left.astype(np.float64) @ right.T.astype(np.float64)
+    for lbias, rbias, want in [(None, None, base), (lb, None, base + lb[:, None]), (None, rb, base + rb[None, :]),
+                               (lb, rb, base + lb[:, None] + rb[None, :])]:
+        got = biased_product(jnp.asarray(left), jnp.asarray(right), None if lbias is None else jnp.asarray(lbias),
+                             None if rbias is None else jnp.asarray(rbias))
+        assert got.shape == (3, 5)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

@@ -87,6 +87,27 @@ def batched(predict_one, *, stochastic: bool = False, uses_aux: bool = False, us
     return apply
 
 
+def biased_product(left: Array, right: Array, left_bias: Array | None = None,
+                   right_bias: Array | None = None) -> Array:
+    r"""``left @ right.T + left_bias[:, None] + right_bias[None, :]``, ``float32[U, I]``, as one
+    matrix product of the augmented factors :math:`[L,\ b_L,\ 1]\,[R,\ 1,\ b_R]^\top`.
+
+    XLA on the CPU adds broadcast terms to a large product in passes of their own that cost
+    several times the product: ml-latest-small's 610 x 9,724 bias-model scores took 17 ms
+    that way against 4.2 ms augmented (and 3.2 ms for the product alone), on the 2-core CPU.
+    The sums agree to float32 rounding."""
+    lcols, rcols = [left], [right]
+    if left_bias is not None:
+        lcols.append(left_bias[:, None].astype(left.dtype))
+        rcols.append(jnp.ones((right.shape[0], 1), right.dtype))
+    if right_bias is not None:
+        lcols.append(jnp.ones((left.shape[0], 1), left.dtype))
+        rcols.append(right_bias[:, None].astype(right.dtype))
+    if len(lcols) == 1:
+        return left @ right.T
+    return jnp.concatenate(lcols, axis=1) @ jnp.concatenate(rcols, axis=1).T
+
+
 def embedding_init(key: Array, shape: tuple[int, ...], config) -> Array:
     """An embedding table: N(0, s^2) (``config.init == "normal"``) or U(-s, s) (``"uniform"``,
     Keras' default embedding initialiser), with ``s = config.init_scale``."""

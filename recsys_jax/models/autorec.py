@@ -99,7 +99,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, biased_product, initial_offset
 from recsys_jax.optim import make_optimizer, make_schedule
 
 MAX_ENTRIES = 1 << 28  # I * U at most: the dense float32 input and bool mask take 5 bytes per entry
@@ -159,7 +159,7 @@ def predict_one(params: Params, user: Array, item: Array, key: Array | None = No
 
 def score_matrix(params: Params, *, config: Config = Config()) -> Array:
     r"""Every (user, item) pair at once, ``float32[U, I]``: :math:`b\,\mathbf 1^\top + W Z^\top`."""
-    return params.user_bias[:, None] + params.user_decoder @ params.item_code.T
+    return biased_product(params.user_decoder, params.item_code, params.user_bias)
 
 
 def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,

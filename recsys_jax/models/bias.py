@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched, embedding_init, initial_offset
+from recsys_jax.models._common import batched, biased_product, embedding_init, initial_offset
 
 
 class Config(NamedTuple):
@@ -100,7 +100,7 @@ def predict_one(
 def score_matrix(params: Params, *, config: Config = Config()) -> Array:
     r"""Every (user, item) pair at once, ``float32[U, I]``: :math:`\mu + b_u + b_i + P Q^\top`."""
     mu = params.global_bias if config.global_mean else 0.0
-    return mu + params.user_bias[:, None] + params.item_bias[None, :] + params.user_factors @ params.item_factors.T
+    return biased_product(params.user_factors, params.item_factors, mu + params.user_bias, params.item_bias)
 
 
 # Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse

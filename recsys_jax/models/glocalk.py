@@ -135,7 +135,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, biased_product, initial_offset
 
 MAX_ENTRIES = 1 << 26  # I * U at most: the dense training matrix and its kin, float32
 
@@ -269,7 +269,7 @@ def predict_one(params: Params, user: Array, item: Array, key: Array | None = No
 
 def score_matrix(params: Params, *, config: Config = Config()) -> Array:
     r"""Every (user, item) pair at once, ``float32[U, I]``: :math:`b\,\mathbf 1^\top + \tilde W H^\top`."""
-    return params.user_bias[:, None] + params.user_factors @ params.item_factors.T
+    return biased_product(params.user_factors, params.item_factors, params.user_bias)
 
 
 apply = batched(predict_one)

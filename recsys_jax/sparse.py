@@ -91,9 +91,8 @@ SIDES = ("user", "item")
 
 class RowTransform(NamedTuple):
     """An optimizer on table rows: ``S = state_width(D)`` state columns per row,
-    ``init(table[N, D]) -> state[N, S]``, and
-    and one of two forms, ``count`` being the 1-based global step and ``lr`` this step's
-    learning rate:
+    ``init(table[N, D]) -> state[N, S]``, and one of two forms, ``count`` being the 1-based
+    global step and ``lr`` this step's learning rate:
 
     - ``update(grads[R, D], state[R, S], params[R, D], count, lr) -> (params[R, D], state[R, S])``
       on the merged gradient of each touched row (the step merges duplicates first);

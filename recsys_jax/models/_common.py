@@ -16,9 +16,9 @@ class Local:
     example ``b``. Passed as ``users`` and ``items``, a ``Local`` tells `batched` to hand
     each example its own row directly. Indexing the local tables with ``0..B-1`` instead
     would give the same values, but XLA then gathers the ``[B, D]`` rows again and its
-    gradient is a ``[B, D]`` scatter-add, a quarter of a sparse step at batch 8192 on the
-    CPU. Valid for row-local models only (``ROW_LOCAL = True``: tables read only at the
-    pair's own rows), which are the ones the sparse step trains."""
+    gradient is a ``[B, D]`` scatter-add, a fifth to a quarter of a sparse step at batch
+    8192 on the CPU. Valid for row-local models only (``ROW_LOCAL = True``: tables read
+    only at the pair's own rows), which are the ones the sparse step trains."""
 
     def __init__(self, size: int):
         self.shape = (int(size),)

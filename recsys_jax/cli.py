@@ -204,7 +204,7 @@ def cmd_train(args) -> dict:
     from recsys_jax.experiment import run_experiment, split_parts, to_recommender
     from recsys_jax.explore import item_stats
     from recsys_jax.models import make_config
-    from recsys_jax.presets import get_preset, model_options
+    from recsys_jax.presets import get_preset, model_options, settle_optimizer
     from recsys_jax.presets import val_frac as preset_val_frac
 
     if args.seed < 0:
@@ -235,6 +235,8 @@ def cmd_train(args) -> dict:
         if getattr(args, k) is not None
     }
     tc = tc._replace(**overrides)
+    if args.optimizer is None:  # the preset's optimizer, or dense Adam where it cannot train these settings
+        tc = settle_optimizer(tc, args.model)
     if "lr" in overrides and tc.schedule == "piecewise":
         if args.schedule == "piecewise":
             raise ValueError("--lr has no effect on a piecewise schedule: its phases set the learning rates")

@@ -168,6 +168,7 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
     gather_rows = (plan is not None and getattr(module, "ROW_LOCAL", False) and penalty_fn is None
                    and tc.penalty == "touched" and isinstance(objective, RatingObjective))
 
+    @jax.jit  # one compiled program, not one per optimizer-state leaf
     def init(params):
         if tc.optimizer == "adam":
             opt_state = optimizer.init(params)

@@ -39,7 +39,7 @@ from recsys_jax import metrics, resume, sharding
 from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
-from recsys_jax.models import get_model, make_apply, make_config, static_config
+from recsys_jax.models import get_model, init_params, make_apply, make_config, static_config
 from recsys_jax.penalties import make_model_penalty, make_table_l2_penalty
 from recsys_jax.predict import predict_indices
 from recsys_jax.shuffle import permutation
@@ -198,7 +198,14 @@ def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: A
 
 
 def _all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
+    return bool(_finite(tree))
+
+
+@jax.jit
+def _finite(tree) -> Array:
+    """Whether every floating-point leaf of ``tree`` is finite: one compiled reduction."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def prepare_model(model: str, train: Ratings, model_config=None):
@@ -340,7 +347,7 @@ def fit(
 
     run_key = key
     key, init_key = jax.random.split(key)
-    params = module.init(init_key, train.num_users, train.num_items, model_config)
+    params = init_params(model, init_key, train.num_users, train.num_items, model_config)
     if param_loss is not None:
         params = JointParams(params, param_loss.init(train))
     if plan is not None and getattr(module, "ROW_LOCAL", False):

@@ -117,9 +117,12 @@ def main(argv=None) -> int:
             for r in table[table.end == end].itertuples(index=False):
                 print(f"  {r.bias:+7.3f}  {r.mean_rating:5.2f}  {r.count:5d}  {r.title}")
         trained = stats.count > 0
-        corr = float(np.corrcoef(np.asarray(rec.params.item_bias)[trained], stats.mean[trained])[0, 1])
-        print(f"correlation of the learned bias with the raw mean rating ({int(trained.sum())} trained movies): "
-              f"{corr:.3f}")
+        # Against the raw mean only where it means something: a mean of one or two ratings is
+        # noise, which a well-regularised bias does not follow (the table's threshold).
+        rated = stats.count >= args.min_ratings
+        corr = float(np.corrcoef(np.asarray(rec.params.item_bias)[rated], stats.mean[rated])[0, 1])
+        print(f"correlation of the learned bias with the raw mean rating ({int(rated.sum())} movies with >= "
+              f"{args.min_ratings} training ratings): {corr:.3f}")
         figures["bias_vs_raw_mean"] = corr
         if truth is not None:
             corr = float(np.corrcoef(np.asarray(rec.params.item_bias)[trained], truth.item_bias[trained])[0, 1])

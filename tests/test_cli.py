@@ -416,13 +416,29 @@ def test_val_frac_zero_trains_on_the_whole_training_split(workdir, capsys):
 
 
 def test_train_with_a_row_sparse_optimizer(workdir, capsys):
-    code, out, _ = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--optimizer", "lazy_adam",
+    # adagrad: no other test of this module trains it, so this fit compiles (the bias preset's
+    # lazy_adam epoch may already be compiled in this process).
+    code, out, _ = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--optimizer", "adagrad",
                                 "--no-save", "--json"])
     assert code == 0
     rec = last_json(out)
-    assert rec["train_config"]["optimizer"] == "lazy_adam"
+    assert rec["train_config"]["optimizer"] == "adagrad"
     assert math.isfinite(rec["test_rmse"]) and rec["test_rmse"] < 1.5
     assert 0 < rec["compile_seconds"] <= rec["fit_seconds"]
+
+
+def test_a_presets_row_sparse_optimizer_yields_to_settings_that_move_every_row(workdir, capsys):
+    from recsys_jax.presets import get_preset, settle_optimizer
+
+    tc = get_preset("default", "bias")
+    assert tc.optimizer == "lazy_adam" and settle_optimizer(tc, "bias") == tc
+    for change in ({"loss": "ordinal"}, {"loss": "gaussian_nll"}, {"penalty": "table"}, {"weight_decay": 1e-4}):
+        assert settle_optimizer(tc._replace(**change), "bias") == tc._replace(optimizer="adam", **change)
+    assert settle_optimizer(tc._replace(loss="huber"), "bias").optimizer == "lazy_adam"  # element-wise: kept
+    # Named on the command line, it is not replaced: the reason is reported instead.
+    code, _, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--loss", "ordinal",
+                                "--optimizer", "lazy_adam", "--no-save"])
+    assert_user_error(code, err, "optimizer 'lazy_adam'", "learned parameters")
 
 
 def test_row_sparse_optimizer_refused_for_a_model_that_reads_other_rows(workdir, capsys):

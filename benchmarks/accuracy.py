@@ -198,8 +198,10 @@ def blend_record(parts: list[tuple[dict, dict]], test_ratings, scale: tuple[floa
 
 
 def optimizer_name(record: dict) -> str:
-    """What trained ``record``'s model: its TrainConfig's optimizer, or "own" for a model that
-    trains itself (its module's fit_epochs reads no optimizer)."""
+    """What trained ``record``'s model: its TrainConfig's optimizer, "own" for a model that
+    trains itself (its module's fit_epochs reads no optimizer), "-" for a blend (its members')."""
+    if record["model"] not in MODELS:
+        return "-"
     return "own" if hasattr(get_model(record["model"]), "fit_epochs") else record["train_config"]["optimizer"]
 
 

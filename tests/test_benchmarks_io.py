@@ -227,3 +227,24 @@ def test_tuned_choices_give_train_and_model_settings(tmp_path):
     assert make_config("bpmf").embedding_dim == 10
     assert accuracy.train_config("tuned", "bpmf", 0, path) is None  # never borrowed from another seed
     assert accuracy.model_config("default", "bpmf") == make_config("bpmf")
+
+
+def test_accuracy_summary_names_each_rows_optimizer():
+    from benchmarks import accuracy
+
+    def rec(model, seed, optimizer="adam", rmse=0.9):
+        r = {"dataset": "d", "protocol": "p", "model": model, "preset": "default", "loss": "mse", "seed": seed,
+             "test_rmse": rmse + seed / 100, "test_mae": 0.7, "fit_seconds": 1.0, "epochs": 5}
+        if model != "blend":
+            r["train_config"] = {"optimizer": optimizer}
+        return r
+
+    records = [rec("bias", s, "lazy_adam") for s in (0, 1)] + [rec("dot", s) for s in (0, 1)]
+    records += [rec("bpmf", s) for s in (0, 1)] + [rec("blend", s, rmse=0.8) for s in (0, 1)]
+    rows = {r["model"]: r for r in accuracy.summarise(records)}
+    assert {m: r["optimizer"] for m, r in rows.items()} == {"bias": "lazy_adam", "dot": "adam", "bpmf": "own",
+                                                            "blend": "-"}
+    assert rows["blend"]["rmse_mean"] == pytest.approx(0.805) and rows["bias"]["runs"] == 2
+    env = {"device": "cpu", "cpu": "x", "cpu_count": 2, "jax": "j", "optax": "o", "git_commit": "c", "command": "cmd"}
+    md = accuracy.markdown(accuracy.summarise(records), env, records)
+    assert "| blend | default | mse | - | 0.8050 ± 0.0071 |" in md

@@ -8,7 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 from conftest import configured_model
-from recsys_jax.models import MODELS, bias, dot, init_params, make_apply, make_config, mlp
+from recsys_jax.models import MODELS, bias, dot, make_apply, make_config, mlp
 
 NUM_USERS, NUM_ITEMS = 5, 7
 USERS = jnp.array([0, 4, 2, 2, 1], jnp.int32)
@@ -91,23 +91,6 @@ def test_init_is_deterministic(model):
         return
     table = next(f for f in a._fields if f.startswith("user_") and not f.endswith("_bias"))
     assert not np.array_equal(getattr(a, table), getattr(c, table))
-
-
-def test_compiled_init_draws_what_init_draws(model):
-    # fit initialises through models.init_params (one compiled program): the same parameters,
-    # to float32 rounding (XLA fuses the scaling into the sampler: 1-ulp differences).
-    name, module, config, _, ctx = model
-    a = module.init(jax.random.key(5), NUM_USERS, NUM_ITEMS, config)
-    b = init_params(name, jax.random.key(5), NUM_USERS, NUM_ITEMS, config)
-    assert type(a) is type(b)
-    for field, x, y in zip(a._fields, a, b):
-        np.testing.assert_allclose(x, y, rtol=3e-7, atol=1e-9, err_msg=field)
-    if "init" in config._fields:  # Keras' uniform draw too
-        keras = config._replace(init="uniform", init_scale=0.05)
-        a = module.init(jax.random.key(6), NUM_USERS, NUM_ITEMS, keras)
-        b = init_params(name, jax.random.key(6), NUM_USERS, NUM_ITEMS, keras)
-        for field, x, y in zip(a._fields, a, b):
-            np.testing.assert_allclose(x, y, rtol=3e-7, atol=1e-9, err_msg=field)
 
 
 def test_apply_equals_loop_over_predict_one(model):

@@ -1,5 +1,7 @@
 """Row-sparse optimizers (recsys_jax.sparse) against dense Optax and hand-written updates,
 and the engine's compile-once cache (recsys_jax.engine)."""
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,13 +195,17 @@ def two_splits():
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
-def test_second_fit_of_the_same_shapes_compiles_nothing(two_splits, optimizer):
+def test_second_fit_of_the_same_shapes_compiles_nothing(two_splits, optimizer, caplog):
     a, b = two_splits
     assert np.mean(a.ratings) != np.mean(b.ratings)  # different data, same shapes
     tc = TrainConfig(epochs=2, batch_size=256, lr=1e-2, l2=0.01, optimizer=optimizer)
     first = fit("bias", a, key=0, train_config=tc, progress=False)
-    second = fit("bias", b, key=1, train_config=tc, progress=False)
+    with jax.log_compiles(True), caplog.at_level(logging.DEBUG):
+        second = fit("bias", b, key=1, train_config=tc, progress=False)
     assert first.compile_seconds > 0 and second.compile_seconds == 0.0
+    # Nothing else compiles either (a jitted init once baked the training mean into its program).
+    compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiled, compiled
     # and the second fit really trained on its own data: its mean sets mu's start
     assert float(second.params.global_bias) != pytest.approx(float(first.params.global_bias), abs=1e-6)
     assert np.all(np.isfinite(second.history["train_loss"]))

@@ -74,23 +74,6 @@ def make_config(name: str, **overrides):
     return config_cls(**overrides)
 
 
-def init_params(name: str, key, num_users: int, num_items: int, config):
-    """``get_model(name).init(key, num_users, num_items, config)`` as one compiled program
-    (sizes and config static): drawn op by op it cost 0.2-0.3 s per fit, most of it
-    dispatching and compiling each random op. The draws are the same to float32 rounding
-    (XLA fuses the scaling into the sampler: differences of one ulp, tested)."""
-    try:
-        hash(config)
-    except TypeError:  # a config holding lists: drawn op by op
-        return get_model(name).init(key, num_users, num_items, config)
-    return _jitted_init(name)(key, int(num_users), int(num_items), config)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_init(name: str):
-    return jax.jit(get_model(name).init, static_argnums=(1, 2, 3))
-
-
 def static_config(config):
     """``config`` without what only the initial parameters read (``mean_rating``), so that
     two training splits give the same key to every compiled function."""

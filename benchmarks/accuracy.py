@@ -202,7 +202,9 @@ def optimizer_name(record: dict) -> str:
     trains itself (its module's fit_epochs reads no optimizer), "-" for a blend (its members')."""
     if record["model"] not in MODELS:
         return "-"
-    return "own" if hasattr(get_model(record["model"]), "fit_epochs") else record["train_config"]["optimizer"]
+    if hasattr(get_model(record["model"]), "fit_epochs"):
+        return "own"
+    return (record.get("train_config") or {}).get("optimizer", "adam")  # records from before: TrainConfig's default
 
 
 def summarise(records: list[dict]) -> list[dict]:

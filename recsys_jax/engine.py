@@ -69,21 +69,26 @@ class Engine(NamedTuple):
         return fn(state, users, items, ratings, key, times=times, aux=aux)
 
 
+def row_sparse_obstacle(model: str, train_config, *, joint: bool = False) -> str | None:
+    """Why a row-sparse optimizer cannot train ``model`` with ``train_config`` (None: it can)."""
+    if not getattr(get_model(model), "ROW_LOCAL", False):
+        return f"model {model!r} reads table rows other than its user's and item's"
+    if train_config.penalty == "table":
+        return "a whole-table penalty (penalty='table') touches every row at every step"
+    if train_config.weight_decay:
+        return "decoupled weight decay shrinks every row at every step"
+    if joint:
+        return "losses with learned parameters train with the dense optimizer"
+    return None
+
+
 def check_optimizer(name: str, model: str, train_config, *, joint: bool = False) -> None:
     """A clear error when ``name`` cannot train ``model`` with ``train_config``."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
     if name in ("adam", "als"):
         return  # als: recsys_jax.als.check, which also needs the loss
-    what = None
-    if not getattr(get_model(model), "ROW_LOCAL", False):
-        what = f"model {model!r} reads table rows other than its user's and item's"
-    elif train_config.penalty == "table":
-        what = "a whole-table penalty (penalty='table') touches every row at every step"
-    elif train_config.weight_decay:
-        what = "decoupled weight decay shrinks every row at every step"
-    elif joint:
-        what = "losses with learned parameters train with the dense optimizer"
+    what = row_sparse_obstacle(model, train_config, joint=joint)
     if what:
         raise ValueError(f"optimizer {name!r} updates only the rows a batch touches, but {what}: "
                          "use optimizer 'adam'")

@@ -114,16 +114,15 @@ def get_preset(preset: str, model: str) -> TrainConfig:
 def settle_optimizer(tc: TrainConfig, model: str) -> TrainConfig:
     """``tc``, with dense Adam in place of a row-sparse optimizer that cannot train it: a loss
     with learned parameters, a whole-table penalty or weight decay moves every row at every
-    step (`recsys_jax.engine.check_optimizer`). For a preset's optimizer: the CLI applies it
+    step (`recsys_jax.engine.row_sparse_obstacle`). For a preset's optimizer: the CLI applies it
     only when ``--optimizer`` is not given, so a named optimizer still fails with the reason."""
-    from recsys_jax.engine import check_optimizer
+    from recsys_jax.engine import row_sparse_obstacle
     from recsys_jax.losses import ParamLoss, get_loss
+    from recsys_jax.sparse import ROW_OPTIMIZERS
 
-    if tc.optimizer in ("adam", "als"):
+    if tc.optimizer not in ROW_OPTIMIZERS:  # adam, als, or an unknown name that fit reports
         return tc
-    try:
-        check_optimizer(tc.optimizer, model, tc, joint=isinstance(get_loss(tc.loss), ParamLoss))
-    except ValueError:
+    if row_sparse_obstacle(model, tc, joint=isinstance(get_loss(tc.loss), ParamLoss)):
         return tc._replace(optimizer="adam")
     return tc
 

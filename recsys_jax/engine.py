@@ -2,12 +2,18 @@
 
 `make_engine` builds, once per key and cached for the process, what `recsys_jax.train.fit`
 runs: ``init(params) -> TrainState`` and a jitted ``epoch(state, data, key)`` (shuffle on
-the device, one `jax.lax.scan` over the steps). Everything derived from the data is an
+the device, one compiled loop over the steps). Everything derived from the data is an
 *argument* of the compiled epoch, never a constant baked into it: the ratings, the model's
 ``aux`` (SVD++'s implicit lists, timeSVD's per-user mean day), the rating times. The
 training mean only sets the initial parameters (`recsys_jax.models.make_apply` drops it
 from the config that the compiled functions see), so a second split of the same size
-reuses the compiled program. `Engine.compile` compiles ahead of time and reports how long
+reuses the compiled program. Nor need the size match: on one device `fit` pads the
+ratings to the next power of two (`recsys_jax.train.padded_size`) and passes their number
+and the schedule's step counts (`recsys_jax.optim.StepSchedule`) as arguments
+(``shared=True``), so an experiment's selection fit (90% of the training split) and its
+refit (all of it, for the best epoch count) run one program; the epoch is then a loop of
+exactly the steps the ratings fill, the same epoch as the exact size's (tested).
+`Engine.compile` compiles ahead of time and reports how long
 that took, so fit times are reported with and without compilation; with JAX's persistent
 compilation cache (`enable_compile_cache`, on by default in the CLI) a new process loads
 the compiled program from disk instead of compiling it.
@@ -36,21 +42,24 @@ import jax.numpy as jnp
 from recsys_jax import sparse
 from recsys_jax.models import get_model
 from recsys_jax.models._common import Local
-from recsys_jax.optim import make_optimizer, make_schedule
+from recsys_jax.optim import make_optimizer, make_schedule, step_schedule
 
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd", "als")
 
 
 class Engine(NamedTuple):
     init: Callable  # params -> TrainState
-    epoch: Callable  # jitted (state, users, items, ratings, key, num_steps=None, times=None, aux=None)
+    # jitted (state, users, items, ratings, key, num_steps=None, times=None, aux=None, count=None,
+    # counts=None); count and counts only for an engine made with shared=True
+    epoch: Callable
     compiled: dict  # (num_steps, argument shapes) -> compiled epoch
     optimizer: str
 
-    def compile(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None):
+    def compile(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None, **shared):
         """``(compiled_epoch, seconds)``: the epoch compiled for these argument shapes
-        (0 seconds when it already was, in this process)."""
-        args = (state, users, items, ratings, key, times, aux)
+        (0 seconds when it already was, in this process). ``shared``: ``count`` and
+        ``counts`` for an engine made with ``shared=True`` (`make_engine`)."""
+        args = (state, users, items, ratings, key, times, aux, shared)
         # The placement is part of the signature: the same shapes on a mesh are another program.
         sig = (num_steps, jax.tree.structure(args),
                tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None)) for x in jax.tree.leaves(args)))
@@ -58,15 +67,16 @@ class Engine(NamedTuple):
             return self.compiled[sig], 0.0
         t0 = time.perf_counter()
         fn = self.epoch.lower(state, users, items, ratings, key, num_steps=num_steps, times=times,
-                              aux=aux).compile()
+                              aux=aux, **shared).compile()
         seconds = time.perf_counter() - t0
         self.compiled[sig] = fn
         return fn, seconds
 
-    def run(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None):
+    def run(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None, **shared):
         """One epoch: ``(state, losses[num_batches])``, compiling first if needed."""
-        fn, _ = self.compile(state, users, items, ratings, key, num_steps=num_steps, times=times, aux=aux)
-        return fn(state, users, items, ratings, key, times=times, aux=aux)
+        fn, _ = self.compile(state, users, items, ratings, key, num_steps=num_steps, times=times, aux=aux,
+                             **shared)
+        return fn(state, users, items, ratings, key, times=times, aux=aux, **shared)
 
 
 def row_sparse_obstacle(model: str, train_config, *, joint: bool = False) -> str | None:
@@ -120,8 +130,17 @@ class RankingObjective(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty_fn: Callable | None,
-                train_config, steps_per_epoch: int, joint: bool = False, plan=None) -> Engine:
+                train_config, steps_per_epoch: int, joint: bool = False, plan=None, *,
+                shared: bool = False) -> Engine:
     """The engine for these (hashable) settings; the same object for the same settings.
+
+    ``shared=True``: the epoch also takes ``count`` (int32: the ratings among the padded
+    arrays, `recsys_jax.train.run_epoch`) and ``counts`` (the schedule's step counts,
+    `recsys_jax.optim.StepSchedule`) as arguments, so that one compiled program trains
+    any number of ratings that pads to the same size, for any number of epochs: the
+    selection fit and the refit of `recsys_jax.experiment` share it. ``steps_per_epoch``
+    and ``train_config.epochs`` are then unused (pass 0 and any value; `fit` passes 1, so
+    that the cache key does not depend on them). One device, gradient optimizers only.
 
     ``plan`` (a `recsys_jax.sharding.MeshPlan`, or None for one device) places the epoch
     on a mesh: the state is constrained to its placement (tables by rows) where the epoch
@@ -151,14 +170,21 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
     if tc.optimizer != "adam" and not isinstance(objective, RatingObjective):
         raise ValueError(f"optimizer {tc.optimizer!r} trains rating objectives only: a ranking objective "
                          "also scores sampled items, whose rows it does not gather; use optimizer 'adam'")
+    if shared and plan is not None:
+        raise ValueError("make_engine: shared=True trains on one device")
     module = get_model(model)
-    schedule = make_schedule(tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                             phases=tc.phases)
-    if tc.optimizer == "adam":
-        optimizer = make_optimizer(schedule, weight_decay=tc.weight_decay)
-    else:
+    # shared: the schedule's step counts are an argument of the epoch; else fixed in it
+    runtime_schedule = step_schedule(tc.schedule, tc.lr, phases=tc.phases) if shared else None
+    fixed_schedule = make_schedule(tc.schedule, tc.lr, tc.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                                   phases=tc.phases)
+
+    def optimizers(schedule):
+        if tc.optimizer == "adam":
+            return make_optimizer(schedule, weight_decay=tc.weight_decay), None, None
         make_rows, make_dense = sparse.ROW_OPTIMIZERS[tc.optimizer]
-        row_tx, dense_tx = make_rows(), make_dense(schedule)
+        return None, make_rows(), make_dense(schedule)
+
+    optimizer, row_tx, dense_tx = optimizers(fixed_schedule)  # init reads no schedule: any will do
 
     def objective_for(aux):
         apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
@@ -182,9 +208,14 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
         return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
     @functools.partial(jax.jit, static_argnames="num_steps")
-    def epoch(state, users, items, ratings, key, num_steps=None, times=None, aux=None):
+    def epoch(state, users, items, ratings, key, num_steps=None, times=None, aux=None, count=None, counts=None):
         objective = objective_for(aux)
         place = {} if plan is None else {"plan": plan}
+        schedule = fixed_schedule
+        if shared:
+            place = {"count": count}
+            schedule = functools.partial(runtime_schedule.fn, counts=counts)
+        optimizer, row_tx, dense_tx = optimizers(schedule)
         if plan is not None:
             state = plan.constrain(state)
         if tc.optimizer == "adam":

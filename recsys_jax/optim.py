@@ -12,11 +12,13 @@ A schedule is a plain function ``step -> learning rate`` (an Optax schedule):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import Array
 
 SCHEDULES = ("constant", "piecewise", "one_cycle", "warmup_cosine")
 
@@ -59,6 +61,82 @@ def make_schedule(
             init_value=0.0, peak_value=lr, warmup_steps=warmup,
             decay_steps=max(total_steps, warmup + 1), end_value=lr / 100,
         )
+    raise ValueError(f"unknown schedule {name!r}; known schedules: {', '.join(SCHEDULES)}")
+
+
+class StepSchedule(NamedTuple):
+    """A schedule whose step counts are an argument: ``fn(step, counts) -> lr``, with
+    ``counts = counts_for(total_steps, steps_per_epoch)`` (int32, computed on the host).
+
+    The compiled epoch takes ``counts`` as data, so that fits of different lengths (a
+    selection fit on 90% of the training split and the refit on all of it) run one compiled
+    program. Everything else (the name, the learning rate, the phases' rates) is fixed in
+    the program. For the same total, ``fn`` gives what `make_schedule`'s Optax schedule
+    gives: the formulas are Optax's, written with the counts as arrays, and the two agree
+    to float32 rounding (tested; XLA may fuse an expression differently around constants).
+    """
+
+    fn: Callable[[Array, Array], Array]
+    counts_for: Callable[[int, int], np.ndarray]
+
+
+def step_schedule(name: str, lr: float, *, phases: Sequence[tuple[int, float]] | None = None,
+                  warmup_frac: float = 0.05) -> StepSchedule:
+    """`make_schedule`'s ``name`` as a `StepSchedule`."""
+    if name == "constant":
+        return StepSchedule(lambda step, counts: jnp.asarray(lr, jnp.float32),
+                            lambda total, spe: np.zeros(0, np.int32))
+    if name == "piecewise":
+        phases = phases or [(1, lr)]
+        if not phases:
+            raise ValueError("a piecewise schedule needs at least one (epochs, lr) phase")
+        values = np.asarray([float(r) for _, r in phases], np.float32)
+
+        def piecewise(step, counts):  # counts: the phases' boundaries
+            return jnp.asarray(values)[jnp.searchsorted(counts, step, side="right")]
+
+        return StepSchedule(piecewise, lambda total, spe: np.cumsum([int(e) * spe for e, _ in phases])[:-1]
+                            .astype(np.int32))
+    if name == "one_cycle":
+        # optax.cosine_onecycle_schedule: cosine from lr/25 up to lr over 30% of the steps,
+        # then down to lr/25/1e4, the piecewise-interpolated values accumulated in float32.
+        values = np.cumprod(np.asarray([lr / 25.0, 25.0, 1.0 / (25.0 * 1e4)], np.float32))
+
+        def one_cycle(count, counts):
+            bounds = jnp.concatenate([jnp.zeros(1, jnp.int32), counts])
+            vals = jnp.asarray(values)
+            interval_sizes = jnp.maximum(bounds[1:] - bounds[:-1], 1)
+            indicator = jnp.logical_and(bounds[:-1] <= count, count < bounds[1:])
+            pct = (count - bounds[:-1]) / interval_sizes
+            start, end = vals[:-1], vals[1:]
+            interp = end + (start - end) / 2.0 * (jnp.cos(jnp.pi * pct) + 1)
+            return indicator.dot(interp) + (bounds[-1] <= count) * vals[-1]
+
+        def one_cycle_counts(total, spe):
+            t = max(total, 1)
+            return np.asarray([int(0.3 * t), int(t)], np.int32)
+
+        return StepSchedule(one_cycle, one_cycle_counts)
+    if name == "warmup_cosine":
+        # optax.warmup_cosine_decay_schedule(0, lr, warmup, decay, lr / 100): linear warm-up,
+        # then cosine decay over decay - warmup steps, joined at the warm-up's end.
+        end_value = lr / 100
+        alpha = 0.0 if lr == 0.0 else end_value / lr
+
+        def warmup_cosine(step, counts):
+            warmup, decay = counts[0], counts[1].astype(jnp.float32)
+            count = jnp.clip(step, 0, warmup)
+            frac = 1 - count / warmup
+            up = (0.0 - lr) * frac + lr
+            later = jnp.minimum(step - warmup, decay)
+            down = lr * ((1 - alpha) * (0.5 * (1 + jnp.cos(jnp.pi * later / decay))) ** 1.0 + alpha)
+            return jnp.where(step < warmup, up, down)
+
+        def warmup_cosine_counts(total, spe):
+            warmup = max(int(warmup_frac * total), 1)
+            return np.asarray([warmup, max(total, warmup + 1) - warmup], np.int32)
+
+        return StepSchedule(warmup_cosine, warmup_cosine_counts)
     raise ValueError(f"unknown schedule {name!r}; known schedules: {', '.join(SCHEDULES)}")
 
 

@@ -55,8 +55,15 @@ def permutation(key: Array, n: int) -> Array:
     return feistel_permutation(key, n)
 
 
-def feistel_permutation(key: Array, n: int) -> Array:
-    """The Feistel bijection restricted to ``[0, n)`` (see the module docstring), int32[n], O(n)."""
+def feistel_permutation(key: Array, n: int, count: Array | None = None) -> Array:
+    """The Feistel bijection restricted to ``[0, n)`` (see the module docstring), int32[n], O(n).
+
+    With ``count`` (a traced int32 scalar, ``n / 2 < count <= n`` with ``n`` a power of two)
+    the bijection is restricted to ``[0, count)`` instead: the first ``count`` entries are
+    ``feistel_permutation(key, count)`` exactly (the same bits :math:`m`, so the same
+    cipher), the rest 0. One compiled program then shuffles any number of ratings in
+    ``(n/2, n]``.
+    """
     if n <= 1:
         return jnp.arange(n, dtype=jnp.int32)
     m = max(int(n - 1).bit_length(), 2)
@@ -69,7 +76,7 @@ def feistel_permutation(key: Array, n: int) -> Array:
         high = high ^ (_mix(low ^ round_keys[r]) & jnp.uint32((1 << high_bits) - 1))
         x = (low << high_bits) | high  # swap: the changed part is the next round's input
         low_bits = high_bits
-    keep = x < n
+    keep = x < (n if count is None else count)
     position = jnp.cumsum(keep, dtype=jnp.int32) - 1
     out = jnp.zeros(n, jnp.int32)
     return out.at[jnp.where(keep, position, n)].set(x.astype(jnp.int32), mode="drop", unique_indices=True)

@@ -40,9 +40,10 @@ from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
 from recsys_jax.models import get_model, make_apply, make_config, static_config
+from recsys_jax.optim import step_schedule
 from recsys_jax.penalties import make_model_penalty, make_table_l2_penalty
 from recsys_jax.predict import predict_indices
-from recsys_jax.shuffle import permutation
+from recsys_jax.shuffle import SORT_MAX, feistel_permutation, permutation
 
 
 class TrainState(NamedTuple):
@@ -144,6 +145,22 @@ def num_batches(num_ratings: int, batch_size: int) -> int:
     return max(math.ceil(num_ratings / batch_size), 1)
 
 
+def padded_size(num_ratings: int, batch_size: int) -> int | None:
+    """The size that `fit` pads ``num_ratings`` ratings to, so that every number of ratings
+    in ``(size/2, size]`` trains with one compiled epoch (`recsys_jax.engine.make_engine`'s
+    ``shared``); None: the epoch is compiled for the exact number.
+
+    The size is the next power of two, the domain of `recsys_jax.shuffle`'s cipher, so the
+    shuffle, and with it the whole epoch, is the exact number's. Not for up to
+    `recsys_jax.shuffle.SORT_MAX` ratings (their uniform shuffle sorts a fixed number of
+    keys), nor for epochs of 1,000 steps or more, whose fixed-length loop is unrolled
+    twice (`run_epoch`): 12% of the notebook's batch-64 epoch.
+    """
+    if num_ratings <= SORT_MAX or num_batches(num_ratings, batch_size) >= 1000:
+        return None
+    return 1 << (num_ratings - 1).bit_length()
+
+
 def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
     """A jitted ``train_epoch(state, users, items, ratings, key, num_steps=None)``.
 
@@ -163,27 +180,46 @@ def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
 
 def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: Array, items: Array,
               ratings: Array, key: Array, num_steps: int | None = None, times: Array | None = None, *,
-              plan=None):
+              plan=None, count: Array | None = None):
     """One epoch, traceable: the body of `make_train_epoch` (and of `recsys_jax.many`).
 
     ``plan`` (a `recsys_jax.sharding.MeshPlan`) splits each batch's examples over the mesh
     and keeps the carried state placed as the plan says after every step; None: one device.
+
+    ``count`` (a traced int32 scalar; see `padded_size`): only the first ``count`` examples
+    of the arrays are ratings, the rest padding. The epoch is then exactly the epoch of
+    those ``count`` examples alone (the same shuffle, batches, keys and steps), run as a
+    loop of ``ceil(count / batch_size)`` steps, so one compiled program trains any number
+    of ratings that pads to the same size. The losses of the steps not run are 0.
     """
     n = users.shape[0]
     nb = num_batches(n, batch_size)
     perm_key, step_key = jax.random.split(key)
     # An O(n) keyed shuffle: jax.random.permutation sorts, and XLA's CPU sort cost more
     # than the epoch itself (see recsys_jax.shuffle).
-    order = jnp.concatenate([permutation(perm_key, n), jnp.zeros(nb * batch_size - n, jnp.int32)])
+    perm = permutation(perm_key, n) if count is None else feistel_permutation(perm_key, n, count)
+    order = jnp.concatenate([perm, jnp.zeros(nb * batch_size - n, jnp.int32)])
     order = order.reshape(nb, batch_size)
-    mask = (jnp.arange(nb * batch_size) < n).reshape(nb, batch_size)
-    keys = jax.random.split(step_key, nb)
+    mask = (jnp.arange(nb * batch_size) < (n if count is None else count)).reshape(nb, batch_size)
+    keys = jax.random.split(step_key, nb)  # the first k of them are split(step_key, k)'s
     if num_steps is not None:
         order, mask, keys = order[:num_steps], mask[:num_steps], keys[:num_steps]
     batches = Batch(users[order], items[order], ratings[order], mask,  # one gather per epoch
                     None if times is None else times[order])
     if plan is not None:
         batches = plan.constrain_batches(batches)
+    if count is not None:
+        steps = (count + batch_size - 1) // batch_size
+        if num_steps is not None:
+            steps = jnp.minimum(steps, num_steps)
+
+        def step(i, carry):
+            state, losses = carry
+            batch = jax.tree.map(lambda a: a[i], batches)
+            state, loss = train_step(state, batch, keys[i])
+            return (state if plan is None else plan.constrain(state)), losses.at[i].set(loss)
+
+        return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros(order.shape[0], jnp.float32)))
 
     def body(state, xs):
         batch, k = xs
@@ -341,9 +377,19 @@ def fit(
         tc = tc._replace(loss=param_loss_name(param_loss))  # record the loss actually trained
     # One engine per (model, settings, data size), cached: a second fit of the same shapes
     # compiles nothing. A custom penalty is part of the key; the named one is built inside.
-    engine = get_engine(model, apply_fn, static_config(model_config), RatingObjective(loss_fn), penalty_fn, tc,
-                         num_batches(len(train), tc.batch_size), param_loss is not None,
-                         *(() if plan is None else (plan,)))
+    # Where the ratings pad to a shared size (padded_size), the number of ratings and the
+    # schedule's step counts are arguments of the compiled epoch instead, and the epoch
+    # count is left out of the key: fits of 72k and of 81k ratings, for 5 epochs or for 3,
+    # run one program.
+    capacity = padded_size(len(train), tc.batch_size) if plan is None and tc.optimizer != "als" else None
+    objective = RatingObjective(loss_fn)
+    if capacity is None:
+        engine = get_engine(model, apply_fn, static_config(model_config), objective, penalty_fn, tc,
+                            num_batches(len(train), tc.batch_size), param_loss is not None,
+                            *(() if plan is None else (plan,)))
+    else:
+        engine = get_engine(model, apply_fn, static_config(model_config), objective, penalty_fn,
+                            tc._replace(epochs=1, patience=None), 0, param_loss is not None, shared=True)
 
     run_key = key
     key, init_key = jax.random.split(key)
@@ -387,7 +433,17 @@ def fit(
                 progress = resume.Progress(unpad(state), epoch, history, best.score, unpad(best.params), best.epoch)
                 resume.save_progress(checkpoint_dir, progress, fp)
 
-    data = EpochData(*(jnp.asarray(a) for a in (train.users, train.items, train.ratings)), times, aux)
+    if capacity is None:
+        data = EpochData(*(jnp.asarray(a) for a in (train.users, train.items, train.ratings)), times, aux)
+    else:  # zeros after the ratings, which the epoch never reads
+        def padded(a):
+            return jnp.asarray(np.pad(np.asarray(a), (0, capacity - len(train))))
+
+        steps = num_batches(len(train), tc.batch_size)
+        counts = step_schedule(tc.schedule, tc.lr, phases=tc.phases).counts_for(tc.epochs * steps, steps)
+        data = EpochData(*(padded(a) for a in (train.users, train.items, train.ratings)),
+                         None if times is None else padded(times), aux,
+                         {"count": np.int32(len(train)), "counts": counts}, steps)
     if plan is not None:  # read once per epoch to cut the batches: on every device
         data = EpochData(*sharding.put_replicated(plan, (train.users, train.items, train.ratings)),
                          *sharding.put_replicated(plan, (times, aux)))
@@ -469,6 +525,10 @@ class EpochData(NamedTuple):
     ratings: Array  # float32[N] (ignored by ranking objectives)
     times: Array | None = None  # float32[N] days, for time-aware models
     aux: Any = None  # the model's constant data from its prepare(train)
+    # For an engine made with shared=True: {"count", "counts"} (the ratings among the
+    # padded arrays, the schedule's step counts), and the steps an epoch runs.
+    shared: dict | None = None
+    steps: int | None = None
 
 
 def run_loop(engine, state: TrainState, data: EpochData, key: Array, *, epochs: range, evaluate: Callable,
@@ -495,17 +555,18 @@ def run_loop(engine, state: TrainState, data: EpochData, key: Array, *, epochs: 
 
         bar = epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
     args = (data.users, data.items, data.ratings)
+    shared = data.shared or {}
     for epoch in epochs:
         if patience is not None and best.epoch and epoch - 1 - best.epoch >= patience:
             break  # a resumed run that had already stopped early
         epoch_key = jax.random.fold_in(key, epoch)
-        compiled, seconds = engine.compile(state, *args, epoch_key, times=data.times, aux=data.aux)
+        compiled, seconds = engine.compile(state, *args, epoch_key, times=data.times, aux=data.aux, **shared)
         compile_seconds += seconds
         t0 = time.perf_counter()
-        new_state, losses = compiled(state, *args, epoch_key, times=data.times, aux=data.aux)
-        losses = np.asarray(losses)  # waits for the epoch to finish
+        new_state, losses = compiled(state, *args, epoch_key, times=data.times, aux=data.aux, **shared)
+        losses = np.asarray(losses)[: data.steps]  # waits for the epoch to finish
         if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
-            replay = functools.partial(engine.run, aux=data.aux)
+            replay = functools.partial(engine.run, aux=data.aux, **shared)
             state, stop_reason = _last_finite(replay, state, args, epoch_key, losses, epoch, data.times, caller)
             warnings.warn(stop_reason, RuntimeWarning, stacklevel=3)
             if best.epoch == 0:
@@ -533,13 +594,13 @@ def run_loop(engine, state: TrainState, data: EpochData, key: Array, *, epochs: 
     return state, best, stop_reason, compile_seconds
 
 
-def get_engine(*key):
+def get_engine(*key, **options):
     """`recsys_jax.engine.make_engine`, cached when the settings are hashable."""
     try:
         hash(key)
     except TypeError:  # e.g. a custom loss object that defines __eq__ without __hash__
-        return make_engine.__wrapped__(*key)
-    return make_engine(*key)
+        return make_engine.__wrapped__(*key, **options)
+    return make_engine(*key, **options)
 
 
 def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None,

@@ -349,7 +349,7 @@ def main(argv=None) -> int:
         md_path = Path(args.md) if args.md else Path(args.from_json).with_suffix(".md")
         print(f"[accuracy] wrote {write_text(md_path, markdown(summarise(records), env, records))}")
         return 0
-    files = resolve_outputs("accuracy", "accuracy", args)
+    files = resolve_outputs("accuracy", "accuracy", args, p)
     env = environment()
     records = []
     for name in args.datasets:

@@ -8,8 +8,10 @@ Where the files go (`output_paths`, the one rule every script follows):
 - ``--json PATH`` writes the records there, and the Markdown (and the PNG, for scaling)
   beside it with the same stem unless ``--md`` (``--png``) names its own path;
 - otherwise a full run from a clean commit writes ``benchmarks/results/<stem>.*`` (the
-  published results), and a ``--quick`` run, or any run whose git tree is dirty, writes
-  ``runs/benchmarks/<stem>.*`` (git-ignored); a full run sent there says why on stderr.
+  published results), and a ``--quick`` run, any run whose git tree is dirty, and any run
+  whose arguments are not those ``python -m benchmarks.publish`` gives the script (fewer
+  models or seeds, other sizes: it would replace a published table by a part of it) writes
+  ``runs/benchmarks/<stem>.*`` (git-ignored); a run sent there says why on stderr.
 
 "Dirty" means a tracked file differs from HEAD outside the files the benchmarks write
 themselves (``benchmarks/results/``, ``README.md``), so the steps of
@@ -103,8 +105,10 @@ class Outputs(NamedTuple):
 
 def output_paths(stem: str, *, quick: bool, json: str | os.PathLike | None = None,
                  md: str | os.PathLike | None = None, png: str | os.PathLike | None = None,
-                 state: tuple[str | None, list[str] | tuple[str, ...]] | None = None) -> Outputs:
-    """The rule in this module's docstring. ``state`` is `git_state()` (read once by default)."""
+                 state: tuple[str | None, list[str] | tuple[str, ...]] | None = None,
+                 unpublished: str | None = None) -> Outputs:
+    """The rule in this module's docstring. ``state`` is `git_state()` (read once by default);
+    ``unpublished`` says how the arguments differ from the published run's (None: they do not)."""
     reason = None
     if json is None:
         commit, dirty = _repo_state() if state is None else state
@@ -115,6 +119,8 @@ def output_paths(stem: str, *, quick: bool, json: str | os.PathLike | None = Non
         elif dirty:
             shown = ", ".join(list(dirty)[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
             reason = f"the git tree is dirty ({shown})"
+        elif unpublished:
+            reason = unpublished
         json = (RESULTS if reason is None else RUNS) / f"{stem}.json"
     json = Path(json)
     md = Path(md) if md is not None else json.with_suffix(".md")
@@ -133,15 +139,34 @@ def add_output_args(parser: argparse.ArgumentParser, *, md: bool = True, png: bo
         parser.add_argument("--png", metavar="PATH", default=None, help="plot (default: beside the Markdown)")
 
 
-def resolve_outputs(tag: str, stem: str, args: argparse.Namespace) -> Outputs:
+def resolve_outputs(tag: str, stem: str, args: argparse.Namespace,
+                    parser: argparse.ArgumentParser | None = None) -> Outputs:
     """`output_paths` for a script's parsed ``args``; says on stderr when a full run is sent
-    to runs/ instead of benchmarks/results/."""
+    to runs/ instead of benchmarks/results/. With the script's ``parser``, a run whose
+    arguments are not one of ``benchmarks.publish``'s steps for ``benchmarks.<tag>`` is sent
+    to runs/ too (`unpublished_arguments`)."""
+    unpublished = None if parser is None else unpublished_arguments(tag, args, parser)
     out = output_paths(stem, quick=getattr(args, "quick", False), json=args.json,
-                       md=getattr(args, "md", None), png=getattr(args, "png", None))
+                       md=getattr(args, "md", None), png=getattr(args, "png", None), unpublished=unpublished)
     if out.reason and not getattr(args, "quick", False):
         print(f"[{tag}] writing to {_shown(out.json.parent)}/, not benchmarks/results/: {out.reason}. "
               "Commit, then rerun (or `python -m benchmarks.publish`) to publish.", file=sys.stderr)
     return out
+
+
+def unpublished_arguments(tag: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """None when ``args`` are those of a ``benchmarks.publish`` step that runs ``benchmarks.<tag>``
+    (output paths aside); else why the run is not a published one."""
+    from benchmarks.publish import STEPS  # publish imports this module: read it when asked
+
+    def settings(ns):
+        return {k: v for k, v in vars(ns).items() if k not in ("json", "md", "png")}
+
+    published = [step for _, module, step in STEPS if module == f"benchmarks.{tag}"]
+    if any(settings(parser.parse_args(step)) == settings(args) for step in published):
+        return None
+    shown = " or ".join(f"`python -m benchmarks.{tag} {' '.join(step)}`".replace(" `", "`") for step in published)
+    return f"not the published run's arguments ({shown or 'no publish step'})"
 
 
 def print_written(tag: str, out: Outputs, *paths: Path) -> None:

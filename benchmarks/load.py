@@ -177,7 +177,7 @@ def main(argv=None) -> None:
         print(json.dumps(_child(json.loads(args.child))))
         return
 
-    files = resolve_outputs("load", "load-cpu", args)
+    files = resolve_outputs("load", "load-cpu", args, parser)
     work = Path(tempfile.mkdtemp(prefix="recsys-jax-load-", dir=args.tmp))
     try:
         folder, cache_dir = work / "ml-32m", work / "cache"

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         args.seeds = [0]
     env = environment()
     tag = env["device"].split(":")[0]
-    files = resolve_outputs("many", "many-" + ("" if args.preset == "default" else f"{args.preset}-") + tag, args)
+    files = resolve_outputs("many", "many-" + ("" if args.preset == "default" else f"{args.preset}-") + tag, args, p)
     ratings = load_movielens("ml-latest-small")
     records = []
     for seed in args.seeds:

@@ -416,7 +416,7 @@ def main(argv=None) -> int:
     except ImportError as e:
         print(f"[peers] {e}", file=sys.stderr)
         return 2
-    files = resolve_outputs("peers", "peers", args)
+    files = resolve_outputs("peers", "peers", args, p)
     env = {**environment(), "keras": _version("keras"), "surprise": _version("scikit-surprise"),
            "libmf": _version("libmf")}
     ratings = load_movielens("ml-latest-small", args.data_dir, download=False)

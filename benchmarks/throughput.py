@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         args.models, args.batch_sizes, args.predict_sizes, args.repeats = ["bias"], [1024, 8192], [1_000_000], 3
     env = environment()
     tag = env["device"].split(":")[0]
-    files = resolve_outputs("throughput", f"throughput-{tag}", args)
+    files = resolve_outputs("throughput", f"throughput-{tag}", args, p)
     ratings = load_data()
     records = []
     for model in args.models:

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     runs = 2 if args.quick else args.runs
     env = environment()
     tag = env["device"].split(":")[0]
-    files = resolve_outputs("time_to_accuracy", f"time_to_accuracy-{tag}", args)
+    files = resolve_outputs("time_to_accuracy", f"time_to_accuracy-{tag}", args, p)
     cmd = [sys.executable, "-m", "recsys_jax.cli", "train", "--model", args.model, "--seed", "0", "--json", "--no-save"]
     records = []
     for r in range(runs):

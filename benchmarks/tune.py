@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     grid = QUICK_GRID if args.quick else GRID
     models = ["bias"] if args.quick else args.models
     env = environment()
-    files = resolve_outputs("tune", "tuned", args)
+    files = resolve_outputs("tune", "tuned", args, p)
     ratings = load_movielens("ml-latest-small")
     out = {"protocol": "ml-latest-small, random 80/20; per split seed, its training split cut 90/10",
            "grid": grid, "model_grids": {m: MODEL_GRIDS[m] for m in models if m in MODEL_GRIDS},

@@ -248,3 +248,45 @@ def test_accuracy_summary_names_each_rows_optimizer():
     env = {"device": "cpu", "cpu": "x", "cpu_count": 2, "jax": "j", "optax": "o", "git_commit": "c", "command": "cmd"}
     md = accuracy.markdown(accuracy.summarise(records), env, records)
     assert "| blend | default | mse | - | 0.8050 ± 0.0071 |" in md
+
+
+class _Resolved(Exception):
+    """Raised by the patched resolve_outputs: the run stops before any benchmark work."""
+
+
+def _where_it_writes(monkeypatch, module_name: str, argv: list[str]):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    real = module.resolve_outputs
+
+    def resolve(*a, **k):
+        raise _Resolved(real(*a, **k))
+
+    monkeypatch.setattr(common, "_repo_state", lambda: CLEAN)
+    monkeypatch.setattr(module, "resolve_outputs", resolve)
+    with pytest.raises(_Resolved) as stopped:
+        module.main(argv)
+    return stopped.value.args[0]
+
+
+@pytest.mark.parametrize("name", [s[0] for s in publish.STEPS if s[0] != "peers"])  # peers: the extra
+def test_the_published_steps_write_the_published_results(monkeypatch, name):
+    _, module, argv = next(s for s in publish.STEPS if s[0] == name)
+    out = _where_it_writes(monkeypatch, module, argv)
+    assert out.reason is None
+    assert out.json.parent == common.RESULTS or "--json" in argv
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("benchmarks.accuracy", ["--datasets", "ml-latest-small", "--presets", "default", "notebook", "--seeds", "0"]),
+    ("benchmarks.accuracy", ["--datasets", "ml-latest-small", "--models", "bias", "--presets", "default"]),
+    ("benchmarks.throughput", ["--models", "bias"]),
+    ("benchmarks.scaling", ["--sizes", "5000000", "--optimizers", "sgd"]),
+    ("benchmarks.many", ["--seeds", "0", "1"]),
+])
+def test_a_narrowed_run_from_a_clean_commit_leaves_the_published_results_alone(monkeypatch, capsys, module, argv):
+    out = _where_it_writes(monkeypatch, module, argv)
+    assert out.json.parent == common.RUNS
+    assert "not the published run's arguments" in out.reason and module in out.reason
+    assert "runs/benchmarks" in capsys.readouterr().err

@@ -83,14 +83,21 @@ def broadcast_scores(item_scores, users):
     return jnp.broadcast_to(item_scores[None, :], (users.shape[0], item_scores.shape[0]))
 
 
+def _users_rows(params, users):
+    """``params`` with every ``user_*`` table cut to the rows of ``users``."""
+    return params._replace(**{f: getattr(params, f)[users] for f in params._fields if f.startswith("user_")})
+
+
 def _dot_scores(params, users, config, aux, user_times):
-    return params.user_factors[users] @ params.item_factors.T
+    from recsys_jax.models import dot
+
+    return dot.score_matrix(_users_rows(params, users), config=config)
 
 
 def _bias_scores(params, users, config, aux, user_times):
-    mu = params.global_bias if getattr(config, "global_mean", True) else 0.0
-    return biased_product(params.user_factors[users], params.item_factors, mu + params.user_bias[users],
-                          params.item_bias)
+    from recsys_jax.models import bias
+
+    return bias.score_matrix(_users_rows(params, users), config=config)
 
 
 def _gmf_scores(params, users, config, aux, user_times):

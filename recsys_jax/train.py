@@ -1,4 +1,4 @@
-"""Training: the step, the epoch as a `jax.lax.scan`, the shared loop, and `fit`.
+"""Training: the step, the epoch as one compiled loop, the shared loop, and `fit`.
 
 The verbs, from the inside out:
 
@@ -11,6 +11,8 @@ The verbs, from the inside out:
   partial batch is padded and masked, not dropped) and scans ``step`` over them: one
   compiled program per epoch, no Python in the loop. `recsys_jax.engine.make_engine`
   compiles it once per (model, settings, shapes), with the dense or a row-sparse step.
+  With ``count`` the arrays are padded (`padded_size`) and the epoch loops over the
+  steps the first ``count`` ratings fill: one program for every size that pads alike.
 - ``run_loop(engine, state, data, key, ...)``: the loop every trainer shares (divergence
   replay, evaluation, best epoch, early stopping, checkpoint hook, progress bar).
 - ``fit(model, train, val, ...)``: initialises, runs that loop with RMSE/MAE on the

@@ -11,6 +11,7 @@ A schedule is a plain function ``step -> learning rate`` (an Optax schedule):
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Callable, NamedTuple
 
@@ -28,15 +29,23 @@ def piecewise_schedule(phases: Sequence[tuple[int, float]], steps_per_epoch: int
 
     Past the last phase the last learning rate holds.
     """
+    runtime = _piecewise(phases)
+    return functools.partial(runtime.fn, counts=jnp.asarray(runtime.counts_for(0, steps_per_epoch)))
+
+
+def _piecewise(phases: Sequence[tuple[int, float]]) -> StepSchedule:
+    """`piecewise_schedule` as a `StepSchedule`: the counts are the phases' step boundaries."""
     if not phases:
         raise ValueError("a piecewise schedule needs at least one (epochs, lr) phase")
-    boundaries = jnp.asarray(np.cumsum([int(e) * steps_per_epoch for e, _ in phases])[:-1], jnp.int32)
-    values = jnp.asarray([float(lr) for _, lr in phases], jnp.float32)
+    values = np.asarray([float(lr) for _, lr in phases], np.float32)
 
-    def schedule(step):
-        return values[jnp.searchsorted(boundaries, step, side="right")]
+    def piecewise(step, counts):
+        return jnp.asarray(values)[jnp.searchsorted(counts, step, side="right")]
 
-    return schedule
+    def boundaries(total, steps_per_epoch):
+        return np.cumsum([int(e) * steps_per_epoch for e, _ in phases])[:-1].astype(np.int32)
+
+    return StepSchedule(piecewise, boundaries)
 
 
 def make_schedule(
@@ -87,16 +96,7 @@ def step_schedule(name: str, lr: float, *, phases: Sequence[tuple[int, float]] |
         return StepSchedule(lambda step, counts: jnp.asarray(lr, jnp.float32),
                             lambda total, spe: np.zeros(0, np.int32))
     if name == "piecewise":
-        phases = phases or [(1, lr)]
-        if not phases:
-            raise ValueError("a piecewise schedule needs at least one (epochs, lr) phase")
-        values = np.asarray([float(r) for _, r in phases], np.float32)
-
-        def piecewise(step, counts):  # counts: the phases' boundaries
-            return jnp.asarray(values)[jnp.searchsorted(counts, step, side="right")]
-
-        return StepSchedule(piecewise, lambda total, spe: np.cumsum([int(e) * spe for e, _ in phases])[:-1]
-                            .astype(np.int32))
+        return _piecewise(phases or [(1, lr)])
     if name == "one_cycle":
         # optax.cosine_onecycle_schedule: cosine from lr/25 up to lr over 30% of the steps,
         # then down to lr/25/1e4, the piecewise-interpolated values accumulated in float32.

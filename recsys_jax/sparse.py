@@ -224,21 +224,12 @@ def _pack_params(params, lay: Layout) -> dict:
     return out
 
 
-def _unpack_rows(rows: dict, lay: Layout, params_like, dense: dict):
-    """A Params whose side fields are read from ``rows[side]`` (any number of rows)."""
+def _unpack_rows(rows: dict, lay: Layout, params_like, dense: dict, index: dict | None = None):
+    """A Params whose side fields are read from ``rows[side]`` (any number of rows); with
+    ``index``, from rows ``index[side]`` of it, one gather per field of just its columns."""
     values = dict(dense)
     for name, side, start, stop, shape in lay.fields:
-        block = rows[side][:, start:stop]
-        values[name] = block.reshape((block.shape[0],) + shape)
-    return type(params_like)(**values)
-
-
-def _gather_fields(tables: dict, index: dict, lay: Layout, params_like, dense: dict):
-    """A Params whose side fields are the batch's rows of their columns in the packed tables,
-    one gather per field (``index[side]``: the batch's rows of that side)."""
-    values = dict(dense)
-    for name, side, start, stop, shape in lay.fields:
-        block = tables[side][index[side], start:stop]
+        block = rows[side][:, start:stop] if index is None else rows[side][index[side], start:stop]
         values[name] = block.reshape((block.shape[0],) + shape)
     return type(params_like)(**values)
 
@@ -293,7 +284,7 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
         iota = jnp.arange(b, dtype=jnp.int32)
         index = {"user": batch.users, "item": batch.items}
         if plan is None:
-            local = _gather_fields(carry.tables, index, lay, params_like, carry.dense)
+            local = _unpack_rows(carry.tables, lay, params_like, carry.dense, index)
             rows = None
             if row_tx.scatter is None:
                 rows = {side: (carry.tables[side][index[side], :d], carry.tables[side][index[side], d:])

@@ -20,12 +20,12 @@ from recsys_jax.train import TrainConfig, fit, padded_size
 
 
 def _in_scan(fn, steps, *args):
-    """``fn(step, *args)`` at every step, evaluated the way training does: inside a scan."""
-    def body(carry, i):
-        return carry, fn(i, *args)
+    """``fn(step, *args)`` at every step, evaluated the way training does: inside a scan of a
+    compiled program whose arguments are ``args`` (data, as the epoch's counts are)."""
+    def run(*traced):
+        return jax.lax.scan(lambda carry, i: (carry, fn(i, *traced)), 0, jnp.arange(steps, dtype=jnp.int32))[1]
 
-    return np.asarray(jax.jit(lambda *a: jax.lax.scan(body, 0, jnp.arange(steps, dtype=jnp.int32))[1])(*args)
-                      if args else jax.jit(lambda: jax.lax.scan(body, 0, jnp.arange(steps, dtype=jnp.int32))[1])())
+    return np.asarray(jax.jit(run)(*args))
 
 
 @pytest.mark.parametrize("name", ["constant", "piecewise", "one_cycle", "warmup_cosine"])

@@ -165,7 +165,7 @@ def unpublished_arguments(tag: str, args: argparse.Namespace, parser: argparse.A
     published = [step for _, module, step in STEPS if module == f"benchmarks.{tag}"]
     if any(settings(parser.parse_args(step)) == settings(args) for step in published):
         return None
-    shown = " or ".join(f"`python -m benchmarks.{tag} {' '.join(step)}`".replace(" `", "`") for step in published)
+    shown = " or ".join(f"`{shlex.join(['python', '-m', f'benchmarks.{tag}', *step])}`" for step in published)
     return f"not the published run's arguments ({shown or 'no publish step'})"
 
 

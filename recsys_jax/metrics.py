@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recsys_jax.models import get_model, make_apply
+from recsys_jax.models import bias, dot, get_model, make_apply
 from recsys_jax.models._common import biased_product
 
 # Scores held at once: chunk_users * num_items (16 MB of float32).
@@ -89,14 +89,10 @@ def _users_rows(params, users):
 
 
 def _dot_scores(params, users, config, aux, user_times):
-    from recsys_jax.models import dot
-
     return dot.score_matrix(_users_rows(params, users), config=config)
 
 
 def _bias_scores(params, users, config, aux, user_times):
-    from recsys_jax.models import bias
-
     return bias.score_matrix(_users_rows(params, users), config=config)
 
 

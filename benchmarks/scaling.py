@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -56,14 +57,13 @@ def shape_for(num_ratings: int) -> tuple[int, int]:
 
 
 def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimizer: str,
-             val_frac: float = 0.0, lr: float = 1e-2) -> dict:
+             val_frac: float = 0.0, lr: float = 1e-2, order: str = "auto") -> dict:
     """Runs in a child process: generate, train ``epochs`` epochs with ``optimizer``, report.
 
     With ``val_frac`` a slice of the planted data is held out and scored after the last
     epoch (RMSE), so optimizers can be compared at the same number of epochs.
     """
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from benchmarks.throughput import build
@@ -88,8 +88,9 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
 
         preset = get_preset("default", model)
         reg = {"l2": preset.l2, "bias_l2": preset.bias_l2}
-    engine, state, apply_fn, extra = build(model, train, batch_size, lr=lr, optimizer=optimizer, **reg)
-    users, items, vals = (jnp.asarray(a) for a in (train.users, train.items, train.ratings))
+    engine, state, apply_fn, (users, items, vals), extra = build(model, train, batch_size, lr=lr,
+                                                                 optimizer=optimizer, order=order, **reg)
+    grid = math.isqrt(len(extra["blocks"].sizes)) if "blocks" in extra else 1
     compiled, compile_s = engine.compile(state, users, items, vals, jax.random.key(0), **extra)
     times = []
     for e in range(epochs):
@@ -100,11 +101,12 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
     secs = float(np.median(times))
     val_rmse = None
     if val is not None:
-        pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=ratings.rating_scale, **extra)
+        pred = predict_indices(apply_fn, state.params, val.users, val.items, clip=ratings.rating_scale, aux=extra["aux"])
         val_rmse = metrics.rmse(pred, val.ratings)
     return {"bench": "scaling", "model": model, "optimizer": optimizer, "dataset": f"synthetic-{num_ratings}",
             "num_ratings": num_ratings, "num_train": len(train), "num_users": num_users, "num_items": num_items,
-            "batch_size": batch_size, "lr": lr, "epochs": epochs, "seconds_per_epoch": secs,
+            "batch_size": batch_size, "lr": lr, "epochs": epochs, "order": order, "grid": grid,
+            "seconds_per_epoch": secs,
             "ratings_per_s": len(train) / secs, "compile_s": compile_s, "epoch_seconds": times,
             "val_rmse": val_rmse, "generate_s": gen_s, "peak_rss_mb": peak_rss_mb(),
             "plan_s": getattr(engine, "plan_seconds", None), "l2": reg.get("l2", 1e-4),
@@ -157,6 +159,13 @@ def plot(records: list[dict], path: Path) -> bool:
     return True
 
 
+def order_label(record: dict) -> str:
+    """The scaling table's order column: ``random``, ``blocked 8x8``, or empty (ALS, LIBMF)."""
+    if record.get("grid") is None or record["optimizer"] == "als":
+        return ""
+    return "random" if record["grid"] == 1 else f"blocked {record['grid']}x{record['grid']}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -171,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None,
                    help=f"constant learning rate for every optimizer (default: {DEFAULT_LR:g}, adagrad "
                         f"{LEARNING_RATES['adagrad']:g})")
+    p.add_argument("--order", default="auto", choices=["auto", "random", "blocked"],
+                   help="the epoch's order of ratings (recsys_jax.train.epoch_grid; default: %(default)s)")
     p.add_argument("--libmf-sizes", nargs="*", type=int, default=[5_000_000],
                    help="sizes at which LIBMF (the peers extra) runs too, k=64, 2 threads (default: 5M)")
     add_output_args(p, png=True)
@@ -182,7 +193,7 @@ def main(argv=None) -> int:
             print(json.dumps(libmf_size(args.child, 64, args.epochs)))
         else:
             print(json.dumps(one_size(args.child, args.batch_size, args.epochs, args.model, args.child_optimizer,
-                                      args.val_frac, learning_rate(args.child_optimizer, args.lr))))
+                                      args.val_frac, learning_rate(args.child_optimizer, args.lr), args.order)))
         return 0
     if args.quick:
         args.sizes, args.epochs, args.libmf_sizes = [100_000, 1_000_000], 2, []
@@ -195,7 +206,7 @@ def main(argv=None) -> int:
     for n, opt in runs:
         cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", str(n), "--child-optimizer", opt,
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--model", args.model,
-               "--val-frac", str(args.val_frac), "--lr", str(learning_rate(opt, args.lr))]
+               "--val-frac", str(args.val_frac), "--lr", str(learning_rate(opt, args.lr)), "--order", args.order]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if out.returncode != 0:
             print(f"[scaling] {n} ratings, {opt} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -208,9 +219,10 @@ def main(argv=None) -> int:
               + (f", val RMSE {rec['val_rmse']:.4f}" if rec.get("val_rmse") is not None else ""), flush=True)
     written = [write_json(files.json, records)]
     md = ("### Scaling (synthetic, ML-25M shape at the top)\n\n" + markdown_table(
-        ["ratings", "users", "items", "model", "optimizer", "lr", "L2", "s/epoch", "ratings/s", "compile s",
+        ["ratings", "users", "items", "model", "optimizer", "order", "lr", "L2", "s/epoch", "ratings/s", "compile s",
          f"val RMSE after {args.epochs} epochs", "peak RSS MiB", "device"],
         [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", r["model"], r["optimizer"],
+          order_label(r),
           "" if r.get("lr") is None or r["optimizer"] == "als" else f"{r['lr']:g}",
           "" if r.get("l2") is None else f"{r['l2']:g}",
           f"{r['seconds_per_epoch']:.3f}", f"{r['ratings_per_s']:,.0f}",
@@ -220,7 +232,9 @@ def main(argv=None) -> int:
         + f"\n\n{args.model}: batch {args.batch_size}, the lr column's learning rate (constant; AdaGrad's chosen at "
         "the 1M size, `benchmarks.scaling.LEARNING_RATES`), L2 1e-4 on the touched rows "
         "(als: the model's default preset L2, the L2 column, since it solves its objective exactly; no batches or "
-        "learning rate; its first epoch also builds its plan, excluded by the median); "
+        "learning rate; its first epoch also builds its plan, excluded by the median); order: the epoch's order "
+        "of ratings, one shuffle of all of them (random) or g x g blocks of users by items visited one at a time "
+        "(`recsys_jax.train.epoch_grid`, chosen by size); "
         f"{args.epochs} epochs after compiling (compile s, apart), median s/epoch; ratings/s counts the training "
         f"part ({1 - args.val_frac:.0%}); {args.val_frac:.0%} of the planted ratings held out and scored after the "
         "last epoch. LIBMF: the PyPI binding's C++ SGD, k=64, 2 threads, all ratings, its own timer around "

@@ -45,7 +45,8 @@ from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.models import MODELS, static_config
 from recsys_jax.predict import predict_indices
 from recsys_jax.presets import get_preset
-from recsys_jax.train import TrainConfig, fit, num_batches, prepare_model
+from recsys_jax.shuffle import block_order
+from recsys_jax.train import TrainConfig, epoch_grid, fit, num_batches, prepare_model
 
 
 def load_data(seed: int = 0):
@@ -64,26 +65,33 @@ def device_peak_mb() -> float | None:
 
 
 def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str = "adam", l2: float = 1e-4,
-          bias_l2: float = 0.0):
+          bias_l2: float = 0.0, order: str = "auto"):
     """What `fit` builds, through the same engine (`recsys_jax.engine.make_engine`):
-    ``(engine, state, apply_fn, extra)`` with ``extra`` the model's aux and times. The
-    objective is MSE with L2 ``l2`` (default 1e-4) on the touched rows, at a constant
-    learning rate."""
+    ``(engine, state, apply_fn, data, extra)`` with ``data`` the users, items and ratings on
+    the device in the order `fit` gives them to the epoch (grouped by block for the blocked
+    order, `recsys_jax.train.epoch_grid`) and ``extra`` the epoch's keyword arguments: the
+    model's aux and times, and ``blocks`` for the blocked order. The objective is MSE with L2
+    ``l2`` (default 1e-4) on the touched rows, at a constant learning rate."""
     module, config, aux, apply_fn, times = prepare_model(model, ratings)
     tc = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, schedule="constant", l2=l2, bias_l2=bias_l2,
-                     optimizer=optimizer)
+                     optimizer=optimizer, order=order)
     engine = make_engine(model, apply_fn, static_config(config), RatingObjective(mse), None, tc,
                          num_batches(len(ratings), batch_size))
     state = engine.init(module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config))
-    return engine, state, apply_fn, {"aux": aux, "times": times}
+    columns = (ratings.users, ratings.items, ratings.ratings, times)
+    extra = {"aux": aux}
+    grid = 1 if optimizer == "als" else epoch_grid(tc, state.params, len(ratings))
+    if grid > 1:
+        order_index, extra["blocks"] = block_order(ratings.users, ratings.items, grid)
+        columns = tuple(None if a is None else np.asarray(a)[order_index] for a in columns)
+    extra["times"] = None if times is None else jnp.asarray(columns[3])
+    return engine, state, apply_fn, tuple(jnp.asarray(a) for a in columns[:3]), extra
 
 
 def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam") -> list[dict]:
     """One epoch of the engine, timed; ``batch_size`` None for ALS (no batches; its plan is
     built before the timed epochs, reported as ``plan_s``)."""
-    engine, state, _, extra = build(model, ratings, batch_size or 1024, optimizer=optimizer)
-    users, items, vals = (jnp.asarray(a) for a in (ratings.users, ratings.items, ratings.ratings))
-    kw = {"times": extra["times"], "aux": extra["aux"]}
+    engine, state, _, (users, items, vals), kw = build(model, ratings, batch_size or 1024, optimizer=optimizer)
     n = len(ratings)
     key = jax.random.key(1)
     compiled, compile_s = engine.compile(state, users, items, vals, key, **kw)  # measured apart
@@ -118,7 +126,7 @@ def bench_own_fit(model: str, ratings, repeats: int) -> list[dict]:
 def bench_predict(model: str, ratings, sizes: list[int], repeats: int) -> list[dict]:
     """`recsys_jax.predict.predict_indices` (the library's path: validation, chunks of
     up to 2^20 pairs, blocks of 8,192 inside the compiled program) on random index pairs."""
-    _, state, apply_fn, extra = build(model, ratings, 1024)
+    _, state, apply_fn, _, extra = build(model, ratings, 1024)
     rng = np.random.default_rng(0)
     out = []
     for size in sizes:

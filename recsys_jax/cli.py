@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--patience", int, "early stopping patience in epochs"),
         ("--optimizer", str, "adam (dense), lazy_adam, adagrad, sgd (row-sparse: only the rows a batch touches), "
                          "or als (alternating least squares: dot and bias, squared error)"),
+        ("--order", str, "the epoch's order of ratings: random (one shuffle), blocked (grouped into user x item "
+                     "blocks, visited one at a time) or auto (blocked for row-sparse optimizers on tables over 8 MiB)"),
     ]:
         t.add_argument(name, type=typ, default=None, help=f"{helptext} (default: from the preset)")
     t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")
@@ -231,7 +233,7 @@ def cmd_train(args) -> dict:
     overrides = {
         k: getattr(args, k)
         for k in ("epochs", "batch_size", "lr", "schedule", "l2", "bias_l2", "weight_decay", "loss", "patience",
-                  "optimizer")
+                  "optimizer", "order")
         if getattr(args, k) is not None
     }
     tc = tc._replace(**overrides)

@@ -50,7 +50,8 @@ OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd", "als")
 class Engine(NamedTuple):
     init: Callable  # params -> TrainState
     # jitted (state, users, items, ratings, key, num_steps=None, times=None, aux=None, count=None,
-    # counts=None); count and counts only for an engine made with shared=True
+    # counts=None, blocks=None); count and counts only for an engine made with shared=True;
+    # blocks (recsys_jax.shuffle.Blocks): the blocked order, recsys_jax.train.run_epoch
     epoch: Callable
     compiled: dict  # (num_steps, argument shapes) -> compiled epoch
     optimizer: str
@@ -58,7 +59,8 @@ class Engine(NamedTuple):
     def compile(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None, **shared):
         """``(compiled_epoch, seconds)``: the epoch compiled for these argument shapes
         (0 seconds when it already was, in this process). ``shared``: ``count`` and
-        ``counts`` for an engine made with ``shared=True`` (`make_engine`)."""
+        ``counts`` for an engine made with ``shared=True`` (`make_engine`), ``blocks``
+        for the blocked order (`recsys_jax.train.run_epoch`)."""
         args = (state, users, items, ratings, key, times, aux, shared)
         # The placement is part of the signature: the same shapes on a mesh are another program.
         sig = (num_steps, jax.tree.structure(args),
@@ -208,12 +210,17 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
         return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
     @functools.partial(jax.jit, static_argnames="num_steps")
-    def epoch(state, users, items, ratings, key, num_steps=None, times=None, aux=None, count=None, counts=None):
+    def epoch(state, users, items, ratings, key, num_steps=None, times=None, aux=None, count=None, counts=None,
+              blocks=None):
         objective = objective_for(aux)
         place = {} if plan is None else {"plan": plan}
+        if blocks is not None:
+            if plan is not None:
+                raise ValueError("the blocked order trains on one device")
+            place["blocks"] = blocks
         schedule = fixed_schedule
         if shared:
-            place = {"count": count}
+            place["count"] = count
             schedule = functools.partial(runtime_schedule.fn, counts=counts)
         optimizer, row_tx, dense_tx = optimizers(schedule)
         if plan is not None:

@@ -136,6 +136,9 @@ def fit_many(
     if tc.optimizer != "adam":
         raise ValueError(f"fit_many: optimizer {tc.optimizer!r} is not available here: its members train with "
                          "dense Adam; train with fit for the other optimizers")
+    if tc.order == "blocked":
+        raise ValueError("fit_many: order='blocked' is not available here: its members shuffle all the ratings; "
+                         "train with fit for the blocked order")
     module = get_model(model)
     base = model_config if model_config is not None else make_config(model)
     resolved = _resolve(members, tc, base)

@@ -191,6 +191,9 @@ def fit_ranking(
         raise ValueError(f"fit_ranking: num_negatives must be >= 1, got {num_negatives}")
     if tc.epochs < 1 or tc.batch_size < 1:
         raise ValueError(f"fit_ranking: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
+    if tc.order == "blocked":
+        raise ValueError("fit_ranking: order='blocked' is not available here: positives are shuffled all together; "
+                         "it is an order for rating fits (fit)")
     module = get_model(model)
     if hasattr(module, "prepare") or getattr(module, "USES_TIME", False):
         raise ValueError(f"fit_ranking: model {model!r} needs aux data or times; use one that scores from ids alone")

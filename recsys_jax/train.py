@@ -397,6 +397,8 @@ def fit(
         raise ValueError("fit: the training set is empty")
     if tc.epochs < 1 or tc.batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {tc.epochs}, {tc.batch_size}")
+    if tc.order not in ORDERS:
+        raise ValueError(f"fit: unknown order {tc.order!r}; known orders: {', '.join(ORDERS)}")
     module, model_config, aux, apply_fn, times = prepare_model(model, train, model_config)
     val_times = days(val.timestamps) if times is not None and val is not None else None
     plan = sharding.as_plan(mesh)

@@ -169,3 +169,9 @@ def test_blocked_order_is_refused_where_it_is_not_built(planted):
         fit_many("bias", train, None, [Member()], train_config=tc)
     with pytest.raises(ValueError, match="fit_ranking: order='blocked'"):
         fit_ranking("bias", train, train_config=tc, progress=False)
+
+
+def test_fit_names_an_unknown_order(planted):
+    train, _ = planted
+    with pytest.raises(ValueError, match="fit: unknown order 'sorted'; known orders: auto, random, blocked"):
+        fit("bias", train, train_config=TrainConfig(epochs=1, order="sorted"), progress=False)

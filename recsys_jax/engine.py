@@ -13,6 +13,9 @@ and the schedule's step counts (`recsys_jax.optim.StepSchedule`) as arguments
 (``shared=True``), so an experiment's selection fit (90% of the training split) and its
 refit (all of it, for the best epoch count) run one program; the epoch is then a loop of
 exactly the steps the ratings fill, the same epoch as the exact size's (tested).
+For tables larger than the cache, `fit` groups the ratings into blocks of users by items
+once and passes the blocks (`recsys_jax.shuffle.Blocks`) to the epoch, which then runs
+through them one at a time (`recsys_jax.train.epoch_grid`).
 `Engine.compile` compiles ahead of time and reports how long
 that took, so fit times are reported with and without compilation; with JAX's persistent
 compilation cache (`enable_compile_cache`, on by default in the CLI) a new process loads

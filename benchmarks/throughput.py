@@ -82,7 +82,7 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     extra = {"aux": aux}
     grid = 1 if optimizer == "als" else epoch_grid(tc, state.params, len(ratings))
     if grid > 1:
-        order_index, extra["blocks"] = block_order(ratings.users, ratings.items, grid)
+        order_index, extra["blocks"] = block_order(ratings.users, ratings.items, grid, np.random.default_rng(0))
         columns = tuple(None if a is None else np.asarray(a)[order_index] for a in columns)
     extra["times"] = None if times is None else jnp.asarray(columns[3])
     return engine, state, apply_fn, tuple(jnp.asarray(a) for a in columns[:3]), extra

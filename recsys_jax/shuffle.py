@@ -31,18 +31,21 @@ cache, a uniformly shuffled batch reads rows from all over them, and at 5M ratin
 row gathers and scatters of the row-sparse step waited on memory. LIBMF's remedy is to cut
 the rating matrix into a grid of blocks (users by row, items by column) and work through
 one block at a time. Here the ratings are grouped once per fit into ``g x g`` blocks,
-block :math:`(u \bmod g,\ i \bmod g)`, and each epoch visits the blocks in a random order
-(a uniform permutation of the :math:`g^2` blocks) and every block's ratings in the order of
-its own cipher (the Feistel bijection above with the block number as a tweak, on
-:math:`[0, C)` with :math:`C` the power of two at or above the largest block, restricted to
-the block's size by the same compaction). Every rating still comes once per epoch; a batch
-then holds the ratings of one block (two where a block ends), which read :math:`1/g` of
-the users' rows and :math:`1/g` of the items'.
+block :math:`(u \bmod g,\ i \bmod g)`, in a random order within each block, and each
+epoch visits the blocks in a random order (a uniform permutation of the :math:`g^2`
+blocks), reading every block from a random starting point (a rotation of its ratings).
+Every rating still comes once per epoch; a batch then holds the ratings of one block (two
+where a block ends), which read :math:`1/g` of the users' rows and :math:`1/g` of the
+items'. Where it differs from a shuffle: ratings of the same block that were neighbours in
+one epoch are neighbours in the next (the batches are windows of one sequence that move
+with the rotation), as in LIBMF, whose blocks keep their order; it needs no cipher or
+compaction per epoch and reads the ratings nearly in sequence (an epoch at 5M ratings
+took 0.66-0.75 s against 0.74-0.83 s with a cipher per block, the same validation RMSE
+after 4 epochs, 0.5859 against 0.5864).
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,71 +87,58 @@ def feistel_permutation(key: Array, n: int, count: Array | None = None) -> Array
     if n <= 1:
         return jnp.arange(n, dtype=jnp.int32)
     m = max(int(n - 1).bit_length(), 2)
-    x = _cipher(jnp.arange(1 << m, dtype=jnp.uint32), m, jax.random.bits(key, (ROUNDS,), jnp.uint32))
-    keep = x < (n if count is None else count)
-    return _compact(keep, x.astype(jnp.int32), n)
-
-
-def _cipher(x: Array, m: int, round_keys: Array, tweak: Array | None = None) -> Array:
-    """The keyed Feistel bijection on ``[0, 2^m)`` (module docstring), element-wise; a
-    ``tweak`` (uint32, per element) makes each tweak value its own cipher."""
+    round_keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
+    x = jnp.arange(1 << m, dtype=jnp.uint32)
     low_bits = m // 2
     for r in range(ROUNDS):
         high_bits = m - low_bits
         low, high = x & jnp.uint32((1 << low_bits) - 1), x >> low_bits
-        k = round_keys[r] if tweak is None else round_keys[r] ^ tweak
-        high = high ^ (_mix(low ^ k) & jnp.uint32((1 << high_bits) - 1))
+        high = high ^ (_mix(low ^ round_keys[r]) & jnp.uint32((1 << high_bits) - 1))
         x = (low << high_bits) | high  # swap: the changed part is the next round's input
         low_bits = high_bits
-    return x
-
-
-def _compact(keep: Array, values: Array, n: int) -> Array:
-    """``values[keep]`` in order, in an int32[n] padded with zeros: a prefix sum and a scatter."""
+    keep = x < (n if count is None else count)
     position = jnp.cumsum(keep, dtype=jnp.int32) - 1
     out = jnp.zeros(n, jnp.int32)
-    return out.at[jnp.where(keep, position, n)].set(values, mode="drop", unique_indices=True)
+    return out.at[jnp.where(keep, position, n)].set(x.astype(jnp.int32), mode="drop", unique_indices=True)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["starts", "sizes"], meta_fields=["capacity"])
-@dataclass(frozen=True)
-class Blocks:
+class Blocks(NamedTuple):
     """Ratings grouped into blocks of consecutive indices (`block_order`): block ``k`` is
-    ``[starts[k], starts[k] + sizes[k])``. ``capacity`` (static: part of the compiled
-    program) is a power of two at or above every block's size."""
+    ``[starts[k], starts[k] + sizes[k])``."""
 
     starts: Array  # int32[K]
     sizes: Array  # int32[K]
-    capacity: int
 
 
-def block_order(users, items, grid: int) -> tuple[np.ndarray, Blocks]:
+def block_order(users, items, grid: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Blocks]:
     r"""``(order, blocks)``: the ratings indexed by ``order`` are grouped by block
-    :math:`(u \bmod g)\,g + (i \bmod g)`, in their given order within a block (host-side
-    NumPy, once per fit: a stable radix sort of 16-bit block numbers)."""
+    :math:`(u \bmod g)\,g + (i \bmod g)`: within a block in a random order drawn from
+    ``rng``, or in their given order without one (host-side NumPy, once per fit: a stable
+    radix sort of 16-bit block numbers)."""
     if not 1 <= grid <= 255:
         raise ValueError(f"block_order: grid must be in 1..255, got {grid}")
     users, items = np.asarray(users), np.asarray(items)
     block = ((users % grid) * grid + items % grid).astype(np.uint16)
-    order = np.argsort(block, kind="stable").astype(np.int32)
+    first = np.arange(len(block)) if rng is None else rng.permutation(len(block))
+    order = first[np.argsort(block[first], kind="stable")].astype(np.int32)
     sizes = np.bincount(block, minlength=grid * grid).astype(np.int32)
-    starts = (np.cumsum(sizes) - sizes).astype(np.int32)
-    capacity = max(4, 1 << (int(sizes.max()) - 1).bit_length()) if len(users) else 4
-    return order, Blocks(starts, sizes, capacity)
+    return order, Blocks((np.cumsum(sizes) - sizes).astype(np.int32), sizes)
 
 
 def blocked_permutation(key: Array, blocks: Blocks, n: int) -> Array:
-    """A permutation of ``[0, sum(sizes))`` that runs through the blocks one after another,
-    in a random order, each shuffled by its own cipher (module docstring); int32[n], zeros
-    after the ``sum(sizes)`` entries. O(K C) elements, K the number of blocks."""
-    visit_key, cipher_key = jax.random.split(key)
-    k, c = blocks.starts.shape[0], blocks.capacity
-    m = c.bit_length() - 1
+    """The epoch's order of ratings grouped by `block_order`: the blocks one after another
+    in a random order, each read from a random starting point of its own (a rotation of its
+    ratings' order); int32[n], zeros after the ``sum(sizes)`` entries. Element-wise, O(n):
+    position ``p`` finds its block by a binary search among the K block ends."""
+    visit_key, shift_key = jax.random.split(key)
+    starts, sizes = jnp.asarray(blocks.starts, jnp.int32), jnp.asarray(blocks.sizes, jnp.int32)
+    k = sizes.shape[0]
     visit = jax.random.permutation(visit_key, k).astype(jnp.int32)
-    t = jnp.arange(k * c, dtype=jnp.uint32)
-    block = visit[(t >> m).astype(jnp.int32)]
-    tweak = block.astype(jnp.uint32) * jnp.uint32(0x9E3779B9)  # the block's own cipher
-    x = _cipher(t & jnp.uint32(c - 1), m, jax.random.bits(cipher_key, (ROUNDS,), jnp.uint32), tweak)
-    sizes, starts = jnp.asarray(blocks.sizes, jnp.int32), jnp.asarray(blocks.starts, jnp.int32)
-    keep = x < sizes[block].astype(jnp.uint32)
-    return _compact(keep, starts[block] + x.astype(jnp.int32), n)
+    ends = jnp.cumsum(sizes[visit])  # where each visited block's run ends
+    shift = jax.random.randint(shift_key, (k,), 0, jnp.maximum(sizes, 1))
+    p = jnp.arange(n, dtype=jnp.int32)
+    slot = jnp.minimum(jnp.searchsorted(ends, p, side="right"), k - 1).astype(jnp.int32)
+    block = visit[slot]
+    size = jnp.maximum(sizes[block], 1)
+    within = p - (ends[slot] - sizes[block])
+    return jnp.where(p < ends[-1], starts[block] + (within + shift[block]) % size, 0)

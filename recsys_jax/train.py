@@ -179,8 +179,9 @@ def epoch_grid(train_config: TrainConfig, params, num_ratings: int) -> int:
     `BLOCKED_TABLE_BYTES` (8 MiB; ml-latest-small's bias tables are 2 MiB, a 5M-rating
     synthetic set's 20 MiB), where their rows no longer stay in the cache: at 5M ratings
     AdaGrad's epoch ran 1.5x faster in blocks of 8 x 8 (6.0-6.1M against 3.9-4.0M ratings/s,
-    interleaved `benchmarks.scaling --order` runs on the 2-core CPU), at validation RMSE
-    0.6053 against 0.5997 after 3 epochs. More blocks cost accuracy: 16 x 16 was 0.02 worse
+    interleaved `benchmarks.scaling --order` runs on the 2-core CPU, with the first version
+    of the order, a cipher per block; the rotation of `recsys_jax.shuffle` is faster still),
+    at validation RMSE 0.6053 against 0.5997 after 3 epochs. More blocks cost accuracy: 16 x 16 was 0.02 worse
     than 8 x 8, the batches reading too few rows.
     """
     order = train_config.order
@@ -481,8 +482,9 @@ def fit(
     if plan is not None and tc.order == "blocked":
         raise ValueError("fit: order='blocked' trains on one device; use order 'random' or 'auto' on a mesh")
     grid = 1 if plan is not None or tc.optimizer == "als" else epoch_grid(tc, params, len(train))
-    if grid > 1:  # grouped by block once; each epoch runs through the blocks (run_epoch)
-        order, extra["blocks"] = block_order(train.users, train.items, grid)
+    if grid > 1:  # grouped by block once, in a random order within each; each epoch runs through the blocks
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(init_key, 1))))
+        order, extra["blocks"] = block_order(train.users, train.items, grid, rng)
         columns = tuple(None if a is None else np.asarray(a)[order] for a in columns)
     if capacity is None:
         data = EpochData(*(jnp.asarray(a) for a in columns[:3]), None if times is None else jnp.asarray(columns[3]),

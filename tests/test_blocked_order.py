@@ -24,15 +24,26 @@ def test_block_order_by_hand():
     items = np.array([0, 0, 1, 1, 2, 3, 3, 0])
     order, blocks = block_order(users, items, 2)
     # block = (u % 2) * 2 + i % 2: 0, 2, 1, 3, 0, 3, 1, 2
-    np.testing.assert_array_equal(order, [0, 4, 2, 6, 1, 7, 3, 5])  # stable within a block
+    np.testing.assert_array_equal(order, [0, 4, 2, 6, 1, 7, 3, 5])  # without an rng: stable within a block
     np.testing.assert_array_equal(blocks.sizes, [2, 2, 2, 2])
     np.testing.assert_array_equal(blocks.starts, [0, 2, 4, 6])
-    assert blocks.capacity == 4  # at least 4: the cipher's smallest domain
     _, blocks = block_order(np.arange(10), np.zeros(10, np.int64), 3)
     np.testing.assert_array_equal(blocks.sizes, [4, 0, 0, 3, 0, 0, 3, 0, 0])  # users 0,3,6,9 / 1,4,7 / 2,5,8
-    assert blocks.capacity == 4
     with pytest.raises(ValueError, match="grid"):
         block_order(users, items, 0)
+
+
+def test_block_order_shuffles_within_blocks_with_an_rng():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 50, 3000), rng.integers(0, 40, 3000)
+    plain, blocks = block_order(users, items, 3)
+    order, same = block_order(users, items, 3, np.random.default_rng(1))
+    np.testing.assert_array_equal(same.sizes, blocks.sizes)
+    assert not np.array_equal(order, plain)
+    for start, size in zip(blocks.starts, blocks.sizes):  # the same ratings in each block, in another order
+        np.testing.assert_array_equal(np.sort(order[start:start + size]), plain[start:start + size])
+    again, _ = block_order(users, items, 3, np.random.default_rng(1))
+    np.testing.assert_array_equal(again, order)
 
 
 @pytest.fixture(scope="module")
@@ -40,40 +51,39 @@ def permute():
     return jax.jit(blocked_permutation, static_argnums=2)
 
 
-def _blocks(sizes, capacity=None):
+def _blocks(sizes):
     sizes = np.asarray(sizes, np.int32)
-    cap = capacity or max(4, 1 << (int(sizes.max()) - 1).bit_length())
-    return Blocks(np.cumsum(sizes, dtype=np.int32) - sizes, sizes, cap)
+    return Blocks(np.cumsum(sizes, dtype=np.int32) - sizes, sizes)
+
+
+def _runs(got, sizes):
+    """The permutation cut where its block changes: (block, entries) per run."""
+    block_of = np.repeat(np.arange(len(sizes)), sizes)[got]
+    cuts = np.flatnonzero(np.diff(block_of)) + 1
+    return [(int(block_of[r[0]]), got[r]) for r in np.split(np.arange(len(got)), cuts)]
 
 
 def test_blocked_permutation_visits_every_rating_once_block_by_block(permute):
-    sizes = [37, 0, 64, 5, 100, 1, 0, 60, 33]  # empty blocks, a block filling its capacity
-    blocks = _blocks(sizes, 128)
+    sizes = [37, 0, 64, 5, 100, 1, 0, 60, 33]  # empty blocks too
+    blocks = _blocks(sizes)
     count = sum(sizes)
     got = np.asarray(permute(jax.random.key(0), blocks, count + 11))
     np.testing.assert_array_equal(np.sort(got[:count]), np.arange(count))
     assert not got[count:].any()
-    block_of = np.repeat(np.arange(len(sizes)), sizes)[got[:count]]
-    runs = np.split(block_of, np.flatnonzero(np.diff(block_of)) + 1)
+    runs = _runs(got[:count], sizes)
     assert len(runs) == sum(s > 0 for s in sizes)  # each block once, all its ratings together
-    for run in runs:
-        assert len(run) == sizes[run[0]]
-    # another key: another visiting order and other orders within the blocks
+    shifts = {}
+    for block, entries in runs:
+        start, size = blocks.starts[block], sizes[block]
+        shifts[block] = entries[0] - start
+        # a rotation of the block's grouped order
+        np.testing.assert_array_equal(entries, start + (np.arange(size) + shifts[block]) % size)
     other = np.asarray(permute(jax.random.key(1), blocks, count + 11))
     np.testing.assert_array_equal(np.sort(other[:count]), np.arange(count))
-    assert not np.array_equal(other, got)
+    other_runs = _runs(other[:count], sizes)
+    assert [b for b, _ in other_runs] != [b for b, _ in runs]  # another visiting order ...
+    assert {b: e[0] - blocks.starts[b] for b, e in other_runs} != shifts  # ... and other starting points
     np.testing.assert_array_equal(np.asarray(permute(jax.random.key(0), blocks, count + 11)), got)
-    within = [np.asarray(p[: count])[np.repeat(np.arange(9), sizes)[np.asarray(p[:count])] == 4]
-              for p in (got, other)]
-    assert not np.array_equal(*within)  # block 4's own order changed with the key
-
-
-def test_blocks_own_ciphers_differ(permute):
-    # two blocks of the same size: were the cipher shared, their orders would be the same shift
-    blocks = _blocks([64, 64])
-    got = np.asarray(permute(jax.random.key(2), blocks, 128))
-    first, second = (got[:64], got[64:]) if got[0] < 64 else (got[64:], got[:64])
-    assert not np.array_equal(first, second - 64)
 
 
 def test_run_epoch_cuts_its_batches_from_the_blocked_permutation():
@@ -82,7 +92,7 @@ def test_run_epoch_cuts_its_batches_from_the_blocked_permutation():
     n, batch_size = 1000, 64
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 40, n).astype(np.int32), rng.integers(0, 30, n).astype(np.int32)
-    order, blocks = block_order(users, items, 3)
+    order, blocks = block_order(users, items, 3, rng)
     users, items = users[order], items[order]
     ratings = np.arange(n, dtype=np.float32)  # the rating is the grouped position
 

@@ -45,8 +45,7 @@ from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.models import MODELS, static_config
 from recsys_jax.predict import predict_indices
 from recsys_jax.presets import get_preset
-from recsys_jax.shuffle import block_order
-from recsys_jax.train import TrainConfig, epoch_grid, fit, num_batches, prepare_model
+from recsys_jax.train import TrainConfig, fit, group_by_block, num_batches, prepare_model
 
 
 def load_data(seed: int = 0):
@@ -69,7 +68,7 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     """What `fit` builds, through the same engine (`recsys_jax.engine.make_engine`):
     ``(engine, state, apply_fn, data, extra)`` with ``data`` the users, items and ratings on
     the device in the order `fit` gives them to the epoch (grouped by block for the blocked
-    order, `recsys_jax.train.epoch_grid`) and ``extra`` the epoch's keyword arguments: the
+    order, `recsys_jax.train.group_by_block`) and ``extra`` the epoch's keyword arguments: the
     model's aux and times, and ``blocks`` for the blocked order. The objective is MSE with L2
     ``l2`` (default 1e-4) on the touched rows, at a constant learning rate."""
     module, config, aux, apply_fn, times = prepare_model(model, ratings)
@@ -78,13 +77,8 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     engine = make_engine(model, apply_fn, static_config(config), RatingObjective(mse), None, tc,
                          num_batches(len(ratings), batch_size))
     state = engine.init(module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config))
-    columns = (ratings.users, ratings.items, ratings.ratings, times)
-    extra = {"aux": aux}
-    grid = 1 if optimizer == "als" else epoch_grid(tc, state.params, len(ratings))
-    if grid > 1:
-        order_index, extra["blocks"] = block_order(ratings.users, ratings.items, grid, np.random.default_rng(0))
-        columns = tuple(None if a is None else np.asarray(a)[order_index] for a in columns)
-    extra["times"] = None if times is None else jnp.asarray(columns[3])
+    columns, extra = group_by_block(tc, state.params, ratings, times, lambda: np.random.default_rng(0))
+    extra.update(aux=aux, times=None if times is None else jnp.asarray(columns[3]))
     return engine, state, apply_fn, tuple(jnp.asarray(a) for a in columns[:3]), extra
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from recsys_jax import metrics, resume, sharding
+from recsys_jax import metrics, resume, sharding, sparse
 from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
@@ -190,11 +190,25 @@ def epoch_grid(train_config: TrainConfig, params, num_ratings: int) -> int:
     grid = min(MAX_GRID, math.isqrt(num_ratings // (8 * train_config.batch_size)))
     if order == "blocked":
         return max(grid, 2)
-    if order == "random" or train_config.optimizer not in ("lazy_adam", "adagrad", "sgd"):
+    if order == "random" or train_config.optimizer not in sparse.ROW_OPTIMIZERS:
         return 1
     table_bytes = sum(int(np.prod(v.shape)) * v.dtype.itemsize for name, v in params._asdict().items()
-                      if name.split("_", 1)[0] in ("user", "item"))
+                      if name.split("_", 1)[0] in sparse.SIDES)
     return grid if table_bytes > BLOCKED_TABLE_BYTES and grid >= 2 else 1
+
+
+def group_by_block(train_config: TrainConfig, params, train: Ratings, times,
+                   make_rng: Callable[[], np.random.Generator]) -> tuple[tuple, dict]:
+    """The epoch's columns ``(users, items, ratings, times)`` and its extra arguments, in the
+    order ``train_config`` names (`epoch_grid`): grouped by block (`recsys_jax.shuffle.block_order`,
+    with ``make_rng()``'s random order within each block) and ``{"blocks": ...}`` for the
+    blocked order; as given and ``{}`` otherwise (ALS has no epoch order)."""
+    columns = (train.users, train.items, train.ratings, times)
+    grid = 1 if train_config.optimizer == "als" else epoch_grid(train_config, params, len(train))
+    if grid == 1:
+        return columns, {}
+    order, blocks = block_order(train.users, train.items, grid, make_rng())
+    return tuple(None if a is None else np.asarray(a)[order] for a in columns), {"blocks": blocks}
 
 
 def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
@@ -404,6 +418,8 @@ def fit(
     module, model_config, aux, apply_fn, times = prepare_model(model, train, model_config)
     val_times = days(val.timestamps) if times is not None and val is not None else None
     plan = sharding.as_plan(mesh)
+    if plan is not None and tc.order == "blocked":
+        raise ValueError("fit: order='blocked' trains on one device; use order 'random' or 'auto' on a mesh")
     if plan is not None and tc.batch_size % plan.size:
         raise ValueError(f"fit: batch_size ({tc.batch_size}) must be a multiple of the number of devices in "
                          f"the mesh ({plan.size}): each device takes the same share of every batch")
@@ -479,13 +495,9 @@ def fit(
                 resume.save_progress(checkpoint_dir, progress, fp)
 
     columns, extra = (train.users, train.items, train.ratings, times), {}
-    if plan is not None and tc.order == "blocked":
-        raise ValueError("fit: order='blocked' trains on one device; use order 'random' or 'auto' on a mesh")
-    grid = 1 if plan is not None or tc.optimizer == "als" else epoch_grid(tc, params, len(train))
-    if grid > 1:  # grouped by block once, in a random order within each; each epoch runs through the blocks
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(init_key, 1))))
-        order, extra["blocks"] = block_order(train.users, train.items, grid, rng)
-        columns = tuple(None if a is None else np.asarray(a)[order] for a in columns)
+    if plan is None:  # grouped by block once for the blocked order; each epoch runs through the blocks
+        columns, extra = group_by_block(tc, params, train, times, lambda: np.random.default_rng(
+            np.asarray(jax.random.key_data(jax.random.fold_in(init_key, 1)))))
     if capacity is None:
         data = EpochData(*(jnp.asarray(a) for a in columns[:3]), None if times is None else jnp.asarray(columns[3]),
                          aux, extra or None)

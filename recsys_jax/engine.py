@@ -19,7 +19,8 @@ through them one at a time (`recsys_jax.train.epoch_grid`).
 `Engine.compile` compiles ahead of time and reports how long
 that took, so fit times are reported with and without compilation; with JAX's persistent
 compilation cache (`enable_compile_cache`, on by default in the CLI) a new process loads
-the compiled program from disk instead of compiling it.
+the compiled program from disk instead of compiling it, and with `recsys_jax.programs`
+(turned on with it) it loads the executable without tracing the epoch at all.
 
 The step is either
 
@@ -35,14 +36,13 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from recsys_jax import sparse
+from recsys_jax import programs, sparse
 from recsys_jax.models import get_model
 from recsys_jax.models._common import Local
 from recsys_jax.optim import make_optimizer, make_schedule, step_schedule
@@ -58,6 +58,9 @@ class Engine(NamedTuple):
     epoch: Callable
     compiled: dict  # (num_steps, argument shapes) -> compiled epoch
     optimizer: str
+    # What make_engine was built from, named (recsys_jax.programs: the compiled epoch is kept
+    # on disk under it); None when a setting has no name (a custom loss or penalty function).
+    identity: str | None = None
 
     def compile(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None, **shared):
         """``(compiled_epoch, seconds)``: the epoch compiled for these argument shapes
@@ -70,10 +73,9 @@ class Engine(NamedTuple):
                tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None)) for x in jax.tree.leaves(args)))
         if sig in self.compiled:
             return self.compiled[sig], 0.0
-        t0 = time.perf_counter()
-        fn = self.epoch.lower(state, users, items, ratings, key, num_steps=num_steps, times=times,
-                              aux=aux, **shared).compile()
-        seconds = time.perf_counter() - t0
+        fn, seconds, _ = programs.compile(self.epoch, (state, users, items, ratings, key),
+                                          {"times": times, "aux": aux, **shared}, self.identity,
+                                          {"num_steps": num_steps})
         self.compiled[sig] = fn
         return fn, seconds
 
@@ -241,7 +243,21 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
             state = sparse.unpack(carry, lay, state.params, TrainState)
         return (state if plan is None else plan.constrain(state)), losses
 
-    return Engine(init, epoch, {}, tc.optimizer)
+    return Engine(init, epoch, {}, tc.optimizer,
+                  _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan,
+                            shared))
+
+
+def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan, shared):
+    """`Engine.identity`: the engine's settings by name, or None where one has no name."""
+    from recsys_jax.losses import LOSSES, PARAM_LOSSES
+    from recsys_jax.models import make_apply
+
+    named_loss = isinstance(objective, RatingObjective) and (
+        LOSSES.get(tc.loss) is objective.loss_fn or PARAM_LOSSES.get(tc.loss) is objective.loss_fn)
+    if not named_loss or penalty_fn is not None or plan is not None or apply_fn is not make_apply(model, model_config):
+        return None
+    return repr(("epoch", model, model_config, tc, steps_per_epoch, joint, shared))
 
 
 def rows_objective(objective: Callable, plan) -> Callable:
@@ -281,10 +297,13 @@ def compile_cache_dir() -> Path:
 def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:
     """Turns on JAX's persistent compilation cache in ``path`` (default `compile_cache_dir`):
     a later process with the same programs loads them instead of compiling. Every program is
-    cached, however quick its compilation."""
+    cached, however quick its compilation. Also keeps the compiled epochs and inits
+    themselves in its ``programs`` folder (`recsys_jax.programs`): a later process loads
+    those without tracing them."""
     path = Path(path) if path is not None else compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    programs.enable(path / "programs")
     return path

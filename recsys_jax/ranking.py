@@ -42,7 +42,7 @@ from jax import Array
 from recsys_jax import metrics
 from recsys_jax.data.ratings import Ratings
 from recsys_jax.engine import RankingObjective
-from recsys_jax.models import get_model, make_apply, make_config, static_config
+from recsys_jax.models import get_model, init_params, make_apply, make_config, static_config
 from recsys_jax.train import Batch, Best, EpochData, TrainConfig, get_engine, num_batches, run_loop
 
 
@@ -206,7 +206,7 @@ def fit_ranking(
     score_fn = metrics.make_score_fn(model, model_config, train_pos.num_items)
 
     key, init_key = jax.random.split(key)
-    state = engine.init(module.init(init_key, train_pos.num_users, train_pos.num_items, model_config))
+    state = engine.init(init_params(model, init_key, train_pos.num_users, train_pos.num_items, model_config))
 
     def evaluate(params) -> tuple[dict, float | None]:
         if val_pos is None or not len(val_pos):

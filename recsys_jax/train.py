@@ -41,7 +41,7 @@ from recsys_jax import metrics, resume, sharding, sparse
 from recsys_jax.data.ratings import Ratings, days
 from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.losses import ParamLoss, get_loss, param_loss_name
-from recsys_jax.models import get_model, make_apply, make_config, static_config
+from recsys_jax.models import get_model, init_params, make_apply, make_config, static_config
 from recsys_jax.optim import step_schedule
 from recsys_jax.penalties import make_model_penalty, make_table_l2_penalty
 from recsys_jax.predict import predict_indices
@@ -454,9 +454,8 @@ def fit(
 
     run_key = key
     key, init_key = jax.random.split(key)
-    # Drawn op by op, not as one jitted program: a jitted init bakes the training mean into
-    # its program, so every new split compiled it again (1-2 s a fit, measured at 7881f25).
-    params = module.init(init_key, train.num_users, train.num_items, model_config)
+    # One compiled program per table sizes, the training mean its argument (init_params).
+    params = init_params(model, init_key, train.num_users, train.num_items, model_config)
     if param_loss is not None:
         params = JointParams(params, param_loss.init(train))
     if plan is not None and getattr(module, "ROW_LOCAL", False):

@@ -93,6 +93,28 @@ def test_init_is_deterministic(model):
     assert not np.array_equal(getattr(a, table), getattr(c, table))
 
 
+def test_compiled_init_equals_the_op_by_op_init_and_serves_every_mean(model):
+    """`init_params` (one compiled program, the mean an argument) gives the module's own init
+    to the bit, also with a y-range and without mu; another training mean runs the same program."""
+    from recsys_jax.models import _init_program, init_params
+
+    name, module, config, _, ctx = model
+    if hasattr(module, "fit_epochs"):  # trains itself: fit never calls init_params for it
+        return
+    for options in ({}, {"y_range": (0.5, 5.5)}, {"global_mean": False}):
+        if not set(options) <= set(module.Config._fields):
+            continue
+        for mean in (3.25, 4.125):
+            cfg = config._replace(mean_rating=mean, **options)
+            want = module.init(jax.random.key(5), NUM_USERS, NUM_ITEMS, cfg)
+            got = init_params(name, jax.random.key(5), NUM_USERS, NUM_ITEMS, cfg)
+            assert jax.tree.structure(got) == jax.tree.structure(want)
+            for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+                np.testing.assert_array_equal(x, y)
+        static = config._replace(mean_rating=0.0, **options)
+        assert _init_program(name, NUM_USERS, NUM_ITEMS, static)._cache_size() == 1  # both means, one program
+
+
 def test_apply_equals_loop_over_predict_one(model):
     name, module, config, params, ctx = model
     batched = module.apply(params, USERS, ITEMS, config=config, **ctx.kw)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,24 +109,41 @@ def biased_product(left: Array, right: Array, left_bias: Array | None = None,
     return jnp.concatenate(lcols, axis=1) @ jnp.concatenate(rcols, axis=1).T
 
 
+def scaled_normal(key: Array, shape: tuple[int, ...], scale: float) -> Array:
+    """``scale * N(0, 1)`` draws, float32. The barrier keeps XLA from folding ``scale`` into
+    the draw's own arithmetic, so that the compiled init (`recsys_jax.models.init_params`)
+    gives the same numbers, to the bit, as the init run op by op."""
+    return scale * jax.lax.optimization_barrier(jax.random.normal(key, shape, jnp.float32))
+
+
 def embedding_init(key: Array, shape: tuple[int, ...], config) -> Array:
     """An embedding table: N(0, s^2) (``config.init == "normal"``) or U(-s, s) (``"uniform"``,
     Keras' default embedding initialiser), with ``s = config.init_scale``."""
     kind, s = getattr(config, "init", "normal"), config.init_scale
     if kind == "normal":
-        return s * jax.random.normal(key, shape, jnp.float32)
+        return scaled_normal(key, shape, s)
     if kind == "uniform":
         return jax.random.uniform(key, shape, jnp.float32, -s, s)
     raise ValueError(f"init must be 'normal' or 'uniform', got {kind!r}")
 
 
-def initial_offset(config) -> float:
+class Offset(NamedTuple):
+    """``mean_rating``'s stand-in inside `recsys_jax.models.init_params`' compiled init: the
+    offset itself, computed on the host from the real config, as an argument of the program."""
+
+    value: Array  # float32[]
+
+
+def initial_offset(config) -> float | Array:
     """The constant term that makes an untrained model predict the training mean.
 
     With a y-range ``(lo, hi)`` the output is squashed by a sigmoid, so the offset is the
     logit of where the mean sits in the range. A model configured with
-    ``global_mean=False`` (the course notebook's models) starts at 0 instead.
+    ``global_mean=False`` (the course notebook's models) starts at 0 instead. Inside the
+    compiled init (``config.mean_rating`` an `Offset`) it is the offset passed in.
     """
+    if isinstance(getattr(config, "mean_rating", None), Offset):
+        return config.mean_rating.value
     if not getattr(config, "global_mean", True):
         return 0.0
     mean = config.mean_rating

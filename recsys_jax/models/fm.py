@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, initial_offset, scaled_normal
 from recsys_jax.penalties import row_weights, weighted_sq_norm
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
@@ -154,10 +154,10 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
         global_bias=jnp.asarray(initial_offset(config), jnp.float32),
         user_bias=jnp.zeros((num_users,), jnp.float32),
         item_bias=jnp.zeros((num_items,), jnp.float32),
-        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
-        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+        user_factors=scaled_normal(ukey, (num_users, k), s),
+        item_factors=scaled_normal(ikey, (num_items, k), s),
         feature_bias=jnp.zeros((f,), jnp.float32),
-        feature_factors=s * jax.random.normal(fkey, (f, k), jnp.float32),
+        feature_factors=scaled_normal(fkey, (f, k), s),
     )
 
 

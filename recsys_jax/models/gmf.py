@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, initial_offset, scaled_normal
 
 
 class Config(NamedTuple):
@@ -56,8 +56,8 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
     ukey, ikey = jax.random.split(key)
     k, s = config.embedding_dim, config.init_scale
     return Params(
-        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
-        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+        user_factors=scaled_normal(ukey, (num_users, k), s),
+        item_factors=scaled_normal(ikey, (num_items, k), s),
         out_w=jnp.ones((k,), jnp.float32),
         out_b=jnp.asarray(initial_offset(config), jnp.float32),
     )

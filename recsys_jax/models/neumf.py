@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, initial_offset, scaled_normal
 
 
 class Config(NamedTuple):
@@ -73,10 +73,10 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
         raise ValueError(f"neumf: hidden[0] must be even (it is two MLP embeddings), got {h1}")
     glorot = jax.nn.initializers.glorot_uniform()
     return Params(
-        user_gmf=s * jax.random.normal(keys[0], (num_users, k), jnp.float32),
-        item_gmf=s * jax.random.normal(keys[1], (num_items, k), jnp.float32),
-        user_mlp=s * jax.random.normal(keys[2], (num_users, h1 // 2), jnp.float32),
-        item_mlp=s * jax.random.normal(keys[3], (num_items, h1 // 2), jnp.float32),
+        user_gmf=scaled_normal(keys[0], (num_users, k), s),
+        item_gmf=scaled_normal(keys[1], (num_items, k), s),
+        user_mlp=scaled_normal(keys[2], (num_users, h1 // 2), s),
+        item_mlp=scaled_normal(keys[3], (num_items, h1 // 2), s),
         w1=glorot(keys[4], (h1, h1), jnp.float32),
         b1=jnp.zeros((h1,), jnp.float32),
         w2=glorot(keys[5], (h1, h2), jnp.float32),

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models._common import batched, initial_offset, scaled_normal
 from recsys_jax.penalties import row_weights, weighted_sq_norm
 
 # predict_one reads the time of each rating (float32 days since the epoch).
@@ -101,8 +101,8 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
         user_drift_bias=jnp.zeros((num_users,), jnp.float32),
         item_bias=jnp.zeros((num_items,), jnp.float32),
         item_bin_bias=jnp.zeros((num_items, config.num_bins), jnp.float32),
-        user_factors=s * jax.random.normal(ukey, (num_users, k), jnp.float32),
-        item_factors=s * jax.random.normal(ikey, (num_items, k), jnp.float32),
+        user_factors=scaled_normal(ukey, (num_users, k), s),
+        item_factors=scaled_normal(ikey, (num_items, k), s),
     )
 
 

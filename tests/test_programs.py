@@ -1,0 +1,142 @@
+"""recsys_jax.programs: compiled epochs and inits kept on disk, loaded by a later process
+without tracing, with the same results; a bad file is compiled again; unnamed settings
+store nothing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from recsys_jax import programs
+from recsys_jax.data.synthetic import make_synthetic
+from recsys_jax.engine import RatingObjective, make_engine
+from recsys_jax.losses import LOSSES
+from recsys_jax.models import init_params, make_apply, make_config, static_config
+from recsys_jax.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One fit, in a new process: which programs were loaded or compiled, and a digest of the result.
+SCRIPT = r"""
+import hashlib, json, sys
+import jax, numpy as np
+from recsys_jax import programs
+from recsys_jax.data.synthetic import make_synthetic
+from recsys_jax.engine import enable_compile_cache
+from recsys_jax.train import TrainConfig, fit
+
+enable_compile_cache(sys.argv[1])
+if sys.argv[2] == "jax-only":
+    programs.disable()
+hows = []
+compile_ = programs.compile
+def spy(*args, **kwargs):
+    out = compile_(*args, **kwargs)
+    hows.append(out[2])
+    return out
+programs.compile = spy
+ratings, _ = make_synthetic(jax.random.key(0), 80, 60, 2000, embedding_dim=3)
+result = fit("bias", ratings, None, key=1, progress=False,
+             train_config=TrainConfig(epochs=2, batch_size=256, optimizer="lazy_adam", l2=0.01))
+digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(result.params))).hexdigest()
+print(json.dumps({"hows": hows, "digest": digest, "files": len(list(programs.folder().glob("*.bin")))
+                  if programs.folder() else 0}))
+"""
+
+
+def run_script(cache: Path, mode: str) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(cache), mode], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_later_process_loads_the_programs_and_gets_the_same_result(tmp_path):
+    cache = tmp_path / "cache"
+    # First, JAX's own cache alone holds the programs: an executable it supplies must not be
+    # what is saved (it serialises incompletely), so the next process still compiles afresh.
+    first = run_script(cache, "jax-only")
+    assert first["hows"] == ["compiled"]  # the epoch (the init is compiled op-free, unstored)
+    second = run_script(cache, "both")
+    assert second["hows"] == ["compiled", "compiled"] and second["files"] == 2  # the init and the epoch
+    third = run_script(cache, "both")
+    assert third["hows"] == ["loaded", "loaded"]
+    assert first["digest"] == second["digest"] == third["digest"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    programs.enable(tmp_path / "programs")
+    try:
+        yield tmp_path / "programs"
+    finally:
+        programs.disable()
+
+
+@pytest.fixture(scope="module")
+def small():
+    ratings, _ = make_synthetic(jax.random.key(3), 40, 30, 500, embedding_dim=3)
+    config = make_config("bias", embedding_dim=4)
+    tc = TrainConfig(epochs=1, batch_size=128, optimizer="sgd", l2=0.01, schedule="constant")
+    return ratings, config, tc
+
+
+def new_engine(config, tc, loss=LOSSES["mse"]):  # as a new process would build it (no lru cache)
+    return make_engine.__wrapped__("bias", make_apply("bias", config), static_config(config), RatingObjective(loss),
+                                   None, tc, 4)
+
+
+def epoch_args(ratings, config):
+    params = init_params("bias", jax.random.key(0), ratings.num_users, ratings.num_items, config)
+    return params, tuple(jax.numpy.asarray(a) for a in (ratings.users, ratings.items, ratings.ratings))
+
+
+def test_a_bad_file_is_compiled_again_and_replaced(store, small, monkeypatch):
+    ratings, config, tc = small
+    hows = []
+    compile_ = programs.compile
+    monkeypatch.setattr(programs, "compile", lambda *a, **k: hows.append((out := compile_(*a, **k))[2]) or out)
+    params, data = epoch_args(ratings, config)
+    engine = new_engine(config, tc)
+    state = engine.init(params)
+    fn, _ = engine.compile(state, *data, jax.random.key(1))
+    want = jax.tree.leaves(fn(state, *data, jax.random.key(1), times=None, aux=None))
+    files = sorted(store.glob("*.bin"))
+    assert len(files) == 2  # the init's and the epoch's
+    for f in files:
+        f.write_bytes(b"not a program")
+    engine = new_engine(config, tc)
+    fn, _ = engine.compile(state, *data, jax.random.key(1))
+    assert sum(f.stat().st_size > 100 for f in files) == 1  # the epoch's, written again (the init ran before)
+    engine = new_engine(config, tc)
+    fn, _ = engine.compile(state, *data, jax.random.key(1))
+    assert hows[-2:] == ["compiled", "loaded"]
+    got = jax.tree.leaves(fn(state, *data, jax.random.key(1), times=None, aux=None))
+    assert all(np.array_equal(a, b) for a, b in zip(want, got))
+
+
+def test_settings_without_a_name_store_nothing(store, small):
+    ratings, config, tc = small
+    engine = new_engine(config, tc, loss=lambda p, r: (p - r) ** 2)  # a custom loss: no name to key it by
+    assert engine.identity is None
+    assert "'bias'" in new_engine(config, tc).identity
+    params, data = epoch_args(ratings, config)
+    before = set(store.glob("*.bin"))
+    engine.compile(engine.init(params), *data, jax.random.key(1))
+    assert set(store.glob("*.bin")) == before
+
+
+def test_the_key_follows_the_settings_and_the_arguments():
+    x, y = np.zeros(3, np.float32), np.zeros(4, np.float32)
+    base = programs.key("a", (x,), {}, {})
+    assert base == programs.key("a", (np.ones(3, np.float32),), {}, {})  # values are not part of it
+    assert len({base, programs.key("b", (x,), {}, {}), programs.key("a", (y,), {}, {}),
+                programs.key("a", (x.astype(np.int32),), {}, {}), programs.key("a", (x,), {"t": x}, {}),
+                programs.key("a", (x,), {}, {"num_steps": 2})}) == 6

@@ -110,19 +110,34 @@ class Blocks(NamedTuple):
     sizes: Array  # int32[K]
 
 
-def block_order(users, items, grid: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Blocks]:
+def block_order(users, items, grid: int, rng: np.random.Generator | None = None,
+                chunk: int | None = None) -> tuple[np.ndarray, Blocks]:
     r"""``(order, blocks)``: the ratings indexed by ``order`` are grouped by block
     :math:`(u \bmod g)\,g + (i \bmod g)`: within a block in a random order drawn from
     ``rng``, or in their given order without one (host-side NumPy, once per fit: a stable
-    radix sort of 16-bit block numbers)."""
+    radix sort of 16-bit block numbers).
+
+    With ``chunk`` (the batch size), each run of ``chunk`` consecutive ratings of a block,
+    counted from the block's start, is then sorted by user (stably): the runs hold the
+    same ratings, and a batch, a window of ``chunk`` ratings that spans at most two runs,
+    reads and writes its users' rows in two ascending sweeps instead of at random."""
     if not 1 <= grid <= 255:
         raise ValueError(f"block_order: grid must be in 1..255, got {grid}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"block_order: chunk must be >= 1, got {chunk}")
     users, items = np.asarray(users), np.asarray(items)
     block = ((users % grid) * grid + items % grid).astype(np.uint16)
     first = np.arange(len(block)) if rng is None else rng.permutation(len(block))
     order = first[np.argsort(block[first], kind="stable")].astype(np.int32)
     sizes = np.bincount(block, minlength=grid * grid).astype(np.int32)
-    return order, Blocks((np.cumsum(sizes) - sizes).astype(np.int32), sizes)
+    starts = (np.cumsum(sizes) - sizes).astype(np.int32)
+    if chunk is not None:  # one stable sort by (block, run within the block, user)
+        position_block = np.repeat(np.arange(grid * grid, dtype=np.int64), sizes)
+        run = (np.arange(len(order), dtype=np.int64) - np.repeat(starts, sizes)) // chunk
+        runs = int(run.max(initial=0)) + 1
+        key = (position_block * runs + run) * (int(users.max(initial=0)) + 1) + users[order]
+        order = order[np.argsort(key, kind="stable")]
+    return order, Blocks(starts, sizes)
 
 
 def blocked_permutation(key: Array, blocks: Blocks, n: int) -> Array:

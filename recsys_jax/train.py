@@ -201,13 +201,14 @@ def group_by_block(train_config: TrainConfig, params, train: Ratings, times,
                    make_rng: Callable[[], np.random.Generator]) -> tuple[tuple, dict]:
     """The epoch's columns ``(users, items, ratings, times)`` and its extra arguments, in the
     order ``train_config`` names (`epoch_grid`): grouped by block (`recsys_jax.shuffle.block_order`,
-    with ``make_rng()``'s random order within each block) and ``{"blocks": ...}`` for the
-    blocked order; as given and ``{}`` otherwise (ALS has no epoch order)."""
+    with ``make_rng()``'s random order within each block, each batch-sized run of it then
+    sorted by user) and ``{"blocks": ...}`` for the blocked order; as given and ``{}``
+    otherwise (ALS has no epoch order)."""
     columns = (train.users, train.items, train.ratings, times)
     grid = 1 if train_config.optimizer == "als" else epoch_grid(train_config, params, len(train))
     if grid == 1:
         return columns, {}
-    order, blocks = block_order(train.users, train.items, grid, make_rng())
+    order, blocks = block_order(train.users, train.items, grid, make_rng(), chunk=train_config.batch_size)
     return tuple(None if a is None else np.asarray(a)[order] for a in columns), {"blocks": blocks}
 
 

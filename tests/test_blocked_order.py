@@ -46,6 +46,30 @@ def test_block_order_shuffles_within_blocks_with_an_rng():
     np.testing.assert_array_equal(again, order)
 
 
+def test_block_order_sorts_each_batch_sized_run_by_user():
+    users = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    items = np.array([0, 0, 1, 1, 2, 3, 3, 0])
+    # Without an rng the blocks are [0, 4], [2, 6], [1, 7], [3, 5] (above); runs of 3 leave
+    # pairs as they are, so sort a single block of 8 in runs of 3 by hand instead.
+    order, blocks = block_order(np.array([5, 3, 4, 0, 2, 2, 1, 0]), np.zeros(8, np.int64), 1, chunk=3)
+    np.testing.assert_array_equal(order, [1, 2, 0, 3, 4, 5, 7, 6])  # users 3 4 5 | 0 2 2 | 0 1 (ties stay)
+    np.testing.assert_array_equal(blocks.sizes, [8])
+    chunked, same = block_order(users, items, 2, chunk=1)  # runs of one: nothing moves
+    np.testing.assert_array_equal(chunked, block_order(users, items, 2)[0])
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 50, 3000), rng.integers(0, 40, 3000)
+    plain, blocks = block_order(users, items, 3, np.random.default_rng(1))
+    order, same = block_order(users, items, 3, np.random.default_rng(1), chunk=64)
+    np.testing.assert_array_equal(same.starts, blocks.starts)
+    for start, size in zip(blocks.starts, blocks.sizes):
+        for a in range(start, start + size, 64):  # each run: the same ratings, sorted by user
+            b = min(a + 64, start + size)
+            np.testing.assert_array_equal(np.sort(order[a:b]), np.sort(plain[a:b]))
+            assert np.all(np.diff(users[order[a:b]]) >= 0)
+    with pytest.raises(ValueError, match="chunk"):
+        block_order(users, items, 3, chunk=0)
+
+
 @pytest.fixture(scope="module")
 def permute():
     return jax.jit(blocked_permutation, static_argnums=2)

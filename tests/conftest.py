@@ -26,11 +26,15 @@ def data_dir() -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def _no_persistent_compile_cache(monkeypatch):
-    """In-process CLI runs would turn on JAX's persistent compilation cache for the whole
-    test process (a global setting); tests that want it run the CLI in a subprocess."""
-    monkeypatch.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
+@pytest.fixture(autouse=True, scope="session")
+def _no_persistent_compile_cache():
+    """In-process CLI runs would turn on JAX's persistent compilation cache and the program
+    store (`recsys_jax.programs`) for the whole test process (global settings), in the
+    user's cache folder; tests that want them run the CLI in a subprocess. Session-wide, so
+    that module-scoped fixtures that run the CLI see it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
+        yield
 
 
 # Models without latent factors: the option that the generic tests' embedding_dim stands for.

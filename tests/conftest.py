@@ -27,11 +27,18 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _no_persistent_compile_cache():
-    """In-process CLI runs would turn on JAX's persistent compilation cache and the program
-    store (`recsys_jax.programs`) for the whole test process (global settings), in the
-    user's cache folder; tests that want them run the CLI in a subprocess. Session-wide, so
-    that module-scoped fixtures that run the CLI see it too."""
+def _compile_cache_of_the_session(tmp_path_factory):
+    """JAX's persistent compilation cache on, in a folder of this session's own: the many
+    tests that build the same programs anew (new engines, new jit objects) compile each once.
+    In-process CLI runs would turn on the CLI's caches (JAX's and the program store,
+    `recsys_jax.programs`) in the user's cache folder instead: they are switched off here
+    (tests that want them run the CLI in a subprocess). Session-wide, so that module-scoped
+    fixtures that run the CLI see it too."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-compile")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
         yield

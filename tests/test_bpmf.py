@@ -216,6 +216,7 @@ def test_bad_options_are_clear_errors(small):
         next(bpmf.fit_epochs(jax.random.key(0), small, make_config("bpmf", y_range=(0.5, 5.0))))
 
 
+@pytest.mark.slow
 def test_posterior_mean_beats_the_bias_model_on_planted_data():
     ratings, _ = make_synthetic(jax.random.key(7), 300, 200, 12_000, embedding_dim=3)
     split = random_split(ratings, 0)

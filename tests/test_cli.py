@@ -447,6 +447,7 @@ def test_row_sparse_optimizer_refused_for_a_model_that_reads_other_rows(workdir,
     assert_user_error(code, err, "optimizer 'sgd'", "use optimizer 'adam'")
 
 
+@pytest.mark.slow
 def test_persistent_compile_cache_is_written_and_can_be_turned_off(workdir, tmp_path):
     import subprocess
     import sys

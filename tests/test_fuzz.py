@@ -154,6 +154,7 @@ def fuzz(seed: int, seed_file: bytes, parse, check) -> tuple[int, int]:
     return parsed, refused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(RATINGS_SEEDS))
 def test_fuzz_ratings_parsers(fmt):
     scale = SCALES[fmt]

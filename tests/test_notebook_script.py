@@ -55,6 +55,7 @@ def test_scaled_regimen_keeps_the_rates(notebook):
     assert notebook.scaled(get_preset("notebook", "dot"), 1.0) == get_preset("notebook", "dot")
 
 
+@pytest.mark.slow
 def test_main_tells_the_whole_story(notebook, small_movielens, tmp_path, capsys):
     out = tmp_path / "checkpoints"
     assert notebook.main(["--data-dir", str(small_movielens), "--out", str(out), "--no-download",

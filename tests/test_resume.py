@@ -34,6 +34,7 @@ def _data():
 TC = TrainConfig(epochs=EPOCHS, batch_size=128, lr=1e-2, l2=0.01)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
     ck = tmp_path / "progress"
     script = SETUP + textwrap.dedent(f"""

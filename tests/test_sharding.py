@@ -181,6 +181,7 @@ def report(tmp_path_factory):
 
 
 # -- the tests ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", ["adam", "lazy_adam"])
 def test_fit_on_four_devices_equals_one(report, opt):
     r = report[opt]

@@ -242,6 +242,7 @@ def test_search_steps_from_configure(problem, exact):
 
 
 # -- the dense forms: apply's residual table and the whole-catalogue scores ---------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [EXACT, TRUNCATED], ids=["exact", "top-M"])
 def test_table_and_search_agree_with_the_reference(problem, exact, truncated, options):
     """apply_table, apply_search and dense_scores (users in one chunk, in another order, one

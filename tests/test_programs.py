@@ -58,6 +58,7 @@ def run_script(cache: Path, mode: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_later_process_loads_the_programs_and_gets_the_same_result(tmp_path):
     cache = tmp_path / "cache"
     # First, JAX's own cache alone holds the programs: an executable it supplies must not be

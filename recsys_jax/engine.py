@@ -61,6 +61,8 @@ class Engine(NamedTuple):
     # What make_engine was built from, named (recsys_jax.programs: the compiled epoch is kept
     # on disk under it); None when a setting has no name (a custom loss or penalty function).
     identity: str | None = None
+    # The hand-written CPU kernel the step calls (recsys_jax.kernels), or None: XLA's own step.
+    kernel: str | None = None
 
     def compile(self, state, users, items, ratings, key, *, num_steps=None, times=None, aux=None, **shared):
         """``(compiled_epoch, seconds)``: the epoch compiled for these argument shapes
@@ -192,6 +194,7 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
         return None, make_rows(), make_dense(schedule)
 
     optimizer, row_tx, dense_tx = optimizers(fixed_schedule)  # init reads no schedule: any will do
+    fused = _fused_sgd(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan)
 
     def objective_for(aux):
         apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
@@ -236,7 +239,11 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
                                       **place)
         else:
             lay = sparse.layout(state.params)
-            step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, state.params, plan)
+            if fused and sparse.fused_sgd_layout(lay) is not None:
+                step = sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=tc.l2, bias_l2=tc.bias_l2,
+                                                    global_mean=getattr(model_config, "global_mean", True))
+            else:
+                step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, state.params, plan)
             carry = sparse.pack(state, lay)
             carry, losses = run_epoch(step, tc.batch_size, carry if plan is None else plan.constrain(carry),
                                       users, items, ratings, key, num_steps, times, **place)
@@ -245,10 +252,29 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
 
     return Engine(init, epoch, {}, tc.optimizer,
                   _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan,
-                            shared))
+                            shared, fused),
+                  "mf_sgd" if fused else None)
 
 
-def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan, shared):
+def _fused_sgd(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan) -> bool:
+    """Whether the ``sgd`` step is the CPU kernel's (`recsys_jax.kernels`, `recsys_jax.sparse.make_fused_sgd_update`):
+    the bias or dot model as `recsys_jax.models.make_apply` makes it (no y-range), squared
+    error, the touched-rows penalty that ``tc`` names, one device, and the kernel built."""
+    from recsys_jax import kernels
+    from recsys_jax.losses import mse
+    from recsys_jax.models import make_apply
+
+    if tc.optimizer != "sgd" or model not in ("bias", "dot") or plan is not None or joint or penalty_fn is not None:
+        return False
+    if tc.penalty != "touched" or not isinstance(objective, RatingObjective) or objective.loss_fn is not mse:
+        return False
+    if getattr(model_config, "y_range", None) is not None or apply_fn is not make_apply(model, model_config):
+        return False
+    return kernels.load() is not None
+
+
+def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan, shared,
+              fused=False):
     """`Engine.identity`: the engine's settings by name, or None where one has no name."""
     from recsys_jax.losses import LOSSES, PARAM_LOSSES
     from recsys_jax.models import make_apply
@@ -257,7 +283,7 @@ def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_pe
         LOSSES.get(tc.loss) is objective.loss_fn or PARAM_LOSSES.get(tc.loss) is objective.loss_fn)
     if not named_loss or penalty_fn is not None or plan is not None or apply_fn is not make_apply(model, model_config):
         return None
-    return repr(("epoch", model, model_config, tc, steps_per_epoch, joint, shared))
+    return repr(("epoch", model, model_config, tc, steps_per_epoch, joint, shared) + (("mf_sgd",) if fused else ()))
 
 
 def rows_objective(objective: Callable, plan) -> Callable:

@@ -55,6 +55,15 @@ def folder() -> Path | None:
     return _DIR[0]
 
 
+def cpu_flags() -> str:
+    """The CPU's feature flags (Linux), or "" where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
 @functools.lru_cache(maxsize=1)
 def _code_and_machine() -> str:
     import jaxlib
@@ -62,14 +71,9 @@ def _code_and_machine() -> str:
 
     sources = hashlib.sha256()
     root = Path(__file__).resolve().parent
-    for f in sorted(root.rglob("*.py")):
+    for f in sorted([*root.rglob("*.py"), *root.rglob("*.cc")]):
         sources.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line for line in fh if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
+    cpu = cpu_flags()
     client = jax.devices()[0].client
     parts = (sources.hexdigest(), jax.__version__, jaxlib.__version__, optax.__version__,
              client.platform, client.platform_version, [str(d) for d in jax.devices()], platform.machine(), cpu)

@@ -88,6 +88,13 @@ def feistel_permutation(key: Array, n: int, count: Array | None = None) -> Array
         return jnp.arange(n, dtype=jnp.int32)
     m = max(int(n - 1).bit_length(), 2)
     round_keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
+    from recsys_jax import kernels
+
+    if kernels.load() is not None:  # the same permutation, bit for bit, in one pass (recsys_jax.kernels)
+        limit = jnp.asarray(n if count is None else count, jnp.int32)
+        out = jax.ShapeDtypeStruct((n,), jnp.int32)
+        return jax.ffi.ffi_call("recsys_feistel_permutation", out, vmap_method="sequential")(round_keys, limit,
+                                                                                            bits=np.int32(m))
     x = jnp.arange(1 << m, dtype=jnp.uint32)
     low_bits = m // 2
     for r in range(ROUNDS):

@@ -326,3 +326,56 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
         return Carry(tables, slots, dense, dense_state, count), loss
 
     return update
+
+
+def fused_sgd_layout(lay: Layout) -> bool | None:
+    """Whether the packed tables suit the fused SGD kernel (`make_fused_sgd_update`): True
+    for ``[bias, factors]`` rows on both sides (the bias model), False for ``[factors]``
+    (dot), None for any other layout (the kernel does not apply)."""
+    sides = {}
+    for name, side, start, stop, shape in lay.fields:
+        sides.setdefault(side, []).append((name.split("_", 1)[1], start, stop, shape))
+    if set(sides) != set(SIDES) or dict(lay.width)["user"] != dict(lay.width)["item"]:
+        return None
+    kinds = {tuple((what, start, stop - start) for what, start, stop, _ in fields) for fields in sides.values()}
+    width = dict(lay.width)["user"]
+    if kinds == {(("factors", 0, width),)}:
+        return False
+    if kinds == {(("bias", 0, 1), ("factors", 1, width - 1))}:
+        return True
+    return None
+
+
+def make_fused_sgd_update(dense_tx: optax.GradientTransformation, schedule: Callable, lay: Layout, *, l2: float,
+                          bias_l2: float, global_mean: bool) -> Callable:
+    r"""``update(carry, batch, key) -> (carry, loss)``: the ``sgd`` step of the bias or dot
+    model with squared error and L2 on the touched rows, done by the CPU kernel
+    `recsys_jax.kernels` (``mf_sgd.cc``) in place of `make_sparse_update`'s XLA step. The
+    same objective and update: the kernel returns the batch's loss and
+    :math:`\partial L/\partial\mu`, and :math:`\mu` (``global_bias``) is updated here by
+    the dense transformation, as in `make_sparse_update`. ``global_mean=False``: the model
+    has no :math:`\mu` (0, untouched)."""
+    has_bias = fused_sgd_layout(lay)
+    if has_bias is None:
+        raise ValueError("make_fused_sgd_update: the tables are not [bias, factors] or [factors] rows")
+
+    def update(carry: Carry, batch, key: Array) -> tuple[Carry, Array]:
+        user, item = carry.tables["user"], carry.tables["item"]
+        mu = carry.dense["global_bias"] if (has_bias and global_mean) else jnp.zeros((), jnp.float32)
+        scalars = jnp.stack([mu, jnp.asarray(schedule(carry.step), jnp.float32)])
+        out = (jax.ShapeDtypeStruct(user.shape, user.dtype), jax.ShapeDtypeStruct(item.shape, item.dtype),
+               jax.ShapeDtypeStruct((2,), jnp.float32))
+        user, item, stats = jax.ffi.ffi_call("recsys_mf_sgd_step", out, input_output_aliases={0: 0, 1: 1},
+                                                    vmap_method="sequential")(
+            user, item, batch.users, batch.items, batch.ratings, batch.mask.astype(jnp.float32), scalars,
+            l2=np.float32(l2), bias_l2=np.float32(bias_l2), has_bias=np.int32(has_bias))
+        dense, dense_state = carry.dense, carry.dense_state
+        if lay.dense:
+            grads = {name: jnp.zeros_like(value) for name, value in carry.dense.items()}
+            if has_bias and global_mean:
+                grads["global_bias"] = stats[1]
+            updates, dense_state = dense_tx.update(grads, carry.dense_state, carry.dense)
+            dense = optax.apply_updates(carry.dense, updates)
+        return Carry({"user": user, "item": item}, carry.slots, dense, dense_state, carry.step + 1), stats[0]
+
+    return update

@@ -41,6 +41,8 @@ def _compile_cache_of_the_session(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
+        # The CPU kernels (recsys_jax.kernels) are built once for the session, subprocesses included.
+        mp.setenv("RECSYS_JAX_KERNEL_CACHE", str(tmp_path_factory.mktemp("kernels")))
         yield
 
 

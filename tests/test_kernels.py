@@ -1,0 +1,202 @@
+"""The CPU kernels (recsys_jax.kernels) against the XLA programs they stand in for: the fused
+SGD step of the bias and dot models, and the Feistel permutation of the epoch's shuffle."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from recsys_jax import kernels, shuffle, sparse
+from recsys_jax.data import make_synthetic
+from recsys_jax.engine import make_engine
+from recsys_jax.losses import mse
+from recsys_jax.models import bias, dot, make_apply, make_config
+from recsys_jax.penalties import make_l2_penalty
+from recsys_jax.train import Batch, TrainConfig, TrainState, fit, make_objective
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {kernels.why_not()}")
+
+
+def _batch(users, items, ratings, mask):
+    return Batch(jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32), jnp.asarray(ratings, jnp.float32),
+                 jnp.asarray(mask))
+
+
+# duplicates within a batch (user 1 thrice, item 2 twice), untouched rows (user 3, item 4)
+# and a padding example (weight 0) on user 0 / item 0, which nothing else touches
+DUP = _batch([1, 2, 1, 1, 0], [2, 2, 3, 1, 0], [4.0, 3.0, 5.0, 1.0, 2.0], [True, True, True, True, False])
+OTHER = _batch([3, 0, 2, 1, 2], [4, 4, 0, 2, 2], [2.0, 5.0, 1.5, 3.0, 4.5], [True, True, True, True, True])
+L2, BIAS_L2, LR = 0.1, 0.05, 0.3
+
+
+def _params(model, global_mean=True):
+    if model == "bias":
+        config = make_config("bias", embedding_dim=3, mean_rating=3.0, global_mean=global_mean)
+        p = bias.init(jax.random.key(0), 4, 5, config)
+        k1, k2 = jax.random.split(jax.random.key(100))  # nonzero biases: every term has a gradient
+        p = p._replace(user_bias=0.3 * jax.random.normal(k1, (4,)), item_bias=0.3 * jax.random.normal(k2, (5,)))
+    else:
+        config = make_config("dot", embedding_dim=3)
+        p = dot.init(jax.random.key(0), 4, 5, config)
+    return config, p._replace(**{f: 10.0 * getattr(p, f) for f in p._fields if f.endswith("factors")})
+
+
+def _steps(model, fused, global_mean=True):
+    config, params = _params(model, global_mean)
+    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
+    schedule = optax.constant_schedule(LR)
+    row_tx, dense_tx = row_tx(), make_dense(schedule)
+    lay = sparse.layout(params)
+    if fused:
+        step = sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=BIAS_L2, global_mean=global_mean)
+    else:
+        objective = make_objective(make_apply(model, config), mse, make_l2_penalty(L2, BIAS_L2))
+        step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, params)
+    state = TrainState(params, sparse.init_opt_state(params, row_tx, dense_tx), jnp.zeros((), jnp.int32))
+    carry, losses = sparse.pack(state, lay), []
+    for batch in (DUP, OTHER, DUP):
+        carry, loss = jax.jit(step)(carry, batch, None)
+        losses.append(float(loss))
+    return sparse.unpack(carry, lay, params, TrainState).params, losses, params
+
+
+@pytest.mark.parametrize("model,global_mean", [("bias", True), ("bias", False), ("dot", True)])
+def test_fused_sgd_step_equals_the_xla_step(model, global_mean):
+    got, got_losses, start = _steps(model, True, global_mean)
+    want, want_losses, _ = _steps(model, False, global_mean)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for name in want._fields:
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
+    # rows that no live example touched are exactly as they were: user 3 and item 4 are
+    # touched by OTHER only, user 0 / item 0 by padding in DUP and by OTHER
+    assert not np.allclose(got.user_factors[3], start.user_factors[3])
+    if model == "bias":
+        assert float(got.global_bias) != float(start.global_bias) if global_mean else \
+            float(got.global_bias) == float(start.global_bias)
+
+
+@pytest.mark.parametrize("num_users,num_items", [(9, 5), (70_000, 6), (6, 70_000)])
+def test_fused_sgd_step_equals_the_xla_step_on_random_batches(num_users, num_items):
+    """Either side the larger (the kernel sorts by it), and a side above 65536 rows (its sort
+    takes two radix passes); 300 examples with many duplicates, some of them padding."""
+    config = make_config("bias", embedding_dim=4, mean_rating=3.0)
+    params = bias.init(jax.random.key(1), num_users, num_items, config)
+    params = params._replace(user_factors=10.0 * params.user_factors, item_factors=10.0 * params.item_factors)
+    rng = np.random.default_rng(0)
+    batches = [_batch(rng.integers(0, min(num_users, 40), 300), rng.integers(0, min(num_items, 40), 300),
+                      rng.uniform(1, 5, 300), rng.uniform(size=300) < 0.9) for _ in range(2)]
+    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
+    schedule = optax.constant_schedule(LR)
+    row_tx, dense_tx = row_tx(), make_dense(schedule)
+    lay = sparse.layout(params)
+    objective = make_objective(make_apply("bias", config), mse, make_l2_penalty(L2, BIAS_L2))
+    results = []
+    for step in (sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=BIAS_L2, global_mean=True),
+                 sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, params)):
+        state = TrainState(params, sparse.init_opt_state(params, row_tx, dense_tx), jnp.zeros((), jnp.int32))
+        carry, losses = sparse.pack(state, lay), []
+        for batch in batches:
+            carry, loss = jax.jit(step)(carry, batch, None)
+            losses.append(float(loss))
+        results.append((sparse.unpack(carry, lay, params, TrainState).params, losses))
+    (got, got_losses), (want, want_losses) = results
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for name in want._fields:
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_fused_sgd_step_by_hand():
+    """One step on one example, written out: e = mu + b_u + b_i + p.q - r, W = 1."""
+    config, params = _params("bias")
+    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
+    schedule = optax.constant_schedule(LR)
+    dense_tx = make_dense(schedule)
+    lay = sparse.layout(params)
+    step = jax.jit(sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=BIAS_L2, global_mean=True))
+    state = TrainState(params, sparse.init_opt_state(params, row_tx(), dense_tx), jnp.zeros((), jnp.int32))
+    one = _batch([2, 0], [1, 0], [4.0, 9.0], [True, False])
+    carry, loss = step(sparse.pack(state, lay), one, None)
+    new = sparse.unpack(carry, lay, params, TrainState).params
+    p, q = np.asarray(params.user_factors[2], np.float64), np.asarray(params.item_factors[1], np.float64)
+    bu, bi, mu = float(params.user_bias[2]), float(params.item_bias[1]), float(params.global_bias)
+    e = mu + bu + bi + p @ q - 4.0
+    assert float(loss) == pytest.approx(e * e + L2 * (p @ p + q @ q) + BIAS_L2 * (bu * bu + bi * bi), rel=1e-5)
+    np.testing.assert_allclose(new.user_factors[2], p - LR * (2 * e * q + 2 * L2 * p), rtol=1e-5)
+    np.testing.assert_allclose(new.item_factors[1], q - LR * (2 * e * p + 2 * L2 * q), rtol=1e-5)
+    assert float(new.user_bias[2]) == pytest.approx(bu - LR * (2 * e + 2 * BIAS_L2 * bu), rel=1e-5)
+    assert float(new.global_bias) == pytest.approx(mu - LR * 2 * e, rel=1e-5)
+    np.testing.assert_array_equal(new.user_factors[0], params.user_factors[0])  # padding only: untouched
+
+
+def test_fused_step_rejects_an_index_out_of_range():
+    _, params = _params("bias")
+    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
+    schedule = optax.constant_schedule(LR)
+    dense_tx = make_dense(schedule)
+    lay = sparse.layout(params)
+    step = jax.jit(sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=0.0, global_mean=True))
+    state = TrainState(params, sparse.init_opt_state(params, row_tx(), dense_tx), jnp.zeros((), jnp.int32))
+    with pytest.raises(Exception, match="out of range"):
+        jax.block_until_ready(step(sparse.pack(state, lay), _batch([4], [0], [3.0], [True]), None))
+
+
+def test_fit_with_the_kernel_matches_fit_without(monkeypatch):
+    """The whole fit (padding in the last batch, several epochs): the engine's kernel path
+    against XLA's step, which RECSYS_JAX_KERNELS=off selects."""
+    train, _ = make_synthetic(jax.random.key(3), num_users=150, num_items=100, num_ratings=4500)  # > SORT_MAX: Feistel
+    tc = TrainConfig(epochs=3, batch_size=1000, lr=0.05, schedule="constant", optimizer="sgd", l2=1e-3, bias_l2=1e-3)
+    results = {}
+    for setting in ("on", "off"):
+        monkeypatch.setenv("RECSYS_JAX_KERNELS", setting)
+        make_engine.cache_clear()
+        results[setting] = fit("bias", train, train_config=tc, model_config=make_config("bias", embedding_dim=4),
+                               progress=False)
+    make_engine.cache_clear()
+    on, off = results["on"], results["off"]
+    np.testing.assert_allclose(on.history["train_loss"], off.history["train_loss"], rtol=1e-5)
+    for name in off.params._fields:
+        np.testing.assert_allclose(getattr(on.params, name), getattr(off.params, name), rtol=1e-4, atol=1e-6)
+
+
+def test_engine_names_its_kernel(monkeypatch):
+    from recsys_jax.engine import RatingObjective
+
+    config = make_config("bias", embedding_dim=4)
+    apply = make_apply("bias", config)
+    sgd, adagrad = TrainConfig(optimizer="sgd"), TrainConfig(optimizer="adagrad")
+    make_engine.cache_clear()
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel == "mf_sgd"
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, adagrad, 3).kernel is None
+    huber = TrainConfig(optimizer="sgd", loss="huber")
+    from recsys_jax.losses import LOSSES
+
+    assert make_engine("bias", apply, config, RatingObjective(LOSSES["huber"]), None, huber, 3).kernel is None
+    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")
+    make_engine.cache_clear()
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel is None
+    assert kernels.load() is None and kernels.why_not() == "RECSYS_JAX_KERNELS is off"
+    make_engine.cache_clear()
+
+
+@pytest.mark.parametrize("n,count", [(5000, None), (70001, None), (8192, 5000)])
+def test_permutation_kernel_is_the_xla_permutation_bit_for_bit(monkeypatch, n, count):
+    keys = jax.random.split(jax.random.key(7), 3)
+    count_arg = None if count is None else jnp.int32(count)
+    got = jax.jit(jax.vmap(lambda k: shuffle.feistel_permutation(k, n, count_arg)))(keys)
+    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")
+    want = jax.jit(jax.vmap(lambda k: shuffle.feistel_permutation(k, n, count_arg)))(keys)
+    np.testing.assert_array_equal(got, want)
+    size = n if count is None else count
+    for row in np.asarray(got):
+        np.testing.assert_array_equal(np.sort(row[:size]), np.arange(size))
+
+
+def test_a_failed_build_names_the_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "false")
+    with pytest.raises(RuntimeError, match="false"):
+        kernels.build(tmp_path)
+    assert not list(tmp_path.glob("*.so"))  # nothing half-written is left to load

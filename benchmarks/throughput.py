@@ -20,6 +20,10 @@ same shape when it is absent):
   inside one compiled program) on 1k to 1M random pairs, median of several calls;
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
 
+Each training row names the CPU kernels its epoch called (`recsys_jax.kernels`: the fused
+SGD step, the shuffle's permutation); the ``sgd`` rows are also timed with
+``RECSYS_JAX_KERNELS=off`` (kernels "none": XLA's step and shuffle), in the same run.
+
 Files: ``throughput-<device>.{json,md}`` in benchmarks/results/ for a full run from a clean
 commit, else runs/benchmarks/ (the rule in `benchmarks.common`).
 """
@@ -82,9 +86,40 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     return engine, state, apply_fn, tuple(jnp.asarray(a) for a in columns[:3]), extra
 
 
-def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam") -> list[dict]:
+def kernels_in_use(engine) -> str:
+    """Which CPU kernels (`recsys_jax.kernels`) an engine's epoch calls: its step's, and the
+    shuffle's where they are on; "none" where every part is XLA's."""
+    from recsys_jax import kernels
+
+    if kernels.load() is None:
+        return "none"
+    return f"{engine.kernel} + shuffle" if engine.kernel else "shuffle"
+
+
+def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam",
+                use_kernels: bool = True) -> list[dict]:
     """One epoch of the engine, timed; ``batch_size`` None for ALS (no batches; its plan is
-    built before the timed epochs, reported as ``plan_s``)."""
+    built before the timed epochs, reported as ``plan_s``). ``use_kernels=False``: with
+    ``RECSYS_JAX_KERNELS=off`` (XLA's step and shuffle), for comparison."""
+    import os
+
+    from recsys_jax.engine import make_engine
+
+    saved = os.environ.get("RECSYS_JAX_KERNELS")
+    if not use_kernels:
+        os.environ["RECSYS_JAX_KERNELS"] = "off"
+    make_engine.cache_clear()  # the engine is built anew under this setting
+    try:
+        return _bench_train(model, ratings, batch_size, repeats, optimizer)
+    finally:
+        if saved is None:
+            os.environ.pop("RECSYS_JAX_KERNELS", None)
+        else:
+            os.environ["RECSYS_JAX_KERNELS"] = saved
+        make_engine.cache_clear()
+
+
+def _bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str) -> list[dict]:
     engine, state, _, (users, items, vals), kw = build(model, ratings, batch_size or 1024, optimizer=optimizer)
     n = len(ratings)
     key = jax.random.key(1)
@@ -98,7 +133,8 @@ def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optim
     secs = median_time(run_scan, repeats=repeats)
     return [{"bench": "train_throughput", "model": model, "optimizer": optimizer, "path": "scan",
              "batch_size": batch_size, "num_ratings": n, "seconds_per_epoch": secs, "ratings_per_s": n / secs,
-             "compile_s": compile_s, "plan_s": getattr(engine, "plan_seconds", None)}]
+             "compile_s": compile_s, "plan_s": getattr(engine, "plan_seconds", None),
+             "kernels": kernels_in_use(engine)}]
 
 
 def bench_own_fit(model: str, ratings, repeats: int) -> list[dict]:
@@ -144,8 +180,8 @@ def markdown(records: list[dict], env: dict) -> str:
     train = [r for r in records if r["bench"] == "train_throughput"]
     pred = [r for r in records if r["bench"] == "predict_throughput"]
     parts = ["### Training throughput (ratings/s, one epoch, compile excluded, median)\n",
-             markdown_table(["model", "optimizer", "batch", "ratings/s", "s/epoch", "compile s"],
-                            [[r["model"], r.get("optimizer", "adam"),
+             markdown_table(["model", "optimizer", "CPU kernels", "batch", "ratings/s", "s/epoch", "compile s"],
+                            [[r["model"], r.get("optimizer", "adam"), r.get("kernels", ""),
                               r["batch_size"] or ("its whole fit" if r.get("path") == "fit"
                                                   else "whole epoch (ALS)"),
                               f"{r['ratings_per_s']:,.0f}",
@@ -174,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1024, 8192, 65536])
     p.add_argument("--predict-sizes", nargs="+", type=int, default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-xla-rows", action="store_true",
+                   help="leave out the SGD rows timed with RECSYS_JAX_KERNELS=off (XLA's step and shuffle)")
     add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -194,14 +232,16 @@ def main(argv=None) -> int:
                 print(f"[throughput] {model:5s} predict batch {r['batch_size']:8d}: {r['pairs_per_s']:14,.0f} pairs/s",
                       flush=True)
             continue
-        runs = [(bs, opt) for bs in args.batch_sizes
+        runs = [(bs, opt, True) for bs in args.batch_sizes
                 for opt in ["adam"] + (args.optimizers if model in args.sparse_models else []) if opt != "als"]
+        # The SGD step with and without the CPU kernels, side by side
+        runs += [(bs, "sgd", False) for bs, opt, _ in list(runs) if opt == "sgd" and not args.no_xla_rows]
         if model in args.sparse_models and "als" in args.optimizers:
-            runs.append((None, "als"))
-        for bs, opt in runs:
-            for r in bench_train(model, ratings, bs, args.repeats, opt):
+            runs.append((None, "als", True))
+        for bs, opt, use_kernels in runs:
+            for r in bench_train(model, ratings, bs, args.repeats, opt, use_kernels):
                 records.append(r)
-                print(f"[throughput] {model:5s} train {opt:9s} batch {str(bs or '-'):>6s}: "
+                print(f"[throughput] {model:5s} train {opt:9s} batch {str(bs or '-'):>6s} kernels {r['kernels']:>14s}: "
                       f"{r['ratings_per_s']:12,.0f} ratings/s (compile {r['compile_s']:.2f} s)", flush=True)
         for r in bench_predict(model, ratings, args.predict_sizes, args.repeats):
             records.append(r)

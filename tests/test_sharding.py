@@ -183,6 +183,7 @@ def report(tmp_path_factory):
 # -- the tests ---------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("opt", ["adam", "lazy_adam"])
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_fit_on_four_devices_equals_one(report, opt):
     r = report[opt]
     assert report["devices"] == DEVICES
@@ -193,12 +194,14 @@ def test_fit_on_four_devices_equals_one(report, opt):
     assert [150] in r["shapes"] and [101] in r["shapes"] and [150, 8] in r["shapes"] and [101, 8] in r["shapes"]
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_a_model_that_is_not_row_local_trains_on_four_devices(report):
     r = report["svdpp"]
     np.testing.assert_allclose(r["rmse_4"], r["rmse_1"], atol=TOL_RMSE)
     assert r["param_diff"] < 1e-5
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_sharded_epoch_moves_no_table(report):
     for opt in ("adam", "lazy_adam"):
         c = report["table_collectives"][opt]
@@ -206,6 +209,7 @@ def test_sharded_epoch_moves_no_table(report):
         assert c["tables"] == []  # ... but none of them carries a whole table
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_progress_on_a_mesh_is_unpadded_and_resumes(report):
     r = report["lazy_adam"]
     assert 150 in r["progress_rows"] and 101 in r["progress_rows"]
@@ -213,6 +217,7 @@ def test_progress_on_a_mesh_is_unpadded_and_resumes(report):
     assert r["resumed_diff"] == 0.0
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_prediction_on_the_sharded_model(report):
     assert report["result_specs"]["user_factors"] == "P('devices',)"
     assert report["result_specs"]["item_bias"] == "P('devices',)"
@@ -222,6 +227,7 @@ def test_prediction_on_the_sharded_model(report):
     assert report["topn_same_items"] and report["topn_score_diff"] < 1e-5
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_checkpoint_of_a_sharded_model_loads_on_one_device(report):
     from recsys_jax import checkpoint
     from recsys_jax.models import make_apply
@@ -235,12 +241,14 @@ def test_checkpoint_of_a_sharded_model_loads_on_one_device(report):
     np.testing.assert_allclose(pred, c["pred"], atol=1e-5)
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_fit_many_members_sharded_equals_unsharded(report):
     m = report["many"]
     assert m["specs"] == ["P('devices',)"]
     assert m["param_diff"] < 1e-5 and m["rmse_diff"] < 1e-6 and m["predict_diff"] < 1e-5
 
 
+@pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_cli_train_on_four_devices(report):
     one, four = report["cli"]["0"], report["cli"]["2"]
     assert one["code"] == four["code"] == 0

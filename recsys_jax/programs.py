@@ -12,8 +12,9 @@ key made of what fixes the program without tracing it:
   its settings (a custom loss or penalty function) passes None: nothing is stored;
 - the arguments: their tree structure, and each leaf's type (shape, dtype, weak type)
   and placement, plus the static arguments;
-- the code and the machine: a digest of this package's sources, the jax, jaxlib and
-  Optax versions, JAX's configuration, ``XLA_FLAGS``, the backend, its devices and the
+- the code and the machine: a digest of this package's sources (the C++ kernels'
+  included), the jax, jaxlib and Optax versions, JAX's configuration, ``XLA_FLAGS``,
+  whether the CPU kernels are on (`recsys_jax.kernels`), the backend, its devices and the
   CPU's feature flags.
 
 A file that fails to load, for any reason, is compiled anew and written again
@@ -88,8 +89,10 @@ def key(identity: str, args: tuple, kwargs: dict, static: dict) -> str:
     """The file name of the program ``identity`` compiled for these arguments."""
     leaves, tree = jax.tree.flatten((args, kwargs))
     settings = sorted((k, repr(v)) for k, v in jax.config.values.items())  # read now: a test may change one
+    from recsys_jax import kernels
+
     parts = (identity, str(tree), [_leaf_signature(x) for x in leaves], sorted(static.items()), _code_and_machine(),
-             settings, os.environ.get("XLA_FLAGS", ""))
+             settings, os.environ.get("XLA_FLAGS", ""), kernels.enabled())  # a traced program may call a kernel
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 

@@ -17,6 +17,9 @@ the permutation is therefore a bijection computed element-wise, with no sort:
    fewer than :math:`2n` elements (a prefix sum and a scatter), where cycle walking
    (applying :math:`\pi` again to the values that fall outside) needed as many passes as
    the longest walk, about 25 at 100k ratings (6.4 ms against 4.1 ms now, most of it XLA's CPU prefix sum).
+   On the CPU the whole permutation is a C++ kernel (`recsys_jax.kernels`, ``shuffle.cc``):
+   the same rounds and compaction, bit for bit (tested), with the compaction as one
+   sequential pass, 0.24 ms against XLA's 2.5 ms at 100k ratings.
 
 The result is a pseudo-random permutation (a keyed cipher on indices), not a uniform
 draw over all :math:`n!` orders; for shuffling minibatches that is what matters: every
@@ -51,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+
+from recsys_jax import kernels
 
 ROUNDS = 4
 SORT_MAX = 4096  # up to here, jax.random.permutation (uniform; its sort is cheap at this size)
@@ -88,8 +93,6 @@ def feistel_permutation(key: Array, n: int, count: Array | None = None) -> Array
         return jnp.arange(n, dtype=jnp.int32)
     m = max(int(n - 1).bit_length(), 2)
     round_keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
-    from recsys_jax import kernels
-
     if kernels.load() is not None:  # the same permutation, bit for bit, in one pass (recsys_jax.kernels)
         limit = jnp.asarray(n if count is None else count, jnp.int32)
         out = jax.ShapeDtypeStruct((n,), jnp.int32)

@@ -76,6 +76,9 @@ Row transformations, ``RowTransform(state_width, init, update, scatter)`` (Optax
     :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r`. The per-example rows are
     scatter-added into the table directly (no merge step: a row used twice receives both
     gradients, their sum, as dense SGD would): the sparse step equals the dense one exactly.
+    On the CPU, for the bias and dot models with squared error, the whole step is a C++
+    kernel instead (`make_fused_sgd_update`, `recsys_jax.kernels`): the same update, to
+    float rounding.
 
 Which models: those whose ``user_*``/``item_*`` tables are read only at row ``user`` /
 ``item`` (the module sets ``ROW_LOCAL = True``). A whole-table penalty (``penalty="table"``)
@@ -365,10 +368,11 @@ def make_fused_sgd_update(dense_tx: optax.GradientTransformation, schedule: Call
         scalars = jnp.stack([mu, jnp.asarray(schedule(carry.step), jnp.float32)])
         out = (jax.ShapeDtypeStruct(user.shape, user.dtype), jax.ShapeDtypeStruct(item.shape, item.dtype),
                jax.ShapeDtypeStruct((2,), jnp.float32))
-        user, item, stats = jax.ffi.ffi_call("recsys_mf_sgd_step", out, input_output_aliases={0: 0, 1: 1},
-                                                    vmap_method="sequential")(
-            user, item, batch.users, batch.items, batch.ratings, batch.mask.astype(jnp.float32), scalars,
-            l2=np.float32(l2), bias_l2=np.float32(bias_l2), has_bias=np.int32(has_bias))
+        kernel = jax.ffi.ffi_call("recsys_mf_sgd_step", out, input_output_aliases={0: 0, 1: 1},
+                                  vmap_method="sequential")
+        user, item, stats = kernel(user, item, batch.users, batch.items, batch.ratings,
+                                   batch.mask.astype(jnp.float32), scalars, l2=np.float32(l2),
+                                   bias_l2=np.float32(bias_l2), has_bias=np.int32(has_bias))
         dense, dense_state = carry.dense, carry.dense_state
         if lay.dense:
             grads = {name: jnp.zeros_like(value) for name, value in carry.dense.items()}

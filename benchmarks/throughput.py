@@ -93,7 +93,8 @@ def kernels_in_use(engine) -> str:
 
     if kernels.load() is None:
         return "none"
-    return f"{engine.kernel} + shuffle" if engine.kernel else "shuffle"
+    step = getattr(engine, "kernel", None)  # ALS has no step
+    return f"{step} + shuffle" if step else "shuffle"
 
 
 def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam",

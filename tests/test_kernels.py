@@ -45,38 +45,42 @@ def _params(model, global_mean=True):
     return config, p._replace(**{f: 10.0 * getattr(p, f) for f in p._fields if f.endswith("factors")})
 
 
-def _steps(model, fused, global_mean=True):
-    config, params = _params(model, global_mean)
+def _train(model, config, params, batches, *, fused, global_mean=True, bias_l2=BIAS_L2):
+    """``(params, losses)`` after SGD steps on ``batches``: the kernel's step (``fused``) or
+    XLA's (`recsys_jax.sparse.make_sparse_update` on the objective written out)."""
     row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
     schedule = optax.constant_schedule(LR)
     row_tx, dense_tx = row_tx(), make_dense(schedule)
     lay = sparse.layout(params)
     if fused:
-        step = sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=BIAS_L2, global_mean=global_mean)
+        step = sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=bias_l2, global_mean=global_mean)
     else:
-        objective = make_objective(make_apply(model, config), mse, make_l2_penalty(L2, BIAS_L2))
+        objective = make_objective(make_apply(model, config), mse, make_l2_penalty(L2, bias_l2))
         step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, params)
     state = TrainState(params, sparse.init_opt_state(params, row_tx, dense_tx), jnp.zeros((), jnp.int32))
-    carry, losses = sparse.pack(state, lay), []
-    for batch in (DUP, OTHER, DUP):
-        carry, loss = jax.jit(step)(carry, batch, None)
+    carry, losses, step = sparse.pack(state, lay), [], jax.jit(step)
+    for batch in batches:
+        carry, loss = step(carry, batch, None)
         losses.append(float(loss))
-    return sparse.unpack(carry, lay, params, TrainState).params, losses, params
+    return sparse.unpack(carry, lay, params, TrainState).params, losses
+
+
+def _assert_same(got, want):
+    (got, got_losses), (want, want_losses) = got, want
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for name in want._fields:
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("model,global_mean", [("bias", True), ("bias", False), ("dot", True)])
 def test_fused_sgd_step_equals_the_xla_step(model, global_mean):
-    got, got_losses, start = _steps(model, True, global_mean)
-    want, want_losses, _ = _steps(model, False, global_mean)
-    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
-    for name in want._fields:
-        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
-    # rows that no live example touched are exactly as they were: user 3 and item 4 are
-    # touched by OTHER only, user 0 / item 0 by padding in DUP and by OTHER
-    assert not np.allclose(got.user_factors[3], start.user_factors[3])
+    config, start = _params(model, global_mean)
+    got = _train(model, config, start, (DUP, OTHER, DUP), fused=True, global_mean=global_mean)
+    _assert_same(got, _train(model, config, start, (DUP, OTHER, DUP), fused=False, global_mean=global_mean))
+    # user 3 is touched by OTHER only; global_bias moves only where the model has it
+    assert not np.allclose(got[0].user_factors[3], start.user_factors[3])
     if model == "bias":
-        assert float(got.global_bias) != float(start.global_bias) if global_mean else \
-            float(got.global_bias) == float(start.global_bias)
+        assert (float(got[0].global_bias) != float(start.global_bias)) == global_mean
 
 
 @pytest.mark.parametrize("num_users,num_items", [(9, 5), (70_000, 6), (6, 70_000)])
@@ -89,42 +93,19 @@ def test_fused_sgd_step_equals_the_xla_step_on_random_batches(num_users, num_ite
     rng = np.random.default_rng(0)
     batches = [_batch(rng.integers(0, min(num_users, 40), 300), rng.integers(0, min(num_items, 40), 300),
                       rng.uniform(1, 5, 300), rng.uniform(size=300) < 0.9) for _ in range(2)]
-    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
-    schedule = optax.constant_schedule(LR)
-    row_tx, dense_tx = row_tx(), make_dense(schedule)
-    lay = sparse.layout(params)
-    objective = make_objective(make_apply("bias", config), mse, make_l2_penalty(L2, BIAS_L2))
-    results = []
-    for step in (sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=BIAS_L2, global_mean=True),
-                 sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, params)):
-        state = TrainState(params, sparse.init_opt_state(params, row_tx, dense_tx), jnp.zeros((), jnp.int32))
-        carry, losses = sparse.pack(state, lay), []
-        for batch in batches:
-            carry, loss = jax.jit(step)(carry, batch, None)
-            losses.append(float(loss))
-        results.append((sparse.unpack(carry, lay, params, TrainState).params, losses))
-    (got, got_losses), (want, want_losses) = results
-    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
-    for name in want._fields:
-        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
+    _assert_same(_train("bias", config, params, batches, fused=True),
+                 _train("bias", config, params, batches, fused=False))
 
 
 def test_fused_sgd_step_by_hand():
     """One step on one example, written out: e = mu + b_u + b_i + p.q - r, W = 1."""
     config, params = _params("bias")
-    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
-    schedule = optax.constant_schedule(LR)
-    dense_tx = make_dense(schedule)
-    lay = sparse.layout(params)
-    step = jax.jit(sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=BIAS_L2, global_mean=True))
-    state = TrainState(params, sparse.init_opt_state(params, row_tx(), dense_tx), jnp.zeros((), jnp.int32))
     one = _batch([2, 0], [1, 0], [4.0, 9.0], [True, False])
-    carry, loss = step(sparse.pack(state, lay), one, None)
-    new = sparse.unpack(carry, lay, params, TrainState).params
+    new, (loss,) = _train("bias", config, params, [one], fused=True)
     p, q = np.asarray(params.user_factors[2], np.float64), np.asarray(params.item_factors[1], np.float64)
     bu, bi, mu = float(params.user_bias[2]), float(params.item_bias[1]), float(params.global_bias)
     e = mu + bu + bi + p @ q - 4.0
-    assert float(loss) == pytest.approx(e * e + L2 * (p @ p + q @ q) + BIAS_L2 * (bu * bu + bi * bi), rel=1e-5)
+    assert loss == pytest.approx(e * e + L2 * (p @ p + q @ q) + BIAS_L2 * (bu * bu + bi * bi), rel=1e-5)
     np.testing.assert_allclose(new.user_factors[2], p - LR * (2 * e * q + 2 * L2 * p), rtol=1e-5)
     np.testing.assert_allclose(new.item_factors[1], q - LR * (2 * e * p + 2 * L2 * q), rtol=1e-5)
     assert float(new.user_bias[2]) == pytest.approx(bu - LR * (2 * e + 2 * BIAS_L2 * bu), rel=1e-5)
@@ -133,15 +114,9 @@ def test_fused_sgd_step_by_hand():
 
 
 def test_fused_step_rejects_an_index_out_of_range():
-    _, params = _params("bias")
-    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
-    schedule = optax.constant_schedule(LR)
-    dense_tx = make_dense(schedule)
-    lay = sparse.layout(params)
-    step = jax.jit(sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=0.0, global_mean=True))
-    state = TrainState(params, sparse.init_opt_state(params, row_tx(), dense_tx), jnp.zeros((), jnp.int32))
+    config, params = _params("bias")
     with pytest.raises(Exception, match="out of range"):
-        jax.block_until_ready(step(sparse.pack(state, lay), _batch([4], [0], [3.0], [True]), None))
+        _train("bias", config, params, [_batch([4], [0], [3.0], [True])], fused=True)
 
 
 def test_fit_with_the_kernel_matches_fit_without(monkeypatch):

@@ -109,6 +109,9 @@ def compile(jitted: Callable, args: tuple, kwargs: dict, identity: str | None, s
     path = None
     if _DIR[0] is not None and identity is not None:
         path = _DIR[0] / f"{key(identity, args, kwargs, static)}.bin"
+        from recsys_jax import kernels
+
+        kernels.load()  # a stored program may call the CPU kernels: their targets must be registered first
         try:
             with open(path, "rb") as fh:
                 blob, in_tree, out_tree = pickle.load(fh)

@@ -316,8 +316,9 @@ def compile_cache_dir() -> Path:
     else ``<cache>/jax-compile`` with ``<cache>`` = ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``."""
     if os.environ.get("RECSYS_JAX_COMPILE_CACHE"):
         return Path(os.environ["RECSYS_JAX_COMPILE_CACHE"]).expanduser()
-    base = os.environ.get("RECSYS_JAX_CACHE") or Path.home() / ".cache" / "recsys_jax"
-    return Path(base).expanduser() / "jax-compile"
+    from recsys_jax.data.cache import cache_root
+
+    return cache_root() / "jax-compile"
 
 
 def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:

@@ -16,8 +16,8 @@ The kernel is C++ source shipped with the package and built on first use with th
 machine's C++ compiler (``$CXX``, else ``g++`` or ``c++``) against the FFI headers that
 jaxlib ships (`jax.ffi.include_dir`), with ``-O3 -march=native``, into
 ``<cache>/kernels/<digest>.so`` (``$RECSYS_JAX_KERNEL_CACHE`` instead of that folder
-where set; ``<cache>``: ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``; the digest covers the source, the compiler's version, jaxlib's
-version and the CPU's flags). Later processes load the built file. Where there is no
+where set; ``<cache>``: ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``; the digest
+covers the source, the compiler's version, jaxlib's version and the CPU's flags). Later processes load the built file. Where there is no
 compiler, the build fails, the backend is not the CPU, or ``RECSYS_JAX_KERNELS=off``,
 `load` returns None and the engine uses the XLA step: the same results, slower.
 """
@@ -34,7 +34,8 @@ import threading
 from pathlib import Path
 
 SOURCES = ("mf_sgd.cc", "shuffle.cc")
-TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation"}  # FFI target name -> exported symbol
+# FFI target name -> exported symbol
+TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation"}
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 
 _lock = threading.Lock()
@@ -55,10 +56,11 @@ def compiler() -> str | None:
 
 def build_dir() -> Path:
     """``$RECSYS_JAX_KERNEL_CACHE``, else ``<cache>/kernels``."""
+    from recsys_jax.data.cache import cache_root
+
     if os.environ.get("RECSYS_JAX_KERNEL_CACHE"):
         return Path(os.environ["RECSYS_JAX_KERNEL_CACHE"]).expanduser()
-    base = os.environ.get("RECSYS_JAX_CACHE") or Path.home() / ".cache" / "recsys_jax"
-    return Path(base).expanduser() / "kernels"
+    return cache_root() / "kernels"
 
 
 def _digest(cxx: str) -> str:

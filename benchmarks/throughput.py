@@ -93,8 +93,7 @@ def kernels_in_use(engine) -> str:
 
     if kernels.load() is None:
         return "none"
-    step = getattr(engine, "kernel", None)  # ALS has no step
-    return f"{step} + shuffle" if step else "shuffle"
+    return f"{engine.kernel} + shuffle" if engine.kernel else "shuffle"
 
 
 def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam",

@@ -268,6 +268,7 @@ class AlsEngine:
     ``(state, losses[1])``."""
 
     optimizer = "als"
+    kernel = None  # `Engine.kernel`: no step, so no step kernel
 
     def __init__(self, model: str, model_config, train_config):
         self.biases = model == "bias"

@@ -66,7 +66,7 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
     import jax
     import numpy as np
 
-    from benchmarks.throughput import build
+    from benchmarks.throughput import build, kernels_in_use
 
     num_users, num_items = shape_for(num_ratings)
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
             "ratings_per_s": len(train) / secs, "compile_s": compile_s, "epoch_seconds": times,
             "val_rmse": val_rmse, "generate_s": gen_s, "peak_rss_mb": peak_rss_mb(),
             "plan_s": getattr(engine, "plan_seconds", None), "l2": reg.get("l2", 1e-4),
-            "bias_l2": reg.get("bias_l2", 0.0)}
+            "bias_l2": reg.get("bias_l2", 0.0), "kernels": kernels_in_use(engine, len(train), extra)}
 
 
 def libmf_size(num_ratings: int, k: int, epochs: int) -> dict:
@@ -219,10 +219,11 @@ def main(argv=None) -> int:
               + (f", val RMSE {rec['val_rmse']:.4f}" if rec.get("val_rmse") is not None else ""), flush=True)
     written = [write_json(files.json, records)]
     md = ("### Scaling (synthetic, ML-25M shape at the top)\n\n" + markdown_table(
-        ["ratings", "users", "items", "model", "optimizer", "order", "lr", "L2", "s/epoch", "ratings/s", "compile s",
+        ["ratings", "users", "items", "model", "optimizer", "CPU kernels", "order", "lr", "L2", "s/epoch",
+         "ratings/s", "compile s",
          f"val RMSE after {args.epochs} epochs", "peak RSS MiB", "device"],
         [[f"{r['num_ratings']:,}", f"{r['num_users']:,}", f"{r['num_items']:,}", r["model"], r["optimizer"],
-          order_label(r),
+          r.get("kernels", ""), order_label(r),
           "" if r.get("lr") is None or r["optimizer"] == "als" else f"{r['lr']:g}",
           "" if r.get("l2") is None else f"{r['l2']:g}",
           f"{r['seconds_per_epoch']:.3f}", f"{r['ratings_per_s']:,.0f}",

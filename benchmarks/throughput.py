@@ -21,8 +21,8 @@ same shape when it is absent):
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
 
 Each training row names the CPU kernels its epoch called (`recsys_jax.kernels`: the fused
-SGD step, the shuffle's permutation); the ``sgd`` rows are also timed with
-``RECSYS_JAX_KERNELS=off`` (kernels "none": XLA's step and shuffle), in the same run.
+SGD or AdaGrad step, the shuffle's permutation); the ``sgd`` and ``adagrad`` rows are also
+timed with ``RECSYS_JAX_KERNELS=off`` (kernels "none": XLA's step and shuffle), in the same run.
 
 Files: ``throughput-<device>.{json,md}`` in benchmarks/results/ for a full run from a clean
 commit, else runs/benchmarks/ (the rule in `benchmarks.common`).
@@ -86,14 +86,19 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
     return engine, state, apply_fn, tuple(jnp.asarray(a) for a in columns[:3]), extra
 
 
-def kernels_in_use(engine) -> str:
-    """Which CPU kernels (`recsys_jax.kernels`) an engine's epoch calls: its step's, and the
-    shuffle's where they are on; "none" where every part is XLA's."""
+def kernels_in_use(engine, num_ratings: int, extra: dict) -> str:
+    """Which CPU kernels (`recsys_jax.kernels`) an engine's epoch over ``num_ratings``
+    calls: its step's, and the shuffle's where the epoch draws a Feistel permutation (a
+    random order above `recsys_jax.shuffle.SORT_MAX` ratings; not the blocked order, whose
+    ``extra`` holds ``blocks``, nor ALS, which has no order); "none" where every part is XLA's."""
     from recsys_jax import kernels
+    from recsys_jax.shuffle import SORT_MAX
 
     if kernels.load() is None:
         return "none"
-    return f"{engine.kernel} + shuffle" if engine.kernel else "shuffle"
+    shuffles = engine.optimizer != "als" and "blocks" not in extra and num_ratings > SORT_MAX
+    parts = [engine.kernel] * bool(engine.kernel) + ["shuffle"] * shuffles
+    return " + ".join(parts) or "none"
 
 
 def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam",
@@ -134,7 +139,7 @@ def _bench_train(model: str, ratings, batch_size: int | None, repeats: int, opti
     return [{"bench": "train_throughput", "model": model, "optimizer": optimizer, "path": "scan",
              "batch_size": batch_size, "num_ratings": n, "seconds_per_epoch": secs, "ratings_per_s": n / secs,
              "compile_s": compile_s, "plan_s": getattr(engine, "plan_seconds", None),
-             "kernels": kernels_in_use(engine)}]
+             "kernels": kernels_in_use(engine, n, kw)}]
 
 
 def bench_own_fit(model: str, ratings, repeats: int) -> list[dict]:
@@ -234,8 +239,8 @@ def main(argv=None) -> int:
             continue
         runs = [(bs, opt, True) for bs in args.batch_sizes
                 for opt in ["adam"] + (args.optimizers if model in args.sparse_models else []) if opt != "als"]
-        # The SGD step with and without the CPU kernels, side by side
-        runs += [(bs, "sgd", False) for bs, opt, _ in list(runs) if opt == "sgd" and not args.no_xla_rows]
+        # The SGD and AdaGrad steps with and without the CPU kernels, side by side
+        runs += [(bs, opt, False) for bs, opt, _ in list(runs) if opt in ("sgd", "adagrad") and not args.no_xla_rows]
         if model in args.sparse_models and "als" in args.optimizers:
             runs.append((None, "als", True))
         for bs, opt, use_kernels in runs:

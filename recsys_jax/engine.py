@@ -194,7 +194,7 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
         return None, make_rows(), make_dense(schedule)
 
     optimizer, row_tx, dense_tx = optimizers(fixed_schedule)  # init reads no schedule: any will do
-    fused = _fused_sgd(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan)
+    fused = _fused_kernel(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan)
 
     def objective_for(aux):
         apply = apply_fn if aux is None else functools.partial(apply_fn, aux=aux)
@@ -239,9 +239,9 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
                                       **place)
         else:
             lay = sparse.layout(state.params)
-            if fused and sparse.fused_sgd_layout(lay) is not None:
-                step = sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=tc.l2, bias_l2=tc.bias_l2,
-                                                    global_mean=getattr(model_config, "global_mean", True))
+            if fused and sparse.fused_layout(lay) is not None:
+                step = sparse.make_fused_update(tc.optimizer, dense_tx, schedule, lay, l2=tc.l2, bias_l2=tc.bias_l2,
+                                                global_mean=getattr(model_config, "global_mean", True))
             else:
                 step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, state.params, plan)
             carry = sparse.pack(state, lay)
@@ -253,28 +253,32 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
     return Engine(init, epoch, {}, tc.optimizer,
                   _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan,
                             shared, fused),
-                  "mf_sgd" if fused else None)
+                  fused)
 
 
-def _fused_sgd(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan) -> bool:
-    """Whether the ``sgd`` step is the CPU kernel's (`recsys_jax.kernels`, `recsys_jax.sparse.make_fused_sgd_update`):
-    the bias or dot model as `recsys_jax.models.make_apply` makes it (no y-range), squared
-    error, the touched-rows penalty that ``tc`` names, one device, and the kernel built."""
+def _fused_kernel(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan) -> str | None:
+    """The CPU kernel that does the ``sgd`` or ``adagrad`` step (`recsys_jax.kernels`,
+    `recsys_jax.sparse.make_fused_update`), ``"mf_sgd"`` / ``"mf_adagrad"``, where it
+    applies: the bias or dot model as `recsys_jax.models.make_apply` makes it (no y-range),
+    squared error, the touched-rows penalty that ``tc`` names, one device, and the kernel
+    built. Else None."""
     from recsys_jax import kernels
     from recsys_jax.losses import mse
     from recsys_jax.models import make_apply
 
-    if tc.optimizer != "sgd" or model not in ("bias", "dot") or plan is not None or joint or penalty_fn is not None:
-        return False
-    if tc.penalty != "touched" or not isinstance(objective, RatingObjective) or objective.loss_fn is not mse:
-        return False
-    if getattr(model_config, "y_range", None) is not None or apply_fn is not make_apply(model, model_config):
-        return False
-    return kernels.load() is not None
+    if tc.optimizer not in sparse.FUSED or model not in ("bias", "dot") or plan is not None or joint:
+        return None
+    if penalty_fn is not None or tc.penalty != "touched" or not isinstance(objective, RatingObjective):
+        return None
+    if objective.loss_fn is not mse or getattr(model_config, "y_range", None) is not None:
+        return None
+    if apply_fn is not make_apply(model, model_config) or kernels.load() is None:
+        return None
+    return f"mf_{tc.optimizer}"
 
 
 def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan, shared,
-              fused=False):
+              fused=None):
     """`Engine.identity`: the engine's settings by name, or None where one has no name."""
     from recsys_jax.losses import LOSSES, PARAM_LOSSES
     from recsys_jax.models import make_apply
@@ -283,7 +287,7 @@ def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_pe
         LOSSES.get(tc.loss) is objective.loss_fn or PARAM_LOSSES.get(tc.loss) is objective.loss_fn)
     if not named_loss or penalty_fn is not None or plan is not None or apply_fn is not make_apply(model, model_config):
         return None
-    return repr(("epoch", model, model_config, tc, steps_per_epoch, joint, shared) + (("mf_sgd",) if fused else ()))
+    return repr(("epoch", model, model_config, tc, steps_per_epoch, joint, shared) + ((fused,) if fused else ()))
 
 
 def rows_objective(objective: Callable, plan) -> Callable:

@@ -77,8 +77,8 @@ Row transformations, ``RowTransform(state_width, init, update, scatter)`` (Optax
     scatter-added into the table directly (no merge step: a row used twice receives both
     gradients, their sum, as dense SGD would): the sparse step equals the dense one exactly.
     On the CPU, for the bias and dot models with squared error, the whole step is a C++
-    kernel instead (`make_fused_sgd_update`, `recsys_jax.kernels`): the same update, to
-    float rounding.
+    kernel instead (`make_fused_update`, `recsys_jax.kernels`): the same update, to
+    float rounding. So is ``adagrad``'s.
 
 Which models: those whose ``user_*``/``item_*`` tables are read only at row ``user`` /
 ``item`` (the module sets ``ROW_LOCAL = True``). A whole-table penalty (``penalty="table"``)
@@ -132,7 +132,10 @@ def lazy_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowTrans
     return RowTransform(lambda d: 2 * d, lambda t: jnp.zeros((t.shape[0], 2 * t.shape[1]), t.dtype), update)
 
 
-def rowwise_adagrad(eps: float = 1e-10, initial: float = 0.0) -> RowTransform:
+ADAGRAD_EPS = 1e-10
+
+
+def rowwise_adagrad(eps: float = ADAGRAD_EPS, initial: float = 0.0) -> RowTransform:
     def scatter(table, rows, g, count, lr):
         d = g.shape[1]
         table = table.at[rows, d].add(jnp.mean(jnp.square(g), axis=1))  # every example's square
@@ -149,7 +152,7 @@ def sgd() -> RowTransform:
     return RowTransform(lambda d: 0, lambda t: jnp.zeros((t.shape[0], 0), t.dtype), None, scatter)
 
 
-def _dense_adagrad(schedule, eps: float = 1e-10) -> optax.GradientTransformation:
+def _dense_adagrad(schedule, eps: float = ADAGRAD_EPS) -> optax.GradientTransformation:
     """Dense AdaGrad with the same conventions as `rowwise_adagrad` (accumulator from 0)."""
     return optax.chain(optax.scale_by_rss(initial_accumulator_value=0.0, eps=eps),
                        optax.scale_by_learning_rate(schedule))
@@ -331,8 +334,8 @@ def make_sparse_update(objective: Callable, row_tx: RowTransform, dense_tx: opta
     return update
 
 
-def fused_sgd_layout(lay: Layout) -> bool | None:
-    """Whether the packed tables suit the fused SGD kernel (`make_fused_sgd_update`): True
+def fused_layout(lay: Layout) -> bool | None:
+    """Whether the packed tables suit the fused kernel (`make_fused_update`): True
     for ``[bias, factors]`` rows on both sides (the bias model), False for ``[factors]``
     (dot), None for any other layout (the kernel does not apply)."""
     sides = {}
@@ -349,18 +352,23 @@ def fused_sgd_layout(lay: Layout) -> bool | None:
     return None
 
 
-def make_fused_sgd_update(dense_tx: optax.GradientTransformation, schedule: Callable, lay: Layout, *, l2: float,
-                          bias_l2: float, global_mean: bool) -> Callable:
-    r"""``update(carry, batch, key) -> (carry, loss)``: the ``sgd`` step of the bias or dot
-    model with squared error and L2 on the touched rows, done by the CPU kernel
-    `recsys_jax.kernels` (``mf_sgd.cc``) in place of `make_sparse_update`'s XLA step. The
-    same objective and update: the kernel returns the batch's loss and
-    :math:`\partial L/\partial\mu`, and :math:`\mu` (``global_bias``) is updated here by
-    the dense transformation, as in `make_sparse_update`. ``global_mean=False``: the model
-    has no :math:`\mu` (0, untouched)."""
-    has_bias = fused_sgd_layout(lay)
+FUSED = ("sgd", "adagrad")  # the row optimizers the kernel does
+
+
+def make_fused_update(optimizer: str, dense_tx: optax.GradientTransformation, schedule: Callable, lay: Layout, *,
+                      l2: float, bias_l2: float, global_mean: bool) -> Callable:
+    r"""``update(carry, batch, key) -> (carry, loss)``: the ``sgd`` or ``adagrad`` step
+    (`sgd`, `rowwise_adagrad` with its default ``eps``) of the bias or dot model with
+    squared error and L2 on the touched rows, done by the CPU kernel `recsys_jax.kernels`
+    (``mf_sgd.cc``) in place of `make_sparse_update`'s XLA step. The same objective and
+    update: the kernel returns the batch's loss and :math:`\partial L/\partial\mu`, and
+    :math:`\mu` (``global_bias``) is updated here by the dense transformation, as in
+    `make_sparse_update`. ``global_mean=False``: the model has no :math:`\mu` (0, untouched)."""
+    if optimizer not in FUSED:
+        raise ValueError(f"make_fused_update: optimizer {optimizer!r} is not one of {FUSED}")
+    has_bias = fused_layout(lay)
     if has_bias is None:
-        raise ValueError("make_fused_sgd_update: the tables are not [bias, factors] or [factors] rows")
+        raise ValueError("make_fused_update: the tables are not [bias, factors] or [factors] rows")
 
     def update(carry: Carry, batch, key: Array) -> tuple[Carry, Array]:
         user, item = carry.tables["user"], carry.tables["item"]
@@ -372,7 +380,8 @@ def make_fused_sgd_update(dense_tx: optax.GradientTransformation, schedule: Call
                                   vmap_method="sequential")
         user, item, stats = kernel(user, item, batch.users, batch.items, batch.ratings,
                                    batch.mask.astype(jnp.float32), scalars, l2=np.float32(l2),
-                                   bias_l2=np.float32(bias_l2), has_bias=np.int32(has_bias))
+                                   bias_l2=np.float32(bias_l2), has_bias=np.int32(has_bias),
+                                   adagrad=np.int32(optimizer == "adagrad"), eps=np.float32(ADAGRAD_EPS))
         dense, dense_state = carry.dense, carry.dense_state
         if lay.dense:
             grads = {name: jnp.zeros_like(value) for name, value in carry.dense.items()}

@@ -45,15 +45,16 @@ def _params(model, global_mean=True):
     return config, p._replace(**{f: 10.0 * getattr(p, f) for f in p._fields if f.endswith("factors")})
 
 
-def _train(model, config, params, batches, *, fused, global_mean=True, bias_l2=BIAS_L2):
-    """``(params, losses)`` after SGD steps on ``batches``: the kernel's step (``fused``) or
-    XLA's (`recsys_jax.sparse.make_sparse_update` on the objective written out)."""
-    row_tx, make_dense = sparse.ROW_OPTIMIZERS["sgd"]
+def _train(model, config, params, batches, *, fused, global_mean=True, bias_l2=BIAS_L2, optimizer="sgd"):
+    """``(params, losses)`` after ``optimizer`` steps on ``batches``: the kernel's step
+    (``fused``) or XLA's (`recsys_jax.sparse.make_sparse_update` on the objective written out)."""
+    row_tx, make_dense = sparse.ROW_OPTIMIZERS[optimizer]
     schedule = optax.constant_schedule(LR)
     row_tx, dense_tx = row_tx(), make_dense(schedule)
     lay = sparse.layout(params)
     if fused:
-        step = sparse.make_fused_sgd_update(dense_tx, schedule, lay, l2=L2, bias_l2=bias_l2, global_mean=global_mean)
+        step = sparse.make_fused_update(optimizer, dense_tx, schedule, lay, l2=L2, bias_l2=bias_l2,
+                                        global_mean=global_mean)
     else:
         objective = make_objective(make_apply(model, config), mse, make_l2_penalty(L2, bias_l2))
         step = sparse.make_sparse_update(objective, row_tx, dense_tx, schedule, lay, params)
@@ -72,19 +73,22 @@ def _assert_same(got, want):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 @pytest.mark.parametrize("model,global_mean", [("bias", True), ("bias", False), ("dot", True)])
-def test_fused_sgd_step_equals_the_xla_step(model, global_mean):
+def test_fused_step_equals_the_xla_step(model, global_mean, optimizer):
     config, start = _params(model, global_mean)
-    got = _train(model, config, start, (DUP, OTHER, DUP), fused=True, global_mean=global_mean)
-    _assert_same(got, _train(model, config, start, (DUP, OTHER, DUP), fused=False, global_mean=global_mean))
+    run = dict(global_mean=global_mean, optimizer=optimizer)
+    got = _train(model, config, start, (DUP, OTHER, DUP), fused=True, **run)
+    _assert_same(got, _train(model, config, start, (DUP, OTHER, DUP), fused=False, **run))
     # user 3 is touched by OTHER only; global_bias moves only where the model has it
     assert not np.allclose(got[0].user_factors[3], start.user_factors[3])
     if model == "bias":
         assert (float(got[0].global_bias) != float(start.global_bias)) == global_mean
 
 
-@pytest.mark.parametrize("num_users,num_items", [(9, 5), (70_000, 6), (6, 70_000)])
-def test_fused_sgd_step_equals_the_xla_step_on_random_batches(num_users, num_items):
+@pytest.mark.parametrize("num_users,num_items,optimizer", [(9, 5, "sgd"), (70_000, 6, "sgd"), (6, 70_000, "sgd"),
+                                                            (9, 5, "adagrad"), (6, 70_000, "adagrad")])
+def test_fused_step_equals_the_xla_step_on_random_batches(num_users, num_items, optimizer):
     """Either side the larger (the kernel sorts by it), and a side above 65536 rows (its sort
     takes two radix passes); 300 examples with many duplicates, some of them padding."""
     config = make_config("bias", embedding_dim=4, mean_rating=3.0)
@@ -93,8 +97,8 @@ def test_fused_sgd_step_equals_the_xla_step_on_random_batches(num_users, num_ite
     rng = np.random.default_rng(0)
     batches = [_batch(rng.integers(0, min(num_users, 40), 300), rng.integers(0, min(num_items, 40), 300),
                       rng.uniform(1, 5, 300), rng.uniform(size=300) < 0.9) for _ in range(2)]
-    _assert_same(_train("bias", config, params, batches, fused=True),
-                 _train("bias", config, params, batches, fused=False))
+    _assert_same(_train("bias", config, params, batches, fused=True, optimizer=optimizer),
+                 _train("bias", config, params, batches, fused=False, optimizer=optimizer))
 
 
 def test_fused_sgd_step_by_hand():
@@ -113,17 +117,45 @@ def test_fused_sgd_step_by_hand():
     np.testing.assert_array_equal(new.user_factors[0], params.user_factors[0])  # padding only: untouched
 
 
+def test_fused_adagrad_step_by_hand():
+    """One AdaGrad step on one example from zero accumulators: a = |g|^2 / P over the row's
+    P = 4 columns (bias and 3 factors), then theta - lr g / (sqrt(a) + eps); twice, the
+    second from the first's accumulators."""
+    config, params = _params("bias")
+    one = _batch([2, 0], [1, 0], [4.0, 9.0], [True, False])
+    new, _ = _train("bias", config, params, [one, one], fused=True, optimizer="adagrad")
+    p, q = np.asarray(params.user_factors[2], np.float64), np.asarray(params.item_factors[1], np.float64)
+    bu, bi, mu = float(params.user_bias[2]), float(params.item_bias[1]), float(params.global_bias)
+    acc_u = acc_i = acc_mu = 0.0
+    for _ in range(2):
+        e = mu + bu + bi + p @ q - 4.0
+        gu = np.concatenate([[2 * e + 2 * BIAS_L2 * bu], 2 * e * q + 2 * L2 * p])
+        gi = np.concatenate([[2 * e + 2 * BIAS_L2 * bi], 2 * e * p + 2 * L2 * q])
+        acc_u, acc_i, acc_mu = acc_u + gu @ gu / 4, acc_i + gi @ gi / 4, acc_mu + (2 * e) ** 2
+        gu, gi = LR * gu / (np.sqrt(acc_u) + 1e-10), LR * gi / (np.sqrt(acc_i) + 1e-10)
+        bu, p, bi, q = bu - gu[0], p - gu[1:], bi - gi[0], q - gi[1:]
+        mu -= LR * 2 * e / (np.sqrt(acc_mu) + 1e-10)
+    np.testing.assert_allclose(new.user_factors[2], p, rtol=1e-5)
+    np.testing.assert_allclose(new.item_factors[1], q, rtol=1e-5)
+    assert float(new.user_bias[2]) == pytest.approx(bu, rel=1e-5)
+    assert float(new.item_bias[1]) == pytest.approx(bi, rel=1e-5)
+    assert float(new.global_bias) == pytest.approx(mu, rel=1e-5)
+    np.testing.assert_array_equal(new.user_factors[0], params.user_factors[0])  # padding only: untouched
+
+
 def test_fused_step_rejects_an_index_out_of_range():
     config, params = _params("bias")
     with pytest.raises(Exception, match="out of range"):
         _train("bias", config, params, [_batch([4], [0], [3.0], [True])], fused=True)
 
 
-def test_fit_with_the_kernel_matches_fit_without(monkeypatch):
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_fit_with_the_kernel_matches_fit_without(monkeypatch, optimizer):
     """The whole fit (padding in the last batch, several epochs): the engine's kernel path
     against XLA's step, which RECSYS_JAX_KERNELS=off selects."""
     train, _ = make_synthetic(jax.random.key(3), num_users=150, num_items=100, num_ratings=4500)  # > SORT_MAX: Feistel
-    tc = TrainConfig(epochs=3, batch_size=1000, lr=0.05, schedule="constant", optimizer="sgd", l2=1e-3, bias_l2=1e-3)
+    tc = TrainConfig(epochs=3, batch_size=1000, lr=0.05, schedule="constant", optimizer=optimizer, l2=1e-3,
+                     bias_l2=1e-3)
     results = {}
     for setting in ("on", "off"):
         monkeypatch.setenv("RECSYS_JAX_KERNELS", setting)
@@ -145,7 +177,9 @@ def test_engine_names_its_kernel(monkeypatch):
     sgd, adagrad = TrainConfig(optimizer="sgd"), TrainConfig(optimizer="adagrad")
     make_engine.cache_clear()
     assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel == "mf_sgd"
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, adagrad, 3).kernel is None
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, adagrad, 3).kernel == "mf_adagrad"
+    lazy = TrainConfig(optimizer="lazy_adam")
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, lazy, 3).kernel is None
     huber = TrainConfig(optimizer="sgd", loss="huber")
     from recsys_jax.losses import LOSSES
 
@@ -168,6 +202,27 @@ def test_permutation_kernel_is_the_xla_permutation_bit_for_bit(monkeypatch, n, c
     size = n if count is None else count
     for row in np.asarray(got):
         np.testing.assert_array_equal(np.sort(row[:size]), np.arange(size))
+
+
+def test_blocked_permutation_kernel_is_the_xla_order(monkeypatch):
+    """Nine blocks of 2 to 6 ratings with padding after them, then blocks of sizes 3, 0 and
+    2: the kernel's order equals XLA's element for element, under vmap too."""
+    users, items = np.repeat(np.arange(7), 5)[:31], np.tile(np.arange(5), 7)[:31]
+    _, blocks = shuffle.block_order(users, items, 3, np.random.default_rng(0))
+    keys = jax.random.split(jax.random.key(3), 6)
+    got = jax.jit(jax.vmap(lambda k: shuffle.blocked_permutation(k, blocks, 40)))(keys)
+    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")
+    want = jax.jit(jax.vmap(lambda k: shuffle.blocked_permutation(k, blocks, 40)))(keys)
+    np.testing.assert_array_equal(got, want)
+    for row in np.asarray(got):
+        np.testing.assert_array_equal(np.sort(row[:31]), np.arange(31))
+        np.testing.assert_array_equal(row[31:], 0)
+    sizes = np.array([3, 0, 2], np.int32)
+    manual = shuffle.Blocks(np.array([0, 3, 3], np.int32), sizes)
+    order = np.asarray(jax.jit(lambda k: shuffle.blocked_permutation(k, manual, 6))(jax.random.key(0)))
+    monkeypatch.delenv("RECSYS_JAX_KERNELS")
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: shuffle.blocked_permutation(k, manual, 6))(
+        jax.random.key(0))), order)
 
 
 def test_a_failed_build_names_the_compiler(monkeypatch, tmp_path):

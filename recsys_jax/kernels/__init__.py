@@ -6,9 +6,9 @@ it back (gathered rows, residuals, gradient rows, scatters: about 1.6 MB each at
 8192); `mf_sgd.cc` does the same step in two passes over the batch, on both cores. It is an
 `XLA FFI <https://docs.jax.dev/en/latest/ffi.html>`_ custom call, so the epoch stays one
 compiled program (a `jax.lax.scan` whose body calls it), and it computes what the XLA step
-computes (tested against it to float rounding): plain SGD for the ``bias`` and ``dot``
-models, squared error, L2 on the touched rows (`recsys_jax.engine.make_engine` decides
-where it applies; `recsys_jax.sparse.make_fused_sgd_update` calls it). `shuffle.cc`
+computes (tested against it to float rounding): plain SGD or row-wise AdaGrad for the
+``bias`` and ``dot`` models, squared error, L2 on the touched rows (`recsys_jax.engine.make_engine` decides
+where it applies; `recsys_jax.sparse.make_fused_update` calls it). `shuffle.cc`
 computes `recsys_jax.shuffle.feistel_permutation` bit for bit in one sequential pass,
 where XLA needs a prefix sum and a scatter over :math:`2^m` elements.
 
@@ -35,7 +35,8 @@ from pathlib import Path
 
 SOURCES = ("mf_sgd.cc", "shuffle.cc")
 # FFI target name -> exported symbol
-TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation"}
+TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation",
+           "recsys_blocked_permutation": "RecsysBlockedPermutation"}
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 
 _lock = threading.Lock()

@@ -13,7 +13,18 @@
 //   theta_r <- theta_r - lr dL/dtheta_r,
 //   dL/dp_u = sum_{b: u_b = u} c_b q_{i_b} + (2 l2 / W) n_u p_u,
 //   c_b = 2 w_b e_b / W,   n_u = sum_{b: u_b = u} w_b
-// (items alike; bias columns: c_b and bias_l2). The order of the examples within a batch
+// (items alike; bias columns: c_b and bias_l2).
+//
+// Row-wise AdaGrad (adagrad = 1, recsys_jax.sparse.rowwise_adagrad) keeps one accumulator
+// a_r per row in the table's last column, after the parameters. With g_{b,r} example b's
+// gradient row (c_b q_i + (2 l2 w_b / W) p_u for a user row; the bias column
+// c_b + (2 bias_l2 w_b / W) b_u) and P the parameter columns,
+//   a_r <- a_r + sum_{b uses r} |g_{b,r}|^2 / P,
+//   theta_r <- theta_r - lr / (sqrt(a_r) + eps) * dL/dtheta_r
+// with dL/dtheta_r as above: the SGD step with a per-row learning rate, from the
+// accumulator after the whole batch.
+//
+// The order of the examples within a batch
 // does not change that sum, so the kernel first sorts the batch by the row of the side with
 // more rows, "large" (a stable counting sort), and walks the large table in ascending order,
 // one group of examples per row. The other side, "small", gathers its gradient in scratch.
@@ -24,18 +35,21 @@
 //      For each group (large row x): every example's e_b and c_b, acc_h[s_b] += c_b x and
 //      n_h[s_b] += w_b (x and the small rows still old); then x's penalty term
 //      n_x l2 |x|^2 joins the loss and x <- x (1 - 2 lr l2 n_x / W) - lr sum_b c_b s_b.
-//      No other group reads x, and no small row changes in this phase.
+//      No other group reads x, and no small row changes in this phase. (AdaGrad: the
+//      examples' squared gradient norms also add up, for x and in scratch sq_h for the
+//      small rows, and x's accumulator and learning rate are updated before x.)
 //   B. the small side's touched rows, in two ranges of rows: each row once, its penalty
 //      term, then s <- s (1 - 2 lr l2 n_s / W) - lr (acc_0[s] + acc_1[s]), and its scratch
 //      zeroed.
 // The sort is a counting sort (radix, two passes, above 65536 rows) that also finds the
 // groups. Which half or range an array belongs to is fixed and partial sums are added in a
-// fixed order, so the result does not depend on which thread ran what. Rows are prefetched
-// a few examples ahead, and phase A is compiled for the common row widths (50 or 64
-// factors, with or without a bias column) besides any width.
+// fixed order, so the result does not depend on which thread ran what. Rows (and the small
+// side's scratch rows) are prefetched a few examples ahead, and phase A is compiled for the
+// common row widths (50 or 64 factors, with or without a bias column) besides any width.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -92,13 +106,19 @@ inline void prefetch_row(const float* x, int64_t width) {
   __builtin_prefetch(x + width - 1);
 }
 
+inline void prefetch_row_for_write(float* x, int64_t width) {
+  for (int64_t j = 0; j < width; j += 16) __builtin_prefetch(x + j, 1);
+  __builtin_prefetch(x + width - 1, 1);
+}
+
 struct Scratch {
-  std::vector<float> acc[kHalves], n[kHalves], group[kHalves];  // the small side's; a group's sum
+  std::vector<float> acc[kHalves], n[kHalves], sq[kHalves], group[kHalves];  // the small side's; a group's sum
   std::vector<int32_t> order, spare, counts, starts;
   void fit(int64_t small_rows, int64_t width, int64_t batch) {
     for (int h = 0; h < kHalves; ++h) {
       if ((int64_t)acc[h].size() != small_rows * width) acc[h].assign(small_rows * width, 0.0f);
       if ((int64_t)n[h].size() != small_rows) n[h].assign(small_rows, 0.0f);
+      if ((int64_t)sq[h].size() != small_rows) sq[h].assign(small_rows, 0.0f);
       group[h].resize(width);
     }
     order.resize(batch);
@@ -166,10 +186,10 @@ struct Step {
   float* table[2];
   const int32_t* index[2];
   const float *r, *w;
-  int64_t rows[2], width, batch, first;
+  int64_t rows[2], width, stride, batch, first;  // width: parameter columns; stride: a table row
   int large, small;
-  bool has_bias;
-  float mu, lr, l2, bias_l2, inv_w, decay, bias_decay;
+  bool has_bias, adagrad;
+  float mu, lr, l2, bias_l2, inv_w, eps, inv_p;
   Scratch* scratch;
   int64_t groups = 0, cut[kHalves + 1] = {};
   double error_part[kHalves] = {}, grad_mu_part[kHalves] = {}, penalty_part[kHalves + 2] = {};
@@ -187,26 +207,30 @@ struct Step {
     cut[kHalves] = groups;
   }
 
-  // A row's penalty term (n its examples' weight) added to penalty, then its decay.
+  // A row's penalty term (n its examples' weight) added to penalty, then its decay at the
+  // learning rate lr_row (AdaGrad's per row, else lr).
   template <int64_t W>
-  void shrink(float* x, float n, double& penalty) const {
+  void shrink(float* x, float n, float lr_row, double& penalty) const {
     const int64_t width = W ? W : this->width;
     float norm = 0.0f;
 #pragma omp simd reduction(+ : norm)
     for (int64_t j = first; j < width; ++j) norm += x[j] * x[j];
     penalty += static_cast<double>(n) * (l2 * norm + (has_bias ? bias_l2 * x[0] * x[0] : 0.0f));
-    if (has_bias) x[0] *= 1.0f - bias_decay * n;
-    const float keep = 1.0f - decay * n;
+    if (has_bias) x[0] *= 1.0f - 2.0f * lr_row * bias_l2 * inv_w * n;
+    const float keep = 1.0f - 2.0f * lr_row * l2 * inv_w * n;
 #pragma omp simd
     for (int64_t j = first; j < width; ++j) x[j] *= keep;
   }
 
-  template <int64_t W>
+  template <int64_t W, bool ADA>
   void half(int h) {
     const int64_t width = W ? W : this->width;
+    const int64_t stride = width + (ADA ? 1 : 0);
     double error = 0.0, grad_mu = 0.0, penalty = 0.0;
     float* acc = scratch->acc[h].data();
     float* n = scratch->n[h].data();
+    float* sq = scratch->sq[h].data();
+    const float k_l2 = 2.0f * l2 * inv_w, k_bias = 2.0f * bias_l2 * inv_w;  // times w_b: the penalty's gradient
     float* g = scratch->group[h].data();
     const int32_t* order = scratch->order.data();
     const int32_t* starts = scratch->starts.data();
@@ -215,18 +239,19 @@ struct Step {
     const float* ys = table[small];
     const int64_t end = starts[cut[h + 1]];
     for (int64_t group = cut[h]; group < cut[h + 1]; ++group) {
-      float* x = table[large] + big[order[starts[group]]] * width;
+      float* x = table[large] + big[order[starts[group]]] * stride;
       std::fill(g, g + width, 0.0f);
-      float count = 0.0f;
+      float count = 0.0f, x_sq = 0.0f;
       for (int64_t k = starts[group]; k < starts[group + 1]; ++k) {
         if (k + kAhead < end) {
           const int64_t ahead = order[k + kAhead];
-          prefetch_row(ys + little[ahead] * width, width);
-          prefetch_row(table[large] + big[ahead] * width, width);
+          prefetch_row(ys + little[ahead] * stride, stride);
+          prefetch_row(table[large] + big[ahead] * stride, stride);
+          prefetch_row_for_write(acc + little[ahead] * width, width);
         }
         const int64_t b = order[k];
         const int64_t s = little[b];
-        const float* y = ys + s * width;
+        const float* y = ys + s * stride;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
         for (int64_t j = first; j < width; ++j) dot += x[j] * y[j];
@@ -241,30 +266,58 @@ struct Step {
           a[0] += cb;
           g[0] += cb;
         }
+        if (ADA) {  // this example's squared gradient rows, x's (gx) and y's (gy)
+          const float kb = k_l2 * w[b];
+          float gx = 0.0f, gy = 0.0f;
+          if (has_bias) {
+            const float tx = cb + k_bias * w[b] * x[0], ty = cb + k_bias * w[b] * y[0];
+            gx = tx * tx;
+            gy = ty * ty;
+          }
+#pragma omp simd reduction(+ : gx, gy)
+          for (int64_t j = first; j < width; ++j) {
+            a[j] += cb * x[j];
+            g[j] += cb * y[j];
+            const float tx = cb * y[j] + kb * x[j], ty = cb * x[j] + kb * y[j];
+            gx += tx * tx;
+            gy += ty * ty;
+          }
+          x_sq += gx * inv_p;
+          sq[s] += gy * inv_p;
+        } else {
 #pragma omp simd
-        for (int64_t j = first; j < width; ++j) {
-          a[j] += cb * x[j];
-          g[j] += cb * y[j];
+          for (int64_t j = first; j < width; ++j) {
+            a[j] += cb * x[j];
+            g[j] += cb * y[j];
+          }
         }
       }
-      shrink<W>(x, count, penalty);
+      float lr_x = lr;
+      if (ADA) {
+        x[width] += x_sq;
+        lr_x = lr / (std::sqrt(x[width]) + eps);
+      }
+      shrink<W>(x, count, lr_x, penalty);
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) x[j] -= lr * g[j];
+      for (int64_t j = 0; j < width; ++j) x[j] -= lr_x * g[j];
     }
     error_part[h] = error;
     grad_mu_part[h] = grad_mu;
     penalty_part[h] = penalty;
   }
 
-  void phase_a(int h) {
+  template <bool ADA>
+  void half_for_width(int h) {
     switch (width) {
-      case 50: return half<50>(h);
-      case 51: return half<51>(h);
-      case 64: return half<64>(h);
-      case 65: return half<65>(h);
-      default: return half<0>(h);
+      case 50: return half<50, ADA>(h);
+      case 51: return half<51, ADA>(h);
+      case 64: return half<64, ADA>(h);
+      case 65: return half<65, ADA>(h);
+      default: return half<0, ADA>(h);
     }
   }
+
+  void phase_a(int h) { return adagrad ? half_for_width<true>(h) : half_for_width<false>(h); }
 
   // Phase B's two parts: rows [0, R/2) and [R/2, R) of the small side, every row looked at
   // when there are few (R <= 4 batch), else the batch's rows of each part.
@@ -272,6 +325,7 @@ struct Step {
     double penalty = 0.0;
     float* acc[kHalves] = {scratch->acc[0].data(), scratch->acc[1].data()};
     float* n[kHalves] = {scratch->n[0].data(), scratch->n[1].data()};
+    float* sq[kHalves] = {scratch->sq[0].data(), scratch->sq[1].data()};
     const int32_t* little = index[small];
     const bool by_rows = rows[small] <= 4 * batch;
     const int64_t lo = rows[small] * part / 2, hi = rows[small] * (part + 1) / 2;
@@ -281,13 +335,19 @@ struct Step {
       const float count = n[0][row] + n[1][row];
       if (count == 0.0f) continue;  // done already, or touched by padding only (no gradient)
       n[0][row] = n[1][row] = 0.0f;
-      float* x = table[small] + row * width;
+      float* x = table[small] + row * stride;
       float* a0 = acc[0] + row * width;
       float* a1 = acc[1] + row * width;
-      shrink<0>(x, count, penalty);
+      float lr_x = lr;
+      if (adagrad) {
+        x[width] += sq[0][row] + sq[1][row];
+        sq[0][row] = sq[1][row] = 0.0f;
+        lr_x = lr / (std::sqrt(x[width]) + eps);
+      }
+      shrink<0>(x, count, lr_x, penalty);
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) {
-        x[j] -= lr * (a0[j] + a1[j]);
+        x[j] -= lr_x * (a0[j] + a1[j]);
         a0[j] = a1[j] = 0.0f;
       }
     }
@@ -298,14 +358,17 @@ struct Step {
 ffi::Error MfSgdStep(ffi::ThreadPool pool, Table user_table, Table item_table, Indices users, Indices items,
                      Vector ratings, Vector weights, Vector scalars, ffi::Result<Table> user_out,
                      ffi::Result<Table> item_out, ffi::Result<Vector> stats, float l2, float bias_l2,
-                     int32_t has_bias) {
+                     int32_t has_bias, int32_t adagrad, float eps) {
   Step step;
-  step.width = user_table.dimensions()[1];
+  step.adagrad = adagrad != 0;
+  step.stride = user_table.dimensions()[1];
+  step.width = step.stride - (step.adagrad ? 1 : 0);
+  if (step.width < (has_bias ? 1 : 0) + 1) return ffi::Error::InvalidArgument("tables too narrow");
   step.batch = users.dimensions()[0];
   step.rows[0] = user_table.dimensions()[0];
   step.rows[1] = item_table.dimensions()[0];
   const int64_t batch = step.batch;
-  if (item_table.dimensions()[1] != step.width) return ffi::Error::InvalidArgument("tables of different widths");
+  if (item_table.dimensions()[1] != step.stride) return ffi::Error::InvalidArgument("tables of different widths");
   if (items.dimensions()[0] != batch || ratings.dimensions()[0] != batch || weights.dimensions()[0] != batch)
     return ffi::Error::InvalidArgument("users, items, ratings and weights of different lengths");
   if (scalars.element_count() != 2 || stats->element_count() != 2)
@@ -337,8 +400,8 @@ ffi::Error MfSgdStep(ffi::ThreadPool pool, Table user_table, Table item_table, I
   double weight_sum = 0.0;
   for (int64_t b = 0; b < batch; ++b) weight_sum += step.w[b];
   step.inv_w = 1.0f / static_cast<float>(std::max(weight_sum, 1.0));
-  step.decay = 2.0f * step.lr * l2 * step.inv_w;  // times a row's n
-  step.bias_decay = 2.0f * step.lr * bias_l2 * step.inv_w;
+  step.eps = eps;
+  step.inv_p = 1.0f / static_cast<float>(step.width);
 
   auto scratch = take_scratch();
   scratch->fit(step.rows[step.small], step.width, batch);
@@ -389,4 +452,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysMfSgdStep, MfSgdStep,
                                   .Ret<Vector>()  // [loss, dL/dmu]
                                   .Attr<float>("l2")
                                   .Attr<float>("bias_l2")
-                                  .Attr<int32_t>("has_bias"));
+                                  .Attr<int32_t>("has_bias")
+                                  .Attr<int32_t>("adagrad")  // 1: row-wise AdaGrad, accumulator last
+                                  .Attr<float>("eps"));

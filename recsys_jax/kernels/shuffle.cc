@@ -7,6 +7,7 @@
 // mix(low ^ key_r) masked to its width, then swapping the parts (an unbalanced Feistel
 // network when m is odd); values below `limit` are appended. The first `limit` entries of
 // the output are the permutation, the rest 0.
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -57,7 +58,40 @@ ffi::Error FeistelPermutation(Keys keys, Limit limit, ffi::Result<Out> out, int3
   return ffi::Error::Success();
 }
 
+// recsys_jax.shuffle.blocked_permutation's order, the same values: the blocks in the order
+// `visit`, block b's positions starts[b] + (j + shift[b]) mod sizes[b] for j = 0, 1, ..., then
+// zeros. XLA finds each position's block by a binary search over the block ends, element by
+// element (about 0.14 s at 5M ratings on the 2-core CPU); here it is two loops per block.
+using Ints = ffi::Buffer<ffi::S32, 1>;
+
+ffi::Error BlockedPermutation(Ints starts, Ints sizes, Ints visit, Ints shift, ffi::Result<Out> out) {
+  const int64_t n = out->element_count(), k = sizes.element_count();
+  if (starts.element_count() != k || visit.element_count() != k || shift.element_count() != k)
+    return ffi::Error::InvalidArgument("blocked permutation: starts, sizes, visit and shift of different lengths");
+  const int32_t *st = starts.typed_data(), *sz = sizes.typed_data(), *vi = visit.typed_data(),
+                *sh = shift.typed_data();
+  int64_t total = 0;
+  for (int64_t b = 0; b < k; ++b) {
+    if (vi[b] < 0 || vi[b] >= k) return ffi::Error::InvalidArgument("blocked permutation: visit out of range");
+    if (sz[b] < 0 || sh[b] < 0 || sh[b] >= std::max(sz[b], 1))
+      return ffi::Error::InvalidArgument("blocked permutation: a block's size or shift out of range");
+    total += sz[b];
+  }
+  if (total > n) return ffi::Error::InvalidArgument("blocked permutation: the blocks hold more than n ratings");
+  int32_t* o = out->typed_data();
+  for (int64_t slot = 0; slot < k; ++slot) {
+    const int32_t b = vi[slot], first = st[b], size = sz[b], s = sh[b];
+    for (int32_t v = s; v < size; ++v) *o++ = first + v;
+    for (int32_t v = 0; v < s && v < size; ++v) *o++ = first + v;
+  }
+  for (int64_t j = total; j < n; ++j) *o++ = 0;
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysBlockedPermutation, BlockedPermutation,
+                              ffi::Ffi::Bind().Arg<Ints>().Arg<Ints>().Arg<Ints>().Arg<Ints>().Ret<Out>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysFeistelPermutation, FeistelPermutation,
                               ffi::Ffi::Bind().Arg<Keys>().Arg<Limit>().Ret<Out>().Attr<int32_t>("bits"));

@@ -21,8 +21,9 @@ same shape when it is absent):
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
 
 Each training row names the CPU kernels its epoch called (`recsys_jax.kernels`: the fused
-SGD or AdaGrad step, the shuffle's permutation); the ``sgd`` and ``adagrad`` rows are also
-timed with ``RECSYS_JAX_KERNELS=off`` (kernels "none": XLA's step and shuffle), in the same run.
+SGD, AdaGrad or lazy Adam step, the shuffle's permutation); the rows of those optimizers
+are also timed with ``RECSYS_JAX_KERNELS=off`` (kernels "none": XLA's step and shuffle),
+in the same run.
 
 Files: ``throughput-<device>.{json,md}`` in benchmarks/results/ for a full run from a clean
 commit, else runs/benchmarks/ (the rule in `benchmarks.common`).
@@ -49,6 +50,7 @@ from recsys_jax.engine import RatingObjective, make_engine
 from recsys_jax.models import MODELS, static_config
 from recsys_jax.predict import predict_indices
 from recsys_jax.presets import get_preset
+from recsys_jax.sparse import FUSED
 from recsys_jax.train import TrainConfig, fit, group_by_block, num_batches, prepare_model
 
 
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--predict-sizes", nargs="+", type=int, default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-xla-rows", action="store_true",
-                   help="leave out the SGD rows timed with RECSYS_JAX_KERNELS=off (XLA's step and shuffle)")
+                   help="leave out the rows timed with RECSYS_JAX_KERNELS=off (XLA's step and shuffle)")
     add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -239,8 +241,8 @@ def main(argv=None) -> int:
             continue
         runs = [(bs, opt, True) for bs in args.batch_sizes
                 for opt in ["adam"] + (args.optimizers if model in args.sparse_models else []) if opt != "als"]
-        # The SGD and AdaGrad steps with and without the CPU kernels, side by side
-        runs += [(bs, opt, False) for bs, opt, _ in list(runs) if opt in ("sgd", "adagrad") and not args.no_xla_rows]
+        # The steps that have a CPU kernel, with and without it, side by side
+        runs += [(bs, opt, False) for bs, opt, _ in list(runs) if opt in FUSED and not args.no_xla_rows]
         if model in args.sparse_models and "als" in args.optimizers:
             runs.append((None, "als", True))
         for bs, opt, use_kernels in runs:

@@ -78,7 +78,7 @@ Row transformations, ``RowTransform(state_width, init, update, scatter)`` (Optax
     gradients, their sum, as dense SGD would): the sparse step equals the dense one exactly.
     On the CPU, for the bias and dot models with squared error, the whole step is a C++
     kernel instead (`make_fused_update`, `recsys_jax.kernels`): the same update, to
-    float rounding. So is ``adagrad``'s.
+    float rounding. So are ``adagrad``'s and ``lazy_adam``'s.
 
 Which models: those whose ``user_*``/``item_*`` tables are read only at row ``user`` /
 ``item`` (the module sets ``ROW_LOCAL = True``). A whole-table penalty (``penalty="table"``)
@@ -120,7 +120,10 @@ class RowTransform(NamedTuple):
     scatter: Callable | None = None
 
 
-def lazy_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowTransform:
+LAZY_ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}  # lazy_adam's defaults (the fused kernel's too)
+
+
+def lazy_adam(b1: float = LAZY_ADAM["b1"], b2: float = LAZY_ADAM["b2"], eps: float = LAZY_ADAM["eps"]) -> RowTransform:
     def update(g, state, p, count, lr):
         d = g.shape[1]
         m = b1 * state[:, :d] + (1 - b1) * g
@@ -352,13 +355,14 @@ def fused_layout(lay: Layout) -> bool | None:
     return None
 
 
-FUSED = ("sgd", "adagrad")  # the row optimizers the kernel does
+FUSED = ("sgd", "adagrad", "lazy_adam")  # the row optimizers the kernel does, by its "rule" number
 
 
 def make_fused_update(optimizer: str, dense_tx: optax.GradientTransformation, schedule: Callable, lay: Layout, *,
                       l2: float, bias_l2: float, global_mean: bool) -> Callable:
-    r"""``update(carry, batch, key) -> (carry, loss)``: the ``sgd`` or ``adagrad`` step
-    (`sgd`, `rowwise_adagrad` with its default ``eps``) of the bias or dot model with
+    r"""``update(carry, batch, key) -> (carry, loss)``: the ``sgd``, ``adagrad`` or
+    ``lazy_adam`` step (`sgd`, `rowwise_adagrad`, `lazy_adam` with their default
+    constants) of the bias or dot model with
     squared error and L2 on the touched rows, done by the CPU kernel `recsys_jax.kernels`
     (``mf_sgd.cc``) in place of `make_sparse_update`'s XLA step. The same objective and
     update: the kernel returns the batch's loss and :math:`\partial L/\partial\mu`, and
@@ -373,7 +377,9 @@ def make_fused_update(optimizer: str, dense_tx: optax.GradientTransformation, sc
     def update(carry: Carry, batch, key: Array) -> tuple[Carry, Array]:
         user, item = carry.tables["user"], carry.tables["item"]
         mu = carry.dense["global_bias"] if (has_bias and global_mean) else jnp.zeros((), jnp.float32)
-        scalars = jnp.stack([mu, jnp.asarray(schedule(carry.step), jnp.float32)])
+        t = (carry.step + 1).astype(jnp.float32)  # lazy Adam's bias corrections, as lazy_adam computes them
+        scalars = jnp.stack([mu, jnp.asarray(schedule(carry.step), jnp.float32),
+                             1 - LAZY_ADAM["b1"] ** t, 1 - LAZY_ADAM["b2"] ** t]).astype(jnp.float32)
         out = (jax.ShapeDtypeStruct(user.shape, user.dtype), jax.ShapeDtypeStruct(item.shape, item.dtype),
                jax.ShapeDtypeStruct((2,), jnp.float32))
         kernel = jax.ffi.ffi_call("recsys_mf_sgd_step", out, input_output_aliases={0: 0, 1: 1},
@@ -381,7 +387,10 @@ def make_fused_update(optimizer: str, dense_tx: optax.GradientTransformation, sc
         user, item, stats = kernel(user, item, batch.users, batch.items, batch.ratings,
                                    batch.mask.astype(jnp.float32), scalars, l2=np.float32(l2),
                                    bias_l2=np.float32(bias_l2), has_bias=np.int32(has_bias),
-                                   adagrad=np.int32(optimizer == "adagrad"), eps=np.float32(ADAGRAD_EPS))
+                                   rule=np.int32(FUSED.index(optimizer)),
+                                   eps=np.float32(LAZY_ADAM["eps"] if optimizer == "lazy_adam" else ADAGRAD_EPS),
+                                   b1=np.float32(LAZY_ADAM["b1"]), b2=np.float32(LAZY_ADAM["b2"]),
+                                   rest1=np.float32(1 - LAZY_ADAM["b1"]), rest2=np.float32(1 - LAZY_ADAM["b2"]))
         dense, dense_state = carry.dense, carry.dense_state
         if lay.dense:
             grads = {name: jnp.zeros_like(value) for name, value in carry.dense.items()}

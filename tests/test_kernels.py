@@ -73,7 +73,7 @@ def _assert_same(got, want):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "lazy_adam"])
 @pytest.mark.parametrize("model,global_mean", [("bias", True), ("bias", False), ("dot", True)])
 def test_fused_step_equals_the_xla_step(model, global_mean, optimizer):
     config, start = _params(model, global_mean)
@@ -87,7 +87,8 @@ def test_fused_step_equals_the_xla_step(model, global_mean, optimizer):
 
 
 @pytest.mark.parametrize("num_users,num_items,optimizer", [(9, 5, "sgd"), (70_000, 6, "sgd"), (6, 70_000, "sgd"),
-                                                            (9, 5, "adagrad"), (6, 70_000, "adagrad")])
+                                                            (9, 5, "adagrad"), (6, 70_000, "adagrad"),
+                                                            (9, 5, "lazy_adam"), (70_000, 6, "lazy_adam")])
 def test_fused_step_equals_the_xla_step_on_random_batches(num_users, num_items, optimizer):
     """Either side the larger (the kernel sorts by it), and a side above 65536 rows (its sort
     takes two radix passes); 300 examples with many duplicates, some of them padding."""
@@ -149,7 +150,7 @@ def test_fused_step_rejects_an_index_out_of_range():
         _train("bias", config, params, [_batch([4], [0], [3.0], [True])], fused=True)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "lazy_adam"])
 def test_fit_with_the_kernel_matches_fit_without(monkeypatch, optimizer):
     """The whole fit (padding in the last batch, several epochs): the engine's kernel path
     against XLA's step, which RECSYS_JAX_KERNELS=off selects."""
@@ -178,8 +179,9 @@ def test_engine_names_its_kernel(monkeypatch):
     make_engine.cache_clear()
     assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel == "mf_sgd"
     assert make_engine("bias", apply, config, RatingObjective(mse), None, adagrad, 3).kernel == "mf_adagrad"
-    lazy = TrainConfig(optimizer="lazy_adam")
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, lazy, 3).kernel is None
+    lazy, dense = TrainConfig(optimizer="lazy_adam"), TrainConfig(optimizer="adam")
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, lazy, 3).kernel == "mf_lazy_adam"
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, dense, 3).kernel is None
     huber = TrainConfig(optimizer="sgd", loss="huber")
     from recsys_jax.losses import LOSSES
 

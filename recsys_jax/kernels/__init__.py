@@ -6,15 +6,17 @@ it back (gathered rows, residuals, gradient rows, scatters: about 1.6 MB each at
 8192); `mf_sgd.cc` does the same step in two passes over the batch, on both cores. It is an
 `XLA FFI <https://docs.jax.dev/en/latest/ffi.html>`_ custom call, so the epoch stays one
 compiled program (a `jax.lax.scan` whose body calls it), and it computes what the XLA step
-computes (tested against it to float rounding): plain SGD or row-wise AdaGrad for the
-``bias`` and ``dot`` models, squared error, L2 on the touched rows (`recsys_jax.engine.make_engine` decides
-where it applies; `recsys_jax.sparse.make_fused_update` calls it). `shuffle.cc`
-computes `recsys_jax.shuffle.feistel_permutation` bit for bit in one sequential pass,
-where XLA needs a prefix sum and a scatter over :math:`2^m` elements.
+computes (tested against it to float rounding): plain SGD, row-wise AdaGrad or lazy Adam
+for the ``bias`` and ``dot`` models, squared error, L2 on the touched rows
+(`recsys_jax.engine.make_engine` decides where it applies;
+`recsys_jax.sparse.make_fused_update` calls it). `shuffle.cc` computes
+`recsys_jax.shuffle.feistel_permutation` bit for bit in one sequential pass, where XLA
+needs a prefix sum and a scatter over :math:`2^m` elements, and the blocked order's
+`recsys_jax.shuffle.blocked_permutation`, where XLA searches for each position's block.
 
 The kernel is C++ source shipped with the package and built on first use with the
 machine's C++ compiler (``$CXX``, else ``g++`` or ``c++``) against the FFI headers that
-jaxlib ships (`jax.ffi.include_dir`), with ``-O3 -march=native``, into
+jaxlib ships (`jax.ffi.include_dir`), with ``-O3 -march=native -fno-math-errno``, into
 ``<cache>/kernels/<digest>.so`` (``$RECSYS_JAX_KERNEL_CACHE`` instead of that folder
 where set; ``<cache>``: ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``; the digest
 covers the source, the compiler's version, jaxlib's version and the CPU's flags). Later processes load the built file. Where there is no
@@ -37,7 +39,9 @@ SOURCES = ("mf_sgd.cc", "shuffle.cc")
 # FFI target name -> exported symbol
 TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation",
            "recsys_blocked_permutation": "RecsysBlockedPermutation"}
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
+# -fno-math-errno: sqrt in a loop vectorises (with errno it calls sqrtf element by element)
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread",
+         "-w")
 
 _lock = threading.Lock()
 _why_not: list[str] = []

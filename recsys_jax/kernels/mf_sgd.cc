@@ -1,4 +1,5 @@
-// One SGD step of a biased matrix factorisation on the rows a batch touches, for XLA's CPU
+// One SGD, AdaGrad or lazy Adam step of a biased matrix factorisation on the rows a batch
+// touches, for XLA's CPU
 // backend (an XLA FFI custom call; recsys_jax/kernels/__init__.py builds and registers it).
 //
 // Model and objective, as recsys_jax.models.bias / dot and recsys_jax.train.make_objective
@@ -7,25 +8,33 @@
 //   e_b = x_b - r_b,   W = max(sum_b w_b, 1)
 //   L   = (1/W) sum_b w_b [e_b^2 + l2 (|p_u|^2 + |q_i|^2) + bias_l2 (b_u^2 + b_i^2)]
 // Table layout (recsys_jax.sparse.pack): row r of a side's table is [b_r, f_r], the bias in
-// column 0, when has_bias, else [f_r]; both tables have the same width.
+// column 0, when has_bias, else [f_r] (P parameter columns), then the rule's state; both
+// tables have the same width.
 //
-// The step is plain SGD on the batch's gradient at the old parameters, as the XLA step's:
+// The rule (attribute "rule") is applied to the batch's gradient at the old parameters, as
+// the XLA step's. SGD (rule 0):
 //   theta_r <- theta_r - lr dL/dtheta_r,
 //   dL/dp_u = sum_{b: u_b = u} c_b q_{i_b} + (2 l2 / W) n_u p_u,
 //   c_b = 2 w_b e_b / W,   n_u = sum_{b: u_b = u} w_b
 // (items alike; bias columns: c_b and bias_l2).
 //
-// Row-wise AdaGrad (adagrad = 1, recsys_jax.sparse.rowwise_adagrad) keeps one accumulator
-// a_r per row in the table's last column, after the parameters. With g_{b,r} example b's
+// Row-wise AdaGrad (rule 1, recsys_jax.sparse.rowwise_adagrad) keeps one accumulator a_r
+// per row in the table's last column, after the parameters. With g_{b,r} example b's
 // gradient row (c_b q_i + (2 l2 w_b / W) p_u for a user row; the bias column
-// c_b + (2 bias_l2 w_b / W) b_u) and P the parameter columns,
+// c_b + (2 bias_l2 w_b / W) b_u),
 //   a_r <- a_r + sum_{b uses r} |g_{b,r}|^2 / P,
 //   theta_r <- theta_r - lr / (sqrt(a_r) + eps) * dL/dtheta_r
 // with dL/dtheta_r as above: the SGD step with a per-row learning rate, from the
 // accumulator after the whole batch.
 //
-// The order of the examples within a batch
-// does not change that sum, so the kernel first sorts the batch by the row of the side with
+// Lazy Adam (rule 2, recsys_jax.sparse.lazy_adam): the row is [theta_r, m_r, v_r], P columns
+// each, and a row that the batch touches (with weight > 0) takes Adam's step on its merged
+// gradient G = dL/dtheta_r, with the bias corrections c1 = 1 - b1^t, c2 = 1 - b2^t of the
+// global step t given by the caller:
+//   m <- b1 m + (1 - b1) G,  v <- b2 v + (1 - b2) G^2,  theta <- theta - lr (m / c1) / (sqrt(v / c2) + eps).
+//
+// The order of the examples within a batch does not change the sums above (nor G), so
+// the kernel first sorts the batch by the row of the side with
 // more rows, "large" (a stable counting sort), and walks the large table in ascending order,
 // one group of examples per row. The other side, "small", gathers its gradient in scratch.
 // After the sort, two phases, each split between the calling thread and a task on XLA's
@@ -34,7 +43,8 @@
 //      each with scratch of its own.
 //      For each group (large row x): every example's e_b and c_b, acc_h[s_b] += c_b x and
 //      n_h[s_b] += w_b (x and the small rows still old); then x's penalty term
-//      n_x l2 |x|^2 joins the loss and x <- x (1 - 2 lr l2 n_x / W) - lr sum_b c_b s_b.
+//      n_x l2 |x|^2 joins the loss and x <- x (1 - 2 lr l2 n_x / W) - lr sum_b c_b s_b
+//      (SGD; the other rules' steps from the same sums).
 //      No other group reads x, and no small row changes in this phase. (AdaGrad: the
 //      examples' squared gradient norms also add up, for x and in scratch sq_h for the
 //      small rows, and x's accumulator and learning rate are updated before x.)
@@ -180,6 +190,8 @@ int64_t sort_by_key(const int32_t* key, int64_t batch, int64_t rows, Scratch& s)
   return groups;
 }
 
+enum Rule { kSgd = 0, kAdaGrad = 1, kLazyAdam = 2 };  // the row update (attribute "rule")
+
 // One call's step (see the top of the file). Phase A is a template on the row width, 0 for
 // a width known only at run time.
 struct Step {
@@ -188,8 +200,9 @@ struct Step {
   const float *r, *w;
   int64_t rows[2], width, stride, batch, first;  // width: parameter columns; stride: a table row
   int large, small;
-  bool has_bias, adagrad;
-  float mu, lr, l2, bias_l2, inv_w, eps, inv_p;
+  bool has_bias;
+  int rule;
+  float mu, lr, l2, bias_l2, inv_w, eps, inv_p, b1, b2, rest1, rest2, bc1, bc2;  // rest: 1 - b, rounded once
   Scratch* scratch;
   int64_t groups = 0, cut[kHalves + 1] = {};
   double error_part[kHalves] = {}, grad_mu_part[kHalves] = {}, penalty_part[kHalves + 2] = {};
@@ -207,25 +220,50 @@ struct Step {
     cut[kHalves] = groups;
   }
 
-  // A row's penalty term (n its examples' weight) added to penalty, then its decay at the
-  // learning rate lr_row (AdaGrad's per row, else lr).
-  template <int64_t W>
-  void shrink(float* x, float n, float lr_row, double& penalty) const {
+  // Row x's update: g its examples' summed data gradient (without the penalty), n their
+  // weight, sq (AdaGrad) the mean square of their gradient rows. The row's penalty term
+  // joins penalty, then the rule's step on dL/dx = g + (2 l2 n / W) x (bias: bias_l2).
+  template <int64_t W, int RULE>
+  void update_row(float* x, const float* g, float n, float sq, double& penalty) const {
     const int64_t width = W ? W : this->width;
     float norm = 0.0f;
 #pragma omp simd reduction(+ : norm)
     for (int64_t j = first; j < width; ++j) norm += x[j] * x[j];
     penalty += static_cast<double>(n) * (l2 * norm + (has_bias ? bias_l2 * x[0] * x[0] : 0.0f));
-    if (has_bias) x[0] *= 1.0f - 2.0f * lr_row * bias_l2 * inv_w * n;
-    const float keep = 1.0f - 2.0f * lr_row * l2 * inv_w * n;
+    const float k_f = 2.0f * l2 * inv_w * n, k_b = 2.0f * bias_l2 * inv_w * n;
+    if (RULE == kLazyAdam) {  // m and v follow the parameters in the row
+      float* m = x + width;
+      float* v = x + 2 * width;
+      if (has_bias) {
+        const float grad = g[0] + k_b * x[0];
+        m[0] = b1 * m[0] + rest1 * grad;
+        v[0] = b2 * v[0] + rest2 * grad * grad;
+        x[0] -= lr * ((m[0] / bc1) / (std::sqrt(v[0] / bc2) + eps));
+      }
 #pragma omp simd
-    for (int64_t j = first; j < width; ++j) x[j] *= keep;
+      for (int64_t j = first; j < width; ++j) {
+        const float grad = g[j] + k_f * x[j];
+        m[j] = b1 * m[j] + rest1 * grad;
+        v[j] = b2 * v[j] + rest2 * grad * grad;
+        x[j] -= lr * ((m[j] / bc1) / (std::sqrt(v[j] / bc2) + eps));
+      }
+      return;
+    }
+    float rate = lr;
+    if (RULE == kAdaGrad) {  // the accumulator follows the parameters
+      x[width] += sq;
+      rate = lr / (std::sqrt(x[width]) + eps);
+    }
+    if (has_bias) x[0] = x[0] * (1.0f - rate * k_b) - rate * g[0];
+    const float keep = 1.0f - rate * k_f;
+#pragma omp simd
+    for (int64_t j = first; j < width; ++j) x[j] = x[j] * keep - rate * g[j];
   }
 
-  template <int64_t W, bool ADA>
+  template <int64_t W, int RULE>
   void half(int h) {
     const int64_t width = W ? W : this->width;
-    const int64_t stride = width + (ADA ? 1 : 0);
+    const int64_t stride = width * (RULE == kLazyAdam ? 3 : 1) + (RULE == kAdaGrad ? 1 : 0);
     double error = 0.0, grad_mu = 0.0, penalty = 0.0;
     float* acc = scratch->acc[h].data();
     float* n = scratch->n[h].data();
@@ -245,7 +283,7 @@ struct Step {
       for (int64_t k = starts[group]; k < starts[group + 1]; ++k) {
         if (k + kAhead < end) {
           const int64_t ahead = order[k + kAhead];
-          prefetch_row(ys + little[ahead] * stride, stride);
+          prefetch_row(ys + little[ahead] * stride, width);
           prefetch_row(table[large] + big[ahead] * stride, stride);
           prefetch_row_for_write(acc + little[ahead] * width, width);
         }
@@ -266,7 +304,7 @@ struct Step {
           a[0] += cb;
           g[0] += cb;
         }
-        if (ADA) {  // this example's squared gradient rows, x's (gx) and y's (gy)
+        if (RULE == kAdaGrad) {  // this example's squared gradient rows, x's (gx) and y's (gy)
           const float kb = k_l2 * w[b];
           float gx = 0.0f, gy = 0.0f;
           if (has_bias) {
@@ -292,36 +330,36 @@ struct Step {
           }
         }
       }
-      float lr_x = lr;
-      if (ADA) {
-        x[width] += x_sq;
-        lr_x = lr / (std::sqrt(x[width]) + eps);
-      }
-      shrink<W>(x, count, lr_x, penalty);
-#pragma omp simd
-      for (int64_t j = 0; j < width; ++j) x[j] -= lr_x * g[j];
+      if (count != 0.0f) update_row<W, RULE>(x, g, count, x_sq, penalty);  // else: padding only, no gradient
     }
     error_part[h] = error;
     grad_mu_part[h] = grad_mu;
     penalty_part[h] = penalty;
   }
 
-  template <bool ADA>
+  template <int RULE>
   void half_for_width(int h) {
     switch (width) {
-      case 50: return half<50, ADA>(h);
-      case 51: return half<51, ADA>(h);
-      case 64: return half<64, ADA>(h);
-      case 65: return half<65, ADA>(h);
-      default: return half<0, ADA>(h);
+      case 50: return half<50, RULE>(h);
+      case 51: return half<51, RULE>(h);
+      case 64: return half<64, RULE>(h);
+      case 65: return half<65, RULE>(h);
+      default: return half<0, RULE>(h);
     }
   }
 
-  void phase_a(int h) { return adagrad ? half_for_width<true>(h) : half_for_width<false>(h); }
+  void phase_a(int h) {
+    switch (rule) {
+      case kAdaGrad: return half_for_width<kAdaGrad>(h);
+      case kLazyAdam: return half_for_width<kLazyAdam>(h);
+      default: return half_for_width<kSgd>(h);
+    }
+  }
 
   // Phase B's two parts: rows [0, R/2) and [R/2, R) of the small side, every row looked at
   // when there are few (R <= 4 batch), else the batch's rows of each part.
-  void phase_b(int part) {
+  template <int RULE>
+  void small_rows(int part) {
     double penalty = 0.0;
     float* acc[kHalves] = {scratch->acc[0].data(), scratch->acc[1].data()};
     float* n[kHalves] = {scratch->n[0].data(), scratch->n[1].data()};
@@ -335,34 +373,39 @@ struct Step {
       const float count = n[0][row] + n[1][row];
       if (count == 0.0f) continue;  // done already, or touched by padding only (no gradient)
       n[0][row] = n[1][row] = 0.0f;
-      float* x = table[small] + row * stride;
       float* a0 = acc[0] + row * width;
       float* a1 = acc[1] + row * width;
-      float lr_x = lr;
-      if (adagrad) {
-        x[width] += sq[0][row] + sq[1][row];
-        sq[0][row] = sq[1][row] = 0.0f;
-        lr_x = lr / (std::sqrt(x[width]) + eps);
-      }
-      shrink<0>(x, count, lr_x, penalty);
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) {
-        x[j] -= lr_x * (a0[j] + a1[j]);
-        a0[j] = a1[j] = 0.0f;
+        a0[j] += a1[j];
+        a1[j] = 0.0f;
       }
+      update_row<0, RULE>(table[small] + row * stride, a0, count, sq[0][row] + sq[1][row], penalty);
+      sq[0][row] = sq[1][row] = 0.0f;
+      std::fill(a0, a0 + width, 0.0f);
     }
     penalty_part[kHalves + part] = penalty;
+  }
+
+  void phase_b(int part) {
+    switch (rule) {
+      case kAdaGrad: return small_rows<kAdaGrad>(part);
+      case kLazyAdam: return small_rows<kLazyAdam>(part);
+      default: return small_rows<kSgd>(part);
+    }
   }
 };
 
 ffi::Error MfSgdStep(ffi::ThreadPool pool, Table user_table, Table item_table, Indices users, Indices items,
                      Vector ratings, Vector weights, Vector scalars, ffi::Result<Table> user_out,
                      ffi::Result<Table> item_out, ffi::Result<Vector> stats, float l2, float bias_l2,
-                     int32_t has_bias, int32_t adagrad, float eps) {
+                     int32_t has_bias, int32_t rule, float eps, float b1, float b2, float rest1, float rest2) {
   Step step;
-  step.adagrad = adagrad != 0;
+  if (rule < kSgd || rule > kLazyAdam) return ffi::Error::InvalidArgument("unknown rule");
+  step.rule = rule;
   step.stride = user_table.dimensions()[1];
-  step.width = step.stride - (step.adagrad ? 1 : 0);
+  step.width = rule == kLazyAdam ? step.stride / 3 : step.stride - (rule == kAdaGrad ? 1 : 0);
+  if (rule == kLazyAdam && step.stride % 3 != 0) return ffi::Error::InvalidArgument("lazy Adam rows are 3 x P wide");
   if (step.width < (has_bias ? 1 : 0) + 1) return ffi::Error::InvalidArgument("tables too narrow");
   step.batch = users.dimensions()[0];
   step.rows[0] = user_table.dimensions()[0];
@@ -371,8 +414,8 @@ ffi::Error MfSgdStep(ffi::ThreadPool pool, Table user_table, Table item_table, I
   if (item_table.dimensions()[1] != step.stride) return ffi::Error::InvalidArgument("tables of different widths");
   if (items.dimensions()[0] != batch || ratings.dimensions()[0] != batch || weights.dimensions()[0] != batch)
     return ffi::Error::InvalidArgument("users, items, ratings and weights of different lengths");
-  if (scalars.element_count() != 2 || stats->element_count() != 2)
-    return ffi::Error::InvalidArgument("scalars and stats hold two values");
+  if (scalars.element_count() != 4 || stats->element_count() != 2)
+    return ffi::Error::InvalidArgument("scalars hold four values and stats two");
   step.table[0] = user_out->typed_data();
   step.table[1] = item_out->typed_data();
   if (step.table[0] != user_table.typed_data())
@@ -391,6 +434,12 @@ ffi::Error MfSgdStep(ffi::ThreadPool pool, Table user_table, Table item_table, I
   step.w = weights.typed_data();
   step.mu = scalars.typed_data()[0];
   step.lr = scalars.typed_data()[1];
+  step.bc1 = scalars.typed_data()[2];  // lazy Adam's bias corrections, 1 - b^t
+  step.bc2 = scalars.typed_data()[3];
+  step.b1 = b1;
+  step.b2 = b2;
+  step.rest1 = rest1;  // 1 - b1 as the caller rounds it (XLA's step: the float nearest 1 - 0.999,
+  step.rest2 = rest2;  // not 1 - the float nearest 0.999)
   step.l2 = l2;
   step.bias_l2 = bias_l2;
   step.has_bias = has_bias != 0;
@@ -446,12 +495,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysMfSgdStep, MfSgdStep,
                                   .Arg<Indices>()  // items
                                   .Arg<Vector>()  // ratings
                                   .Arg<Vector>()  // weights (0: padding)
-                                  .Arg<Vector>()  // [mu, lr]
+                                  .Arg<Vector>()  // [mu, lr, 1 - b1^t, 1 - b2^t]
                                   .Ret<Table>()  // user table (aliases the input)
                                   .Ret<Table>()  // item table (aliases the input)
                                   .Ret<Vector>()  // [loss, dL/dmu]
                                   .Attr<float>("l2")
                                   .Attr<float>("bias_l2")
                                   .Attr<int32_t>("has_bias")
-                                  .Attr<int32_t>("adagrad")  // 1: row-wise AdaGrad, accumulator last
-                                  .Attr<float>("eps"));
+                                  .Attr<int32_t>("rule")  // enum Rule
+                                  .Attr<float>("eps")
+                                  .Attr<float>("b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("rest1")  // 1 - b1
+                                  .Attr<float>("rest2"));

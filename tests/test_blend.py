@@ -104,6 +104,7 @@ def test_fit_blend_rejects_bad_arguments(data):
         fit_blend(data[0], [BlendMember("bias")], seed=0, val_frac=0.0)
 
 
+@pytest.mark.slow  # 12 s: three CLI runs
 def test_cli_blend(tmp_path):
     ratings, _ = make_synthetic(jax.random.key(6), 60, 30, 900, embedding_dim=2)
     lines = ["userId,movieId,rating,timestamp"] + [

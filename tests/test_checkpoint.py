@@ -399,7 +399,8 @@ def test_predict_rejects_bad_unknown_mode(known):
         known.predict([10], [100], unknown="ignore")
 
 
-@pytest.mark.parametrize("name", list(__import__("recsys_jax.models", fromlist=["MODELS"]).MODELS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "bpmf" else name  # bpmf: 10 s
+                                  for name in __import__("recsys_jax.models", fromlist=["MODELS"]).MODELS])
 def test_every_model_round_trips_through_a_checkpoint(name, tmp_path):
     """Train one epoch on tiny data (titles for fm, timestamps for timesvd), save, load, predict."""
     import pandas as pd

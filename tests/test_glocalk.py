@@ -62,6 +62,7 @@ def test_global_conv_is_a_rectified_same_cross_correlation():
     np.testing.assert_allclose(glocalk.global_conv(jnp.abs(jnp.asarray(r)), jnp.asarray(eye)), np.abs(r), atol=1e-6)
 
 
+@pytest.mark.slow  # 7 s
 def test_identity_conv_makes_fine_tuning_start_at_the_pre_trained_model():
     data, w = tiny_data(), spread_weights()
     config = CONFIG._replace(dot_scale=0.5)
@@ -127,6 +128,7 @@ def test_objective_equals_the_dense_masked_reference(objectives, finetune):
     assert params.user_bias.shape == (NUM_USERS,)
 
 
+@pytest.mark.slow  # 9 s and more: float64 finite differences
 @pytest.mark.parametrize("finetune", [False, True])
 def test_objective_gradient_matches_finite_differences(finetune):
     data, w = tiny_data(), spread_weights(scale=0.2)
@@ -137,6 +139,7 @@ def test_objective_gradient_matches_finite_differences(finetune):
         check_grads(f, (w64,), order=1, modes=["rev"], eps=1e-6)
 
 
+@pytest.mark.slow  # 7 s
 def test_an_unobserved_entry_gets_no_gradient_from_the_errors():
     """With the regulariser off, a user whose entries are all unobserved gets no gradient at its
     output unit, and an item with no ratings none at its first-layer weights in stage 1."""
@@ -207,6 +210,7 @@ def test_beats_the_global_mean_on_planted_data(synthetic):
     assert pred.shape == (len(test),) and pred.dtype == jnp.float32
 
 
+@pytest.mark.slow  # 6 s
 def test_lbfgs_runs_and_lowers_the_objective(synthetic):
     train, _ = synthetic
     losses = [loss for _, loss in run(train, epochs=2, config=SMALL._replace(solver="lbfgs", steps_per_epoch=5,

@@ -371,6 +371,7 @@ def test_bench_runs_the_quick_suite_into_its_own_folder(tmp_path, monkeypatch, c
     assert "benchmarks.accuracy failed" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 5 s: a CLI fit with the ordinal loss
 def test_ordinal_loss_and_the_star_distribution(workdir, trained, tmp_path, capsys):
     ck = tmp_path / "ordinal"
     code, out, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--loss", "ordinal",

@@ -37,6 +37,7 @@ def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 4 s: the example script end to end
 def test_explore_embeddings_on_synthetic_data(explore_script, tmp_path, capsys):
     assert explore_script.main(["--quick", "--synthetic", "-n", "3", "--json"]
                                + (["--png", str(tmp_path)] if importlib.util.find_spec("matplotlib") else [])) == 0

@@ -277,6 +277,7 @@ def test_table_and_search_agree_with_the_reference(problem, exact, truncated, op
     np.testing.assert_allclose(grid[:, 0], base[:, 0], rtol=1e-6)
 
 
+@pytest.mark.slow  # 5 s
 def test_dense_scores_by_hand():
     """test_prediction_by_hand's model: user 0 rated items 1 and 2; user 1 rated nothing (the
     baseline everywhere); items 1-3 have no neighbours."""

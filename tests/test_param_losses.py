@@ -267,6 +267,7 @@ def test_ordinal_distribution_is_calibrated(planted, fits):
     assert np.all(np.diff(np.asarray(ordinal_cut_points(result.loss_params))) > 0)
 
 
+@pytest.mark.slow  # 5 s: a whole experiment
 def test_run_experiment_scores_test_with_predict(planted):
     """A ParamLoss object as loss_fn (not by name): trained jointly, test scored through predict."""
     ratings, split, _, _ = planted

@@ -127,6 +127,7 @@ def planted():
     return implicit(r.take(split.train)), implicit(r.take(split.test))
 
 
+@pytest.mark.slow  # 5 s
 def test_chunks_and_routes_agree(planted):
     train, test = planted
     config = make_config("bias", embedding_dim=4, init_scale=0.5)

@@ -257,9 +257,9 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
 
 
 def _fused_kernel(model, apply_fn, model_config, objective, penalty_fn, tc, joint, plan) -> str | None:
-    """The CPU kernel that does the ``sgd`` or ``adagrad`` step (`recsys_jax.kernels`,
-    `recsys_jax.sparse.make_fused_update`), ``"mf_sgd"`` / ``"mf_adagrad"``, where it
-    applies: the bias or dot model as `recsys_jax.models.make_apply` makes it (no y-range),
+    """The CPU kernel that does the ``sgd``, ``adagrad`` or ``lazy_adam`` step
+    (`recsys_jax.kernels`, `recsys_jax.sparse.make_fused_update`), ``"mf_<optimizer>"``,
+    where it applies: the bias or dot model as `recsys_jax.models.make_apply` makes it (no y-range),
     squared error, the touched-rows penalty that ``tc`` names, one device, and the kernel
     built. Else None."""
     from recsys_jax import kernels

@@ -159,12 +159,12 @@ def blocked_permutation(key: Array, blocks: Blocks, n: int) -> Array:
     starts, sizes = jnp.asarray(blocks.starts, jnp.int32), jnp.asarray(blocks.sizes, jnp.int32)
     k = sizes.shape[0]
     visit = jax.random.permutation(visit_key, k).astype(jnp.int32)
-    ends = jnp.cumsum(sizes[visit])  # where each visited block's run ends
     shift = jax.random.randint(shift_key, (k,), 0, jnp.maximum(sizes, 1))
     if kernels.load() is not None:  # the same order in two loops per block (recsys_jax.kernels)
         out = jax.ShapeDtypeStruct((n,), jnp.int32)
         return jax.ffi.ffi_call("recsys_blocked_permutation", out, vmap_method="sequential")(
             starts, sizes, visit, shift.astype(jnp.int32))
+    ends = jnp.cumsum(sizes[visit])  # where each visited block's run ends
     p = jnp.arange(n, dtype=jnp.int32)
     slot = jnp.minimum(jnp.searchsorted(ends, p, side="right"), k - 1).astype(jnp.int32)
     block = visit[slot]

@@ -16,21 +16,21 @@ ml-1m                random 90/10 per seed; and 5-fold random CV
 ml-10m               random 90/10 per seed
 ===================  ==============================================================
 
-Every run goes through `recsys_jax.experiment.run_experiment`: a validation slice is carved
+Every run goes through `recsys_jax.training.experiment.run_experiment`: a validation slice is carved
 from the training split for per-epoch scores and the best epoch, the model is then refit on
 the whole training split for that many epochs (``--no-refit``: the model fit without the
-slice is scored instead), and the test split is scored once. Hyperparameters come from `recsys_jax.presets` (``default``: tuned on a validation
+slice is scored instead), and the test split is scored once. Hyperparameters come from `recsys_jax.training.presets` (``default``: tuned on a validation
 slice of the training split; ``notebook``: the course's own regimen) and are written into
 every record. Each summary row carries the published reference for the same protocol.
 
 Blend (unless ``--no-blend``): for each split and preset where two or more models ran with
 the squared-error loss, the ``blend`` row is the linear blend of all of them
-(`recsys_jax.blend`): ridge weights fitted on the validation slice (the same rows for every
+(`recsys_jax.training.blend`): ridge weights fitted on the validation slice (the same rows for every
 model of the split) from the selection fits' predictions, applied to the refitted models'
 test predictions; no extra training. Its fit seconds are the sum of its members'.
 
 Ranking (unless ``--no-ranking``): each trained model also ranks the whole catalogue for
-every test user (`recsys_jax.recommender.Recommender.evaluate`): precision, recall, NDCG,
+every test user (`recsys_jax.use.recommender.Recommender.evaluate`): precision, recall, NDCG,
 MAP and hit rate at ``--k`` (10) with catalogue coverage, a test rating of at least 4 being
 relevant and every movie the user did not rate in the training split a candidate; beside
 it, on the same splits, the popularity baseline (movies ranked by their number of training
@@ -52,12 +52,13 @@ import numpy as np
 
 from benchmarks.common import (REPO, RESULTS, add_output_args, environment, markdown_table, print_written,
                                resolve_outputs, write_json, write_text)
-from recsys_jax import metrics
-from recsys_jax.blend import combine, fit_weights
+from recsys_jax.eval import metrics
+from recsys_jax.training.blend import combine, fit_weights
 from recsys_jax.data import DataError, kfold_split, load_movielens, random_split
-from recsys_jax.experiment import run_experiment, to_recommender
+from recsys_jax.training.experiment import run_experiment
+from recsys_jax.use.recommender import to_recommender
 from recsys_jax.models import MODELS, get_model, make_config
-from recsys_jax.presets import get_preset, model_options, settle_optimizer, val_frac
+from recsys_jax.training.presets import get_preset, model_options, settle_optimizer, val_frac
 
 # Published results (facts, with their sources), keyed by (dataset, protocol).
 REFERENCES = {
@@ -118,7 +119,7 @@ TUNED = RESULTS / "tuned.json"  # the published choices of `benchmarks.tune`
 
 
 def train_config(preset: str, model: str, seed: int | None = None, tuned: str | Path | None = None):
-    """A preset from `recsys_jax.presets`, or ``tuned``: ``default`` with the values that
+    """A preset from `recsys_jax.training.presets`, or ``tuned``: ``default`` with the values that
     ``benchmarks.tune`` chose on the training split of this same split ``seed`` (nested),
     read from ``tuned`` (default `TUNED`); None when that seed was not tuned (the run is
     skipped, never borrowed from another seed)."""
@@ -202,7 +203,7 @@ def optimizer_name(record: dict) -> str:
     trains itself (its module's fit_epochs reads no optimizer), "-" for a blend (its members')."""
     if record["model"] not in MODELS:
         return "-"
-    if hasattr(get_model(record["model"]), "fit_epochs"):
+    if get_model(record["model"]).fit_epochs is not None:
         return "own"
     return (record.get("train_config") or {}).get("optimizer", "adam")  # records from before: TrainConfig's default
 
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k", "ml-1m", "ml-10m"])
     p.add_argument("--losses", nargs="+", default=["mse"],
-                   help="train each model with each loss (recsys_jax.losses LOSSES / PARAM_LOSSES)")
+                   help="train each model with each loss (recsys_jax.objectives.losses LOSSES / PARAM_LOSSES)")
     add_output_args(p)
     p.add_argument("--no-refit", action="store_true",
                    help="score the model fit without the validation slice (no refit on the whole training split)")

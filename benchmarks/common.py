@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"  # published: full runs from a clean commit only
 RUNS = REPO / "runs" / "benchmarks"  # everything else (git-ignored)
-GENERATED = ("benchmarks/results", "README.md")  # written by the benchmarks: not "dirty"
+GENERATED = ("benchmarks/results", "README.md", "docs/benchmarks/results.md")  # written by the benchmarks: not "dirty"
 
 
 def _cpu_model() -> str:

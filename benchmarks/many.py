@@ -4,12 +4,12 @@
     python -m benchmarks.many --quick         # split seed 0 only
 
 For each split seed of ml-latest-small (random 80/20) the training split is carved as in
-every run (`recsys_jax.experiment`: 10% validation slice, seed-derived), then
+every run (`recsys_jax.training.experiment`: 10% validation slice, seed-derived), then
 
 - ``sequential``: K calls of `fit` with seeds 0..K-1 (``--preset``: default, or tuned, the
   nested choice made on that split's own training split), one after another, sharing one
-  compiled epoch (`recsys_jax.engine` caches it: only the first fit compiles);
-- ``fit_many``: the same K members in one `recsys_jax.many.fit_many` call;
+  compiled epoch (`recsys_jax.engine.build` caches it: only the first fit compiles);
+- ``fit_many``: the same K members in one `recsys_jax.training.many.fit_many` call;
 
 both with dense Adam (fit_many's optimizer) whatever optimizer the preset names, so that
 they run the same algorithm and their parameters can be compared.
@@ -38,11 +38,11 @@ import numpy as np
 from benchmarks.accuracy import train_config
 from benchmarks.common import (add_output_args, environment, markdown_table, print_written, resolve_outputs,
                                write_json, write_text)
-from recsys_jax import metrics
+from recsys_jax.eval import metrics
 from recsys_jax.data import load_movielens, random_split
-from recsys_jax.experiment import carve_validation
-from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many
-from recsys_jax.train import fit
+from recsys_jax.training.experiment import carve_validation
+from recsys_jax.training.many import Member, ensemble_predict, fit_many, predict_many
+from recsys_jax.training.fit import fit
 
 
 def run(model: str, ratings, seed: int, k: int, preset: str = "default", tuned: str | None = None) -> dict:

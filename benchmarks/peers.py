@@ -22,7 +22,7 @@ the same rows for every implementation) it trains:
   (the rate read back after each fit is recorded); seeded with
   ``keras.utils.set_random_seed(seed)``;
 - **recsys_jax**, the ``notebook`` preset of the same three models
-  (`recsys_jax.experiment.run_experiment`, no validation slice, the last epoch);
+  (`recsys_jax.training.experiment.run_experiment`, no validation slice, the last epoch);
 - **Surprise** SVD, SVD++ and KNNBaseline with their defaults (Surprise 1.1's
   KNNBaseline defaults to the MSD similarity, user-based; the docs recommend
   ``pearson_baseline``, so that variant runs too), fitted on a Trainset built from the
@@ -58,7 +58,7 @@ import numpy as np
 
 from benchmarks.common import (add_output_args, environment, markdown_table, print_written, resolve_outputs,
                                write_json, write_text)
-from recsys_jax import metrics
+from recsys_jax.eval import metrics
 from recsys_jax.data import Ratings, load_movielens, random_split
 
 NOTEBOOK_MODELS = ("dot", "bias", "mlp")  # recsys_jax's names; "mlp" is the notebook's NN
@@ -177,9 +177,9 @@ def keras_fit(model: str, train: Ratings, test: Ratings, *, seed: int, regimen=N
 # -- recsys_jax ------------------------------------------------------------------------------
 def recsys_jax_fit(model: str, ratings: Ratings, split, *, seed: int) -> dict:
     """The ``notebook`` preset of ``model`` on ``split``, through `run_experiment`."""
-    from recsys_jax.experiment import run_experiment
+    from recsys_jax.training.experiment import run_experiment
     from recsys_jax.models import make_config
-    from recsys_jax.presets import get_preset, model_options, val_frac
+    from recsys_jax.training.presets import get_preset, model_options, val_frac
 
     rec, result = run_experiment(ratings, split, model, seed=seed, train_config=get_preset("notebook", model),
                                  model_config=make_config(model, **model_options("notebook", model)),

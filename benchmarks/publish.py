@@ -1,19 +1,20 @@
-"""Regenerates every published result from one clean commit, then the README's section.
+"""Regenerates every published result from one clean commit, then the tables that show them.
 
     python -m benchmarks.publish                 # every step below, in order (hours on a CPU)
     python -m benchmarks.publish --dry-run       # print the commands, run nothing
     python -m benchmarks.publish --only many many-tuned
 
 Refuses to start when the git tree is dirty (a tracked file differs from HEAD outside
-``benchmarks/results/`` and ``README.md``, the files the steps write), and stops when it
+``benchmarks/results/``, ``README.md`` and ``docs/benchmarks/results.md``, the files the
+steps write), and stops when it
 becomes dirty or HEAD moves between steps, so every record names the same clean commit.
 Each step is a fresh process running a full benchmark with the arguments that produced
 the published results; its files go to ``benchmarks/results/`` (the rule in
 `benchmarks.common`). ``tune`` runs first because the ``tuned`` preset of the later steps
 reads the ``benchmarks/results/tuned.json`` it writes. ``peers`` (Keras 3 and Surprise on
 the same splits) is a step only where the ``peers`` extra is installed. Last, ``benchmarks.report``
-rewrites the README's section and ``benchmarks.report --check`` confirms that README and
-results agree and name one commit.
+rewrites the README's headline and the docs' results page, and ``benchmarks.report --check``
+confirms that both agree with the results and name one commit.
 """
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
         if rc != 0:
             print(f"[publish] {name} failed (exit {rc}); rerun the rest with --only", file=sys.stderr)
             return rc
-    print(f"[publish] done: benchmarks/results/ and README.md regenerated at {commit}; review and commit them")
+    print(f"[publish] done: benchmarks/results/, README.md and docs/benchmarks/results.md regenerated at {commit}; "
+          "review and commit them")
     return 0
 
 

@@ -1,16 +1,23 @@
-"""Writes the README's results section from the files in ``benchmarks/results/``.
+"""Writes the benchmark results page of the docs, and README's headline, from ``benchmarks/results/``.
 
-    python -m benchmarks.report                  # rewrite the section
-    python -m benchmarks.report --check          # exit 1 if README or the results are stale
+    python -m benchmarks.report                  # rewrite the page and README's headline
+    python -m benchmarks.report --check          # exit 1 if either, or the results, are stale
 
-The section between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced by
-the Markdown that the benchmark scripts wrote (accuracy, throughput, scaling), so the
-README's numbers are never typed by hand.
+Two outputs, both made from the Markdown that the benchmark scripts wrote, so that no
+published number is typed by hand:
 
-``--check`` writes nothing. It fails (exit 1) when the README's section differs from what
-the results produce (the unified diff is printed), or when the published JSON records
-(``benchmarks/results/*.json``) name more than one git commit, or a commit ending in
-``+dirty`` (the files are listed by commit); ``--allow-mixed-commits`` reports the
+- ``docs/benchmarks/results.md``, generated whole: every table (accuracy, peers, losses,
+  time to accuracy, throughput, scaling, loading, fit_many; GPU tables when there are any),
+  each once, with its protocol, notes, device and command. A note that several tables
+  share is kept where it first appears; sub-tables of the same name (the ranking table of
+  each accuracy run, its comparisons) are named after their table.
+- README's section between ``<!-- results:start -->`` and ``<!-- results:end -->``: the
+  strictly held-out accuracy table and the time-to-accuracy rows, and a link to the page.
+
+``--check`` writes nothing. It fails (exit 1) when README's section or the page differs
+from what the results produce (the unified diffs are printed), or when the published JSON
+records (``benchmarks/results/*.json``) name more than one git commit, or a commit ending
+in ``+dirty`` (the files are listed by commit); ``--allow-mixed-commits`` reports the
 commits without failing on them. ``python -m benchmarks.publish`` regenerates every
 result from one clean commit.
 """
@@ -19,11 +26,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import os
-import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,48 +37,152 @@ if not __package__:  # run as a file (python benchmarks/X.py): make `benchmarks`
 from benchmarks.common import REPO, RESULTS
 
 README = REPO / "README.md"
+DOCS_PAGE = REPO / "docs" / "benchmarks" / "results.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# The page links the results' PNGs where they sit in the repository: docs/benchmarks/ -> benchmarks/results/.
+PNG_LINK = "../../benchmarks/results/{name}"
 
 
-def section(results: Path = RESULTS, readme: Path = README) -> str:
-    parts = ["Produced by the scripts in `benchmarks/` (each table names its command, device and "
-             "commit); regenerate this section with `python -m benchmarks.report`.\n"]
-    for name in ["accuracy-nested.md", "accuracy.md", "peers.md", "losses.md", "time_to_accuracy-cpu.md",
-                 "throughput-cpu.md", "scaling-cpu.md", "load-cpu.md", "many-cpu.md", "many-tuned-cpu.md",
-                 "throughput-gpu.md", "scaling-gpu.md", "many-gpu.md"]:
-        path = Path(results) / name
-        if path.is_file():
-            text = path.read_text().strip()
-            if name == "accuracy-nested.md":
-                text = ("### Headline, strictly held out: nested tuning, each split tuned on its own training "
-                        "split\n\nEvery number in this table is held out: each split seed's hyperparameters were "
-                        "chosen by `benchmarks.tune` on a validation slice of that seed's own training split, and "
-                        "its test split was scored once. (The next table, the presets on 5 seeds, is not strictly "
-                        "held out for dot, bias and mlp: their `default` preset was chosen on split seed 0's "
-                        "training split, which overlaps the test rows of seeds 1-4; the `notebook` rows are the "
-                        "course's own settings, chosen on no data here.)\n\n"
-                        + text.replace("### ", "Protocol: ", 1))
-            if name == "accuracy.md":
-                text = "### Presets on 5 seeds (see the caveat above)\n\n" + text.replace("### ", "Protocol: ", 1)
-            if name == "losses.md":
-                text = "### Losses compared (the bias model, default preset)\n\n" + text.replace("### ", "Protocol: ", 1)
-            if name.endswith("-gpu.md"):  # the same tables as the CPU's: say whose they are
-                text = re.sub(r"^### ", "### GPU: ", text, flags=re.M)
-            parts.append(re.sub(r"^### ", "#### ", text, flags=re.M))
-            png = path.with_suffix(".png")
-            if png.is_file():
-                link = Path(os.path.relpath(png.resolve(), Path(readme).resolve().parent)).as_posix()
-                parts.append(f"![{png.stem}]({link})")
+class Table(NamedTuple):
+    """One results file on the page: its group (a ``##`` section), the title it is shown
+    under (None: the file's own first ``###`` line), the short name that tells its
+    sub-tables apart from other tables', and a paragraph put before it."""
+    name: str
+    group: str
+    title: str | None
+    label: str
+    intro: str = ""
+
+
+NESTED_INTRO = (
+    "Every number in this table is held out: each split seed's hyperparameters were chosen by "
+    "`benchmarks.tune` on a validation slice of that seed's own training split, and its test split was "
+    "scored once. (The next table, the presets on 5 seeds, is not strictly held out for dot, bias and mlp: "
+    "their `default` preset was chosen on split seed 0's training split, which overlaps the test rows of "
+    "seeds 1-4; the `notebook` rows are the course's own settings, chosen on no data here.)")
+
+TABLES = [
+    Table("accuracy-nested.md", "Accuracy",
+          "Headline, strictly held out: nested tuning, each split tuned on its own training split",
+          "tuned presets", NESTED_INTRO),
+    Table("accuracy.md", "Accuracy", "Presets on 5 seeds (see the caveat above)", "default and notebook presets"),
+    Table("peers.md", "Accuracy", None, "peers"),
+    Table("losses.md", "Accuracy", "Losses compared (the bias model, default preset)", "losses"),
+    Table("time_to_accuracy-cpu.md", "Speed", None, "time to accuracy"),
+    Table("throughput-cpu.md", "Speed", None, "throughput"),
+    Table("scaling-cpu.md", "Speed", None, "scaling"),
+    Table("load-cpu.md", "Speed", None, "loading"),
+    Table("many-cpu.md", "Speed", None, "fit_many, default preset"),
+    Table("many-tuned-cpu.md", "Speed", None, "fit_many, tuned preset"),
+    Table("throughput-gpu.md", "GPU", None, "GPU throughput"),
+    Table("scaling-gpu.md", "GPU", None, "GPU scaling"),
+    Table("many-gpu.md", "GPU", None, "GPU fit_many"),
+]
+
+PAGE_HEAD = """\
+# Benchmark results
+
+<!-- Generated by `python -m benchmarks.report` from benchmarks/results/: do not edit by hand. -->
+
+This page is generated by `python -m benchmarks.report` from the files in
+`benchmarks/results/`, which the scripts in `benchmarks/` write (see
+[the benchmarks guide](../guides/benchmarks.md)); each table names the command, device and
+commit that produced it. README shows the headline."""
+
+
+def blocks(text: str) -> list[str]:
+    """``text`` cut at blank lines into blocks (paragraphs, tables, headings), stripped."""
+    out, cur = [], []
+    for line in text.strip().splitlines():
+        if line.strip():
+            cur.append(line.rstrip())
+        elif cur:
+            out.append("\n".join(cur))
+            cur = []
+    if cur:
+        out.append("\n".join(cur))
+    return out
+
+
+def _table_blocks(table: Table, text: str) -> list[str]:
+    """The file's blocks, its headings set to the page's levels: the table's title at
+    ``###`` (the file's own first ``###`` line becomes its protocol line when the table has
+    a title of its own), the file's ``####`` sub-tables at ``####``."""
+    out = [f"### {table.title}"] if table.title else []
+    if table.intro:
+        out.append(table.intro)
+    protocol = bool(table.title)  # the file's first ### line is still to be made the protocol line
+    for b in blocks(text):
+        if b.startswith("### "):
+            if protocol:
+                b, protocol = "Protocol: " + b[4:], False
+            elif table.group == "GPU":  # the same tables as the CPU's: say whose they are
+                b = "### GPU: " + b[4:]
+        out.append(b)
+    return out
+
+
+def page(results: Path = RESULTS) -> str:
+    """The whole results page, from the files in ``results``."""
+    chosen = [(t, (Path(results) / t.name)) for t in TABLES if (Path(results) / t.name).is_file()]
+    parts = [(t, _table_blocks(t, path.read_text()), path) for t, path in chosen]
+    # Sub-tables that several tables have (each accuracy run's ranking table, its comparisons):
+    # name each after its table, so that every heading on the page is different.
+    counts = Counter(b for _, bs, _ in parts for b in bs if b.startswith("#### "))
+    out, seen, group = [PAGE_HEAD], set(), None
+    for table, bs, path in parts:
+        if table.group != group:
+            group = table.group
+            out.append(f"## {group}")
+        for b in bs:
+            if b.startswith("#### ") and counts[b] > 1:
+                b = f"{b}: {table.label}"
+            elif not b.startswith(("#", "|", "Device:", "Protocol:")):
+                if b in seen:  # a note that an earlier table already carries
+                    continue
+                seen.add(b)
+            out.append(b)
+        png = path.with_suffix(".png")
+        if png.is_file():
+            out.append(f"![{png.stem}]({PNG_LINK.format(name=png.name)})")
+    return "\n\n".join(out) + "\n"
+
+
+def _first(text: str, prefix: str) -> str | None:
+    return next((b for b in blocks(text) if b.startswith(prefix)), None)
+
+
+def headline(results: Path = RESULTS) -> str:
+    """README's section: the strictly held-out accuracy table, the time-to-accuracy rows,
+    and where the rest is."""
+    results = Path(results)
+    parts = []
+    nested, tta = results / "accuracy-nested.md", results / "time_to_accuracy-cpu.md"
+    if nested.is_file():
+        text = nested.read_text()
+        protocol = _first(text, "### ")
+        parts.append("**Accuracy, strictly held out** (each split's settings chosen by nested tuning on its own "
+                     "training split; the test split scored once)"
+                     + (f": {protocol[4:]}." if protocol else "."))
+        parts += [b for b in (_first(text, "|"), _first(text, "Device:")) if b]
+    if tta.is_file():
+        text = tta.read_text()
+        title = _first(text, "### ")
+        lead, _, rest = (title[4:] if title else "Time to accuracy").partition(": ")
+        parts.append(f"**{lead}**" + (f": {rest}." if rest else "."))
+        parts += [b for b in (_first(text, "|"), _first(text, "Device:")) if b]
+    parts.append(f"Every table, with its protocol and notes: [docs/benchmarks/results.md](docs/benchmarks/results.md), "
+                 f"generated by `python -m benchmarks.report`.")
     return "\n\n".join(parts)
 
 
-def render(text: str, results: Path = RESULTS, readme: Path = README) -> str:
+def render(text: str, results: Path = RESULTS) -> str:
     """``text`` (a README) with its results section regenerated from ``results``."""
     if START not in text or END not in text:
         raise ValueError(f"no {START} ... {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{section(results, readme)}\n{END}{tail}"
+    return f"{head}{START}\n{headline(results)}\n{END}{tail}"
 
 
 def commits(results: Path = RESULTS) -> dict[str, list[str]]:
@@ -105,33 +215,43 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[5:]))
     p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 if the README is stale or the results mix commits")
+                   help="write nothing; exit 1 if README or the page is stale or the results mix commits")
     p.add_argument("--allow-mixed-commits", action="store_true",
                    help="with --check: list the commits the results name, but do not fail on them")
     p.add_argument("--readme", type=Path, default=README, help="default: %(default)s")
+    p.add_argument("--docs", type=Path, default=DOCS_PAGE, help="the generated results page (default: %(default)s)")
     p.add_argument("--results", type=Path, default=RESULTS, help="default: %(default)s")
     args = p.parse_args(argv)
     text = args.readme.read_text()
     try:
-        new = render(text, args.results, args.readme)
+        new = render(text, args.results)
     except ValueError as e:
         print(f"{args.readme}: {e}", file=sys.stderr)
         return 1
+    old_page = args.docs.read_text() if args.docs.is_file() else ""
+    new_page = page(args.results)
+    outputs = [(args.readme, text, new), (args.docs, old_page, new_page)]
     problems = commit_problems(commits(args.results))
     if not args.check:
-        args.readme.write_text(new)
-        print(f"[report] rewrote the results section of {args.readme}")
+        for path, old, fresh in outputs:
+            if fresh != old or not path.is_file():  # an unchanged file is left alone
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(fresh)
+                print(f"[report] rewrote {path}")
+            else:
+                print(f"[report] {path} is up to date")
         for line in problems:
             print(f"[report] {line}", file=sys.stderr)
         return 0
     status = 0
-    if new != text:
-        sys.stdout.writelines(difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
-                                                   f"{args.readme} (now)", f"{args.readme} (from {args.results})"))
-        print(f"[report] {args.readme} is stale: run `python -m benchmarks.report`", file=sys.stderr)
-        status = 1
-    else:
-        print(f"[report] {args.readme} matches {args.results}")
+    for path, old, fresh in outputs:
+        if fresh != old:
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(keepends=True), fresh.splitlines(keepends=True),
+                                                       f"{path} (now)", f"{path} (from {args.results})"))
+            print(f"[report] {path} is stale: run `python -m benchmarks.report`", file=sys.stderr)
+            status = 1
+        else:
+            print(f"[report] {path} matches {args.results}")
     for line in problems:
         print(f"[report] {line}", file=sys.stderr)
     if problems and not args.allow_mixed_commits:

@@ -9,8 +9,8 @@ by the square root of the size ratio, keeping ML-25M's ratio of users to items (
 ratings per user grow with size, from about 10 at 100k to 154 at 25M). Each (size,
 optimizer) runs in a fresh subprocess, so its peak RSS is its own. The model is ``bias``
 (50 factors, L2 on touched rows) at one batch size, trained by the library's engine with
-each of ``--optimizers`` (dense Adam, the row-sparse ones, `recsys_jax.sparse`, and
-alternating least squares, `recsys_jax.als`, which ignores batch size and learning
+each of ``--optimizers`` (dense Adam, the row-sparse ones, `recsys_jax.engine.sparse`, and
+alternating least squares, `recsys_jax.engine.als`, which ignores batch size and learning
 rate); compilation is timed apart and the median epoch is reported (ALS builds its
 per-training-set plan inside its first epoch, reported as ``plan_s``). A slice of the planted
 ratings is held out and scored after the last epoch, so optimizers are compared at equal
@@ -70,10 +70,10 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
 
     num_users, num_items = shape_for(num_ratings)
     t0 = time.perf_counter()
-    from recsys_jax import metrics
+    from recsys_jax.eval import metrics
     from recsys_jax.data import make_synthetic
-    from recsys_jax.experiment import carve_validation
-    from recsys_jax.predict import predict_indices
+    from recsys_jax.training.experiment import carve_validation
+    from recsys_jax.eval.predict import predict_indices
 
     ratings, _ = make_synthetic(jax.random.key(0), num_users, num_items, num_ratings)
     gen_s = time.perf_counter() - t0
@@ -84,7 +84,7 @@ def one_size(num_ratings: int, batch_size: int, epochs: int, model: str, optimiz
     # training split, never on these ratings).
     reg = {}
     if optimizer == "als":
-        from recsys_jax.presets import get_preset
+        from recsys_jax.training.presets import get_preset
 
         preset = get_preset("default", model)
         reg = {"l2": preset.l2, "bias_l2": preset.bias_l2}
@@ -174,14 +174,14 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--model", default="bias")
     p.add_argument("--optimizers", nargs="+", default=["adam", "lazy_adam", "adagrad", "als"],
-                   help="recsys_jax.engine optimizers, each size with each (default: %(default)s)")
+                   help="recsys_jax.engine.build optimizers, each size with each (default: %(default)s)")
     p.add_argument("--val-frac", type=float, default=0.02,
                    help="planted ratings held out and scored after the last epoch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=None,
                    help=f"constant learning rate for every optimizer (default: {DEFAULT_LR:g}, adagrad "
                         f"{LEARNING_RATES['adagrad']:g})")
     p.add_argument("--order", default="auto", choices=["auto", "random", "blocked"],
-                   help="the epoch's order of ratings (recsys_jax.train.epoch_grid; default: %(default)s)")
+                   help="the epoch's order of ratings (recsys_jax.engine.epoch.epoch_grid; default: %(default)s)")
     p.add_argument("--libmf-sizes", nargs="*", type=int, default=[5_000_000],
                    help="sizes at which LIBMF (the peers extra) runs too, k=64, 2 threads (default: 5M)")
     add_output_args(p, png=True)
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         "(als: the model's default preset L2, the L2 column, since it solves its objective exactly; no batches or "
         "learning rate; its first epoch also builds its plan, excluded by the median); order: the epoch's order "
         "of ratings, one shuffle of all of them (random) or g x g blocks of users by items visited one at a time "
-        "(`recsys_jax.train.epoch_grid`, chosen by size); "
+        "(`recsys_jax.engine.epoch.epoch_grid`, chosen by size); "
         f"{args.epochs} epochs after compiling (compile s, apart), median s/epoch; ratings/s counts the training "
         f"part ({1 - args.val_frac:.0%}); {args.val_frac:.0%} of the planted ratings held out and scored after the "
         "last epoch. LIBMF: the PyPI binding's C++ SGD, k=64, 2 threads, all ratings, its own timer around "

@@ -6,7 +6,7 @@
 For each model in MODELS, on the genuine ml-latest-small ratings (or synthetic data of the
 same shape when it is absent):
 
-- training: one epoch of the library's engine (`recsys_jax.engine`: shuffle + `lax.scan`
+- training: one epoch of the library's engine (`recsys_jax.engine.build`: shuffle + `lax.scan`
   over the steps, as `fit` runs it) at batch sizes 64, 1024, 8192, 65536, with dense Adam
   for every model and, for the row-local ones in ``--sparse-models`` (bias by default),
   the row-sparse optimizers too (``lazy_adam``, ``adagrad``, ``sgd``); compile time is
@@ -16,11 +16,11 @@ same shape when it is absent):
   glocalk) have no step or batch size to time: their whole `fit` with the default preset
   on the whole data set is timed instead, after one warm-up fit (which compiles what the
   process caches), the median of ``min(2, --repeats)`` fits, as ratings x epochs per second;
-- prediction: `recsys_jax.predict.predict_indices` (validation, fixed-size chunks, blocks
+- prediction: `recsys_jax.eval.predict.predict_indices` (validation, fixed-size chunks, blocks
   inside one compiled program) on 1k to 1M random pairs, median of several calls;
 - memory: peak RSS of the process (CPU) or the device's peak bytes in use (GPU).
 
-Each training row names the CPU kernels its epoch called (`recsys_jax.kernels`: the fused
+Each training row names the CPU kernels its epoch called (`recsys_jax.engine.kernels`: the fused
 SGD, AdaGrad or lazy Adam step, the shuffle's permutation); the rows of those optimizers
 are also timed with ``RECSYS_JAX_KERNELS=off`` (kernels "none": XLA's step and shuffle),
 in the same run.
@@ -45,13 +45,16 @@ import numpy as np
 from benchmarks.common import (add_output_args, environment, markdown_table, median_time, peak_rss_mb,
                                print_written, resolve_outputs, write_json, write_text)
 from recsys_jax.data import DataError, load_movielens, make_synthetic
-from recsys_jax.losses import mse
-from recsys_jax.engine import RatingObjective, make_engine
+from recsys_jax.objectives.losses import mse
+from recsys_jax.engine.build import RatingObjective, make_engine
+from recsys_jax.engine.options import resolve_options
 from recsys_jax.models import MODELS, static_config
-from recsys_jax.predict import predict_indices
-from recsys_jax.presets import get_preset
-from recsys_jax.sparse import FUSED
-from recsys_jax.train import TrainConfig, fit, group_by_block, num_batches, prepare_model
+from recsys_jax.eval.predict import predict_indices
+from recsys_jax.training.presets import get_preset
+from recsys_jax.engine.sparse import FUSED
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit, prepare_model
+from recsys_jax.engine.epoch import group_by_block, num_batches
 
 
 def load_data(seed: int = 0):
@@ -70,18 +73,20 @@ def device_peak_mb() -> float | None:
 
 
 def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str = "adam", l2: float = 1e-4,
-          bias_l2: float = 0.0, order: str = "auto"):
-    """What `fit` builds, through the same engine (`recsys_jax.engine.make_engine`):
+          bias_l2: float = 0.0, order: str = "auto", options=None):
+    """What `fit` builds, through the same engine (`recsys_jax.engine.build.make_engine`):
     ``(engine, state, apply_fn, data, extra)`` with ``data`` the users, items and ratings on
     the device in the order `fit` gives them to the epoch (grouped by block for the blocked
-    order, `recsys_jax.train.group_by_block`) and ``extra`` the epoch's keyword arguments: the
+    order, `recsys_jax.engine.epoch.group_by_block`) and ``extra`` the epoch's keyword arguments: the
     model's aux and times, and ``blocks`` for the blocked order. The objective is MSE with L2
-    ``l2`` (default 1e-4) on the touched rows, at a constant learning rate."""
+    ``l2`` (default 1e-4) on the touched rows, at a constant learning rate. ``options``: the
+    engine's (`recsys_jax.engine.options`), resolved as `fit` resolves them when None."""
     module, config, aux, apply_fn, times = prepare_model(model, ratings)
     tc = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, schedule="constant", l2=l2, bias_l2=bias_l2,
                      optimizer=optimizer, order=order)
     engine = make_engine(model, apply_fn, static_config(config), RatingObjective(mse), None, tc,
-                         num_batches(len(ratings), batch_size))
+                         num_batches(len(ratings), batch_size),
+                         options=resolve_options() if options is None else options)
     state = engine.init(module.init(jax.random.key(0), ratings.num_users, ratings.num_items, config))
     columns, extra = group_by_block(tc, state.params, ratings, times, lambda: np.random.default_rng(0))
     extra.update(aux=aux, times=None if times is None else jnp.asarray(columns[3]))
@@ -89,14 +94,13 @@ def build(model: str, ratings, batch_size: int, lr: float = 1e-3, optimizer: str
 
 
 def kernels_in_use(engine, num_ratings: int, extra: dict) -> str:
-    """Which CPU kernels (`recsys_jax.kernels`) an engine's epoch over ``num_ratings``
+    """Which CPU kernels (`recsys_jax.engine.kernels`) an engine's epoch over ``num_ratings``
     calls: its step's, and the shuffle's where the epoch draws a Feistel permutation (a
-    random order above `recsys_jax.shuffle.SORT_MAX` ratings; not the blocked order, whose
+    random order above `recsys_jax.engine.shuffle.SORT_MAX` ratings; not the blocked order, whose
     ``extra`` holds ``blocks``, nor ALS, which has no order); "none" where every part is XLA's."""
-    from recsys_jax import kernels
-    from recsys_jax.shuffle import SORT_MAX
+    from recsys_jax.engine.shuffle import SORT_MAX
 
-    if kernels.load() is None:
+    if not engine.options.kernels:
         return "none"
     shuffles = engine.optimizer != "als" and "blocks" not in extra and num_ratings > SORT_MAX
     parts = [engine.kernel] * bool(engine.kernel) + ["shuffle"] * shuffles
@@ -106,28 +110,11 @@ def kernels_in_use(engine, num_ratings: int, extra: dict) -> str:
 def bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str = "adam",
                 use_kernels: bool = True) -> list[dict]:
     """One epoch of the engine, timed; ``batch_size`` None for ALS (no batches; its plan is
-    built before the timed epochs, reported as ``plan_s``). ``use_kernels=False``: with
-    ``RECSYS_JAX_KERNELS=off`` (XLA's step and shuffle), for comparison."""
-    import os
-
-    from recsys_jax.engine import make_engine
-
-    saved = os.environ.get("RECSYS_JAX_KERNELS")
-    if not use_kernels:
-        os.environ["RECSYS_JAX_KERNELS"] = "off"
-    make_engine.cache_clear()  # the engine is built anew under this setting
-    try:
-        return _bench_train(model, ratings, batch_size, repeats, optimizer)
-    finally:
-        if saved is None:
-            os.environ.pop("RECSYS_JAX_KERNELS", None)
-        else:
-            os.environ["RECSYS_JAX_KERNELS"] = saved
-        make_engine.cache_clear()
-
-
-def _bench_train(model: str, ratings, batch_size: int | None, repeats: int, optimizer: str) -> list[dict]:
-    engine, state, _, (users, items, vals), kw = build(model, ratings, batch_size or 1024, optimizer=optimizer)
+    built before the timed epochs, reported as ``plan_s``). ``use_kernels=False``: the CPU
+    kernels off (XLA's step and shuffle), for comparison."""
+    options = resolve_options(kernels=None if use_kernels else False)
+    engine, state, _, (users, items, vals), kw = build(model, ratings, batch_size or 1024, optimizer=optimizer,
+                                                       options=options)
     n = len(ratings)
     key = jax.random.key(1)
     compiled, compile_s = engine.compile(state, users, items, vals, key, **kw)  # measured apart
@@ -161,7 +148,7 @@ def bench_own_fit(model: str, ratings, repeats: int) -> list[dict]:
 
 
 def bench_predict(model: str, ratings, sizes: list[int], repeats: int) -> list[dict]:
-    """`recsys_jax.predict.predict_indices` (the library's path: validation, chunks of
+    """`recsys_jax.eval.predict.predict_indices` (the library's path: validation, chunks of
     up to 2^20 pairs, blocks of 8,192 inside the compiled program) on random index pairs."""
     _, state, apply_fn, _, extra = build(model, ratings, 1024)
     rng = np.random.default_rng(0)
@@ -229,7 +216,7 @@ def main(argv=None) -> int:
     ratings = load_data()
     records = []
     for model in args.models:
-        if hasattr(MODELS[model], "fit_epochs"):
+        if MODELS[model].fit_epochs is not None:
             for r in bench_own_fit(model, ratings, args.repeats):
                 records.append(r)
                 print(f"[throughput] {model:5s} its own fit: {r['ratings_per_s']:12,.0f} ratings x epochs/s "

@@ -5,7 +5,7 @@
 
 Each run is a new Python process running the CLI's default ``train`` on ml-latest-small,
 random 80/20, split seed 0, with the CLI's default caches (JAX's persistent compilation
-cache and the compiled programs of `recsys_jax.programs`, `recsys_jax.engine.enable_compile_cache`)
+cache and the compiled programs of `recsys_jax.engine.programs`, `recsys_jax.engine.programs.enable_compile_cache`)
 in a folder of this benchmark's own that starts empty (``--cache-dir`` to give one). So the
 first process compiles everything and stores it, and every later one loads it: the two are
 reported apart. Reported: the test RMSE (scored once, at the end), ``fit_seconds``
@@ -55,7 +55,7 @@ def _run(args, runs: int, cache_dir: str, p) -> int:
     env = environment()
     tag = env["device"].split(":")[0]
     files = resolve_outputs("time_to_accuracy", f"time_to_accuracy-{tag}", args, p)
-    cmd = [sys.executable, "-m", "recsys_jax.cli", "train", "--model", args.model, "--seed", "0", "--json", "--no-save"]
+    cmd = [sys.executable, "-m", "recsys_jax.cli.main", "train", "--model", args.model, "--seed", "0", "--json", "--no-save"]
     records = []
     for r in range(runs):
         t0 = time.perf_counter()

@@ -34,9 +34,9 @@ import numpy as np
 
 from benchmarks.common import add_output_args, environment, print_written, resolve_outputs, write_json
 from recsys_jax.data import load_movielens, random_split
-from recsys_jax.experiment import run_experiment
+from recsys_jax.training.experiment import run_experiment
 from recsys_jax.models import MODELS, make_config
-from recsys_jax.presets import get_preset
+from recsys_jax.training.presets import get_preset
 
 GRID = {
     "lr": [3e-3, 1e-2, 3e-2],

@@ -5,7 +5,7 @@ r"""Train with your own loss function: an asymmetric squared error, defined here
     python scripts/custom_loss.py --quick        # 2 epochs (synthetic data: a small set)
 
 A loss is any element-wise function ``(predictions, targets) -> per-example losses``
-(hyperparameters keyword-only, as `recsys_jax.losses`); `recsys_jax.train.fit` takes it
+(hyperparameters keyword-only, as `recsys_jax.objectives.losses`); `recsys_jax.training.fit.fit` takes it
 as ``loss_fn`` and nothing in the library changes. The one defined here,
 
 .. math::
@@ -71,13 +71,14 @@ def main(argv=None) -> int:
 
     import jax
 
-    from recsys_jax import losses, metrics
+    from recsys_jax.objectives import losses
+    from recsys_jax.eval import metrics
     from recsys_jax.data import load_movielens, make_synthetic, random_split
-    from recsys_jax.experiment import split_parts
+    from recsys_jax.training.experiment import split_parts
     from recsys_jax.models import make_apply
-    from recsys_jax.predict import predict_indices
-    from recsys_jax.presets import get_preset
-    from recsys_jax.train import fit
+    from recsys_jax.eval.predict import predict_indices
+    from recsys_jax.training.presets import get_preset
+    from recsys_jax.training.fit import fit
 
     t0 = time.perf_counter()
     folder = None if args.synthetic else find_movielens(args.data_dir)

@@ -10,8 +10,8 @@ Data: ml-latest-small from ``--data-dir`` or ``$RECSYS_JAX_DATA`` when it holds
 learned ones are compared with them.
 
 Steps: the seeded random 80/20 split and a 10% validation slice of the training split
-(`recsys_jax.experiment.split_parts`, as ``recsys-jax train``), `recsys_jax.train.fit`,
-test RMSE, then `recsys_jax.explore`: each movie's count and raw mean over the training
+(`recsys_jax.training.experiment.split_parts`, as ``recsys-jax train``), `recsys_jax.training.fit.fit`,
+test RMSE, then `recsys_jax.use.explore`: each movie's count and raw mean over the training
 rows (`item_stats`), the movies with the highest and lowest learned bias (`bias_table`,
 models with item biases), the movies at both ends of the first three principal components
 of the movie vectors (`pca`, `pca_ends`), and with ``--png DIR`` the learning curve and
@@ -70,14 +70,15 @@ def main(argv=None) -> int:
 
     import jax
 
-    from recsys_jax import explore
+    from recsys_jax.use import explore
     from recsys_jax.data import load_movielens, random_split
-    from recsys_jax.experiment import split_parts, to_recommender
-    from recsys_jax.metrics import rmse
+    from recsys_jax.training.experiment import split_parts
+    from recsys_jax.use.recommender import to_recommender
+    from recsys_jax.eval.metrics import rmse
     from recsys_jax.models import make_apply
-    from recsys_jax.predict import predict_indices
-    from recsys_jax.presets import get_preset
-    from recsys_jax.train import fit
+    from recsys_jax.eval.predict import predict_indices
+    from recsys_jax.training.presets import get_preset
+    from recsys_jax.training.fit import fit
 
     if args.png:
         try:  # say how to install matplotlib before training, not after

@@ -7,7 +7,7 @@
 2. the seeded random 80/20 split (the notebook's ``np.random.seed = 42`` seeded nothing);
 3. the three models with the notebook's regimen (the ``notebook`` preset: dot, bias, and
    the NN, ``mlp``), one line per epoch; after each, save and load it
-   (`recsys_jax.checkpoint`) and check that the loaded model predicts the same; then, as
+   (`recsys_jax.use.checkpoint`) and check that the loaded model predicts the same; then, as
    the notebook did, the loaded bias model's prediction for user index 3 and movie index 6
    and the NN's for user index 4 and movie index 6, with raw ids and titles. The notebook
    numbered ids in order of first appearance in ``ratings.csv``; recsys_jax numbers them
@@ -75,12 +75,14 @@ def main(argv=None) -> int:
     if args.epochs_scale <= 0:
         p.error(f"--epochs-scale must be > 0, got {args.epochs_scale}")
 
-    from recsys_jax import checkpoint, metrics
+    from recsys_jax.use import checkpoint
+    from recsys_jax.eval import metrics
     from recsys_jax.data import load_movielens, random_split
-    from recsys_jax.experiment import run_experiment, to_recommender
+    from recsys_jax.training.experiment import run_experiment
+    from recsys_jax.use.recommender import to_recommender
     from recsys_jax.models import make_apply, make_config
-    from recsys_jax.predict import predict_indices
-    from recsys_jax.presets import get_preset, model_options, val_frac
+    from recsys_jax.eval.predict import predict_indices
+    from recsys_jax.training.presets import get_preset, model_options, val_frac
 
     t_start = time.perf_counter()
     print("== 1. Data: ml-latest-small", flush=True)

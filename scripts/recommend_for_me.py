@@ -24,10 +24,10 @@ import jax
 import numpy as np
 
 from recsys_jax.data import DataError, load_movielens, make_synthetic, random_split
-from recsys_jax.experiment import to_recommender
-from recsys_jax.metrics import rmse
-from recsys_jax.presets import get_preset
-from recsys_jax.train import fit
+from recsys_jax.use.recommender import to_recommender
+from recsys_jax.eval.metrics import rmse
+from recsys_jax.training.presets import get_preset
+from recsys_jax.training.fit import fit
 
 # The Shawshank Redemption, Pulp Fiction, The Matrix, Star Wars IV: loved; Toy Story: so-so.
 MY_RATINGS = "318=5,296=4.5,2571=5,260=4.5,1=3"
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
     args = p.parse_args(argv)
 
-    from recsys_jax.cli_use import parse_rate
+    from recsys_jax.cli.use import parse_rate
 
     ratings, real = load(args)
     print(f"{ratings.name}: {len(ratings)} ratings, {ratings.num_users} users, {ratings.num_items} movies")

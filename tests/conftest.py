@@ -31,7 +31,7 @@ def _compile_cache_of_the_session(tmp_path_factory):
     """JAX's persistent compilation cache on, in a folder of this session's own: the many
     tests that build the same programs anew (new engines, new jit objects) compile each once.
     In-process CLI runs would turn on the CLI's caches (JAX's and the program store,
-    `recsys_jax.programs`) in the user's cache folder instead: they are switched off here
+    `recsys_jax.engine.programs`) in the user's cache folder instead: they are switched off here
     (tests that want them run the CLI in a subprocess). Session-wide, so that module-scoped
     fixtures that run the CLI see it too."""
     import jax
@@ -41,7 +41,7 @@ def _compile_cache_of_the_session(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECSYS_JAX_COMPILE_CACHE", "off")
-        # The CPU kernels (recsys_jax.kernels) are built once for the session, subprocesses included.
+        # The CPU kernels (recsys_jax.engine.kernels) are built once for the session, subprocesses included.
         mp.setenv("RECSYS_JAX_KERNEL_CACHE", str(tmp_path_factory.mktemp("kernels")))
         yield
 
@@ -59,8 +59,8 @@ def configured_model(name: str, train, **options):
     if name in TABLE_WIDTH and "embedding_dim" in options:  # no latent factors: the width of its item tables
         options[TABLE_WIDTH[name]] = options.pop("embedding_dim")
     config = make_config(name, **options)
-    aux = module.prepare(train, config) if hasattr(module, "prepare") else None
-    if hasattr(module, "configure"):
+    aux = module.prepare(train, config) if module.prepare is not None else None
+    if module.configure is not None:
         config = module.configure(config, aux)
     return module, config, aux
 
@@ -70,7 +70,7 @@ def run_cli(argv) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from recsys_jax.cli import main
+    from recsys_jax.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

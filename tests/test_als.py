@@ -1,4 +1,4 @@
-"""Alternating least squares (`recsys_jax.als`): the plan holds every rating once, a side
+"""Alternating least squares (`recsys_jax.engine.als`): the plan holds every rating once, a side
 step equals each row's closed-form ridge solution (NumPy), the objective it reports is
 the objective and never increases, and `fit(optimizer="als")` trains end to end."""
 from __future__ import annotations
@@ -8,11 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recsys_jax import als
+from recsys_jax.engine import als
+from recsys_jax.models import row_chunks
 from recsys_jax.data import make_synthetic
-from recsys_jax.experiment import carve_validation
+from recsys_jax.training.experiment import carve_validation
 from recsys_jax.models import get_model, make_config
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 L2, BIAS_L2 = 0.3, 0.1
 
@@ -47,7 +49,7 @@ def triples(side: als.SidePlan, num_other: int) -> list:
 def test_plan_holds_every_rating_once_even_across_chunks(data, monkeypatch):
     # Chunks of 2 pieces of 16: rows longer than 32 ratings force a larger chunk, and most
     # rows do not fit beside the previous one, so packing is exercised.
-    monkeypatch.setattr(als, "CHUNK_PIECES", 2)
+    monkeypatch.setattr(row_chunks, "CHUNK_PIECES", 2)
     plan = als.make_plan(data.users, data.items, data.ratings, data.num_users, data.num_items)
     expect_u = sorted(zip(data.users.tolist(), data.items.tolist(), np.float32(data.ratings).tolist()))
     expect_i = sorted(zip(data.items.tolist(), data.users.tolist(), np.float32(data.ratings).tolist()))
@@ -170,7 +172,7 @@ def test_y_range_is_refused(data):
 
 
 def test_fit_many_refuses_other_optimizers(data):
-    from recsys_jax.many import Member, fit_many
+    from recsys_jax.training.many import Member, fit_many
 
     with pytest.raises(ValueError, match="dense Adam"):
         fit_many("bias", data, None, [Member()], train_config=TrainConfig(optimizer="als", l2=0.1))

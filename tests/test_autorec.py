@@ -11,7 +11,8 @@ from jax.test_util import check_grads
 from recsys_jax.data import Ratings
 from recsys_jax.data.synthetic import make_synthetic
 from recsys_jax.models import autorec, make_apply, make_config
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 
 def sigmoid(x):

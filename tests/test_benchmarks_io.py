@@ -213,7 +213,7 @@ def test_tuned_choices_give_train_and_model_settings(tmp_path):
     the preset, model options (BPMF's K) into the model config, per split seed only."""
     from benchmarks import accuracy
     from recsys_jax.models import make_config
-    from recsys_jax.presets import get_preset
+    from recsys_jax.training.presets import get_preset
 
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps([{"models": {

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from recsys_jax import metrics
-from recsys_jax.blend import BlendMember, combine, fit_blend, fit_weights
+from recsys_jax.eval import metrics
+from recsys_jax.training.blend import BlendMember, combine, fit_blend, fit_weights
 from recsys_jax.data import make_synthetic, random_split
-from recsys_jax.experiment import carve_validation, predict_result, refit_on
+from recsys_jax.training.experiment import carve_validation, predict_result, refit_on
 from recsys_jax.models import make_config
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 TC = TrainConfig(epochs=3, batch_size=128, lr=3e-2, l2=0.05)
 

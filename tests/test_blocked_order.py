@@ -1,8 +1,8 @@
 """The blocked order of ratings: g x g blocks of users by items, visited one at a time.
 
-`recsys_jax.shuffle.block_order` groups the ratings once per fit; every epoch,
-`recsys_jax.shuffle.blocked_permutation` runs through the blocks in a random order, each
-one shuffled by its own cipher; `recsys_jax.train.run_epoch` cuts the batches from it.
+`recsys_jax.engine.shuffle.block_order` groups the ratings once per fit; every epoch,
+`recsys_jax.engine.shuffle.blocked_permutation` runs through the blocks in a random order, each
+one shuffled by its own cipher; `recsys_jax.engine.epoch.run_epoch` cuts the batches from it.
 Checked by hand on small cases, as a permutation, against the epoch's batches, and as
 training (same accuracy as one shuffle of all the ratings on planted data).
 """
@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import recsys_jax.train as train_mod
+import recsys_jax.training.fit as train_mod
 from recsys_jax.data import make_synthetic
-from recsys_jax.experiment import carve_validation
+from recsys_jax.training.experiment import carve_validation
 from recsys_jax.models import get_model, make_config
-from recsys_jax.shuffle import Blocks, block_order, blocked_permutation
-from recsys_jax.train import TrainConfig, epoch_grid, fit, run_epoch
+from recsys_jax.engine.shuffle import Blocks, block_order, blocked_permutation
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.engine.epoch import epoch_grid, run_epoch
+from recsys_jax.training.fit import fit
 
 
 def test_block_order_by_hand():
@@ -185,7 +187,7 @@ def test_blocked_padded_epoch_is_the_exact_sizes(planted, monkeypatch):
 
 
 def test_blocked_order_is_for_one_device(planted):
-    from recsys_jax.sharding import make_mesh
+    from recsys_jax.engine.sharding import make_mesh
 
     train, _ = planted
     with pytest.raises(ValueError, match="order='blocked' trains on one device"):
@@ -194,8 +196,8 @@ def test_blocked_order_is_for_one_device(planted):
 
 
 def test_blocked_order_is_refused_where_it_is_not_built(planted):
-    from recsys_jax.many import Member, fit_many
-    from recsys_jax.ranking import fit_ranking
+    from recsys_jax.training.many import Member, fit_many
+    from recsys_jax.training.ranking import fit_ranking
 
     train, _ = planted
     tc = TrainConfig(epochs=1, order="blocked")

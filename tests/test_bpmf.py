@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recsys_jax import als
+from recsys_jax.models import row_chunks
 from recsys_jax.data import make_synthetic, random_split
-from recsys_jax.experiment import carve_validation
+from recsys_jax.training.experiment import carve_validation
 from recsys_jax.models import bpmf, make_apply, make_config
-from recsys_jax.predict import predict_indices
-from recsys_jax.presets import get_preset
-from recsys_jax.train import fit
+from recsys_jax.eval.predict import predict_indices
+from recsys_jax.training.presets import get_preset
+from recsys_jax.training.fit import fit
 
 N_DRAWS, Z = 20_000, 5.0
 SPD = np.array([[1.0, 0.3, -0.2], [0.3, 0.8, 0.1], [-0.2, 0.1, 0.5]])
@@ -125,12 +125,12 @@ def small():
 
 def test_side_means_equal_numpy_solves_across_chunks(small, monkeypatch):
     # chunks of 2 pieces of 16 slots: many chunks, rows packed beside each other and split
-    # into several pieces (als.make_plan's packing, tested in test_als)
-    monkeypatch.setattr(als, "CHUNK_PIECES", 2)
+    # into several pieces (row_chunks.make_plan's packing, tested in test_als)
+    monkeypatch.setattr(row_chunks, "CHUNK_PIECES", 2)
     r = small
     keep = r.users != 7  # user 7 has no ratings: its mean is the prior mean
     users, items, ratings = r.users[keep], r.items[keep], r.ratings[keep].astype(np.float64)
-    plan = als.make_plan(users, items, ratings, r.num_users, r.num_items)
+    plan = row_chunks.make_plan(users, items, ratings, r.num_users, r.num_items)
     assert len(plan.user.rows) > 3
     k, mu, alpha = 4, 3.4, 1.7
     rng = np.random.default_rng(5)

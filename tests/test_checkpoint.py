@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recsys_jax import checkpoint
-from recsys_jax.checkpoint import CheckpointError
+from recsys_jax.use import checkpoint
+from recsys_jax.use.checkpoint import CheckpointError
 from recsys_jax.data import UnknownIdError
 from recsys_jax.models import bias, dot, make_config, mlp
-from recsys_jax.recommender import Recommender
+from recsys_jax.use.recommender import Recommender
 
 USER_IDS = np.array([10, 20, 30, 40], np.int64)
 ITEM_IDS = np.array([100, 200, 300, 400], np.int64)
@@ -406,8 +406,9 @@ def test_every_model_round_trips_through_a_checkpoint(name, tmp_path):
     import pandas as pd
 
     from recsys_jax.data import make_synthetic
-    from recsys_jax.experiment import to_recommender
-    from recsys_jax.train import TrainConfig, fit
+    from recsys_jax.use.recommender import to_recommender
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.training.fit import fit
 
     ratings, _ = make_synthetic(jax.random.key(0), 30, 20, 300)
     movies = pd.DataFrame({"title": [f"M{i} ({1990 + i})" for i in ratings.item_ids],
@@ -428,8 +429,9 @@ def test_ids_without_training_ratings_are_unknown(tmp_path):
     """An id in the maps (it occurs in the test split) but never trained is not predicted from
     its random initial parameters: an error, or the bias fallback."""
     from recsys_jax.data import Ratings
-    from recsys_jax.experiment import to_recommender
-    from recsys_jax.train import TrainConfig, fit
+    from recsys_jax.use.recommender import to_recommender
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.training.fit import fit
 
     # Users 1, 2; items 10, 20, 30 — item 30 and user 3 appear only in the held-out rows.
     full = Ratings.from_raw([1, 1, 2, 2, 3, 1], [10, 20, 10, 20, 10, 30], [4.0, 3.0, 5.0, 2.0, 3.5, 1.0])
@@ -496,7 +498,7 @@ def test_similar_items_errors():
 
 
 def test_similar_from_the_command_line(tmp_path, capsys):
-    from recsys_jax.cli import main
+    from recsys_jax.cli.main import main
 
     folder = checkpoint.save(tmp_path / "sim", _similar_rec())
     assert main(["similar", "--checkpoint", str(folder), "--movie", "100", "-n", "2", "--json"]) == 0

@@ -14,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from recsys_jax import checkpoint, metrics
-from recsys_jax.cli import main
+from recsys_jax.use import checkpoint
+from recsys_jax.eval import metrics
+from recsys_jax.cli.main import main
 from recsys_jax.data import load_ratings, load_split, make_synthetic, random_split, temporal_split
 
 NUM_RATINGS = 1500
@@ -148,7 +149,7 @@ def test_predict_unknown_movie(trained, capsys):
 def test_predict_marks_fallbacks(tmp_path, capsys):
     """A hand-made bias model: mu = 3, b_u = 0.25 (user 10), b_i = 0.5 (movie 100), no factors."""
     from recsys_jax.models import bias
-    from recsys_jax.recommender import Recommender
+    from recsys_jax.use.recommender import Recommender
 
     config = bias.Config(embedding_dim=1, mean_rating=3.0)
     params = bias.init(jax.random.key(0), 1, 1, config)._replace(
@@ -242,7 +243,7 @@ def test_train_refuses_to_overwrite_a_checkpoint(workdir, tmp_path, monkeypatch,
 def test_help_describes_every_argument_and_the_environment(capsys):
     import argparse
 
-    from recsys_jax.cli import build_parser
+    from recsys_jax.cli.main import build_parser
     from recsys_jax.data.movielens import DATASETS
 
     parser = build_parser()
@@ -350,7 +351,7 @@ def test_missing_dataset_without_download(tmp_path, monkeypatch, capsys):
 def test_bench_runs_the_quick_suite_into_its_own_folder(tmp_path, monkeypatch, capsys):
     import subprocess
 
-    from recsys_jax import cli
+    from recsys_jax.cli import main as cli
 
     calls = []
 
@@ -429,7 +430,7 @@ def test_train_with_a_row_sparse_optimizer(workdir, capsys):
 
 
 def test_a_presets_row_sparse_optimizer_yields_to_settings_that_move_every_row(workdir, capsys):
-    from recsys_jax.presets import get_preset, settle_optimizer
+    from recsys_jax.training.presets import get_preset, settle_optimizer
 
     tc = get_preset("default", "bias")
     assert tc.optimizer == "lazy_adam" and settle_optimizer(tc, "bias") == tc
@@ -455,7 +456,7 @@ def test_persistent_compile_cache_is_written_and_can_be_turned_off(workdir, tmp_
 
     def train(cache, *extra):
         env = {**os.environ, "RECSYS_JAX_COMPILE_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
-        proc = subprocess.run([sys.executable, "-m", "recsys_jax.cli", "train", "--ratings",
+        proc = subprocess.run([sys.executable, "-m", "recsys_jax.cli.main", "train", "--ratings",
                                str(workdir / "ratings.csv"), *TRAIN, "--no-save", "--json", *extra],
                               capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr

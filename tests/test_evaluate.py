@@ -14,24 +14,10 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from recsys_jax import checkpoint
-from recsys_jax.cli_use import rebuild_split
-from recsys_jax.data import (
-    Ratings,
-    load_movielens,
-    make_synthetic,
-    random_split,
-    temporal_split,
-    user_split,
-)
-from recsys_jax.metrics import (
-    broadcast_scores,
-    make_score_fn,
-    matrix_scores,
-    rank_metrics,
-    ranking_report,
-    top_k,
-)
+from recsys_jax.use import checkpoint
+from recsys_jax.cli.use import rebuild_split
+from recsys_jax.data import Ratings, load_movielens, make_synthetic, random_split, temporal_split, user_split
+from recsys_jax.eval.metrics import broadcast_scores, make_score_fn, matrix_scores, rank_metrics, ranking_report, top_k
 
 L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)  # DCG discounts of ranks 1, 2, 3
 

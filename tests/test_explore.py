@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 from conftest import configured_model
-from recsys_jax import checkpoint, explore
-from recsys_jax.checkpoint import CheckpointError
-from recsys_jax.cli import main
+from recsys_jax.use import checkpoint, explore
+from recsys_jax.use.checkpoint import CheckpointError
+from recsys_jax.cli.main import main
 from recsys_jax.data import Ratings, make_synthetic
 from recsys_jax.models import MODELS, bias, dot, make_config
-from recsys_jax.recommender import Recommender
+from recsys_jax.use.recommender import Recommender
 
 ITEM_IDS = np.array([10, 20, 30, 40, 50, 60], np.int64)
 USER_IDS = np.array([1, 2, 3], np.int64)
@@ -176,7 +176,7 @@ def test_every_model_pca_and_bias_table(name):
     params = jax.tree.map(lambda x: np.asarray(x, np.float32) + np.float32(0.3) * rng.normal(size=x.shape).astype(
         np.float32), params)
     rec = Recommender(name, config, params, train.user_ids, train.item_ids, (0.5, 5.0), aux=aux)
-    if getattr(module, "ITEM_VECTORS", None) == ():  # e.g. knn: neighbour lists, no vectors
+    if module.item_vectors == ():  # e.g. knn: neighbour lists, no vectors
         with pytest.raises(ValueError, match="no item factors"):
             explore.pca(rec, train, min_ratings=1, components=2)
         return
@@ -384,7 +384,7 @@ def test_train_keeps_history_and_training_counts(tmp_path, capsys, refit):
     on: the whole training split after the default refit, less the validation slice with
     --no-refit."""
     from recsys_jax.data import load_ratings, random_split
-    from recsys_jax.experiment import split_parts
+    from recsys_jax.training.experiment import split_parts
 
     ratings, _ = make_synthetic(jax.random.key(5), 60, 30, 900, embedding_dim=2)
     lines = ["userId,movieId,rating,timestamp"] + [

@@ -1,4 +1,4 @@
-"""Fold-in (recsys_jax.foldin): the closed form by hand and against NumPy's least squares,
+"""Fold-in (recsys_jax.use.foldin): the closed form by hand and against NumPy's least squares,
 the gradient route against the closed form and against the full model's own objective for
 every model, the new user's (and movie's) recommendations, bad input; and, on the genuine
 ml-latest-small, users held out of training folded in to within 0.02 RMSE of the same
@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_jax import foldin
+from recsys_jax.use import foldin
 from recsys_jax.data import UnknownIdError, make_synthetic
-from recsys_jax.metrics import pairs_by_user
+from recsys_jax.eval.metrics import pairs_by_user
 from recsys_jax.models import MODELS, bias, dot
-from recsys_jax.penalties import make_model_penalty
-from recsys_jax.recommender import Recommender
+from recsys_jax.objectives.penalties import make_model_penalty
+from recsys_jax.use.recommender import Recommender
 
 from conftest import configured_model
 
@@ -144,7 +144,7 @@ def _penalty(model, config, aux):
     if key not in _PENALTIES:
         module = MODELS[model]
         penalty = make_model_penalty(module, config, aux, TC["l2"], TC["bias_l2"])
-        uses_time = getattr(module, "USES_TIME", False)
+        uses_time = module.uses_time
         _PENALTIES[key] = (aux, jax.jit(lambda p, u, i, w, t: penalty(p, u, i, w, **({"times": t} if uses_time else {}))))
     return _PENALTIES[key][1]
 
@@ -170,9 +170,9 @@ def check_near_minimum(rec, side, index, others, ratings, times, rows):
 def trains_itself(name, tiny) -> bool:
     """A model trained by its own fit_epochs (knn, the autoencoders, Gibbs sampling) has no
     objective over one row to minimise with the others fixed: fold-in refuses it, clearly,
-    unless its module says ``FOLDS_IN = True`` (autorec: a new user's decoder row against
+    unless its spec says ``folds_in=True`` (autorec: a new user's decoder row against
     the fixed item codes is its training objective's row)."""
-    if not hasattr(MODELS[name], "fit_epochs") or getattr(MODELS[name], "FOLDS_IN", False):
+    if MODELS[name].fit_epochs is None or MODELS[name].folds_in:
         return False
     rec = model_rec(name, tiny)
     with pytest.raises(ValueError, match="trains itself"):
@@ -280,9 +280,9 @@ def test_folded_in_users_match_trained_in_users(data_dir):
     Measured (bias, default preset, split seed 0): trained-in 0.8450, folded-in 0.8507,
     mu + b_i alone 0.9621."""
     from recsys_jax.data import load_movielens, random_split
-    from recsys_jax.experiment import to_recommender
-    from recsys_jax.presets import get_preset
-    from recsys_jax.train import fit
+    from recsys_jax.use.recommender import to_recommender
+    from recsys_jax.training.presets import get_preset
+    from recsys_jax.training.fit import fit
 
     ratings = load_movielens("ml-latest-small", data_dir=data_dir, download=False)
     split = random_split(ratings, 0, 0.2)

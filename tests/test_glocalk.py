@@ -12,7 +12,8 @@ from jax.test_util import check_grads
 
 from recsys_jax.data import make_synthetic, random_split
 from recsys_jax.models import glocalk
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 NUM_USERS, NUM_ITEMS = 6, 8
 CONFIG = glocalk.Config(embedding_dim=4, kernel_dim=2, num_layers=2, weight_l2=0.3, kernel_l2=0.05,

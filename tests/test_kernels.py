@@ -1,4 +1,4 @@
-"""The CPU kernels (recsys_jax.kernels) against the XLA programs they stand in for: the fused
+"""The CPU kernels (recsys_jax.engine.kernels) against the XLA programs they stand in for: the fused
 SGD step of the bias and dot models, and the Feistel permutation of the epoch's shuffle."""
 import jax
 import jax.numpy as jnp
@@ -6,13 +6,16 @@ import numpy as np
 import optax
 import pytest
 
-from recsys_jax import kernels, shuffle, sparse
+from recsys_jax.engine import kernels, shuffle, sparse
 from recsys_jax.data import make_synthetic
-from recsys_jax.engine import make_engine
-from recsys_jax.losses import mse
+from recsys_jax.engine.build import make_engine
+from recsys_jax.objectives.losses import mse
 from recsys_jax.models import bias, dot, make_apply, make_config
-from recsys_jax.penalties import make_l2_penalty
-from recsys_jax.train import Batch, TrainConfig, TrainState, fit, make_objective
+from recsys_jax.objectives.penalties import make_l2_penalty
+from recsys_jax.engine.step import Batch, TrainState, make_objective
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.engine.options import resolve_options
+from recsys_jax.training.fit import fit
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +50,7 @@ def _params(model, global_mean=True):
 
 def _train(model, config, params, batches, *, fused, global_mean=True, bias_l2=BIAS_L2, optimizer="sgd"):
     """``(params, losses)`` after ``optimizer`` steps on ``batches``: the kernel's step
-    (``fused``) or XLA's (`recsys_jax.sparse.make_sparse_update` on the objective written out)."""
+    (``fused``) or XLA's (`recsys_jax.engine.sparse.make_sparse_update` on the objective written out)."""
     row_tx, make_dense = sparse.ROW_OPTIMIZERS[optimizer]
     schedule = optax.constant_schedule(LR)
     row_tx, dense_tx = row_tx(), make_dense(schedule)
@@ -151,19 +154,18 @@ def test_fused_step_rejects_an_index_out_of_range():
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "lazy_adam"])
-def test_fit_with_the_kernel_matches_fit_without(monkeypatch, optimizer):
+def test_fit_with_the_kernel_matches_fit_without(optimizer):
     """The whole fit (padding in the last batch, several epochs): the engine's kernel path
-    against XLA's step, which RECSYS_JAX_KERNELS=off selects."""
+    against XLA's step (the option off)."""
     train, _ = make_synthetic(jax.random.key(3), num_users=150, num_items=100, num_ratings=4500)  # > SORT_MAX: Feistel
     tc = TrainConfig(epochs=3, batch_size=1000, lr=0.05, schedule="constant", optimizer=optimizer, l2=1e-3,
                      bias_l2=1e-3)
     results = {}
     for setting in ("on", "off"):
-        monkeypatch.setenv("RECSYS_JAX_KERNELS", setting)
-        make_engine.cache_clear()
+        options = resolve_options(kernels=setting == "on")
+        assert options.kernels == (setting == "on")
         results[setting] = fit("bias", train, train_config=tc, model_config=make_config("bias", embedding_dim=4),
-                               progress=False)
-    make_engine.cache_clear()
+                               progress=False, options=options)
     on, off = results["on"], results["off"]
     np.testing.assert_allclose(on.history["train_loss"], off.history["train_loss"], rtol=1e-5)
     for name in off.params._fields:
@@ -171,34 +173,38 @@ def test_fit_with_the_kernel_matches_fit_without(monkeypatch, optimizer):
 
 
 def test_engine_names_its_kernel(monkeypatch):
-    from recsys_jax.engine import RatingObjective
+    from recsys_jax.engine.build import RatingObjective
 
     config = make_config("bias", embedding_dim=4)
     apply = make_apply("bias", config)
+    on = resolve_options(kernels=True)
     sgd, adagrad = TrainConfig(optimizer="sgd"), TrainConfig(optimizer="adagrad")
-    make_engine.cache_clear()
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel == "mf_sgd"
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, adagrad, 3).kernel == "mf_adagrad"
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3, options=on).kernel == "mf_sgd"
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, adagrad, 3, options=on).kernel == "mf_adagrad"
     lazy, dense = TrainConfig(optimizer="lazy_adam"), TrainConfig(optimizer="adam")
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, lazy, 3).kernel == "mf_lazy_adam"
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, dense, 3).kernel is None
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, lazy, 3, options=on).kernel == "mf_lazy_adam"
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, dense, 3, options=on).kernel is None
     huber = TrainConfig(optimizer="sgd", loss="huber")
-    from recsys_jax.losses import LOSSES
+    from recsys_jax.objectives.losses import LOSSES
 
-    assert make_engine("bias", apply, config, RatingObjective(LOSSES["huber"]), None, huber, 3).kernel is None
-    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")
-    make_engine.cache_clear()
-    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel is None
-    assert kernels.load() is None and kernels.why_not() == "RECSYS_JAX_KERNELS is off"
-    make_engine.cache_clear()
+    assert make_engine("bias", apply, config, RatingObjective(LOSSES["huber"]), None, huber, 3,
+                       options=on).kernel is None
+    # Off: the option says so, not the environment at trace time.
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3).kernel is None  # the default
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3,
+                       options=resolve_options(kernels=False)).kernel is None
+    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")  # read where options are resolved, and only there
+    assert not resolve_options().kernels
+    assert make_engine("bias", apply, config, RatingObjective(mse), None, sgd, 3, options=on).kernel == "mf_sgd"
+    monkeypatch.setenv("RECSYS_JAX_KERNELS", "on")
+    assert resolve_options().kernels
 
 
 @pytest.mark.parametrize("n,count", [(5000, None), (70001, None), (8192, 5000)])
-def test_permutation_kernel_is_the_xla_permutation_bit_for_bit(monkeypatch, n, count):
+def test_permutation_kernel_is_the_xla_permutation_bit_for_bit(n, count):
     keys = jax.random.split(jax.random.key(7), 3)
     count_arg = None if count is None else jnp.int32(count)
-    got = jax.jit(jax.vmap(lambda k: shuffle.feistel_permutation(k, n, count_arg)))(keys)
-    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")
+    got = jax.jit(jax.vmap(lambda k: shuffle.feistel_permutation(k, n, count_arg, kernels=True)))(keys)
     want = jax.jit(jax.vmap(lambda k: shuffle.feistel_permutation(k, n, count_arg)))(keys)
     np.testing.assert_array_equal(got, want)
     size = n if count is None else count
@@ -206,14 +212,13 @@ def test_permutation_kernel_is_the_xla_permutation_bit_for_bit(monkeypatch, n, c
         np.testing.assert_array_equal(np.sort(row[:size]), np.arange(size))
 
 
-def test_blocked_permutation_kernel_is_the_xla_order(monkeypatch):
+def test_blocked_permutation_kernel_is_the_xla_order():
     """Nine blocks of 2 to 6 ratings with padding after them, then blocks of sizes 3, 0 and
     2: the kernel's order equals XLA's element for element, under vmap too."""
     users, items = np.repeat(np.arange(7), 5)[:31], np.tile(np.arange(5), 7)[:31]
     _, blocks = shuffle.block_order(users, items, 3, np.random.default_rng(0))
     keys = jax.random.split(jax.random.key(3), 6)
-    got = jax.jit(jax.vmap(lambda k: shuffle.blocked_permutation(k, blocks, 40)))(keys)
-    monkeypatch.setenv("RECSYS_JAX_KERNELS", "off")
+    got = jax.jit(jax.vmap(lambda k: shuffle.blocked_permutation(k, blocks, 40, kernels=True)))(keys)
     want = jax.jit(jax.vmap(lambda k: shuffle.blocked_permutation(k, blocks, 40)))(keys)
     np.testing.assert_array_equal(got, want)
     for row in np.asarray(got):
@@ -222,8 +227,7 @@ def test_blocked_permutation_kernel_is_the_xla_order(monkeypatch):
     sizes = np.array([3, 0, 2], np.int32)
     manual = shuffle.Blocks(np.array([0, 3, 3], np.int32), sizes)
     order = np.asarray(jax.jit(lambda k: shuffle.blocked_permutation(k, manual, 6))(jax.random.key(0)))
-    monkeypatch.delenv("RECSYS_JAX_KERNELS")
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: shuffle.blocked_permutation(k, manual, 6))(
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: shuffle.blocked_permutation(k, manual, 6, kernels=True))(
         jax.random.key(0))), order)
 
 

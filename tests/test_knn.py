@@ -14,8 +14,9 @@ import pytest
 
 from recsys_jax.data import Ratings, make_synthetic
 from recsys_jax.models import knn, make_apply, make_config
-from recsys_jax.predict import predict_indices
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.eval.predict import predict_indices
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 
 # -- a NumPy reference, written from the formulas with loops ----------------------------------------
@@ -303,11 +304,11 @@ def test_dense_scores_by_hand():
 
 
 def test_whole_catalogue_ranking_uses_the_dense_form(problem, truncated):
-    """metrics.make_score_fn's knn entry (DENSE_SCORES) equals the apply route over the grid."""
-    from recsys_jax.metrics import DENSE_SCORES, ScoreInputs, make_score_fn
+    """metrics.make_score_fn's knn route (the spec's block_scores) equals the apply route over the grid."""
+    from recsys_jax.eval.metrics import ScoreInputs, make_score_fn
 
     train = problem[0]
-    assert "knn" in DENSE_SCORES
+    assert knn.SPEC.block_scores is not None
     inputs = ScoreInputs(truncated.params, truncated.aux)
     users = jnp.arange(train.num_users, dtype=jnp.int32)
     dense = make_score_fn("knn", truncated.model_config, train.num_items)(inputs, users)
@@ -316,7 +317,7 @@ def test_whole_catalogue_ranking_uses_the_dense_form(problem, truncated):
 
 
 def test_fit_yields_one_epoch_and_beats_the_baseline():
-    """Through recsys_jax.train.fit with a validation split: one epoch (whatever
+    """Through recsys_jax.training.fit.fit with a validation split: one epoch (whatever
     TrainConfig.epochs), and the neighbours improve on the baseline alone (the same params with
     every similarity zeroed)."""
     ratings, _ = make_synthetic(jax.random.key(3), 200, 120, 6000, embedding_dim=3, noise_std=0.3)

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from recsys_jax import losses
-from recsys_jax.losses import LOSSES, get_loss, huber, log_cosh, mae, mse, pseudo_huber
+from recsys_jax.objectives import losses
+from recsys_jax.objectives.losses import LOSSES, get_loss, huber, log_cosh, mae, mse, pseudo_huber
 from recsys_jax.models import bias
-from recsys_jax.penalties import make_l2_penalty
+from recsys_jax.objectives.penalties import make_l2_penalty
 
 PRED = jnp.array([3.0, 4.5, 1.0, 2.0])
 TARG = jnp.array([4.0, 4.5, 3.5, 1.9])

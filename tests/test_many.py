@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from recsys_jax.data import make_synthetic, random_split
-from recsys_jax import many as many_module
-from recsys_jax.many import Member, ensemble_predict, fit_many, predict_many, random_search
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.training import many as many_module
+from recsys_jax.training.many import Member, ensemble_predict, fit_many, predict_many, random_search
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 TC = TrainConfig(epochs=3, batch_size=256, lr=1e-2, l2=0.01)
 

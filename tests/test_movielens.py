@@ -22,13 +22,7 @@ import numpy as np
 import pytest
 
 from recsys_jax.data import movielens
-from recsys_jax.data.movielens import (
-    DATASETS,
-    Dataset,
-    ensure_local,
-    load_ml100k_fold,
-    load_movielens,
-)
+from recsys_jax.data.movielens import DATASETS, Dataset, ensure_local, load_ml100k_fold, load_movielens
 from recsys_jax.data.ratings import DataError
 
 ENV_VARS = ("RECSYS_JAX_DATA", "RECSYS_JAX_CACHE", "RECSYS_JAX_BASE_URL")
@@ -386,7 +380,7 @@ def test_download_reports_url_size_and_checksum(tmp_path, serve):
 
 @needs_zip
 def test_cli_download_through_the_mirror_variable(tmp_path, serve, monkeypatch, capsys):
-    from recsys_jax.cli import main
+    from recsys_jax.cli.main import main
 
     base_url, requests, _ = serve(OFFICIAL_ZIP.parent)
     monkeypatch.setenv("RECSYS_JAX_BASE_URL", base_url)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from recsys_jax.models import bias, dot, make_config, mlp
-from recsys_jax.optim import make_schedule
-from recsys_jax.penalties import make_table_l2_penalty
-from recsys_jax.presets import get_preset, model_options, val_frac
-from recsys_jax.train import make_penalty
+from recsys_jax.optim.optimizers import make_schedule
+from recsys_jax.objectives.penalties import make_table_l2_penalty
+from recsys_jax.training.presets import get_preset, model_options, val_frac
+from recsys_jax.engine.step import make_penalty
 
 
 def test_table_penalty_is_keras_l2_on_whole_tables():

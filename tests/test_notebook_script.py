@@ -47,7 +47,7 @@ def test_first_appearance_is_the_notebooks_numbering(notebook):
 
 
 def test_scaled_regimen_keeps_the_rates(notebook):
-    from recsys_jax.presets import get_preset
+    from recsys_jax.training.presets import get_preset
 
     tc = notebook.scaled(get_preset("notebook", "bias"), 0.2)
     assert tc.phases == ((1, 1e-2), (1, 1e-2), (2, 1e-3)) and tc.epochs == 4

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from recsys_jax.optim import make_optimizer, make_schedule
+from recsys_jax.optim.optimizers import make_optimizer, make_schedule
 
 
 def test_piecewise_is_the_notebook_annealing():

@@ -16,19 +16,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from recsys_jax import checkpoint, metrics
-from recsys_jax.checkpoint import CheckpointError
+from recsys_jax.use import checkpoint
+from recsys_jax.eval import metrics
+from recsys_jax.use.checkpoint import CheckpointError
 from recsys_jax.data import Ratings, make_synthetic, random_split
 from recsys_jax.data.split import Split
-from recsys_jax.experiment import run_experiment, to_recommender
-from recsys_jax.losses import (
-    LOSSES, PARAM_LOSSES, GaussianParams, OrdinalParams, ParamLoss, gaussian_nll, get_loss, ordinal,
-    ordinal_cut_points, ordinal_probs,
+from recsys_jax.training.experiment import run_experiment
+from recsys_jax.use.recommender import to_recommender
+from recsys_jax.objectives.losses import (
+    LOSSES,
+    PARAM_LOSSES,
+    GaussianParams,
+    OrdinalParams,
+    ParamLoss,
+    gaussian_nll,
+    get_loss,
+    ordinal,
+    ordinal_cut_points,
+    ordinal_probs,
 )
-from recsys_jax.many import Member, fit_many
+from recsys_jax.training.many import Member, fit_many
 from recsys_jax.models import make_apply, make_config
-from recsys_jax.predict import predict_indices
-from recsys_jax.train import Batch, JointParams, TrainConfig, fit, make_objective
+from recsys_jax.eval.predict import predict_indices
+from recsys_jax.engine.step import Batch, JointParams, make_objective
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 LEVELS = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
 

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import peers
 from recsys_jax.data import Ratings
 from recsys_jax.models import get_model, make_config
-from recsys_jax.presets import get_preset, model_options
+from recsys_jax.training.presets import get_preset, model_options
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Every model's penalty is the regulariser its docstring writes (differential tests).
 
-For each model in MODELS the penalty that `recsys_jax.penalties.make_model_penalty` returns
-(the one `recsys_jax.train.fit` trains with) is compared, in value and in gradient, with a
+For each model in MODELS the penalty that `recsys_jax.objectives.penalties.make_model_penalty` returns
+(the one `recsys_jax.training.fit.fit` trains with) is compared, in value and in gradient, with a
 naive implementation of the written objective: a Python loop over the batch's examples
 that adds up each example's terms (for SVD++, a loop over j in N(u) too). N(u) and the
 time bins are derived here from the training ratings, not read from the model's ``aux``.
@@ -19,11 +19,13 @@ import pandas as pd
 import pytest
 
 from recsys_jax.data import Ratings
-from recsys_jax.losses import mse
+from recsys_jax.objectives.losses import mse
 from conftest import configured_model
 from recsys_jax.models import MODELS, make_apply, make_config, svdpp
-from recsys_jax.penalties import make_l2_penalty, make_model_penalty
-from recsys_jax.train import Batch, TrainConfig, fit, make_objective, make_penalty
+from recsys_jax.objectives.penalties import make_l2_penalty, make_model_penalty
+from recsys_jax.engine.step import Batch, make_objective, make_penalty
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 NUM_USERS, NUM_ITEMS = 4, 6
 L2, BIAS_L2 = 0.3, 0.07  # different, so that a term under the wrong weight shows
@@ -67,7 +69,7 @@ class Ctx:
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(1), len(leaves))
         self.params = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-        self.times = TIMES if getattr(self.module, "USES_TIME", False) else None
+        self.times = TIMES if self.module.uses_time else None
 
 
 # ---- the written objectives, one example at a time -------------------------------------
@@ -178,9 +180,9 @@ def test_padding_changes_nothing(ctx):
 def test_row_local_models_keep_the_name_based_penalty():
     for name, module in MODELS.items():
         if name in ("svdpp", "timesvd", "fm", "autorec"):
-            assert hasattr(module, "penalty"), name
+            assert module.penalty is not None, name
         else:
-            assert not hasattr(module, "penalty"), f"{name}: row-local, its objective is the name-based one"
+            assert module.penalty is None, f"{name}: row-local, its objective is the name-based one"
     ctx = Ctx("bias")
     by_name = make_l2_penalty(L2, BIAS_L2)(ctx.params, USERS, ITEMS, WEIGHT)
     assert float(model_penalty(ctx)(ctx.params)) == pytest.approx(float(by_name), rel=1e-6)
@@ -212,7 +214,7 @@ def test_fit_trains_with_the_models_own_penalty(monkeypatch):
         calls.append(kw)
         return own(*args, **kw)
 
-    monkeypatch.setattr(svdpp, "penalty", spy)
+    monkeypatch.setitem(MODELS, "svdpp", svdpp.SPEC._replace(penalty=spy))
     fit("svdpp", TRAIN, key=0, model_config=make_config("svdpp", embedding_dim=3), progress=False,
         train_config=TrainConfig(epochs=1, batch_size=8, l2=L2, bias_l2=BIAS_L2, schedule="constant"))
     assert calls and calls[0]["l2"] == L2 and calls[0]["bias_l2"] == BIAS_L2 and calls[0]["aux"] is not None

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recsys_jax import predict
+from recsys_jax.eval import predict
 from recsys_jax.models import get_model, make_apply, make_config
 
 U, I = 7, 5

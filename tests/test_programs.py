@@ -1,4 +1,4 @@
-"""recsys_jax.programs: compiled epochs and inits kept on disk, loaded by a later process
+"""recsys_jax.engine.programs: compiled epochs and inits kept on disk, loaded by a later process
 without tracing, with the same results; a bad file is compiled again; unnamed settings
 store nothing."""
 from __future__ import annotations
@@ -13,12 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from recsys_jax import programs
+from recsys_jax.engine import programs
 from recsys_jax.data.synthetic import make_synthetic
-from recsys_jax.engine import RatingObjective, make_engine
-from recsys_jax.losses import LOSSES
-from recsys_jax.models import init_params, make_apply, make_config, static_config
-from recsys_jax.train import TrainConfig
+from recsys_jax.engine.build import RatingObjective, make_engine
+from recsys_jax.objectives.losses import LOSSES
+from recsys_jax.engine.build import init_params
+from recsys_jax.models import make_apply, make_config, static_config
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.engine.options import resolve_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import hashlib, json, sys
 import jax, numpy as np
-from recsys_jax import programs
+from recsys_jax.engine import programs
+from recsys_jax.engine.options import resolve_options
 from recsys_jax.data.synthetic import make_synthetic
-from recsys_jax.engine import enable_compile_cache
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
-enable_compile_cache(sys.argv[1])
+store = programs.program_store(programs.enable_compile_cache(sys.argv[1]))
 if sys.argv[2] == "jax-only":
-    programs.disable()
+    store = None
 hows = []
 compile_ = programs.compile
 def spy(*args, **kwargs):
@@ -43,10 +46,10 @@ def spy(*args, **kwargs):
 programs.compile = spy
 ratings, _ = make_synthetic(jax.random.key(0), 80, 60, 2000, embedding_dim=3)
 result = fit("bias", ratings, None, key=1, progress=False,
-             train_config=TrainConfig(epochs=2, batch_size=256, optimizer="lazy_adam", l2=0.01))
+             train_config=TrainConfig(epochs=2, batch_size=256, optimizer="lazy_adam", l2=0.01),
+             options=resolve_options(program_store=store))
 digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(result.params))).hexdigest()
-print(json.dumps({"hows": hows, "digest": digest, "files": len(list(programs.folder().glob("*.bin")))
-                  if programs.folder() else 0}))
+print(json.dumps({"hows": hows, "digest": digest, "files": len(list(store.glob("*.bin"))) if store else 0}))
 """
 
 
@@ -74,11 +77,7 @@ def test_a_later_process_loads_the_programs_and_gets_the_same_result(tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    programs.enable(tmp_path / "programs")
-    try:
-        yield tmp_path / "programs"
-    finally:
-        programs.disable()
+    return tmp_path / "programs"
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +88,13 @@ def small():
     return ratings, config, tc
 
 
-def new_engine(config, tc, loss=LOSSES["mse"]):  # as a new process would build it (no lru cache)
+def new_engine(config, tc, loss=LOSSES["mse"], store=None):  # as a new process would build it (no lru cache)
     return make_engine.__wrapped__("bias", make_apply("bias", config), static_config(config), RatingObjective(loss),
-                                   None, tc, 4)
+                                   None, tc, 4, options=resolve_options(program_store=store))
 
 
-def epoch_args(ratings, config):
-    params = init_params("bias", jax.random.key(0), ratings.num_users, ratings.num_items, config)
+def epoch_args(ratings, config, store=None):
+    params = init_params("bias", jax.random.key(0), ratings.num_users, ratings.num_items, config, store=store)
     return params, tuple(jax.numpy.asarray(a) for a in (ratings.users, ratings.items, ratings.ratings))
 
 
@@ -104,8 +103,8 @@ def test_a_bad_file_is_compiled_again_and_replaced(store, small, monkeypatch):
     hows = []
     compile_ = programs.compile
     monkeypatch.setattr(programs, "compile", lambda *a, **k: hows.append((out := compile_(*a, **k))[2]) or out)
-    params, data = epoch_args(ratings, config)
-    engine = new_engine(config, tc)
+    params, data = epoch_args(ratings, config, store)
+    engine = new_engine(config, tc, store=store)
     state = engine.init(params)
     fn, _ = engine.compile(state, *data, jax.random.key(1))
     want = jax.tree.leaves(fn(state, *data, jax.random.key(1), times=None, aux=None))
@@ -113,10 +112,10 @@ def test_a_bad_file_is_compiled_again_and_replaced(store, small, monkeypatch):
     assert len(files) == 2  # the init's and the epoch's
     for f in files:
         f.write_bytes(b"not a program")
-    engine = new_engine(config, tc)
+    engine = new_engine(config, tc, store=store)
     fn, _ = engine.compile(state, *data, jax.random.key(1))
     assert sum(f.stat().st_size > 100 for f in files) == 1  # the epoch's, written again (the init ran before)
-    engine = new_engine(config, tc)
+    engine = new_engine(config, tc, store=store)
     fn, _ = engine.compile(state, *data, jax.random.key(1))
     assert hows[-2:] == ["compiled", "loaded"]
     got = jax.tree.leaves(fn(state, *data, jax.random.key(1), times=None, aux=None))
@@ -125,9 +124,9 @@ def test_a_bad_file_is_compiled_again_and_replaced(store, small, monkeypatch):
 
 def test_settings_without_a_name_store_nothing(store, small):
     ratings, config, tc = small
-    engine = new_engine(config, tc, loss=lambda p, r: (p - r) ** 2)  # a custom loss: no name to key it by
+    engine = new_engine(config, tc, loss=lambda p, r: (p - r) ** 2, store=store)  # a custom loss: no name to key
     assert engine.identity is None
-    assert "'bias'" in new_engine(config, tc).identity
+    assert "'bias'" in new_engine(config, tc, store=store).identity
     params, data = epoch_args(ratings, config)
     before = set(store.glob("*.bin"))
     engine.compile(engine.init(params), *data, jax.random.key(1))

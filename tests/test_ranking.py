@@ -12,14 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from recsys_jax import metrics, ranking
+from recsys_jax.eval import metrics
+from recsys_jax.training import ranking
 from recsys_jax.data import Ratings, make_synthetic, random_split
-from recsys_jax.metrics import broadcast_scores, make_score_fn, matrix_scores, ranking_metrics, top_k_items
+from recsys_jax.eval.metrics import broadcast_scores, make_score_fn, matrix_scores, ranking_metrics, top_k_items
 from recsys_jax.models import dot, make_apply, make_config
-from recsys_jax.ranking import (
-    RANKING_LOSSES, bpr, fit_ranking, implicit, make_ranking_objective, popularity_scores, sampled_softmax,
-)
-from recsys_jax.train import Batch
+from recsys_jax.objectives.ranking import RANKING_LOSSES, bpr, sampled_softmax
+from recsys_jax.training.ranking import fit_ranking, implicit, popularity_scores
+from recsys_jax.engine.step import make_ranking_objective
+from recsys_jax.engine.step import Batch
 
 POS = jnp.array([1.0, 0.0, -2.0])
 NEG = jnp.array([[0.0, 1.0], [0.0, 0.0], [3.0, -2.0]])

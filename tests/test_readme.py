@@ -1,9 +1,13 @@
-"""README's Python snippets run, each alone, in a fresh process (as a reader would paste them).
+"""The Python snippets of README and of the documentation's guides run, each alone, in a
+fresh process (as a reader would paste them).
 
-Each ```python block is run by itself with ``python -c``: no snippet may lean on names an
-earlier one defined. They read the genuine ml-latest-small from ``$RECSYS_JAX_DATA`` (or
-``../shared/data``) and skip without it; the cache is a temporary folder and the mirror a
-closed local port, so nothing is ever downloaded.
+Each ```python block of README.md and of docs/guides/*.md is run by itself with
+``python -c``: no snippet may lean on names an earlier one defined. (A fragment that is not
+a whole program, such as the pieces of a module in the guide to adding a model, is written
+with MyST's ``{code-block} python`` directive instead, and is not run.) They read the
+genuine ml-latest-small from ``$RECSYS_JAX_DATA`` (or ``../shared/data``) and skip without
+it; the cache is a temporary folder and the mirror a closed local port, so nothing is ever
+downloaded.
 """
 from __future__ import annotations
 
@@ -19,8 +23,19 @@ import pytest
 
 from conftest import shared_data_dir
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SNIPPETS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+GUIDES = sorted((REPO / "docs" / "guides").glob("*.md"))
+FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def snippets(path: Path) -> list[str]:
+    return FENCE.findall(path.read_text(encoding="utf-8"))
+
+
+# (where, code): "README.md #1", "docs/guides/training.md #2", ...
+SNIPPETS = [(f"{path.relative_to(REPO).as_posix()} #{i + 1}", code)
+            for path in [README, *GUIDES] for i, code in enumerate(snippets(path))]
 
 
 def closed_port_url() -> str:
@@ -29,29 +44,32 @@ def closed_port_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def test_readme_has_the_snippets():
-    assert len(SNIPPETS) >= 3
-    assert any("loss_fn=pinball" in code for code in SNIPPETS)
+def test_readme_and_guides_have_the_snippets():
+    assert snippets(README), "README keeps at least one Python snippet (the quickest one, from Python)"
+    assert GUIDES, "docs/guides/ holds the guides"
+    assert len(SNIPPETS) >= 6
+    assert any("loss_fn=pinball" in code for _, code in SNIPPETS)  # the guide to adding a loss
+    assert any("fit_many" in code for _, code in SNIPPETS)  # many models at once
+    assert any("fold_in_user" in code for _, code in SNIPPETS)  # using a trained model
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_snippet_runs_alone(index, tmp_path):
+@pytest.mark.parametrize("where, code", SNIPPETS, ids=[where for where, _ in SNIPPETS])
+def test_snippet_runs_alone(where, code, tmp_path):
     data = shared_data_dir()
     if data is None:
         pytest.skip("genuine ml-latest-small not available (set RECSYS_JAX_DATA)")
     env = {**os.environ, "RECSYS_JAX_DATA": str(data), "RECSYS_JAX_CACHE": str(tmp_path / "cache"),
            "RECSYS_JAX_BASE_URL": closed_port_url()}
-    code = SNIPPETS[index]
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 0, f"README snippet {index + 1} failed alone:\n{code}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"snippet {where} failed alone:\n{code}\n{done.stderr[-3000:]}"
     assert not (tmp_path / "cache").exists()  # read from the shared copy, nothing downloaded
     # A printed training history must improve: the last epoch's score beats the first.
     for line in done.stdout.splitlines():
         if line.startswith("["):
             history = ast.literal_eval(line)
-            assert history[-1] < history[0], f"snippet {index + 1} prints a history that gets worse: {line}"
+            assert history[-1] < history[0], f"snippet {where} prints a history that gets worse: {line}"
     if "loss_fn=pinball" in code:  # the custom loss: its validation MAE falls every epoch
         history = ast.literal_eval(done.stdout.splitlines()[-1])
         assert all(b < a for a, b in zip(history, history[1:])), history

@@ -16,18 +16,13 @@ import pytest
 from conftest import configured_model, run_cli
 from test_evaluate import movielens_folder
 
-from recsys_jax import checkpoint
-from recsys_jax.checkpoint import CheckpointError
+from recsys_jax.use import checkpoint
+from recsys_jax.use.checkpoint import CheckpointError
 from recsys_jax.data import UnknownIdError, make_synthetic
-from recsys_jax.losses import PARAM_LOSSES
-from recsys_jax.metrics import (
-    DENSE_SCORES,
-    make_score_fn,
-    pairs_by_user,
-    top_k,
-)
+from recsys_jax.objectives.losses import PARAM_LOSSES
+from recsys_jax.eval.metrics import make_score_fn, pairs_by_user, top_k
 from recsys_jax.models import MODELS, bias
-from recsys_jax.recommender import Recommender
+from recsys_jax.use.recommender import Recommender
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "recommend_for_me.py"
 
@@ -132,7 +127,7 @@ def test_catalogue_scores_are_the_models_predictions(name, tiny):
     pairs_u, pairs_i = np.repeat(users, rec.num_items), np.tile(np.arange(rec.num_items), len(users))
     per_pair = rec._predict_indices(pairs_u, pairs_i).reshape(len(users), rec.num_items)
     np.testing.assert_allclose(grid, per_pair, rtol=2e-5, atol=2e-5)
-    if name in DENSE_SCORES:  # the matrix form equals the apply route
+    if MODELS[name].block_scores is not None:  # the matrix form equals the apply route
         apply_route = make_score_fn(name, rec.config, rec.num_items, dense=False)
         np.testing.assert_allclose(grid, apply_route(rec._score_inputs(), jnp.asarray(users)), rtol=2e-5, atol=2e-5)
     # recommend is the per-pair ranking with the rated movies removed

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from recsys_jax.data import make_synthetic, random_split
-from recsys_jax.experiment import refit_on, run_experiment, split_parts
+from recsys_jax.training.experiment import refit_on, run_experiment, split_parts
 from recsys_jax.models import make_config
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 CONFIG = make_config("bias", embedding_dim=3)
 TC = TrainConfig(epochs=6, batch_size=128, lr=3e-2, l2=0.05, patience=1)

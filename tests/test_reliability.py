@@ -27,16 +27,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_jax import checkpoint, predict
-from recsys_jax import recommender as recommender_module
-from recsys_jax.cli import main
+from recsys_jax.use import checkpoint
+from recsys_jax.eval import predict
+from recsys_jax.use import recommender as recommender_module
+from recsys_jax.cli.main import main
 from recsys_jax.data import movielens
 from recsys_jax.data.files import load_ratings, parse_ratings
 from recsys_jax.data.movielens import RATINGS_OPTIONS, Dataset, load_movielens
 from recsys_jax.data.ratings import DataError, Ratings
-from recsys_jax.losses import LOSSES
+from recsys_jax.objectives.losses import LOSSES
 from recsys_jax.models import bias, make_apply, make_config
-from recsys_jax.recommender import Recommender
+from recsys_jax.use.recommender import Recommender
 
 ENV_VARS = ("RECSYS_JAX_DATA", "RECSYS_JAX_CACHE", "RECSYS_JAX_BASE_URL", "RECSYS_JAX_DEBUG")
 

@@ -11,15 +11,16 @@ import jax
 import numpy as np
 import pytest
 
-from recsys_jax.checkpoint import CheckpointError
+from recsys_jax.use.checkpoint import CheckpointError
 from recsys_jax.data import make_synthetic
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 EPOCHS = 6
 SETUP = """
 import jax
 from recsys_jax.data import make_synthetic
-from recsys_jax.train import TrainConfig, fit
+from recsys_jax.training.fit import TrainConfig, fit
 ratings, _ = make_synthetic(jax.random.key(0), 200, 100, 5000)
 val = ratings.take(range(0, 5000, 10))
 tc = TrainConfig(epochs=%d, batch_size=128, lr=1e-2, l2=0.01)
@@ -115,7 +116,7 @@ def test_progress_on_other_data_of_the_same_length_is_refused(tmp_path):
 
 
 def test_fingerprint_takes_the_data_not_its_length():
-    from recsys_jax import resume
+    from recsys_jax.training import resume
     from recsys_jax.models import make_config
 
     ratings, _ = _data()

@@ -1,4 +1,4 @@
-"""Training and prediction on a device mesh equal the one-device run (recsys_jax.sharding).
+"""Training and prediction on a device mesh equal the one-device run (recsys_jax.engine.sharding).
 
 The pytest process has already started JAX with one CPU device, so the multi-device checks
 run this file as a script in a subprocess with four forced host devices
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from recsys_jax import sharding
+from recsys_jax.engine import sharding
 
 DEVICES = 4
 TOL_RMSE = 1e-4
@@ -45,12 +45,15 @@ def _table_collectives(text: str, rows: set[int]) -> list:
 def _main(out_dir: str) -> dict:
     import gc
 
-    from recsys_jax import checkpoint, engine, predict
+    from recsys_jax.use import checkpoint
+    from recsys_jax.engine import build as engine
+    from recsys_jax.eval import predict
     from recsys_jax.data import make_synthetic, random_split
-    from recsys_jax.experiment import to_recommender
-    from recsys_jax.many import Member, fit_many, predict_many
+    from recsys_jax.use.recommender import to_recommender
+    from recsys_jax.training.many import Member, fit_many, predict_many
     from recsys_jax.models import make_apply, make_config
-    from recsys_jax.train import TrainConfig, fit
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.training.fit import fit
 
     assert jax.device_count() == DEVICES, jax.devices()
     mesh = sharding.make_mesh(DEVICES)
@@ -152,7 +155,7 @@ def _main(out_dir: str) -> dict:
 
     import pandas as pd
 
-    from recsys_jax.cli import main
+    from recsys_jax.cli.main import main
 
     csv = f"{out_dir}/ratings.csv"
     pd.DataFrame({"userId": ratings.user_ids[ratings.users], "movieId": ratings.item_ids[ratings.items],
@@ -229,9 +232,9 @@ def test_prediction_on_the_sharded_model(report):
 
 @pytest.mark.slow  # the four-device subprocess (report) takes about 30 s
 def test_checkpoint_of_a_sharded_model_loads_on_one_device(report):
-    from recsys_jax import checkpoint
+    from recsys_jax.use import checkpoint
     from recsys_jax.models import make_apply
-    from recsys_jax.predict import predict_indices
+    from recsys_jax.eval.predict import predict_indices
 
     c = report["checkpoint"]
     assert c["loaded_4_diff"] < 1e-6 and c["resharded_spec"] == "P('devices',)"
@@ -295,7 +298,8 @@ def test_pad_and_unpad_rows():
 
 def test_fit_on_a_one_device_mesh_equals_fit():
     from recsys_jax.data import make_synthetic, random_split
-    from recsys_jax.train import TrainConfig, fit
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.training.fit import fit
 
     r, _ = make_synthetic(jax.random.key(1), 40, 30, 400)
     split = random_split(r, 0, 0.2)
@@ -324,10 +328,11 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> dic
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
                                process_id=process_id)
-    from recsys_jax import checkpoint
-    from recsys_jax.experiment import to_recommender
+    from recsys_jax.use import checkpoint
+    from recsys_jax.use.recommender import to_recommender
     from recsys_jax.models import make_config
-    from recsys_jax.train import TrainConfig, fit
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.training.fit import fit
 
     train, val, ratings = _multi_data()
     mesh = sharding.make_mesh()  # every device of every process
@@ -350,7 +355,8 @@ def test_two_processes_on_localhost_equal_one(tmp_path):
     import socket
 
     from recsys_jax.models import make_config
-    from recsys_jax.train import TrainConfig, fit
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.training.fit import fit
 
     if not hasattr(jax.distributed, "initialize"):
         pytest.skip("this jax has no jax.distributed")
@@ -384,9 +390,9 @@ def test_two_processes_on_localhost_equal_one(tmp_path):
             np.testing.assert_allclose(r[opt]["user_factors"], np.asarray(one.params.user_factors), atol=1e-5)
     # The checkpoint process 0 wrote (lazy_adam, the loop's last `one`) loads here, on one device,
     # and predicts as the one-process model.
-    from recsys_jax import checkpoint
+    from recsys_jax.use import checkpoint
     from recsys_jax.models import make_apply
-    from recsys_jax.predict import predict_indices
+    from recsys_jax.eval.predict import predict_indices
 
     rec = checkpoint.load(tmp_path / "model")
     apply_fn = make_apply("bias", one.model_config)

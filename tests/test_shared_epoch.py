@@ -1,6 +1,6 @@
 """One compiled epoch for every number of ratings that pads to the same size.
 
-`fit` pads the training arrays to `recsys_jax.train.padded_size` and passes the number of
+`fit` pads the training arrays to `recsys_jax.engine.epoch.padded_size` and passes the number of
 ratings and the schedule's step counts to the compiled epoch as data: the selection fit
 and the refit of an experiment run one program. Checked here against the exact-size
 program (the one `fit` compiled before), and against Optax's schedules (float32 rounding apart).
@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import recsys_jax.train as train_mod
+import recsys_jax.training.fit as train_mod
 from recsys_jax.data import make_synthetic
-from recsys_jax.optim import make_schedule, step_schedule
-from recsys_jax.shuffle import SORT_MAX, feistel_permutation
-from recsys_jax.train import TrainConfig, fit, padded_size
+from recsys_jax.optim.optimizers import make_schedule, step_schedule
+from recsys_jax.engine.shuffle import SORT_MAX, feistel_permutation
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
+from recsys_jax.engine.epoch import padded_size
 
 
 def _in_scan(fn, steps, *args):

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from recsys_jax.shuffle import SORT_MAX, permutation
+from recsys_jax.engine.shuffle import SORT_MAX, permutation
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 64, 65, 1000, 4096, 4097, 65_537, 300_001])

@@ -1,5 +1,5 @@
-"""Row-sparse optimizers (recsys_jax.sparse) against dense Optax and hand-written updates,
-and the engine's compile-once cache (recsys_jax.engine)."""
+"""Row-sparse optimizers (recsys_jax.engine.sparse) against dense Optax and hand-written updates,
+and the engine's compile-once cache (recsys_jax.engine.build)."""
 import logging
 
 import jax
@@ -8,13 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from recsys_jax import sparse
+from recsys_jax.engine import sparse
 from recsys_jax.data import make_synthetic
-from recsys_jax.engine import check_optimizer
-from recsys_jax.losses import mse
+from recsys_jax.engine.build import check_optimizer
+from recsys_jax.objectives.losses import mse
 from recsys_jax.models import bias, make_apply, make_config
-from recsys_jax.penalties import make_l2_penalty
-from recsys_jax.train import Batch, TrainConfig, TrainState, fit, make_objective, make_update
+from recsys_jax.objectives.penalties import make_l2_penalty
+from recsys_jax.engine.step import Batch, TrainState, make_objective, make_update
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
 
 CONFIG = make_config("bias", embedding_dim=3, mean_rating=3.0)
 APPLY = make_apply("bias", CONFIG)
@@ -115,7 +117,7 @@ def _example_grads(p, batch):
 
 
 def _hand_adagrad(p0, batches, lr, eps=1e-10):
-    """Row-wise AdaGrad as recsys_jax.sparse documents it, in NumPy: per row, the
+    """Row-wise AdaGrad as recsys_jax.engine.sparse documents it, in NumPy: per row, the
     accumulator adds each example's mean squared gradient row, and the row moves by the
     sum of its examples' gradients over the root of the new accumulator."""
     p = jax.tree.map(np.asarray, p0)

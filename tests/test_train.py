@@ -7,12 +7,15 @@ import numpy as np
 import optax
 import pytest
 
-from recsys_jax import metrics
+from recsys_jax.eval import metrics
 from recsys_jax.data import make_synthetic, random_split
-from recsys_jax.losses import mse
+from recsys_jax.objectives.losses import mse
 from recsys_jax.models import bias, make_apply, make_config
-from recsys_jax.predict import predict_indices
-from recsys_jax.train import Batch, TrainConfig, TrainState, fit, make_train_epoch, make_train_step
+from recsys_jax.eval.predict import predict_indices
+from recsys_jax.engine.step import Batch, TrainState, make_train_step
+from recsys_jax.engine.config import TrainConfig
+from recsys_jax.training.fit import fit
+from recsys_jax.engine.epoch import make_train_epoch
 
 NOISE = 0.3
 

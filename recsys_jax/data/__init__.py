@@ -5,7 +5,8 @@ from recsys_jax.data.files import load_ratings
 from recsys_jax.data.split import (
     kfold_split,
     load_split,
-    random_split,
+    make_split,
+    random_split, 
     save_split,
     temporal_split,
     user_split,
@@ -21,6 +22,7 @@ __all__ = [
     "load_movielens",
     "load_ratings",
     "load_split",
+    "make_split",
     "make_synthetic",
     "random_split",
     "save_split",

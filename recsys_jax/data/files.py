@@ -54,7 +54,7 @@ from typing import BinaryIO, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
-from recsys_jax.data import cache as _cache
+import recsys_jax.data.cache as _cache
 from recsys_jax.data.ratings import DataError, Ratings
 
 Column = str | int

@@ -51,15 +51,7 @@ from typing import BinaryIO, Callable, Literal
 import numpy as np
 import pandas as pd
 
-from recsys_jax.data.files import (
-    Duplicates,
-    Source,
-    first_duplicate,
-    load_ratings,
-    read_columns,
-    shorten,
-    to_int64,
-)
+from recsys_jax.data.files import Duplicates, Source, first_duplicate, load_ratings, read_columns, shorten, to_int64
 from recsys_jax.data.ratings import DataError, Ratings
 
 Format = Literal["csv", "dat", "100k"]

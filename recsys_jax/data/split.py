@@ -93,6 +93,22 @@ def temporal_split(ratings: Ratings, k: int = 1) -> Split:
     return _from_test_mask(rank >= count - num_test)
 
 
+PROTOCOLS = ("random", "user", "temporal")
+
+
+def make_split(ratings: Ratings, protocol: str = "random", *, seed=0, test_frac: float = 0.2, last_k: int = 1) -> Split:
+    """The test split of ``protocol``: ``"random"`` (`random_split`), ``"user"`` (`user_split`:
+    ``test_frac`` of each user's ratings) or ``"temporal"`` (`temporal_split`: each user's
+    last ``last_k``). The split `recsys-jax train --split` makes."""
+    if protocol == "random":
+        return random_split(ratings, seed, test_frac)
+    if protocol == "user":
+        return user_split(ratings, seed, test_frac)
+    if protocol == "temporal":
+        return temporal_split(ratings, k=last_k)
+    raise ValueError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
 def kfold_split(ratings: Ratings | int, k: int = 5, seed=0) -> list[Split]:
     """``k`` random folds of (nearly) equal size; split f tests on fold f."""
     if k < 2:

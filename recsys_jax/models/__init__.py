@@ -1,56 +1,78 @@
-"""Models. Every module has the same face:
+"""Models: one module per model, each ending with its `ModelSpec`, and the registry.
+
+Every model module has the same face:
 
 - ``Config``: a NamedTuple of hyperparameters (JSON-serialisable, saved in checkpoints);
 - ``Params``: a NamedTuple of arrays, shapes in comments;
 - ``init(key, num_users, num_items, config) -> Params``;
 - ``predict_one(params, user, item, key=None, *, config) -> float32[]`` (the formula);
 - ``apply(params, users[B], items[B], key=None, *, config, aux=None, times=None)``
-  ``-> float32[B]`` (vmap).
+  ``-> float32[B]`` (vmap);
+- ``SPEC``: a `recsys_jax.models.spec.ModelSpec` naming those and the model's optional
+  capabilities (constant data from the training split, its own penalty, scores for a
+  block of users, its own trainer, fold-in views, time, ...).
 
-A model that needs constant data derived from the training split (SVD++'s implicit
-feedback lists, timeSVD's per-user mean day) also has ``Aux`` (a NamedTuple of arrays)
-and ``prepare(train_ratings, config) -> Aux``; `recsys_jax.train.fit` calls it and
-checkpoints save the result. Time-aware models read ``times`` (float32 days since the
-epoch) per pair; the others ignore it.
-
+Code outside ``models/`` reads a model through its spec (`get_model`), never by its name.
 A model that is not trained by the gradient engine (a closed form, a sampler, an
 autoencoder with its own optimiser) has ``fit_epochs(key, train, config, train_config, aux)``,
-a generator of ``(params, train_loss)`` after each epoch; `recsys_jax.train.fit` then runs
-its loop (validation after every epoch, best epoch, early stopping at ``patience``, at most
-``train_config.epochs``) around it, and prediction is the module's ``apply`` as for every
-other model.
+a generator of ``(params, train_loss)`` after each epoch; `recsys_jax.training.fit.fit` then
+runs its loop (validation after every epoch, best epoch, early stopping at ``patience``, at
+most ``train_config.epochs``) around it, and prediction is the spec's ``apply`` as for
+every other model.
 
 `MODELS` is written out by hand: tests and benchmarks iterate over it, so listing a
-model here gets it tested and benchmarked.
+model here gets it tested and benchmarked. A model defined elsewhere joins it with
+`register`.
 """
 from __future__ import annotations
 
 import functools
 
 import jax
-import numpy as np
 
-from recsys_jax.models import autorec, bias, bpmf, dot, fm, gmf, knn, mlp, neumf, svdpp, timesvd
-from recsys_jax.models import _common, glocalk
+from recsys_jax.models import autorec, bias, bpmf, dot, fm, glocalk, gmf, knn, mlp, neumf, svdpp, timesvd
+from recsys_jax.models._common import initial_offset
+from recsys_jax.models.spec import FoldIn, ModelSpec
 
-MODELS = {
-    "dot": dot,
-    "bias": bias,
-    "mlp": mlp,
-    "gmf": gmf,
-    "neumf": neumf,
-    "svdpp": svdpp,
-    "timesvd": timesvd,
-    "fm": fm,
-    "glocalk": glocalk,
-    "autorec": autorec,
-    "bpmf": bpmf,
-    "knn": knn,
+#: The registry, each model's name mapped to its `ModelSpec`.
+MODELS: dict[str, ModelSpec] = {
+    "dot": dot.SPEC,
+    "bias": bias.SPEC,
+    "mlp": mlp.SPEC,
+    "gmf": gmf.SPEC,
+    "neumf": neumf.SPEC,
+    "svdpp": svdpp.SPEC,
+    "timesvd": timesvd.SPEC,
+    "fm": fm.SPEC,
+    "glocalk": glocalk.SPEC,
+    "autorec": autorec.SPEC,
+    "bpmf": bpmf.SPEC,
+    "knn": knn.SPEC,
 }
+DEFAULT_MODEL = bias.SPEC.name  # what `recsys-jax train` trains when no --model is given
+
+__all__ = ["DEFAULT_MODEL", "FoldIn", "MODELS", "ModelSpec", "get_model", "initial_offset", "make_apply", "make_config",
+           "register", "static_config"]
 
 
-def get_model(name: str):
-    """The model module registered as ``name``; a clear error lists the known names."""
+def register(spec: ModelSpec) -> ModelSpec:
+    """Adds ``spec`` to `MODELS` under ``spec.name``: from then on it trains, predicts,
+    recommends, folds in, saves and loads like the models above. A name already taken is
+    an error (a different model under a known name would meet compiled functions cached
+    for the old one)."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"register: expected a ModelSpec, got {type(spec).__name__}")
+    spec.check()
+    if spec.name in MODELS:
+        if MODELS[spec.name] is spec:
+            return spec
+        raise ValueError(f"register: a model named {spec.name!r} is already registered")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec of the model registered as ``name``; a clear error lists the known names."""
     try:
         return MODELS[name]
     except KeyError:
@@ -81,74 +103,30 @@ def static_config(config):
     return config._replace(mean_rating=0.0) if "mean_rating" in getattr(config, "_fields", ()) else config
 
 
-def init_params(name: str, key, num_users: int, num_items: int, config):
-    """``get_model(name).init(key, num_users, num_items, config)`` as one compiled program.
-
-    The program is made once per (model, table sizes, ``static_config(config)``); the
-    training mean enters as its argument (the initial offset, `_common.initial_offset` of
-    ``config`` computed on the host as the module's own init does), so the same numbers
-    come out as from the module's init run op by op, and a fit of another split of the
-    same size reuses the program. Op by op, a new process loaded a dozen small programs
-    from the compilation cache for the draws alone (0.2-0.3 s of a 1 s CLI fit)."""
-    from recsys_jax import programs
-
-    offset = np.float32(_common.initial_offset(config))
-    static = static_config(config)
-    program = _init_program(name, int(num_users), int(num_items), static)
-    if programs.folder() is not None:  # the executable from disk, untraced (recsys_jax.programs)
-        identity = repr(("init", name, int(num_users), int(num_items), static))
-        program = _loaded(program, identity, key, offset)
-    return program(key, offset)
-
-
-_LOADED: dict = {}
-
-
-def _loaded(program, identity, key, offset):
-    from recsys_jax import programs
-
-    sig = (identity, programs.key(identity, (key, offset), {}, {}))
-    if sig not in _LOADED:
-        _LOADED[sig] = programs.compile(program, (key, offset), {}, identity)[0]
-    return _LOADED[sig]
-
-
-@functools.lru_cache(maxsize=64)
-def _init_program(name: str, num_users: int, num_items: int, config):
-    init = get_model(name).init
-
-    def program(key, offset):
-        if "mean_rating" not in config._fields:
-            return init(key, num_users, num_items, config)
-        return init(key, num_users, num_items, config._replace(mean_rating=_common.Offset(offset)))
-
-    return jax.jit(program)
-
-
 def make_apply(name: str, config):
     """``apply(params, users, items, key=None, *, aux=None, times=None)``, config bound.
 
     Cached per ``(name, static_config(config))``, so the same function object comes back
-    for every split and jitted callers (`recsys_jax.predict`, `recsys_jax.engine`) compile
+    for every split and jitted callers (`recsys_jax.eval.predict`, `recsys_jax.engine.build`) compile
     once per model and config. No model's ``apply`` reads ``mean_rating``: it sets the
     initial parameters only.
 
     When ``config.y_range = (lo, hi)`` the output ``x`` is squashed to
     ``lo + (hi - lo) * sigmoid(x)`` (fastai's y-range), a link applied to any model.
 
-    For a model whose module defines ``score_matrix(params, *, config) -> float32[U, I]``
+    For a model whose spec has ``score_matrix(params, *, config) -> float32[U, I]``
     (every pair at once: one matrix product for the dot-product family), the returned
     function carries it, squashed alike, as its ``score_matrix`` attribute;
-    `recsys_jax.predict.predict_indices` uses it when the pairs are many for the catalogue.
+    `recsys_jax.eval.predict.predict_indices` uses it when the pairs are many for the catalogue.
     """
     return _make_apply(name, static_config(config))
 
 
 @functools.lru_cache(maxsize=128)
 def _make_apply(name: str, config):
-    module = get_model(name)
-    apply = functools.partial(module.apply, config=config)
-    matrix = functools.partial(module.score_matrix, config=config) if hasattr(module, "score_matrix") else None
+    spec = get_model(name)
+    apply = functools.partial(spec.apply, config=config)
+    matrix = functools.partial(spec.score_matrix, config=config) if spec.score_matrix is not None else None
     y_range = getattr(config, "y_range", None)
     if y_range is not None:
         lo, hi = y_range

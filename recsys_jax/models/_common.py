@@ -12,13 +12,13 @@ from jax import Array
 class Local:
     """The users (or items) of a batch whose side tables hold the batch's own rows.
 
-    The row-sparse step (`recsys_jax.sparse`) gathers each example's rows once and runs the
+    The row-sparse step (`recsys_jax.engine.sparse`) gathers each example's rows once and runs the
     model on those local tables: row ``b`` of every ``user_*`` / ``item_*`` field belongs to
     example ``b``. Passed as ``users`` and ``items``, a ``Local`` tells `batched` to hand
     each example its own row directly. Indexing the local tables with ``0..B-1`` instead
     would give the same values, but XLA then gathers the ``[B, D]`` rows again and its
     gradient is a ``[B, D]`` scatter-add, a fifth to a quarter of a sparse step at batch
-    8192 on the CPU. Valid for row-local models only (``ROW_LOCAL = True``: tables read
+    8192 on the CPU. Valid for row-local models only (spec ``row_local=True``: tables read
     only at the pair's own rows), which are the ones the sparse step trains."""
 
     def __init__(self, size: int):
@@ -111,7 +111,7 @@ def biased_product(left: Array, right: Array, left_bias: Array | None = None,
 
 def scaled_normal(key: Array, shape: tuple[int, ...], scale: float) -> Array:
     """``scale * N(0, 1)`` draws, float32. The barrier keeps XLA from folding ``scale`` into
-    the draw's own arithmetic, so that the compiled init (`recsys_jax.models.init_params`)
+    the draw's own arithmetic, so that the compiled init (`recsys_jax.engine.build.init_params`)
     gives the same numbers, to the bit, as the init run op by op."""
     return scale * jax.lax.optimization_barrier(jax.random.normal(key, shape, jnp.float32))
 
@@ -128,7 +128,7 @@ def embedding_init(key: Array, shape: tuple[int, ...], config) -> Array:
 
 
 class Offset(NamedTuple):
-    """``mean_rating``'s stand-in inside `recsys_jax.models.init_params`' compiled init: the
+    """``mean_rating``'s stand-in inside `recsys_jax.engine.build.init_params`' compiled init: the
     offset itself, computed on the host from the real config, as an argument of the program."""
 
     value: Array  # float32[]
@@ -152,3 +152,21 @@ def initial_offset(config) -> float | Array:
     lo, hi = config.y_range
     p = min(max((mean - lo) / (hi - lo), 1e-4), 1 - 1e-4)
     return math.log(p) - math.log1p(-p)
+
+
+def users_rows(params, users: Array):
+    """``params`` with every ``user_*`` table cut to the rows of ``users``."""
+    return params._replace(**{f: getattr(params, f)[users] for f in params._fields if f.startswith("user_")})
+
+
+def row_weights(index: Array, weight: Array, num_rows: int) -> Array:
+    """``c[r] = sum of weight[b] over the examples b with index[b] == r``: float32[num_rows].
+    For a `Local` index (row b is example b's own) that is ``weight``."""
+    if isinstance(index, Local):
+        return weight
+    return jnp.zeros(num_rows, jnp.float32).at[index].add(weight)
+
+
+def weighted_sq_norm(table: Array, row_weight: Array) -> Array:
+    """``sum_r row_weight[r] * |table[r]|^2``: a dense weighted sum over the table."""
+    return jnp.sum(row_weight * jnp.square(table).reshape(table.shape[0], -1).sum(axis=1))

@@ -55,13 +55,13 @@ in the parameters after every epoch, and ``predict_one`` is a gather and a dot p
 :math:`b_u + W_u^\top z_i`; `score_matrix` is every pair at once. An item with no training
 ratings has the code :math:`g(\mu)` (an all-zero input).
 
-Training (`fit_epochs`: the model trains itself, `recsys_jax.train.fit` runs validation,
+Training (`fit_epochs`: the model trains itself, `recsys_jax.training.fit.fit` runs validation,
 best epoch and early stopping around it). The observed ratings are laid out as a dense
 [I, U] input matrix (float32) and mask (bool) on the device, at most `MAX_ENTRIES`
 entries (about 1.3 GB; ml-latest-small is 5.9M entries, ml-1m 22.4M; ml-10m, at 746M, is
 refused with a `ValueError`). An epoch is one pass over the items in shuffled mini-batches of
 ``TrainConfig.batch_size`` items (one batch when it is at least I: full-batch), each an
-Adam step (`recsys_jax.optim`: ``lr``, ``schedule``, ``phases``, ``weight_decay``) on the
+Adam step (`recsys_jax.optim.optimizers`: ``lr``, ``schedule``, ``phases``, ``weight_decay``) on the
 batch's squared errors scaled up to the whole item set plus the penalty; one compiled
 program per epoch (a `jax.lax.scan` over the batches), then the codes of every item are
 recomputed. The reported train loss is the objective divided by the number of training
@@ -71,13 +71,13 @@ validation slice (plain model, k = 500, :math:`\lambda = 100`, 2-core CPU shared
 jobs): full-batch Adam, 100 epochs, 0.887 in 109 s; Adam on batches of 256 items, 40
 epochs, 0.891 in 29 s, and 20 epochs, 0.893 in 17 s: mini-batches get there for a fraction of the time.
 
-The per-row `penalty` (what `recsys_jax.foldin` minimises for a new user) is the
+The per-row `penalty` (what `recsys_jax.use.foldin` minimises for a new user) is the
 objective's term of each user the batch touches, counted once:
 :math:`\tfrac{\lambda}{2}(\lVert W_u\rVert^2 + \lVert V_{:,u}\rVert^2) + \tfrac{\lambda_b}{2} b_u^2`;
 over a batch that touches every user it is the penalty above. A folded-in user is a ridge
 fit of :math:`(W_u, b_u)` to the stored codes (its encoder row, which the stored codes do
 not read, is only shrunk by the penalty). A folded-in item gets a code fitted freely to its
-raters' decoder rows (`recsys_jax.foldin`'s generic route), not :math:`g(V r_i + \mu)`;
+raters' decoder rows (`recsys_jax.use.foldin`'s generic route), not :math:`g(V r_i + \mu)`;
 `encode` gives the autoencoder's own code of a rating vector.
 
 Published figures (Sedhain et al., "AutoRec: Autoencoders Meet Collaborative Filtering",
@@ -100,12 +100,10 @@ import optax
 from jax import Array
 
 from recsys_jax.models._common import batched, biased_product, initial_offset
-from recsys_jax.optim import make_optimizer, make_schedule
+from recsys_jax.models.spec import ModelSpec
+from recsys_jax.optim.optimizers import make_optimizer, make_schedule
 
 MAX_ENTRIES = 1 << 28  # I * U at most: the dense float32 input and bool mask take 5 bytes per entry
-# Fold-in (recsys_jax.foldin) solves a new user's rows against the fixed item codes, the training
-# objective restricted to that user; a new item gets a free code, not sigma(V r + mu) (see `encode`).
-FOLDS_IN = True
 
 
 class Config(NamedTuple):
@@ -165,7 +163,7 @@ def score_matrix(params: Params, *, config: Config = Config()) -> Array:
 def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
             config: Config = Config(), aux=None, times: Array | None = None) -> Array:
     """sum over the users u with batch weight > 0, once each, of
-    l2/2 (|W_u|^2 + |V_u|^2) + bias_l2/2 b_u^2 (the objective's terms of those rows)."""
+    ``l2/2 (|W_u|^2 + |V_u|^2) + bias_l2/2 b_u^2`` (the objective's terms of those rows)."""
     touched = jnp.zeros(params.user_bias.shape[0], jnp.float32).at[users].add(weight) > 0
     rows = jnp.sum(jnp.square(params.user_encoder), axis=1) + jnp.sum(jnp.square(params.user_decoder), axis=1)
     return 0.5 * jnp.sum(jnp.where(touched, l2 * rows + bias_l2 * jnp.square(params.user_bias), 0.0))
@@ -301,3 +299,10 @@ def fit_epochs(key: Array, train, config: Config, train_config, aux=None):
                                         jax.random.fold_in(key, e))
         weights = params._replace(item_code=None)
         yield params, float(loss)
+
+
+# folds_in: fold-in (recsys_jax.use.foldin) solves a new user's rows against the fixed item
+# codes, the training objective restricted to that user; a new item gets a free code, not
+# sigma(V r + mu) (see `encode`).
+SPEC = ModelSpec("autorec", Config, Params, init, apply, predict_one=predict_one, penalty=penalty, score_matrix=score_matrix,
+                 fit_epochs=fit_epochs, folds_in=True, doc=__doc__)

@@ -32,7 +32,7 @@ Trained on each rating :math:`(u, i)` with the regularised objective
 
 :math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``,
 :math:`\lambda_b` = ``TrainConfig.bias_l2``; :math:`\mu` is not penalised.
-The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+The generic, name-based `recsys_jax.objectives.penalties.touched_rows_penalty` is this sum over a batch.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from recsys_jax.models._common import batched, biased_product, embedding_init, initial_offset
+from recsys_jax.models._common import batched, biased_product, embedding_init, initial_offset, users_rows
+from recsys_jax.models.spec import ModelSpec
 
 
 class Config(NamedTuple):
@@ -103,7 +104,15 @@ def score_matrix(params: Params, *, config: Config = Config()) -> Array:
     return biased_product(params.user_factors, params.item_factors, mu + params.user_bias, params.item_bias)
 
 
-# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
-# optimizers (recsys_jax.sparse) can train it.
-ROW_LOCAL = True
 apply = batched(predict_one)
+
+
+def block_scores(params: Params, users: Array, config: Config = Config(), aux=None, user_times=None) -> Array:
+    """Every item for the users ``users[C]``, ``float32[C, I]`` (`score_matrix` of their rows)."""
+    return score_matrix(users_rows(params, users), config=config)
+
+
+# row_local: each user_*/item_* table is read only at the row of the pair's user/item, so
+# row-sparse optimizers (recsys_jax.engine.sparse) can train it.
+SPEC = ModelSpec("bias", Config, Params, init, apply, predict_one=predict_one, score_matrix=score_matrix, block_scores=block_scores,
+                 row_local=True, factorization="biased", doc=__doc__)

@@ -41,7 +41,8 @@ One Gibbs sweep (one epoch of ``fit_epochs``), each draw from its exact conditio
 
    by the Cholesky factor :math:`P_u = L L^\top`: :math:`u_u = P_u^{-1} b_u + L^{-\top} z`,
    :math:`z \sim \mathcal N(0, I)`;
-3. and 4. the same for the items, given the new users;
+3. :math:`(\mu_V, \Lambda_V) \mid V`: the same as step 1, for the items;
+4. every item at once, the same as step 2, given the new users;
 5. :math:`\alpha \mid U, V \sim \mathrm{Gamma}(1 + |\Omega|/2,\ 1 + \mathrm{SSE}/2)` (when sampled).
 
 The Wishart draw is Bartlett's decomposition: with :math:`W = L L^\top`,
@@ -52,13 +53,13 @@ standard Wishart is rotation invariant), so :math:`L = C^{-\top}` for the Choles
 :math:`C` of :math:`W^{-1}`, which the conditional gives directly: no matrix is inverted.
 
 How it runs. Each side's ratings are packed once per training set by
-`recsys_jax.als.make_plan` (rows cut into pieces of 16 rating slots, whole rows packed into
+`recsys_jax.models.row_chunks.make_plan` (rows cut into pieces of 16 rating slots, whole rows packed into
 fixed-shape chunks of ``G`` pieces; padding slots point past the table and read zeros). A
 chunk is one jitted call: it gathers the fixed side's rows, ``[G, 16, D]``, forms each piece's
 :math:`\sum x x^\top` and :math:`\sum y x` as two batched contractions, adds pieces into rows,
 and draws every row from its :math:`D \times D` system with ``jax.vmap`` over the rows. The
 programs depend on ``G`` and the table shapes only, not on the number of chunks, so they
-compile once per side and `recsys_jax.experiment`'s refit on more ratings reuses them. All the
+compile once per side and `recsys_jax.training.experiment`'s refit on more ratings reuses them. All the
 Gamma draws of a sweep (both Wisharts' diagonals, :math:`\alpha`'s) are one call: their shapes
 do not depend on the chain, and each call site of `jax.random.gamma` costs seconds of
 compilation on the CPU. Cholesky factors and triangular solves are short ``fori_loop``\ s
@@ -80,17 +81,17 @@ Prediction is the posterior mean of the rating over the kept samples :math:`s = 
 ``config.num_samples`` slots (:math:`S_{\max}`); with more kept sweeps than slots it is a
 ring: the last :math:`S_{\max}` samples are averaged, so memory is bounded by
 :math:`(U + I)\,S_{\max} (K + 2)` floats (defaults: ml-latest-small's 10 k rows x 768, 32 MB;
-ml-25m's 222 k rows, 680 MB), plus one such copy per epoch that `recsys_jax.train.fit` keeps
+ml-25m's 222 k rows, 680 MB), plus one such copy per epoch that `recsys_jax.training.fit.fit` keeps
 as the best. Slots not yet filled are zero and add nothing. During burn-in the store holds
 the current sample alone (:math:`w = 1`). ``user_factors`` / ``user_bias`` (and the items')
 hold the chain's current sample (what the next sweep starts from, and what
-`recsys_jax.explore` compares); prediction does not read them.
+`recsys_jax.use.explore` compares); prediction does not read them.
 
 ``TrainConfig``: ``epochs`` is the number of sweeps (burn-in included), ``patience`` stops
 early as for every model; the learning rate, batch size, schedule and penalties do not
 apply. The reported training loss is the mean squared error of the current sample on the
 training ratings. A y-range squash is refused (the likelihood is Gaussian in the raw
-score). Fold-in (`recsys_jax.foldin`) takes the generic gradient route on the stored samples
+score). Fold-in (`recsys_jax.use.foldin`) takes the generic gradient route on the stored samples
 (a ridge fit of the new row, not a draw from its conditional).
 
 Published figures. Rendle, Zhang and Koren ("On the Difficulty of Evaluating Baselines",
@@ -111,6 +112,7 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models.spec import ModelSpec
 
 ALPHA_PRIOR = (1.0, 1.0)  # Gamma(shape a0, rate b0) on the noise precision when it is sampled
 
@@ -298,7 +300,7 @@ def row_conditional(gram: Array, rhs: Array, lam: Array, lam_mu: Array, alpha: A
 
 @functools.partial(jax.jit, static_argnames="biases")
 def _chunk(key, other_table, rows, piece_row, other, ratings, lam, lam_mu, alpha, mu, noise, *, biases: bool):
-    """Every row of one chunk (`recsys_jax.als.SidePlan`) drawn from its conditional
+    """Every row of one chunk (`recsys_jax.models.row_chunks.SidePlan`) drawn from its conditional
     (``noise`` 0: the means), and the chunk's squared residuals with the new rows.
 
     With ``biases`` the tables' last column is the bias: the other side's row enters as the
@@ -325,7 +327,7 @@ def sample_side(key: Array, other_table: Array, side, num_rows: int, mu_vec: Arr
     """``(table float32[num_rows, W], sse)``: every row of one side drawn from its
     conditional given the other side's table (``noise=0``: the conditional means; with
     ``biases`` each table's last column is its bias, see `_chunk`), one
-    jitted call per chunk of ``side`` (a `recsys_jax.als.SidePlan`); rows without ratings
+    jitted call per chunk of ``side`` (a `recsys_jax.models.row_chunks.SidePlan`); rows without ratings
     from the prior; ``sse`` the squared residuals of the training ratings with the new rows."""
     lam_mu = lam @ mu_vec
     news, sse = [], 0.0
@@ -384,7 +386,7 @@ def _store(params: Params, users: Array, items: Array, slot: Array, weight: Arra
 class Chain(NamedTuple):
     """What a sweep reads besides the chain's state: the packed ratings and constants."""
 
-    plan: object  # recsys_jax.als.Plan
+    plan: object  # recsys_jax.models.row_chunks.Plan
     user_has: Array  # float32[U]: 1 for users with training ratings
     item_has: Array  # float32[I]
     mu: Array  # float32[]: the training mean
@@ -395,7 +397,7 @@ class Chain(NamedTuple):
 
 def make_chain(train, mu, *, prior_beta: float = 2.0, sample_alpha: bool = True, biases: bool = True) -> Chain:
     """The training set packed for `sweep` (once per training set)."""
-    from recsys_jax.als import make_plan
+    from recsys_jax.models.row_chunks import make_plan
 
     plan = make_plan(train.users, train.items, train.ratings, train.num_users, train.num_items)
     return Chain(plan, (plan.user.counts > 0).astype(jnp.float32), (plan.item.counts > 0).astype(jnp.float32),
@@ -421,7 +423,7 @@ def sweep(key: Array, users: Array, items: Array, alpha, chain: Chain) -> tuple[
 
 
 def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None) -> Iterator[tuple[Params, float]]:
-    """One Gibbs sweep per epoch, without end (`recsys_jax.train.fit` stops at
+    """One Gibbs sweep per epoch, without end (`recsys_jax.training.fit.fit` stops at
     ``train_config.epochs``); yields ``(posterior-mean predictor, training MSE of the
     current sample)``."""
     check_config(config)
@@ -452,3 +454,6 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None) -
         params = _store(params, users, items, jnp.asarray(slot, jnp.int32),
                         jnp.asarray(1.0 / max(min(kept, s_max), 1), jnp.float32), biases=config.biases)
         yield params, float(mse)
+
+
+SPEC = ModelSpec("bpmf", Config, Params, init, apply, predict_one=predict_one, score_matrix=score_matrix, fit_epochs=fit_epochs, doc=__doc__)

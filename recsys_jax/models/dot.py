@@ -18,11 +18,11 @@ Trained on each rating :math:`(u, i)` with the regularised objective
    \mathcal L(\hat r_{ui}, r_{ui}) + \lambda\,(\lVert p_u\rVert^2 + \lVert q_i\rVert^2),
 
 :math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``.
-The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+The generic, name-based `recsys_jax.objectives.penalties.touched_rows_penalty` is this sum over a batch.
 
 With no biases the factors must also carry each user's and item's mean, which is why
 the notebook's second model adds them. L2 on the rows a batch touches (the notebook's
-``l2(1e-4)``) comes from `recsys_jax.penalties`.
+``l2(1e-4)``) comes from `recsys_jax.objectives.penalties`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from typing import NamedTuple
 import jax
 from jax import Array
 
-from recsys_jax.models._common import batched, embedding_init
+from recsys_jax.models._common import batched, embedding_init, users_rows
+from recsys_jax.models.spec import ModelSpec
 
 
 class Config(NamedTuple):
@@ -69,7 +70,15 @@ def score_matrix(params: Params, *, config: Config = Config()) -> Array:
     return params.user_factors @ params.item_factors.T
 
 
-# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
-# optimizers (recsys_jax.sparse) can train it.
-ROW_LOCAL = True
 apply = batched(predict_one)
+
+
+def block_scores(params: Params, users: Array, config: Config = Config(), aux=None, user_times=None) -> Array:
+    """Every item for the users ``users[C]``, ``float32[C, I]`` (`score_matrix` of their rows)."""
+    return score_matrix(users_rows(params, users), config=config)
+
+
+# row_local: each user_*/item_* table is read only at the row of the pair's user/item, so
+# row-sparse optimizers (recsys_jax.engine.sparse) can train it.
+SPEC = ModelSpec("dot", Config, Params, init, apply, predict_one=predict_one, score_matrix=score_matrix, block_scores=block_scores,
+                 row_local=True, factorization="dot", doc=__doc__)

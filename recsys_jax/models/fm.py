@@ -57,8 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset, scaled_normal
-from recsys_jax.penalties import row_weights, weighted_sq_norm
+from recsys_jax.models._common import batched, initial_offset, row_weights, scaled_normal, weighted_sq_norm
+from recsys_jax.models.spec import FoldIn, ModelSpec
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -164,7 +164,7 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
 def predict_one(
     params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(), aux: Aux
 ) -> Array:
-    """r_ui = w0 + w_u + w_i + sum_j w_j x_j + 1/2 (|sum_a x_a v_a|^2 - sum_a x_a^2 |v_a|^2)"""
+    """``r_ui = w0 + w_u + w_i + sum_j w_j x_j + 1/2 (|sum_a x_a v_a|^2 - sum_a x_a^2 |v_a|^2)``"""
     feats = jnp.concatenate([aux.item_features[item], aux.user_features[user]])
     x = jnp.concatenate([aux.item_values[item], aux.user_values[user]])
     v_side = params.feature_factors[feats] * x[:, None]  # [F, K], zero rows for padding
@@ -179,7 +179,7 @@ apply = batched(predict_one, uses_aux=True)
 
 def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
             config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
-    """sum_b w_b [l2 (|v_u|^2 + |v_i|^2 + s sum_{j in F(u,i)} |v_j|^2) + bias_l2 (w_u^2 + w_i^2 + s sum_j w_j^2)]"""
+    """``sum_b w_b [l2 (|v_u|^2 + |v_i|^2 + s sum_{j in F(u,i)} |v_j|^2) + bias_l2 (w_u^2 + w_i^2 + s sum_j w_j^2)]``"""
     if aux is None:
         raise ValueError("fm: penalty needs aux = fm.prepare(train_ratings)")
     num_users, num_items = params.user_factors.shape[0], params.item_factors.shape[0]
@@ -197,3 +197,34 @@ def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: fl
     biases = (weighted_sq_norm(params.user_bias, c_user) + weighted_sq_norm(params.item_bias, c_item)
               + weighted_sq_norm(params.feature_bias, d_feature))
     return l2 * factors + bias_l2 * biases
+
+
+# -- fold-in (recsys_jax.use.foldin): a new user or movie has no side features -------------
+# (their vocabulary is not saved with a checkpoint)
+def fold_in_user_view(params: Params, aux: Aux, others, mask, day):
+    width = aux.user_features.shape[1]
+    view = aux._replace(user_features=jnp.zeros((1, width), jnp.int32), user_values=jnp.zeros((1, width), jnp.float32))
+    return params, view, None
+
+
+def fold_in_item_view(params: Params, aux: Aux, others, mask, day):
+    width = aux.item_features.shape[1]
+    view = aux._replace(item_features=jnp.zeros((1, width), jnp.int32), item_values=jnp.zeros((1, width), jnp.float32))
+    return params, view, None
+
+
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int) -> Aux:
+    m, width = len(items_per_user), aux.user_features.shape[1]
+    return aux._replace(user_features=jnp.concatenate([aux.user_features, jnp.zeros((m, width), jnp.int32)]),
+                        user_values=jnp.concatenate([aux.user_values, jnp.zeros((m, width), jnp.float32)]))
+
+
+def append_item_aux(aux: Aux, m: int) -> Aux:
+    width = aux.item_features.shape[1]
+    return aux._replace(item_features=jnp.concatenate([aux.item_features, jnp.zeros((m, width), jnp.int32)]),
+                        item_values=jnp.concatenate([aux.item_values, jnp.zeros((m, width), jnp.float32)]))
+
+
+SPEC = ModelSpec("fm", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare, configure=configure, penalty=penalty,
+                 fold_in=FoldIn(fold_in_user_view, fold_in_item_view, append_user_aux, append_item_aux),
+                 doc=__doc__)

@@ -51,20 +51,20 @@ the same autoencoder (its layers shared by both passes) then reads :math:`x_i = 
 Convolving the matrix makes each entry a mix of its neighbours in the users' and items' id
 order (here: ascending raw ids, as in the paper's code).
 
-=====================  ====================================================================
-symbol                 argument
-=====================  ====================================================================
-:math:`k`              ``config.embedding_dim`` (hidden units; the paper's 500)
-:math:`L`              ``config.num_layers`` (hidden kernel layers; the paper's 2)
-:math:`d`              ``config.kernel_dim`` (the paper's 5)
-:math:`\lambda_2`      ``config.weight_l2`` (the paper's 20 on ML-100K, 70 on ML-1M)
-:math:`\lambda_s`      ``config.kernel_l2`` (the paper's 0.006 on ML-100K, 0.018 on ML-1M)
-:math:`g`              ``config.conv_size`` (the paper's 3)
-:math:`s`              ``config.dot_scale / I`` (the paper: ``dot_scale`` alone; see below)
+===============================  ====================================================================
+symbol                           argument
+===============================  ====================================================================
+:math:`k`                        ``config.embedding_dim`` (hidden units; the paper's 500)
+:math:`L`                        ``config.num_layers`` (hidden kernel layers; the paper's 2)
+:math:`d`                        ``config.kernel_dim`` (the paper's 5)
+:math:`\lambda_2`                ``config.weight_l2`` (the paper's 20 on ML-100K, 70 on ML-1M)
+:math:`\lambda_s`                ``config.kernel_l2`` (the paper's 0.006 on ML-100K, 0.018 on ML-1M)
+:math:`g`                        ``config.conv_size`` (the paper's 3)
+:math:`s`                        ``config.dot_scale / I`` (the paper: ``dot_scale`` alone; see below)
 :math:`\tilde w_{\text{out},u}`  ``params.user_factors[u]``
 :math:`b_{\text{out},u}`         ``params.user_bias[u]``
 :math:`h^{(L)}(x_i)`             ``params.item_factors[i]``
-=====================  ====================================================================
+===============================  ====================================================================
 
 Prediction is cheap: after training the reconstruction depends only on the weights and the
 training matrix, so `fit_epochs` yields it in factor form, ``Params`` = (the last hidden layer
@@ -75,7 +75,7 @@ only. With a y-range :math:`(\ell, h)` the output is :math:`\ell + (h-\ell)\sigm
 training as in prediction.
 
 Departures from the paper, each measured or forced (defaults: see `Config` and
-`recsys_jax.presets`):
+`recsys_jax.training.presets`):
 
 - the optimiser is Optax's full-batch Adam at ``TrainConfig.lr`` (``solver="adam"``, the
   default), one jit-compiled program per stage, its moments carried from pre-training into
@@ -101,12 +101,12 @@ Departures from the paper, each measured or forced (defaults: see `Config` and
 **Epochs.** An epoch is ``config.steps_per_epoch`` optimiser iterations on the whole matrix
 (the paper: ``iter_p`` = ``iter_f`` = 5 L-BFGS-B iterations on ML-100K). Of
 ``TrainConfig.epochs`` epochs the first ``config.pretrain_epochs`` pre-train, the rest fine-tune; the model is yielded after every
-epoch, so `recsys_jax.train.fit` picks the best epoch over both stages on the validation slice,
+epoch, so `recsys_jax.training.fit.fit` picks the best epoch over both stages on the validation slice,
 and a refit for that many epochs repeats exactly the same stages (no schedule depends on the
 total). TrainConfig fields read: ``epochs``, ``lr`` (Adam's; L-BFGS has none), ``loss`` (must be
 ``"mse"``); the schedule, batch size and optimizer fields do not apply (full batch, constant rate).
 ``TrainConfig.l2`` and ``bias_l2`` do not enter training: they are the per-rating ridge of a
-folded-in row (`recsys_jax.foldin`, the library's name-based L2 on the factor form:
+folded-in row (`recsys_jax.use.foldin`, the library's name-based L2 on the factor form:
 :math:`\lambda(\lVert \tilde w_u\rVert^2 + \lVert h_i\rVert^2) + \lambda_b b_u^2` per rating);
 a folded-in user or item keeps every other row as trained.
 
@@ -136,6 +136,7 @@ import optax
 from jax import Array
 
 from recsys_jax.models._common import batched, biased_product, initial_offset
+from recsys_jax.models.spec import ModelSpec
 
 MAX_ENTRIES = 1 << 26  # I * U at most: the dense training matrix and its kin, float32
 
@@ -440,3 +441,7 @@ def fit_epochs(key: Array, train, config: Config, train_config, aux=None):
             stage = finetune
         weights, opt_state, params, loss = epoch(weights, opt_state, data)
         yield params, float(loss)
+
+
+SPEC = ModelSpec("glocalk", Config, Params, init, apply, predict_one=predict_one, score_matrix=score_matrix, fit_epochs=fit_epochs,
+                 doc=__doc__)

@@ -24,7 +24,7 @@ Trained on each rating :math:`(u, i)` with the regularised objective
 
 :math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``;
 :math:`h` and :math:`c` are not penalised. The generic, name-based
-`recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+`recsys_jax.objectives.penalties.touched_rows_penalty` is this sum over a batch.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset, scaled_normal
+from recsys_jax.models.spec import ModelSpec
 
 
 class Config(NamedTuple):
@@ -70,7 +71,14 @@ def predict_one(
     return params.out_b + params.out_w @ (params.user_factors[user] * params.item_factors[item])
 
 
-# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
-# optimizers (recsys_jax.sparse) can train it.
-ROW_LOCAL = True
 apply = batched(predict_one)
+
+
+def block_scores(params: Params, users: Array, config: Config = Config(), aux=None, user_times=None) -> Array:
+    """Every item for the users ``users[C]``, ``float32[C, I]``: one matrix product."""
+    return params.out_b + (params.user_factors[users] * params.out_w) @ params.item_factors.T
+
+
+# row_local: each user_*/item_* table is read only at the row of the pair's user/item, so
+# row-sparse optimizers (recsys_jax.engine.sparse) can train it.
+SPEC = ModelSpec("gmf", Config, Params, init, apply, predict_one=predict_one, block_scores=block_scores, row_local=True, doc=__doc__)

@@ -91,7 +91,7 @@ rounding (tested against each other and the NumPy reference):
   the residuals :math:`r_{uj} - b_{uj}` (NaN where u did not rate j; one scatter of the
   training pairs, rebuilt per call) is read at the pair's M neighbour ids. Above the size,
   `apply` falls back to the search.
-- `dense_scores`, whole-catalogue ranking (`recsys_jax.metrics.DENSE_SCORES`): for a chunk of
+- `dense_scores`, whole-catalogue ranking (the spec's ``block_scores``): for a chunk of
   C users their rows of that table are built from their slices of the training pairs only
   (:math:`O(C I)` memory, whatever U), and every item's list is read from them: C I M
   gathers of C contiguous floats.
@@ -109,7 +109,7 @@ items with fewer than M positive neighbours. For a training pair (u rated i) i i
 own neighbour, so the reported training loss is a leave-one-out error.
 
 **Training** is not by gradients: `fit_epochs` fits the baselines, computes the neighbour
-lists and yields the model once (one "epoch"); `recsys_jax.train.fit` scores the validation
+lists and yields the model once (one "epoch"); `recsys_jax.training.fit.fit` scores the validation
 split on it. No `TrainConfig` field is read (every setting above is in `Config`, so a
 refit of the same model config gives the same estimator on more data).
 
@@ -140,6 +140,7 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.models._common import initial_offset
+from recsys_jax.models.spec import ModelSpec
 
 
 class Config(NamedTuple):
@@ -171,7 +172,6 @@ class Aux(NamedTuple):
 
 # Entries of one [B, A] slab of similarities: B = max(1, SLAB // A) items per block.
 SLAB = 1 << 22
-ITEM_VECTORS = ()  # no learned item vectors: `similar` and PCA have nothing to compare (the neighbours are lists)
 # apply builds a dense U x I residual table when it has at most this many entries (256 MB of
 # float32), else binary-searches each user's list (see `apply`).
 DENSE_TABLE = 1 << 26
@@ -382,7 +382,7 @@ def apply_table(params: Params, users: Array, items: Array, *, config: Config, a
 
 def dense_scores(params: Params, users: Array, config: Config, aux: Aux) -> Array:
     """``float32[C, I]``: every item's prediction for each of ``users`` (whole-catalogue
-    ranking, `recsys_jax.metrics.DENSE_SCORES`): the users' `residual_rows` read at every
+    ranking, the spec's ``block_scores``): the users' `residual_rows` read at every
     item's M neighbour ids, one list position at a time (`_first_k_offset`; ``C * I * M``
     gathers from rows of I floats, ``O(C * I)`` memory)."""
     num_items = params.item_bias.shape[0]
@@ -503,20 +503,30 @@ def fit_epochs(key: Array, train, config: Config, train_config, aux: Aux):
     ids, sims = neighbor_lists(train.users, train.items, residuals, train.num_users, train.num_items, config)
     params = Params(mu, b_user, b_item, jnp.asarray(ids, jnp.float32), jnp.asarray(sims))
 
-    from recsys_jax.models import make_apply  # here: the registry imports this module
-    from recsys_jax.predict import predict_indices
-
     sample = np.arange(len(train))
     if len(train) > TRAIN_LOSS_PAIRS:  # a fixed sample: scoring every training pair cost more than the fit
         sample = np.sort(np.asarray(jax.random.permutation(key, len(train))[:TRAIN_LOSS_PAIRS]))
-    pred = predict_indices(make_apply("knn", config), params, train.users[sample], train.items[sample], aux=aux)
+    score = jax.jit(functools.partial(apply, config=config._replace(mean_rating=0.0)))
+    pred = np.asarray(score(params, jnp.asarray(train.users[sample], jnp.int32),
+                            jnp.asarray(train.items[sample], jnp.int32), aux=aux))
     yield params, float(np.mean((pred.astype(np.float64) - np.asarray(train.ratings, np.float64)[sample]) ** 2))
 
 
 def num_neighbors_found(params: Params, users: Array, items: Array, *, config: Config, aux: Aux) -> Array:
-    """|S^k(i;u)| for each pair, ``int32[B]``: how many neighbours each prediction used."""
+    """``|S^k(i;u)|`` for each pair, ``int32[B]``: how many neighbours each prediction used."""
     def one(u, i):
         rated, _, _ = _rated_neighbors(params, u, i, config, aux)
         return jnp.minimum(jnp.sum(rated), int(config.k)).astype(jnp.int32)
 
     return jax.vmap(one)(users, items)
+
+
+def block_scores(params: Params, users: Array, config: Config, aux: Aux, user_times=None) -> Array:
+    """`dense_scores`: every item for the users ``users[C]``, ``float32[C, I]``."""
+    return dense_scores(params, users, config, aux)
+
+
+SPEC = ModelSpec("knn", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare, configure=configure,
+                 block_scores=block_scores, fit_epochs=fit_epochs,
+                 # no learned item vectors: `similar` and PCA have nothing to compare (the neighbours are lists)
+                 item_vectors=(), doc=__doc__)

@@ -23,7 +23,7 @@ Trained on each rating :math:`(u, i)` with the regularised objective
 
 :math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``; the
 dense layers are not in it (``TrainConfig.weight_decay`` decays their matrices, decoupled).
-The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+The generic, name-based `recsys_jax.objectives.penalties.touched_rows_penalty` is this sum over a batch.
 
 Dropout is inverted (kept units scaled by 1/(1-rate)) and happens only when a key is
 passed; with no key the net is deterministic (inference). The notebook used K=50, H=70.
@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from recsys_jax.models._common import batched, embedding_init, initial_offset
+from recsys_jax.models.spec import ModelSpec
 
 
 class Config(NamedTuple):
@@ -94,7 +95,9 @@ def predict_one(
     return h1 @ params.out_w + params.out_b
 
 
-# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
-# optimizers (recsys_jax.sparse) can train it.
-ROW_LOCAL = True
 apply = batched(predict_one, stochastic=True)
+
+
+# row_local: each user_*/item_* table is read only at the row of the pair's user/item, so
+# row-sparse optimizers (recsys_jax.engine.sparse) can train it.
+SPEC = ModelSpec("mlp", Config, Params, init, apply, predict_one=predict_one, row_local=True, doc=__doc__)

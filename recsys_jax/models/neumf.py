@@ -24,7 +24,7 @@ Trained on each rating :math:`(u, i)` with the regularised objective
 
 :math:`\mathcal L` the loss (squared error by default), :math:`\lambda` = ``TrainConfig.l2``; the
 tower and the output layer are not in it (``TrainConfig.weight_decay`` decays the matrices).
-The generic, name-based `recsys_jax.penalties.touched_rows_penalty` is this sum over a batch.
+The generic, name-based `recsys_jax.objectives.penalties.touched_rows_penalty` is this sum over a batch.
 
 The GMF and MLP paths have separate embeddings, as in the paper. Explicit ratings: a
 linear output with MSE, the output bias starting at the training mean. Rendle et al.
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset, scaled_normal
+from recsys_jax.models.spec import ModelSpec
 
 
 class Config(NamedTuple):
@@ -100,7 +101,9 @@ def predict_one(
     return params.out_w @ jnp.concatenate([g, m]) + params.out_b
 
 
-# Each user_*/item_* table is read only at the row of the pair's user/item: row-sparse
-# optimizers (recsys_jax.sparse) can train it.
-ROW_LOCAL = True
 apply = batched(predict_one)
+
+
+# row_local: each user_*/item_* table is read only at the row of the pair's user/item, so
+# row-sparse optimizers (recsys_jax.engine.sparse) can train it.
+SPEC = ModelSpec("neumf", Config, Params, init, apply, predict_one=predict_one, row_local=True, doc=__doc__)

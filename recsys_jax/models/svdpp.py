@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.models._common import initial_offset, scaled_normal
-from recsys_jax.penalties import row_weights, weighted_sq_norm
+from recsys_jax.models._common import biased_product, initial_offset, row_weights, scaled_normal, weighted_sq_norm
+from recsys_jax.models.spec import FoldIn, ModelSpec
 
 
 class Config(NamedTuple):
@@ -101,7 +101,7 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
 def predict_one(
     params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(), aux: Aux
 ) -> Array:
-    """r_ui = mu + b_u + b_i + q_i . (p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j)"""
+    """``r_ui = mu + b_u + b_i + q_i . (p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j)``"""
     in_nu = (aux.rated_users == user)[:, None]
     implicit = aux.norm[user] * jnp.sum(jnp.where(in_nu, params.item_implicit[aux.rated_items], 0.0), axis=0)
     return (
@@ -113,7 +113,7 @@ def predict_one(
 
 
 def implicit_user_vectors(params: Params, aux: Aux) -> Array:
-    """|N(u)|^-1/2 sum_{j in N(u)} y_j for every user: float32[U, K], one segment sum."""
+    """``|N(u)|^-1/2 sum_{j in N(u)} y_j`` for every user: ``float32[U, K]``, one segment sum."""
     num_users = params.user_factors.shape[0]
     sums = jax.ops.segment_sum(params.item_implicit[aux.rated_items], aux.rated_users,
                                num_segments=num_users, indices_are_sorted=True)
@@ -132,7 +132,7 @@ def apply(params: Params, users: Array, items: Array, key: Array | None = None, 
 
 def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
             config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
-    """sum_b w_b [l2 (|p_u|^2 + |q_i|^2 + sum_{j in N(u)} |y_j|^2) + bias_l2 (b_u^2 + b_i^2)]"""
+    """``sum_b w_b [l2 (|p_u|^2 + |q_i|^2 + sum_{j in N(u)} |y_j|^2) + bias_l2 (b_u^2 + b_i^2)]``"""
     if aux is None:
         raise ValueError("svdpp: penalty needs aux = svdpp.prepare(train_ratings)")
     num_users, num_items = params.user_factors.shape[0], params.item_factors.shape[0]
@@ -143,3 +143,46 @@ def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: fl
                + weighted_sq_norm(params.item_implicit, d_implicit))
     biases = weighted_sq_norm(params.user_bias, c_user) + weighted_sq_norm(params.item_bias, c_item)
     return l2 * factors + bias_l2 * biases
+
+
+def block_scores(params: Params, users: Array, config: Config = Config(), aux: Aux = None, user_times=None) -> Array:
+    r"""Every item for the users ``users[C]``, ``float32[C, I]``: one matrix product with
+    :math:`z_u = p_u + |N(u)|^{-1/2} \sum_{j \in N(u)} y_j`."""
+    z = params.user_factors[users] + implicit_user_vectors(params, aux)[users]
+    return biased_product(z, params.item_factors, params.global_bias + params.user_bias[users], params.item_bias)
+
+
+# -- fold-in (recsys_jax.use.foldin): N(u) of a new user is the items just rated ----------
+def fold_in_user_view(params: Params, aux: Aux, others, mask, day):
+    """The model as ``M`` new users see it: each one's :math:`N(u)` is its rated items."""
+    m = others.shape[0]
+    n = np.maximum(mask.sum(axis=1), 1).astype(np.float32)
+    view = Aux(jnp.asarray(np.where(mask, 0, 1), jnp.int32), jnp.asarray(others, jnp.int32),
+               jnp.asarray((n ** -0.5).reshape(m, 1)))
+    return params, view, 0
+
+
+def fold_in_item_view(params: Params, aux: Aux, others, mask, day):
+    """The users' :math:`N(u)` stay as trained: a table of their implicit vectors stands in
+    for :math:`y`, read once per user (a new movie's :math:`y_j` stays 0)."""
+    num_users = params.user_factors.shape[0]
+    z = implicit_user_vectors(params, aux)
+    index = jnp.arange(num_users, dtype=jnp.int32)
+    return params._replace(item_implicit=z), Aux(index, index, jnp.ones(num_users, jnp.float32)), None
+
+
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int) -> Aux:
+    """``aux`` with the new users' :math:`N(u)` after the trained users'."""
+    users = np.concatenate([np.full(len(it), first_index + m, np.int32) for m, it in enumerate(items_per_user)])
+    items = np.concatenate([np.asarray(it, np.int32) for it in items_per_user])
+    norm = np.array([len(it) ** -0.5 for it in items_per_user], np.float32)
+    return Aux(jnp.concatenate([aux.rated_users, jnp.asarray(users)]),
+               jnp.concatenate([aux.rated_items, jnp.asarray(items)]), jnp.concatenate([aux.norm, norm]))
+
+
+SPEC = ModelSpec("svdpp", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare, penalty=penalty,
+                 block_scores=block_scores,
+                 # y of a new movie is read only through the users' N(u), which fold-in leaves as trained
+                 fold_in=FoldIn(fold_in_user_view, fold_in_item_view, append_user_aux,
+                                fixed_item_fields=("item_implicit",)),
+                 doc=__doc__)

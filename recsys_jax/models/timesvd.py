@@ -7,15 +7,15 @@ r"""Time-aware biases (the bias part of Koren's timeSVD, 2009) with latent facto
    \qquad \mathrm{dev}_u(t) = \operatorname{sign}(t - \bar t_u)\,
                               \frac{|t - \bar t_u|^{\beta}}{s}
 
-======================  ===============================================================
-symbol                  argument
-======================  ===============================================================
-:math:`t`               the rating's time in days since the epoch (``time``)
-:math:`\bar t_u`        the mean day of u's training ratings: ``aux.user_mean_day[u]``
-:math:`\alpha_u`        ``params.user_drift_bias[u]``: u's linear-ish drift
+=============================  ===============================================================
+symbol                         argument
+=============================  ===============================================================
+:math:`t`                      the rating's time in days since the epoch (``time``)
+:math:`\bar t_u`               the mean day of u's training ratings: ``aux.user_mean_day[u]``
+:math:`\alpha_u`               ``params.user_drift_bias[u]``: u's linear-ish drift
 :math:`b_{i,\mathrm{Bin}(t)}`  ``params.item_bin_bias[i, bin]``: item bias per time bin
-:math:`\beta, s`        ``config.beta`` (0.4, Koren's value) and ``aux.dev_scale``
-======================  ===============================================================
+:math:`\beta, s`               ``config.beta`` (0.4, Koren's value) and ``aux.dev_scale``
+=============================  ===============================================================
 
 The training time range is cut into ``config.num_bins`` equal bins (``aux.first_day``,
 ``aux.bin_days``); times outside it fall into the first or last bin. :math:`s` is the mean
@@ -45,12 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.models._common import batched, initial_offset, scaled_normal
-from recsys_jax.penalties import row_weights, weighted_sq_norm
-
-# predict_one reads the time of each rating (float32 days since the epoch).
-USES_TIME = True
-
+from recsys_jax.models._common import batched, initial_offset, row_weights, scaled_normal, weighted_sq_norm
+from recsys_jax.models.spec import FoldIn, ModelSpec
 
 class Config(NamedTuple):
     embedding_dim: int = 50
@@ -135,7 +131,7 @@ apply = batched(predict_one, uses_aux=True, uses_time=True)
 
 def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: float, bias_l2: float = 0.0,
             config: Config = Config(), aux: Aux | None = None, times: Array | None = None) -> Array:
-    """sum_b w_b [l2 (|p_u|^2 + |q_i|^2) + bias_l2 (b_u^2 + alpha_u^2 + b_i^2 + b_{i,Bin(t)}^2)]"""
+    """``sum_b w_b [l2 (|p_u|^2 + |q_i|^2) + bias_l2 (b_u^2 + alpha_u^2 + b_i^2 + b_{i,Bin(t)}^2)]``"""
     if aux is None or times is None:
         raise ValueError("timesvd: penalty needs aux (timesvd.prepare) and times (days since the epoch)")
     num_users, num_items = params.user_factors.shape[0], params.item_factors.shape[0]
@@ -145,3 +141,33 @@ def penalty(params: Params, users: Array, items: Array, weight: Array, *, l2: fl
     biases = (weighted_sq_norm(params.user_bias, c_user) + weighted_sq_norm(params.user_drift_bias, c_user)
               + weighted_sq_norm(params.item_bias, c_item) + jnp.sum(c_item_bin * jnp.square(params.item_bin_bias)))
     return l2 * factors + bias_l2 * biases
+
+
+def block_scores(params: Params, users: Array, config: Config = Config(), aux: Aux = None,
+                 user_times: Array = None) -> Array:
+    """Every item for the users ``users[C]``, each scored at its day ``user_times[u]``,
+    ``float32[C, I]``."""
+    t = user_times[users]  # one day per user: every item is scored at it
+    delta = t - aux.user_mean_day[users]
+    dev = jnp.sign(delta) * jnp.abs(delta) ** config.beta / aux.dev_scale
+    user_part = params.global_bias + params.user_bias[users] + params.user_drift_bias[users] * dev
+    return (user_part[:, None] + params.item_bias[None, :] + params.item_bin_bias.T[time_bin(t, aux, config)]
+            + params.user_factors[users] @ params.item_factors.T)
+
+
+# -- fold-in (recsys_jax.use.foldin): a new user's mean day is that of its ratings --------
+def fold_in_user_view(params: Params, aux: Aux, others, mask, day):
+    """The model as ``M`` new users see it: each one's mean day ``day[m]``."""
+    view = aux._replace(user_mean_day=jnp.asarray(day, jnp.float32)[:, None])
+    return params, view, Aux(0, None, None, None)
+
+
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int) -> Aux:
+    """``aux`` with the new users' mean days after the trained users'."""
+    return aux._replace(user_mean_day=jnp.concatenate([aux.user_mean_day, jnp.asarray(day, jnp.float32)]))
+
+
+# uses_time: predict_one reads the time of each rating (float32 days since the epoch).
+SPEC = ModelSpec("timesvd", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare, penalty=penalty,
+                 block_scores=block_scores, fold_in=FoldIn(fold_in_user_view, None, append_user_aux),
+                 uses_time=True, doc=__doc__)

@@ -1,0 +1,181 @@
+"""Compiled programs kept on disk, so that a new process runs them without tracing.
+
+JAX's persistent compilation cache (`recsys_jax.engine.programs.enable_compile_cache`, on in the
+CLI) spares a new process XLA's compilation, but not the tracing of the Python function
+and its lowering, which it needs to find the cached entry: about 0.3 s for the bias
+model's epoch on the 2-core CPU, a third of a whole CLI fit of ml-latest-small. Here the
+compiled executable itself is saved (`jax.experimental.serialize_executable`), under a
+key made of what fixes the program without tracing it:
+
+- ``identity``: the caller's description of the function, a string that names every
+  setting it was built from (model, configs, loss by name). A caller that cannot name
+  its settings (a custom loss or penalty function) passes None: nothing is stored;
+- the arguments: their tree structure, and each leaf's type (shape, dtype, weak type)
+  and placement, plus the static arguments;
+- the code and the machine: a digest of this package's sources (the C++ kernels'
+  included), the jax, jaxlib and Optax versions, JAX's configuration, ``XLA_FLAGS``, the
+  backend, its devices and the CPU's feature flags. (Whether the program calls the CPU
+  kernels is part of its identity: `recsys_jax.engine.build.make_engine` names it.)
+
+A file that fails to load, for any reason, is compiled anew and written again
+(atomically). The store is an option, `recsys_jax.engine.options.EngineOptions.program_store`
+(None: off), which the CLI sets to the ``programs`` folder of its compilation cache
+(``RECSYS_JAX_COMPILE_CACHE=off`` turns both off). Like JAX's own cache, the folder must be
+trusted: loading an executable runs its code.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+
+from recsys_jax.engine.kernels import cpu_flags
+
+@functools.lru_cache(maxsize=1)
+def _code_and_machine() -> str:
+    import jaxlib
+    import optax
+
+    sources = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]  # the whole package: recsys_jax/
+    for f in sorted([*root.rglob("*.py"), *root.rglob("*.cc")]):
+        sources.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    cpu = cpu_flags()
+    client = jax.devices()[0].client
+    parts = (sources.hexdigest(), jax.__version__, jaxlib.__version__, optax.__version__,
+             client.platform, client.platform_version, [str(d) for d in jax.devices()], platform.machine(), cpu)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _leaf_signature(x) -> str:
+    return f"{jax.typeof(x)}@{getattr(x, 'sharding', None)}"
+
+
+def key(identity: str, args: tuple, kwargs: dict, static: dict) -> str:
+    """The file name of the program ``identity`` compiled for these arguments."""
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    settings = sorted((k, repr(v)) for k, v in jax.config.values.items())  # read now: a test may change one
+    parts = (identity, str(tree), [_leaf_signature(x) for x in leaves], sorted(static.items()), _code_and_machine(),
+             settings, os.environ.get("XLA_FLAGS", ""))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def compile(jitted: Callable, args: tuple, kwargs: dict, identity: str | None, static: dict | None = None, *,
+            store: str | os.PathLike | None = None, kernels: bool = False) -> tuple[Any, float, str]:
+    """``(compiled, seconds, how)``: ``jitted`` compiled for ``args``/``kwargs`` (``static``:
+    its static keyword arguments), loaded from the folder ``store`` when it holds it (``how
+    == "loaded"``), else lowered and compiled (``"compiled"``) and, with an ``identity``,
+    saved there. ``kernels``: the program may call the CPU kernels, whose targets are
+    registered before a stored one is loaded."""
+    from jax.experimental import serialize_executable
+
+    static = static or {}
+    t0 = time.perf_counter()
+    path = None
+    if store is not None and identity is not None:
+        path = Path(store) / f"{key(identity, args, kwargs, static)}.bin"
+        if kernels:  # a stored program may call the CPU kernels: their targets must be registered first
+            from recsys_jax.engine import kernels as cpu_kernels
+
+            cpu_kernels.load()
+        try:
+            with open(path, "rb") as fh:
+                blob, in_tree, out_tree = pickle.load(fh)
+            return serialize_executable.deserialize_and_load(blob, in_tree, out_tree), time.perf_counter() - t0, "loaded"
+        except Exception:  # absent, truncated, from another version: compile it again
+            pass
+    lowered = jitted.lower(*args, **kwargs, **static)
+    if path is None:
+        return lowered.compile(), time.perf_counter() - t0, "compiled"
+    compiled, fresh = _fresh_compile(lowered)
+    seconds = time.perf_counter() - t0
+    if fresh:
+        try:
+            _write(path, pickle.dumps(serialize_executable.serialize(compiled)))
+        except Exception:  # a program that cannot be serialised, a full disk: run it all the same
+            pass
+    return compiled, seconds, "compiled"
+
+
+_CACHE_HITS = [0]  # JAX's persistent-cache hits so far in this process (jax.monitoring)
+
+
+def _count_hit(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _CACHE_HITS[0] += 1
+
+
+@functools.lru_cache(maxsize=1)
+def _listen() -> None:
+    jax.monitoring.register_event_listener(_count_hit)
+
+
+def _fresh_compile(lowered) -> tuple[Any, bool]:
+    """``lowered`` compiled by XLA in this process, and whether it surely was (True).
+
+    An executable that JAX's persistent cache supplied serialises without some of its
+    functions (jax 0.10.2, CPU: the copy loaded later fails with "Function ... not found"),
+    so what is saved must come from XLA itself. An option that only bounds one of XLA's
+    debug listings gives the program another key in JAX's cache, under which
+    nothing is ever written (entries are written only for compilations longer than the
+    bound set here), so XLA compiles it; the result is kept only if JAX reported no
+    cache hit meanwhile. (JAX leaves the dump options out of its key, so the option is
+    the bound of a debug listing of buffers, which nothing prints either.)"""
+    _listen()
+    hits, bound = _CACHE_HITS[0], jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    try:
+        compiled = lowered.compile(compiler_options={"xla_debug_buffer_assignment_show_max": 7919})
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", bound)
+    return compiled, _CACHE_HITS[0] == hits
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def compile_cache_dir() -> Path:
+    """Where the CLI keeps JAX's persistent compilation cache: ``$RECSYS_JAX_COMPILE_CACHE``,
+    else ``<cache>/jax-compile`` with ``<cache>`` = ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``."""
+    if os.environ.get("RECSYS_JAX_COMPILE_CACHE"):
+        return Path(os.environ["RECSYS_JAX_COMPILE_CACHE"]).expanduser()
+    from recsys_jax.data.cache import cache_root
+
+    return cache_root() / "jax-compile"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turns on JAX's persistent compilation cache in ``path`` (default `compile_cache_dir`)
+    and returns the folder: a later process with the same programs loads them instead of
+    compiling. Every program is cached, however quick its compilation. Its ``programs``
+    subfolder (`program_store`) is where the CLI keeps the compiled epochs and inits
+    themselves, so that a later process loads those without tracing them: pass it as
+    ``resolve_options(program_store=...)`` (`recsys_jax.engine.options`)."""
+    path = Path(path) if path is not None else compile_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def program_store(cache_path: str | os.PathLike) -> Path:
+    """The store of compiled programs that goes with the compilation cache ``cache_path``."""
+    return Path(cache_path) / "programs"

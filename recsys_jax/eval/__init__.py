@@ -1,0 +1,1 @@
+"""Evaluation: batched prediction for any model, and rating and ranking metrics."""

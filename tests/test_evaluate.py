@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 
 from recsys_jax.use import checkpoint
-from recsys_jax.cli.use import rebuild_split
+from recsys_jax.use.checkpoint import rebuild_split
 from recsys_jax.data import Ratings, load_movielens, make_synthetic, random_split, temporal_split, user_split
 from recsys_jax.eval.metrics import broadcast_scores, make_score_fn, matrix_scores, rank_metrics, ranking_report, top_k
 

@@ -7,7 +7,7 @@
 ``recommend --user`` ranks every movie the user did not rate in training
 (`Recommender.recommend`); ``--rate`` folds a new user in from a few ratings first
 (`recsys_jax.use.foldin`). ``evaluate`` rebuilds the checkpoint's test split from the data and
-the split protocol that ``train`` recorded (`rebuild_split`) and reports rating and ranking
+the split protocol that ``train`` recorded (`recsys_jax.use.checkpoint.rebuild_split`) and reports rating and ranking
 metrics (`Recommender.evaluate`).
 """
 from __future__ import annotations
@@ -143,66 +143,6 @@ def cmd_recommend(args) -> None:
                           for r in table.itertuples(index=False)]))
 
 
-# -- evaluate ----------------------------------------------------------------------------------
-def _user_split_frac(ratings, num_test: int) -> float:
-    """The ``test_frac`` of `user_split` that holds out ``num_test`` ratings (the per-user
-    counts are the same for every such fraction: any step inside would change the total)."""
-    counts = np.bincount(ratings.users)
-    counts = counts[counts > 0]
-
-    def total(f):
-        return int(np.minimum(np.round(f * counts).astype(np.int64), counts - 1).sum())
-
-    lo, hi = 1e-9, 1 - 1e-9
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if total(mid) < num_test:
-            lo = mid
-        else:
-            hi = mid
-    if total(hi) != num_test:
-        raise ValueError(f"no user split of these {len(ratings)} ratings holds out {num_test}: the data differ")
-    return hi
-
-
-def rebuild_split(extra: dict, ratings, *, split_file=None):
-    """The `Split` a checkpoint was trained on, from what ``train`` recorded in its ``extra``
-    (``split``: random, user or temporal; ``seed``; ``num_test``), checked against the data
-    (``num_ratings``). `recsys_jax.data.random_split` holds out the first ``num_test`` of a
-    seeded permutation, so the seed and the count fix it; for `user_split` the fraction is
-    the one whose per-user counts add up to ``num_test``; for `temporal_split` the ``k``
-    whose last-k counts do."""
-    from recsys_jax.data import load_split, random_split, temporal_split, user_split
-
-    n = len(ratings)
-    if extra.get("num_ratings") not in (None, n):
-        raise ValueError(f"the data have {n} ratings, the checkpoint was trained on {extra['num_ratings']}: "
-                         "not the same data (pass --data-dir or --ratings)")
-    if split_file is not None:
-        return load_split(split_file, num_ratings=n)
-    protocol, seed, num_test = extra.get("split"), extra.get("seed"), extra.get("num_test")
-    if protocol == "file":
-        raise ValueError("the checkpoint was trained on a --split-file: pass the same file as --split-file")
-    if protocol not in ("random", "user", "temporal") or num_test is None or (seed is None and protocol != "temporal"):
-        raise ValueError("the checkpoint does not record its split protocol, seed and test size "
-                         "(not written by recsys-jax train): pass --split-file")
-    if protocol == "random":
-        split = random_split(ratings, int(seed), num_test / n)
-    elif protocol == "user":
-        split = user_split(ratings, int(seed), _user_split_frac(ratings, num_test))
-    else:
-        counts = np.bincount(ratings.users)
-        counts = counts[counts > 0]
-        k = next((k for k in range(1, int(counts.max()) + 1) if np.minimum(k, counts - 1).sum() == num_test), None)
-        if k is None:
-            raise ValueError(f"no temporal split of these ratings holds out {num_test}: the data differ")
-        split = temporal_split(ratings, k)
-    if len(split.test) != num_test:
-        raise ValueError(f"the rebuilt {protocol} split holds out {len(split.test)} ratings, the checkpoint "
-                         f"{num_test}: the data differ")
-    return split
-
-
 def evaluate_data(rec, meta: dict, args):
     """``(rec, test)``: the test split's ratings, rebuilt; ``rec`` given its training pairs
     when the checkpoint did not keep them, else checked against them."""
@@ -219,6 +159,8 @@ def evaluate_data(rec, meta: dict, args):
         ratings = load_ratings(name)
     else:
         raise ValueError("the checkpoint does not name its data set: pass --ratings FILE")
+    from recsys_jax.use.checkpoint import rebuild_split
+
     split = rebuild_split(extra, ratings, split_file=args.split_file)
     train = ratings.take(split.train)
     if not (np.array_equal(ratings.user_ids, rec.user_ids) and np.array_equal(ratings.item_ids, rec.item_ids)):

@@ -84,7 +84,7 @@ def _solve_chunk(own_table, other_ext, rows, piece_row, other, vals, offset, reg
     (with biases, else 0); ``reg`` the diagonal :math:`\Lambda`."""
     g, width = rows.shape[0], own_table.shape[1]
     # One gather of whole extended rows, used as they are: slicing the design columns out
-    # would make XLA fuse the gather into the slice, element by element (3-4x slower). The
+    # would make XLA fuse the gather into the slice, element by element (much slower). The
     # offset column is masked out of every product instead (keep), so all vectors below
     # are [G, W + 1] with a last entry that stays 0.
     z = other_ext[other]  # [G, PIECE, W + 1]
@@ -182,7 +182,7 @@ def epoch(params, plan: Plan, *, l2: float, bias_l2: float, biases: bool, global
 
 
 class AlsEngine:
-    """The `recsys_jax.engine.build.Engine` face of ALS, for `recsys_jax.training.fit.run_loop`:
+    """The `recsys_jax.engine.build.Engine` face of ALS, for `recsys_jax.training.loop.engine_trainer`:
     ``compile`` builds the data's `Plan` (once per training set) and compiles the chunk
     solvers; the returned epoch maps ``(state, users, items, ratings, key)`` to
     ``(state, losses[1])``."""

@@ -35,6 +35,8 @@ from recsys_jax.models._common import initial_offset
 from recsys_jax.models.spec import FoldIn, ModelSpec
 
 #: The registry, each model's name mapped to its `ModelSpec`.
+#:
+#: :meta hide-value:
 MODELS: dict[str, ModelSpec] = {
     "dot": dot.SPEC,
     "bias": bias.SPEC,

@@ -1,19 +1,15 @@
-"""Training: the shared loop, and `fit`.
+"""Training: `fit`.
 
-- ``run_loop(engine, state, data, key, ...)``: the loop every trainer shares (divergence
-  replay, evaluation, best epoch, early stopping, checkpoint hook, progress bar).
-- ``fit(model, train, val, ...)``: initialises, runs that loop with RMSE/MAE on the
-  validation ratings after each epoch, and returns the best parameters with a history.
+``fit(model, train, val, ...)`` initialises, runs the loop every trainer shares
+(`recsys_jax.training.loop.run_loop`: the engine's compiled epoch, or the model's own
+``fit_epochs``) with RMSE/MAE on the validation ratings after each epoch, and returns the
+best parameters with a history.
 
 The step and the epoch it runs are the engine's (`recsys_jax.engine.step`,
 `recsys_jax.engine.epoch`, `recsys_jax.engine.build.make_engine`).
 """
 from __future__ import annotations
 
-import functools
-import math
-import time
-import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -27,25 +23,14 @@ from recsys_jax.engine.build import RatingObjective, init_params, make_engine
 from recsys_jax.engine.config import TrainConfig
 from recsys_jax.engine.options import EngineOptions, resolve_options
 from recsys_jax.engine.epoch import ORDERS, group_by_block, num_batches, padded_size
-from recsys_jax.engine.step import JointParams, TrainState
+from recsys_jax.engine.step import JointParams
 from recsys_jax.eval import metrics
 from recsys_jax.eval.predict import predict_indices
 from recsys_jax.models import get_model, make_apply, make_config, static_config
 from recsys_jax.objectives.losses import ParamLoss, get_loss, param_loss_name
 from recsys_jax.optim.optimizers import step_schedule
 from recsys_jax.training import resume
-
-
-
-def _all_finite(tree) -> bool:
-    return bool(_finite(tree))
-
-
-@jax.jit
-def _finite(tree) -> Array:
-    """Whether every floating-point leaf of ``tree`` is finite: one compiled reduction."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+from recsys_jax.training.loop import Best, EpochData, engine_trainer, first_best, generator_trainer, run_loop
 
 
 def prepare_model(model: str, train: Ratings, model_config=None):
@@ -217,7 +202,7 @@ def fit(
         return val_scores(apply_fn, params.model, val, train.rating_scale, aux, val_times, **link)
 
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
-    best, start, after_epoch = Best(math.inf, state.params, 0), 1, None
+    best, start, after_epoch = first_best(state.params), 1, None
     if checkpoint_dir is not None:
         fp = resume.fingerprint(model, model_config, tc, train, run_key)
         saved = resume.load_progress(checkpoint_dir, unpad(state), unpad(state.params), fp)
@@ -252,9 +237,9 @@ def fit(
         data = EpochData(*sharding.put_replicated(plan, (train.users, train.items, train.ratings)),
                          *sharding.put_replicated(plan, (times, aux)))
     state, best, stop_reason, compile_seconds = run_loop(
-        engine, state, data, key, epochs=range(start, tc.epochs + 1), evaluate=evaluate, history=history,
-        best=best, patience=tc.patience, on_epoch=on_epoch, after_epoch=after_epoch,
-        desc=f"fit {model}" if progress else None, caller="fit")
+        engine_trainer(engine, data, "fit"), state, key, epochs=range(start, tc.epochs + 1), evaluate=evaluate,
+        history=history, best=best, patience=tc.patience, on_epoch=on_epoch, after_epoch=after_epoch,
+        desc=f"fit {model}" if progress else None)
     best_params, best_epoch, state = unpad(best.params), best.epoch, unpad(state)
     seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
             "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
@@ -278,124 +263,19 @@ def val_scores(apply_fn, params, val: Ratings | None, scale, aux=None, times=Non
 
 def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch) -> FitResult:
     """`fit` for a model that trains itself: its ``fit_epochs`` yields ``(params, train_loss)``
-    after each epoch (a Gibbs sweep, a closed-form solve, an epoch of its own optimiser);
-    validation, the best epoch, early stopping and progress are the same as for the engine."""
+    after each epoch (a Gibbs sweep, a closed-form solve, an epoch of its own optimiser),
+    driven by the same loop as the engine (`recsys_jax.training.loop.generator_trainer`)."""
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
-    best = Best(math.inf, None, 0)
-    epochs = spec.fit_epochs(key, train, model_config, tc, aux)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.epochs, desc=f"fit {model}", unit="epoch", leave=False)
-    t0 = time.perf_counter()
-    for epoch, (params, train_loss) in enumerate(epochs, start=1):
-        scores, score = val_scores(apply_fn, params, val, train.rating_scale, aux)
-        record = {"epoch": epoch, "train_loss": float(train_loss), **scores, "seconds": time.perf_counter() - t0}
-        score = -epoch if score is None else score  # no validation: the last epoch wins
-        for k, v in record.items():
-            history[k].append(v)
-        if score < best.score:
-            best = Best(score, params, epoch)
-        if bar is not None:
-            bar.update()
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-        if epoch >= tc.epochs or (tc.patience is not None and epoch - best.epoch >= tc.patience):
-            break
-        t0 = time.perf_counter()
-    if bar is not None:
-        bar.close()
+    trainer = generator_trainer(spec.fit_epochs(key, train, model_config, tc, aux))
+    _, best, _, _ = run_loop(
+        trainer, None, key, epochs=range(1, tc.epochs + 1),
+        evaluate=lambda params: val_scores(apply_fn, params, val, train.rating_scale, aux), history=history,
+        best=first_best(None), patience=tc.patience, on_epoch=on_epoch, desc=f"fit {model}" if progress else None)
     if best.epoch == 0:
         raise ValueError(f"fit: model {model!r} yielded no epoch")
     seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,
             "trained_items": np.bincount(train.items, minlength=train.num_items) > 0}
     return FitResult(best.params, history, model, model_config, tc, best.epoch, None, None, aux, **seen)
-
-
-class Best(NamedTuple):
-    """The best epoch so far: its score (lower is better), parameters and number (0: none)."""
-
-    score: float
-    params: Any
-    epoch: int
-
-
-class EpochData(NamedTuple):
-    """What the compiled epoch reads besides the state and the key."""
-
-    users: Array  # int32[N]
-    items: Array  # int32[N]
-    ratings: Array  # float32[N] (ignored by ranking objectives)
-    times: Array | None = None  # float32[N] days, for time-aware models
-    aux: Any = None  # the model's constant data from its prepare(train)
-    # For an engine made with shared=True: {"count", "counts"} (the ratings among the
-    # padded arrays, the schedule's step counts), and the steps an epoch runs.
-    shared: dict | None = None
-    steps: int | None = None
-
-
-def run_loop(engine, state: TrainState, data: EpochData, key: Array, *, epochs: range, evaluate: Callable,
-             history: dict, best: Best, patience: int | None = None, on_epoch: Callable | None = None,
-             after_epoch: Callable | None = None, desc: str | None = None,
-             caller: str = "fit") -> tuple[TrainState, Best, str | None, float]:
-    """The epoch loop that every trainer shares (`fit`, `recsys_jax.training.ranking.fit_ranking`).
-
-    Each epoch: the engine's compiled epoch with key ``fold_in(key, epoch)``; on a
-    non-finite loss or parameter, the epoch is replayed up to its last finite step and the
-    loop stops (a warning names the step); otherwise ``evaluate(params) -> (metrics, score)``
-    (score None: the last epoch wins), a record ``{epoch, train_loss, **metrics, seconds}``
-    appended to ``history``, the best kept, ``after_epoch(epoch, state, history, best)``
-    (checkpointing) and ``on_epoch(epoch, record)`` called, and early stopping after
-    ``patience`` epochs without a better score. ``desc`` shows a tqdm bar.
-
-    Returns ``(state, best, stop_reason, compile_seconds)``; ``seconds`` in the history
-    excludes compilation.
-    """
-    stop_reason, compile_seconds = None, 0.0
-    bar = None
-    if desc is not None:
-        from tqdm.auto import tqdm
-
-        bar = epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
-    args = (data.users, data.items, data.ratings)
-    shared = data.shared or {}
-    for epoch in epochs:
-        if patience is not None and best.epoch and epoch - 1 - best.epoch >= patience:
-            break  # a resumed run that had already stopped early
-        epoch_key = jax.random.fold_in(key, epoch)
-        compiled, seconds = engine.compile(state, *args, epoch_key, times=data.times, aux=data.aux, **shared)
-        compile_seconds += seconds
-        t0 = time.perf_counter()
-        new_state, losses = compiled(state, *args, epoch_key, times=data.times, aux=data.aux, **shared)
-        losses = np.asarray(losses)[: data.steps]  # waits for the epoch to finish
-        if not (np.all(np.isfinite(losses)) and _all_finite(new_state.params)):
-            replay = functools.partial(engine.run, aux=data.aux, **shared)
-            state, stop_reason = _last_finite(replay, state, args, epoch_key, losses, epoch, data.times, caller)
-            warnings.warn(stop_reason, RuntimeWarning, stacklevel=3)
-            if best.epoch == 0:
-                best = best._replace(params=state.params)
-            break
-        state = new_state
-        scores, score = evaluate(state.params)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **scores,
-                  "seconds": time.perf_counter() - t0}
-        for k, v in record.items():
-            history[k].append(v)
-        score = -epoch if score is None else score
-        if score < best.score:
-            best = Best(score, state.params, epoch)
-        if after_epoch is not None:
-            after_epoch(epoch, state, history, best)
-        if bar is not None:
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{k: v for k, v in scores.items() if v is not None})
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-        if patience is not None and epoch - best.epoch >= patience:
-            break
-    if bar is not None:
-        bar.close()
-    return state, best, stop_reason, compile_seconds
 
 
 def get_engine(*key, **kw):
@@ -407,19 +287,3 @@ def get_engine(*key, **kw):
     return make_engine(*key, **kw)
 
 
-def _last_finite(train_epoch, state, data, epoch_key, losses, epoch, times=None,
-                 caller: str = "fit") -> tuple[TrainState, str]:
-    """Replays the epoch from ``state`` up to the last step whose result is finite."""
-    bad = int(np.argmin(np.isfinite(losses))) if not np.all(np.isfinite(losses)) else len(losses)
-    steps = bad
-    while steps > 0:
-        replayed, _ = train_epoch(state, *data, epoch_key, num_steps=steps, times=times)
-        if _all_finite(replayed.params):
-            state = replayed
-            break
-        steps -= 1
-    what = f"loss {losses[bad]}" if bad < len(losses) else "parameters"
-    reason = (f"{caller}: non-finite {what} in epoch {epoch}, step {steps + 1} of {len(losses)} (global step "
-              f"{int(state.step) + 1}); training stopped with the last finite state. Lower the learning "
-              "rate or raise the regularisation.")
-    return state, reason

@@ -27,7 +27,6 @@ Built on it: `ensemble_predict` (the mean of the members' predictions) and
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -46,6 +45,7 @@ from recsys_jax.engine.config import TrainConfig
 from recsys_jax.engine.step import TrainState, make_objective, make_update
 from recsys_jax.engine.epoch import num_batches, run_epoch
 from recsys_jax.engine.options import EngineOptions, resolve_options
+from recsys_jax.training.loop import Epoch, first_best, keep_each_best, run_loop
 
 Array = jax.Array
 
@@ -230,41 +230,24 @@ def fit_many(
     all_predict = jax.jit(jax.vmap(predict_member, in_axes=(0, 0, None, None)), **place)
 
     k = len(resolved)
-    history: dict[str, list] = {"epoch": [], "train_loss": [], "val_rmse": [], "seconds": []}
-    best_rmse = np.full(k, np.inf)
-    best_epoch = np.zeros(k, np.int64)
-    best_params = states.params
     lo, hi = train.rating_scale
-    epochs = range(1, tc.epochs + 1)
-    if progress:
-        from tqdm.auto import tqdm
 
-        epochs = tqdm(epochs, desc=f"fit_many {model} x{k}", unit="epoch", leave=False)
-    for epoch in epochs:
-        t0 = time.perf_counter()
+    def trainer(states, epoch, _key) -> Epoch:  # every member's epoch, in one program (keys: their own)
         states, losses_k = all_epochs(states, run_keys, hyper, epoch, users, items, ratings)
-        train_loss = np.asarray(losses_k).mean(axis=1)
-        rmse = np.full(k, np.nan)
-        if val is not None and len(val):
-            pred = np.clip(np.asarray(all_predict(states.params, hyper, jnp.asarray(val.users),
-                                                  jnp.asarray(val.items))), lo, hi)
-            rmse = np.sqrt(np.mean((pred - val.ratings[None, :]) ** 2, axis=1, dtype=np.float64))
-            improved = rmse < best_rmse
-        else:
-            improved = np.ones(k, bool)
-        best_rmse = np.where(improved, rmse, best_rmse)
-        best_epoch = np.where(improved, epoch, best_epoch)
-        sel = jnp.asarray(improved)
-        best_params = jax.tree.map(
-            lambda new, old: jnp.where(sel.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            states.params, best_params)
-        history["epoch"].append(epoch)
-        history["train_loss"].append(train_loss)
-        history["val_rmse"].append(rmse)
-        history["seconds"].append(time.perf_counter() - t0)
-        if tc.patience is not None and epoch - int(best_epoch.max()) >= tc.patience:
-            break
-    return ManyResult(best_params, history, best_epoch, resolved, model, model_config, tc)
+        return Epoch(states, states.params, np.asarray(losses_k).mean(axis=1))
+
+    def evaluate(params) -> tuple[dict, np.ndarray | None]:
+        if val is None or not len(val):
+            return {"val_rmse": np.full(k, np.nan)}, None
+        pred = np.clip(np.asarray(all_predict(params, hyper, jnp.asarray(val.users), jnp.asarray(val.items))), lo, hi)
+        rmse = np.sqrt(np.mean((pred - val.ratings[None, :]) ** 2, axis=1, dtype=np.float64))
+        return {"val_rmse": rmse}, rmse
+
+    history: dict[str, list] = {"epoch": [], "train_loss": [], "val_rmse": [], "seconds": []}
+    _, best, _, _ = run_loop(trainer, states, jax.random.key(0), epochs=range(1, tc.epochs + 1), evaluate=evaluate,
+                             history=history, best=first_best(states.params, k), patience=tc.patience,
+                             desc=f"fit_many {model} x{k}" if progress else None, keep=keep_each_best)
+    return ManyResult(best.params, history, best.epoch, resolved, model, model_config, tc)
 
 
 def predict_many(result: ManyResult, users, items, *, clip: tuple[float, float] | None = None,

@@ -15,7 +15,6 @@ user's training positives excluded). `popularity_scores` is the baseline to beat
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +28,8 @@ from recsys_jax.engine.build import RankingObjective
 from recsys_jax.models import get_model, make_apply, make_config, static_config
 from recsys_jax.engine.build import init_params
 from recsys_jax.engine.options import EngineOptions, resolve_options
-from recsys_jax.training.fit import Best, EpochData, get_engine, run_loop
+from recsys_jax.training.fit import get_engine
+from recsys_jax.training.loop import EpochData, engine_trainer, first_best, run_loop
 from recsys_jax.engine.config import TrainConfig
 from recsys_jax.engine.epoch import num_batches
 from recsys_jax.objectives.ranking import get_ranking_loss
@@ -126,8 +126,8 @@ def fit_ranking(
     history: dict[str, list] = {k_: [] for k_ in ("epoch", "train_loss", "val_recall", "val_ndcg", "seconds")}
     data = EpochData(jnp.asarray(train_pos.users), jnp.asarray(train_pos.items), jnp.ones(len(train_pos), jnp.float32))
     state, best, stop_reason, _ = run_loop(
-        engine, state, data, key, epochs=range(1, tc.epochs + 1), evaluate=evaluate, history=history,
-        best=Best(math.inf, state.params, 0), patience=tc.patience,
-        desc=f"fit_ranking {model} {loss}" if progress else None, caller="fit_ranking")
+        engine_trainer(engine, data, "fit_ranking"), state, key, epochs=range(1, tc.epochs + 1), evaluate=evaluate,
+        history=history, best=first_best(state.params), patience=tc.patience,
+        desc=f"fit_ranking {model} {loss}" if progress else None)
     best_params, best_epoch = best.params, best.epoch
     return RankingResult(best_params, history, model, model_config, tc, best_epoch, k, state, stop_reason)

@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recsys_jax.data.split import Split, load_split, random_split, temporal_split, user_split
 from recsys_jax.objectives.losses import get_param_loss
 from recsys_jax.models import get_model, make_config
 from recsys_jax.training.store import CheckpointError, write_folder
@@ -345,3 +346,62 @@ def read_item_stats(path: str | os.PathLike):
         raise CheckpointError(f"{arrays_path}: unreadable or truncated ({e})") from e
     _check_item_stats(arrays_path, count, mean, len(item_ids))
     return ItemStats(count, mean)
+
+
+# -- the split a checkpoint was trained on ------------------------------------------------
+# -- evaluate ----------------------------------------------------------------------------------
+def _user_split_frac(ratings, num_test: int) -> float:
+    """The ``test_frac`` of `user_split` that holds out ``num_test`` ratings (the per-user
+    counts are the same for every such fraction: any step inside would change the total)."""
+    counts = np.bincount(ratings.users)
+    counts = counts[counts > 0]
+
+    def total(f):
+        return int(np.minimum(np.round(f * counts).astype(np.int64), counts - 1).sum())
+
+    lo, hi = 1e-9, 1 - 1e-9
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if total(mid) < num_test:
+            lo = mid
+        else:
+            hi = mid
+    if total(hi) != num_test:
+        raise ValueError(f"no user split of these {len(ratings)} ratings holds out {num_test}: the data differ")
+    return hi
+
+
+def rebuild_split(extra: dict, ratings, *, split_file=None) -> Split:
+    """The `Split` a checkpoint was trained on (to score its test part again), from what ``train`` recorded in its ``extra``
+    (``split``: random, user or temporal; ``seed``; ``num_test``), checked against the data
+    (``num_ratings``). `recsys_jax.data.random_split` holds out the first ``num_test`` of a
+    seeded permutation, so the seed and the count fix it; for `user_split` the fraction is
+    the one whose per-user counts add up to ``num_test``; for `temporal_split` the ``k``
+    whose last-k counts do."""
+    n = len(ratings)
+    if extra.get("num_ratings") not in (None, n):
+        raise ValueError(f"the data have {n} ratings, the checkpoint was trained on {extra['num_ratings']}: "
+                         "not the same data (pass --data-dir or --ratings)")
+    if split_file is not None:
+        return load_split(split_file, num_ratings=n)
+    protocol, seed, num_test = extra.get("split"), extra.get("seed"), extra.get("num_test")
+    if protocol == "file":
+        raise ValueError("the checkpoint was trained on a --split-file: pass the same file as --split-file")
+    if protocol not in ("random", "user", "temporal") or num_test is None or (seed is None and protocol != "temporal"):
+        raise ValueError("the checkpoint does not record its split protocol, seed and test size "
+                         "(not written by recsys-jax train): pass --split-file")
+    if protocol == "random":
+        split = random_split(ratings, int(seed), num_test / n)
+    elif protocol == "user":
+        split = user_split(ratings, int(seed), _user_split_frac(ratings, num_test))
+    else:
+        counts = np.bincount(ratings.users)
+        counts = counts[counts > 0]
+        k = next((k for k in range(1, int(counts.max()) + 1) if np.minimum(k, counts - 1).sum() == num_test), None)
+        if k is None:
+            raise ValueError(f"no temporal split of these ratings holds out {num_test}: the data differ")
+        split = temporal_split(ratings, k)
+    if len(split.test) != num_test:
+        raise ValueError(f"the rebuilt {protocol} split holds out {len(split.test)} ratings, the checkpoint "
+                         f"{num_test}: the data differ")
+    return split

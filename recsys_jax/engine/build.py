@@ -333,7 +333,8 @@ def init_params(name: str, key, num_users: int, num_items: int, config, *, store
     ``config`` computed on the host as the module's own init does), so the same numbers
     come out as from the module's init run op by op, and a fit of another split of the
     same size reuses the program. Op by op, a new process loaded a dozen small programs
-    from the compilation cache for the draws alone (0.2-0.3 s of a 1 s CLI fit). With a
+    from the compilation cache for the draws alone, a sizeable part of a short CLI fit
+    (`benchmarks.time_to_accuracy` times whole CLI fits). With a
     program ``store`` (`recsys_jax.engine.options.EngineOptions.program_store`) the
     executable comes from disk, untraced, where it was stored before."""
     offset = np.float32(initial_offset(config))

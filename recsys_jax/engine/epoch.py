@@ -46,7 +46,8 @@ def padded_size(num_ratings: int, batch_size: int) -> int | None:
     shuffle, and with it the whole epoch, is the exact number's. Not for up to
     `recsys_jax.engine.shuffle.SORT_MAX` ratings (their uniform shuffle sorts a fixed number of
     keys), nor for epochs of 1,000 steps or more, whose fixed-length loop is unrolled
-    twice (`run_epoch`): 12% of the notebook's batch-64 epoch.
+    twice (`run_epoch`), which shortens an epoch of many small steps such as the notebook's
+    batch-64 epoch.
     """
     if num_ratings <= SORT_MAX or num_batches(num_ratings, batch_size) >= 1000:
         return None
@@ -71,11 +72,12 @@ def epoch_grid(train_config: TrainConfig, params, num_ratings: int) -> int:
     row-sparse optimizers when the model's user and item tables hold more than
     `BLOCKED_TABLE_BYTES` (8 MiB; ml-latest-small's bias tables are 2 MiB, a 5M-rating
     synthetic set's 20 MiB), where their rows no longer stay in the cache: at 5M ratings
-    AdaGrad's epoch ran 1.5x faster in blocks of 8 x 8 (6.0-6.1M against 3.9-4.0M ratings/s,
-    interleaved `benchmarks.scaling --order` runs on the 2-core CPU, with the first version
-    of the order, a cipher per block; the rotation of `recsys_jax.engine.shuffle` is faster still),
-    at validation RMSE 0.6053 against 0.5997 after 3 epochs. More blocks cost accuracy: 16 x 16 was 0.02 worse
-    than 8 x 8, the batches reading too few rows.
+    AdaGrad's epoch ran clearly faster in blocks of 8 x 8 than as one shuffle of all the
+    ratings (interleaved `benchmarks.scaling --order` runs, with the first version of the
+    order, a cipher per block; the rotation of `recsys_jax.engine.shuffle` is faster still),
+    at a slightly higher validation RMSE after the same epochs. More blocks cost accuracy:
+    16 x 16 validated clearly worse than 8 x 8, the batches reading too few rows. The
+    scaling table of the benchmark results gives the order each size runs in and its speed.
     """
     order = train_config.order
     if order not in ORDERS:
@@ -184,6 +186,6 @@ def run_epoch(train_step: Callable, batch_size: int, state: TrainState, users: A
         state, loss = train_step(state, batch, k)
         return plan.constrain(state), loss
 
-    # Many small steps: unrolling the loop twice saved 12% of the notebook's batch-64 epoch
-    # (measured on the 2-core CPU); with few steps it only costs compile time.
+    # Many small steps: unrolling the loop twice shortens the notebook's batch-64 epoch
+    # (measured on the CPU); with few steps it only costs compile time.
     return jax.lax.scan(body, state, (batches, keys), unroll=2 if order.shape[0] >= 1000 else 1)

@@ -2,8 +2,9 @@
 
 JAX's persistent compilation cache (`recsys_jax.engine.programs.enable_compile_cache`, on in the
 CLI) spares a new process XLA's compilation, but not the tracing of the Python function
-and its lowering, which it needs to find the cached entry: about 0.3 s for the bias
-model's epoch on the 2-core CPU, a third of a whole CLI fit of ml-latest-small. Here the
+and its lowering, which it needs to find the cached entry: for the bias model's epoch a
+sizeable part of a whole CLI fit of ml-latest-small (`benchmarks.time_to_accuracy` times
+such fits in new processes; see its table in the benchmark results). Here the
 compiled executable itself is saved (`jax.experimental.serialize_executable`), under a
 key made of what fixes the program without tracing it:
 

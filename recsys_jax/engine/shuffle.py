@@ -1,7 +1,7 @@
 r"""An O(n) shuffle on the device: a keyed Feistel bijection, restricted by compaction.
 
 `jax.random.permutation` sorts random keys; XLA's sort on CPU made that cost more than a
-whole training epoch at 100k ratings (45 ms against ~40 ms). Above `SORT_MAX` elements
+whole training epoch at 100k ratings. Above `SORT_MAX` elements
 the permutation is therefore a bijection computed element-wise, with no sort:
 
 1. Take the :math:`m` bits with :math:`n \le 2^m < 2n` and split :math:`x` into a high
@@ -16,10 +16,10 @@ the permutation is therefore a bijection computed element-wise, with no sort:
    so it appears exactly once: a bijection on :math:`[0, n)`. This costs one pass over
    fewer than :math:`2n` elements (a prefix sum and a scatter), where cycle walking
    (applying :math:`\pi` again to the values that fall outside) needed as many passes as
-   the longest walk, about 25 at 100k ratings (6.4 ms against 4.1 ms now, most of it XLA's CPU prefix sum).
+   the longest walk and took longer (with compaction, most of XLA's time is its CPU prefix sum).
    On the CPU the whole permutation is a C++ kernel (`recsys_jax.engine.kernels`, ``shuffle.cc``):
    the same rounds and compaction, bit for bit (tested), with the compaction as one
-   sequential pass, 0.24 ms against XLA's 2.5 ms at 100k ratings.
+   sequential pass, much faster than XLA's.
 
 The result is a pseudo-random permutation (a keyed cipher on indices), not a uniform
 draw over all :math:`n!` orders; for shuffling minibatches that is what matters: every
@@ -42,9 +42,9 @@ where a block ends), which read :math:`1/g` of the users' rows and :math:`1/g` o
 items'. Where it differs from a shuffle: ratings of the same block that were neighbours in
 one epoch are neighbours in the next (the batches are windows of one sequence that move
 with the rotation), as in LIBMF, whose blocks keep their order; it needs no cipher or
-compaction per epoch and reads the ratings nearly in sequence (an epoch at 5M ratings
-took 0.66-0.75 s against 0.74-0.83 s with a cipher per block, the same validation RMSE
-after 4 epochs, 0.5859 against 0.5864).
+compaction per epoch and reads the ratings nearly in sequence (at 5M ratings an epoch
+was faster than with a cipher per block, at the same validation RMSE; `benchmarks.scaling`
+times the blocked order, in the scaling table of the benchmark results).
 """
 from __future__ import annotations
 

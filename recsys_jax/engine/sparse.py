@@ -10,9 +10,9 @@ so the cost of a step grows with the tables, not with the batch. Here a step cos
    each field's columns of the batch's rows straight into an array of its own (and, for
    ``lazy_adam``, the packed parameter and state columns), rather than whole packed rows
    that are then sliced apart: on XLA's CPU backend every slice of a gathered ``[B, D + S]``
-   block is a copy, and the per-field gathers made the bias model's SGD epoch 1.5x faster
-   at batch 1024 on ml-latest-small (8.6M against 5.8M ratings/s, median of 6 interleaved
-   runs of ``benchmarks.throughput`` on the 2-core AMD EPYC). On a mesh (``plan``) whole
+   block is a copy, and the per-field gathers made the bias model's SGD epoch clearly faster
+   at batch 1024 on ml-latest-small (interleaved runs of ``benchmarks.throughput``, whose
+   training table in the benchmark results gives the current speed). On a mesh (``plan``) whole
    rows are still read once per side, through the explicit exchange.
 2. **Local model.** The model is run on *local* tables: each side table replaced by its
    ``B`` gathered rows, row ``b`` being example ``b``'s (the batch's users and items are
@@ -70,8 +70,8 @@ Row transformations, ``RowTransform(state_width, init, update, scatter)`` (Optax
     together), rather than the square of their sum. Without duplicates the two are the
     same. Written as sums over the examples, it needs no merge (``scatter`` below): a
     scalar scatter-add into the accumulators, their gather, and one ``[B, D]``
-    scatter-add, 1.5x faster than merging first at 5M ratings (2.16 s against 1.46 s an
-    epoch, batch 8192, this 2-core CPU), with validation RMSE 0.5997 against 0.6027.
+    scatter-add, clearly faster than merging first at 5M ratings (batch 8192, on the CPU),
+    at about the same validation RMSE (`benchmarks.scaling` times it).
 ``sgd``
     :math:`\theta_r \leftarrow \theta_r - \eta_t\, g_r`. The per-example rows are
     scatter-added into the table directly (no merge step: a row used twice receives both

@@ -16,7 +16,8 @@ carries a ``score_matrix``: the dot-product family, `recsys_jax.models.make_appl
 the pairs number at least ``U * I / DENSE_RATIO`` (up to `DENSE_MAX` entries), the
 predictions are read from the whole score matrix, one matrix product and one scalar
 gather per pair, instead of gathering two embedding rows per pair. On ml-latest-small
-(610 x 9,724) 1M pairs took about a third of the time of the row path on the 2-core CPU.
+(610 x 9,724) 1M pairs took much less time than on the row path, on the CPU (the
+prediction table of the benchmark results, from `benchmarks.throughput`).
 The two paths agree to float32 rounding (tested).
 
 Sharded models. Parameters split over a device mesh (`recsys_jax.engine.sharding`: tables by
@@ -38,9 +39,9 @@ import numpy as np
 from recsys_jax.engine.sharding import is_sharded
 
 # Pairs per inner block. Gathering [N, K] embedding rows for a large N writes them out to
-# memory and reads them back; blocks of a few thousand pairs stay in cache. On the 2-core
-# CPU this took the bias model from ~7M to ~20M+ pairs/s at 1M pairs (one jitted vmap over
-# all pairs vs these blocks; see benchmarks/results/throughput-cpu.md).
+# memory and reads them back; blocks of a few thousand pairs stay in cache. On the CPU
+# this made the bias model's prediction of 1M pairs much faster than one jitted
+# vmap over all pairs (see the prediction throughput table of the benchmark results).
 BLOCK = 8192
 DENSE_RATIO = 8  # the score matrix is used when num_users * num_items <= DENSE_RATIO * num_pairs
 DENSE_MAX = 1 << 26  # entries (256 MB of float32) at most

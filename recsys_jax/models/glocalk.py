@@ -80,8 +80,8 @@ Departures from the paper, each measured or forced (defaults: see `Config` and
 - the optimiser is Optax's full-batch Adam at ``TrainConfig.lr`` (``solver="adam"``, the
   default), one jit-compiled program per stage, its moments carried from pre-training into
   fine-tuning; ``solver="lbfgs"`` is Optax's L-BFGS (zoom line search), the paper's method
-  (SciPy's L-BFGS-B there), but on this library's 2-core CPU its program took about 40 s to
-  compile against about 3 s for Adam's, at a similar validation RMSE per second of training;
+  (SciPy's L-BFGS-B there), but on the CPU its program took many times longer to compile
+  than Adam's, at a similar validation RMSE per second of training;
 - 100 hidden units instead of 500, and fewer epochs (60 s budget on a CPU). On ml-latest-small
   the validation slice picks a pre-training epoch: fine-tuning, as configured here, lowers the
   training objective fast and the validation RMSE rises from its first or second epoch;
@@ -91,9 +91,9 @@ Departures from the paper, each measured or forced (defaults: see `Config` and
 - :math:`C` starts, when fine-tuning starts, at the matrix whose kernel is the identity
   (`identity_conv`), so that fine-tuning starts from the pre-trained model's own predictions;
   the paper draws C from N(0, 0.1^2): on ml-latest-small's validation slice (with a fresh
-  optimiser) the switch then cost 0.004 to 0.036 of RMSE and fine-tuning never got below the
+  optimiser) the switch then raised the validation RMSE and fine-tuning never got below the
   pre-trained model, whereas from the identity the first fine-tuning epoch improved it
-  (0.8572 to 0.8563 at ``lr`` 1e-2);
+  (at ``lr`` 1e-2);
 - output biases start at the training mean, C aside every weight is initialised as the
   paper's TensorFlow code does (Glorot-uniform W, unit vectors N(0, 1e-3^2), so every kernel
   entry starts near 1).

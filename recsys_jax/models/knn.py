@@ -57,7 +57,7 @@ Surprise's to float32 rounding (tested).
 Memory is :math:`O(U A)` for E and W plus :math:`O(B A)` per block (B chosen so a slab is
 about 4M entries), never the :math:`A \times A` matrix; time is :math:`8\,U A^2` flops
 (ml-latest-small's training split less the validation slice, 5,439 items with two ratings
-or more: 1.4e11 flops, about 5 s on the shared 2-core CPU). Matrix products run at
+or more: 1.4e11 flops; `benchmarks.throughput` times the whole fit). Matrix products run at
 ``Precision.HIGHEST`` (no TF32 on GPUs).
 
 **What M approximates.** Exactly, :math:`S^k(i;u)` is drawn from every item u rated. Here
@@ -66,16 +66,16 @@ it is drawn from i's M = 500 most similar items: when u rated fewer than k of th
 500th, whose shrunk weights are small). With M at least the number of items the result is
 exact (the tests compare with a NumPy reference both ways). M matters more than any other
 setting here: on the validation slice of ml-latest-small's training split (split seed 0)
-RMSE was 0.8870 at M = 50, 0.8730 at 200, 0.8717 at 400, 0.8706 at 500, 0.8700 at 600,
-0.8694 at 1000 and 0.8691 exact (all 5,439 items with two ratings or more; Surprise's
-KNNBaseline, item-based Pearson-baseline, on the same rows: 0.8685, its shrinkage being
-:math:`(n-1)/(n-1+\lambda_s)`). M = 500 keeps the tables at 2 x 500 floats per item and the
-prediction cost at 500 lookups per pair. The other defaults are the literature's (k = 40,
-:math:`\lambda_s` = 100, Surprise's baseline settings), kept because no alternative on the same slice gained more
-than 0.0012: at M = 200, k = 20 +0.0012, k = 80 -0.0003, :math:`\lambda_s` = 50 +0.0006,
-:math:`\lambda_s` = 200 -0.0005, Koren's :math:`(\lambda_2, \lambda_3)` = (25, 10) +0.0022,
-``min_support`` = 1 +0.003; at M = 500, :math:`\lambda_s` = 200 -0.0008,
-:math:`\lambda_s` = 300 with k = 60 -0.0012, 3 baseline sweeps +0.0011. Shrinkage counts
+the RMSE fell as M grew from 50 through 200, 400, 500, 600 and 1000 to the exact result
+(all 5,439 items with two ratings or more), by less and less from M = 500 on (Surprise's
+KNNBaseline, item-based Pearson-baseline, on the same rows came out close to the exact
+result, its shrinkage being :math:`(n-1)/(n-1+\lambda_s)`). M = 500 keeps the tables at
+2 x 500 floats per item and the prediction cost at 500 lookups per pair. The other defaults
+are the literature's (k = 40, :math:`\lambda_s` = 100, Surprise's baseline settings), kept
+because no alternative tried on the same slice gained more than a trifle: at M = 200,
+k = 20 and 80, :math:`\lambda_s` = 50 and 200, Koren's :math:`(\lambda_2, \lambda_3)` =
+(25, 10) and ``min_support`` = 1; at M = 500, :math:`\lambda_s` = 200,
+:math:`\lambda_s` = 300 with k = 60, and 3 baseline sweeps. Shrinkage counts
 common raters, so it is not scale-free: on larger MovieLens variants pairs have more
 common raters and the same :math:`\lambda_s` shrinks less (Koren chose 100 on Netflix).
 
@@ -96,12 +96,12 @@ rounding (tested against each other and the NumPy reference):
   (:math:`O(C I)` memory, whatever U), and every item's list is read from them: C I M
   gathers of C contiguous floats.
 
-On ml-latest-small's training split less the validation slice (split seed 0, the shared
-2-core CPU, timings disturbed by other jobs): `benchmarks.throughput` prediction went from
-about 15k pairs/s (search) to 26k-38k (table; its blocks of 8,192 pairs rebuild the table each
-time), and ranking the whole catalogue for the 609 test users (`ranking_report`) from about
-185 s (the search over the user x catalogue grid, 0.30 s per user measured on 64 users) to
-6.4 s, with the same report.
+On ml-latest-small's training split less the validation slice (split seed 0, on the CPU),
+`benchmarks.throughput` predicted pairs faster through the table than through the search
+(though its blocks of 8,192 pairs rebuild the table each time; the prediction table of the
+benchmark results has the current figures), and ranking the whole catalogue for the 609
+test users (`ranking_report`) with `dense_scores` was far faster than the search over the
+user x catalogue grid, with the same report.
 
 The neighbour ids are stored as float32 (exact below :math:`2^{24}` items; `fit_epochs`
 refuses more) so that ``Params`` stays a pytree of float32 tables; ``-1`` pads the lists of
@@ -116,11 +116,13 @@ refit of the same model config gives the same estimator on more data).
 Published figures. Surprise's README benchmark (5-fold cross-validation, library defaults:
 MSD similarity, user-based, k = 40): KNNBaseline RMSE 0.9306 on ml-100k and 0.8949 on ml-1m.
 This project's issue quotes 0.858 for Surprise's KNNBaseline on ml-latest-small, random
-80/20. Run here on split seed 0's rows (item-based, Pearson-baseline, Surprise 1.1.5
-defaults otherwise, fit on the whole training split): test RMSE 0.8538; this module with
-its defaults (``recsys-jax train --model knn``, which refits on the whole training split):
-0.8552, against the bias model's 0.8428 on the same split: item k-NN alone does not beat a
-tuned biased matrix factorisation here. It is a different estimator (local, item to item),
+80/20. Run here on split seed 0's rows, Surprise's KNNBaseline (item-based,
+Pearson-baseline, Surprise 1.1.5 defaults otherwise, fit on the whole training split) and
+this module with its defaults (``recsys-jax train --model knn``, which refits on the whole
+training split) came out close to each other and both behind the bias model on the same
+split: item k-NN alone does not beat a tuned biased matrix factorisation here (the accuracy
+and peers tables of the benchmark results, from `benchmarks.accuracy` and
+`benchmarks.peers`, compare them). It is a different estimator (local, item to item),
 the kind a blend combines with factor models (not measured here).
 
 References:
@@ -275,7 +277,7 @@ def _first_k_offset(ids: Array, sims: Array, valid: Array, lookup, k: int) -> Ar
     The lists are most similar first, so S^k(i;u) is the first k rated valid entries: one
     pass down the lists (`jax.lax.scan` over M) with a running count, no sort; ties in s_ij go
     to the earlier entry, as in `jax.lax.top_k`. Nothing of size ``M * S`` is gathered at once
-    (a cumulative sum over a gathered ``[S, M]`` block was 3-4x slower on the CPU)."""
+    (a cumulative sum over a gathered ``[S, M]`` block was much slower on the CPU)."""
     def step(carry, xs):
         count, num, den = carry
         j, s, v = xs

@@ -16,8 +16,8 @@ occurs: the classic regularised-SVD objective (Koren et al. 2009) and the notebo
 ``l2(1e-4)`` on its embeddings.
 
 How it is computed. Gathering the touched rows a second time (the model gathered them
-already) doubles the scatter-add in the backward pass, which on CPU cost 45% of a step at
-batch 8192. The same sum is
+already) doubles the scatter-add in the backward pass, which on CPU cost a large share of
+a step at batch 8192. The same sum is
 
 .. math::
 

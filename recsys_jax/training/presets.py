@@ -42,26 +42,25 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
     "default": {
         "dot": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         # Lazy Adam (recsys_jax.engine.sparse: only the rows a batch touches) at Adam's settings: on the
-        # validation slice of seed 0's training split (benchmarks.tune's protocol) RMSE 0.8611 against
-        # dense Adam's 0.8615, in 0.27 s against 0.38 s (5 epochs, this 2-core CPU). AdaGrad (0.8787 at
-        # best, lr 0.03, 0.1, 0.3) and SGD (0.9207 at best) fell short at this size; dot and gmf lost
-        # accuracy with lazy Adam (1.2177 against 1.1346, 0.9601 against 0.9401): they keep dense Adam.
+        # validation slice of seed 0's training split (benchmarks.tune's protocol) as accurate as dense
+        # Adam, and faster (5 epochs, on the CPU). AdaGrad (lr 0.03, 0.1, 0.3) and SGD fell clearly short
+        # at this size; dot and gmf lost accuracy with lazy Adam: they keep dense Adam.
         "bias": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1, optimizer="lazy_adam"),
         "mlp": TrainConfig(epochs=8, batch_size=1024, lr=3e-3, schedule="one_cycle"),
         "gmf": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "neumf": TrainConfig(epochs=8, batch_size=1024, lr=3e-3, schedule="one_cycle", l2=0.01),
-        # Chosen on the validation slice of seed 0's training split (benchmarks.tune's protocol):
-        # RMSE 0.8592 there (bias: 0.8613); at batch 4096 (cheaper steps) 0.8675 at best.
+        # Chosen on the validation slice of seed 0's training split (benchmarks.tune's protocol),
+        # where it validates better than bias; batch 4096 (cheaper steps) validated worse at best.
         "svdpp": TrainConfig(epochs=10, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.12),
         "timesvd": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "fm": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         # GLocal-K trains itself (recsys_jax.models.glocalk): an epoch is 10 full-batch Adam steps; of the
         # 14, glocalk.Config.pretrain_epochs = 10 pre-train and the rest fine-tune; l2 is only fold-in's
         # ridge (the autoencoder's lambdas are glocalk.Config's, the paper's ML-100K values). Chosen on the
-        # validation slice of seed 0's training split (val RMSE, best epoch): lr 5e-3 (0.8531) over 1e-2
-        # (0.8572); weight_l2 20 over 10 (0.8537), 30 (0.8588), 40, 60; kernel_l2 0.006 over 0.03 (0.8563);
-        # 2 hidden layers over 1 (0.8708); 100 hidden units (0.8524) over 200 (0.8519, but ~60 s with the
-        # refit); uncentred inputs over centred (0.8723); Adam over L-BFGS (~40 s to compile).
+        # validation slice of seed 0's training split (val RMSE, best epoch): lr 5e-3 over 1e-2;
+        # weight_l2 20 over 10, 30, 40, 60; kernel_l2 0.006 over 0.03; 2 hidden layers over 1; 100 hidden
+        # units over 200 (which validated a hair better, but made the fit with the refit much longer);
+        # uncentred inputs over centred; Adam over L-BFGS (far longer to compile).
         "glocalk": TrainConfig(epochs=14, lr=5e-3, l2=0.1, patience=3),
         # knn fits itself in one "epoch" (baselines, then neighbour lists) and reads no TrainConfig
         # field; its settings are knn.Config's (see recsys_jax/models/knn.py for how they were chosen).
@@ -70,13 +69,13 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         # lambda on the summed squared error. Chosen with the model defaults (k=100, input_dropout=0.5,
         # kept_weight=0.3) by a small search on the validation slice of seed 0's training split:
         # k in {50, 100, 200, 500}, lambda in {1.5, 5, 15, 30, 60, 100}, dropout 0-0.8, kept weight
-        # {0, 0.1, 0.3, 1}, batches of 128 or 256 items: RMSE 0.8495 there (bias: 0.8625).
+        # {0, 0.1, 0.3, 1}, batches of 128 or 256 items; the choice validates better than bias there.
         "autorec": TrainConfig(epochs=20, batch_size=128, lr=3e-3, schedule="one_cycle", l2=5.0),
         # BPMF samples itself (recsys_jax.models.bpmf): an epoch is one Gibbs sweep; no other field applies.
         # Chosen with bpmf.Config's defaults on the validation slice of seed 0's training split (val RMSE
-        # of the posterior mean, bias: 0.8625): 60 sweeps 0.8543 with biases and alpha = 2, 0.8541 without
-        # biases, 0.8603 with alpha sampled; 120 sweeps (100 slots) 0.8517, alpha 1.5 0.8509, K = 20 0.8499
-        # (twice the time); init_scale 0.3 over 0.1 (10 sweeps fewer to leave 0) and 0.5.
+        # of the posterior mean, all better than bias): at 60 sweeps biases with alpha = 2 about as good as
+        # no biases, alpha sampled worse; 120 sweeps (100 slots), alpha 1.5 and K = 20 (a longer
+        # run) a little better still; init_scale 0.3 over 0.1 (fewer sweeps to leave 0) and 0.5.
         "bpmf": TrainConfig(epochs=100),
     },
     "notebook": {

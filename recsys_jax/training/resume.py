@@ -67,7 +67,7 @@ def fingerprint(model: str, model_config, train_config, train, key) -> dict:
 
 
 def data_hash(train) -> str:
-    """sha256 over the training arrays' dtypes, shapes and bytes (~1 s per GB)."""
+    """sha256 over the training arrays' dtypes, shapes and bytes (a pass over them all)."""
     digest = hashlib.sha256()
     for name in ("users", "items", "ratings", "timestamps"):
         array = getattr(train, name, None)

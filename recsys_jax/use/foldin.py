@@ -48,9 +48,9 @@ from the mean of the trained rows: one compiled program per model and shape (the
 are padded to a power of two and masked; rows of similar length are solved at once with
 `jax.vmap`). The objective is the training objective, however weakly it regularises: on
 ml-latest-small (50 users held out of training, folded in; mean per-user test RMSE) NeuMF's
-preset (``l2=0.01``) folds users in 0.09 worse than training placed them, its few epochs
-having regularised more than the penalty does; with ``penalty=Penalty(0.1)`` fold-in does
-better than training did (re-solving trained users' rows: 0.861 against 0.870). `Penalty`
+preset (``l2=0.01``) folds users in clearly worse than training placed them, its few
+epochs having regularised more than the penalty does; with ``penalty=Penalty(0.1)``
+fold-in does better than training did (re-solving trained users' rows). `Penalty`
 overrides the objective's. The new row is evaluated
 through a *one-row view* of the model: its ``user_*`` (or ``item_*``) tables replaced by
 the row being solved, at index 0, and its ``aux`` made to describe that one user (SVD++:

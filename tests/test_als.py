@@ -150,6 +150,16 @@ def test_fit_trains_and_reuses_the_compiled_solvers(fitted):
     assert result.history["train_loss"] == sorted(result.history["train_loss"], reverse=True)
     again = fit("bias", train, val, train_config=tc, progress=False)
     assert again.compile_seconds == 0.0
+    # the Engine face, options included (benchmarks.throughput reads engine.options and engine.kernel)
+    from recsys_jax.engine.build import RatingObjective, make_engine
+    from recsys_jax.engine.options import EngineOptions
+    from recsys_jax.models import make_apply, make_config
+    from recsys_jax.objectives.losses import mse
+
+    config = make_config("bias")
+    engine = make_engine("bias", make_apply("bias", config), config, RatingObjective(mse), None, tc, 1,
+                         options=EngineOptions(kernels=True))
+    assert engine.optimizer == "als" and engine.kernel is None and engine.options == EngineOptions(kernels=True)
     np.testing.assert_array_equal(np.asarray(again.params.user_factors), np.asarray(result.params.user_factors))
 
 

@@ -56,6 +56,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from recsys_jax.engine.options import EngineOptions
 from recsys_jax.models import MODELS, get_model
 from recsys_jax.models.row_chunks import PIECE, Plan, SidePlan, chunk_pieces, make_plan
 
@@ -190,7 +191,8 @@ class AlsEngine:
     optimizer = "als"
     kernel = None  # `Engine.kernel`: no step, so no step kernel
 
-    def __init__(self, model: str, model_config, train_config):
+    def __init__(self, model: str, model_config, train_config, options: EngineOptions = EngineOptions()):
+        self.options = options  # `Engine.options`: ALS calls no CPU kernel and stores no program
         self.biases = get_model(model).factorization == "biased"
         self.global_mean = self.biases and getattr(model_config, "global_mean", True)
         self.l2, self.bias_l2 = float(train_config.l2), float(train_config.bias_l2)

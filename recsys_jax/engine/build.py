@@ -183,7 +183,7 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
         if not isinstance(objective, RatingObjective):
             raise ValueError("optimizer 'als' trains rating objectives only; use optimizer 'adam'")
         als.check(model, model_config, tc, objective.loss_fn, penalty_fn, joint)
-        return als.AlsEngine(model, model_config, tc)
+        return als.AlsEngine(model, model_config, tc, options)
     if tc.optimizer != "adam" and not isinstance(objective, RatingObjective):
         raise ValueError(f"optimizer {tc.optimizer!r} trains rating objectives only: a ranking objective "
                          "also scores sampled items, whose rows it does not gather; use optimizer 'adam'")

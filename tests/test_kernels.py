@@ -89,6 +89,33 @@ def test_fused_step_equals_the_xla_step(model, global_mean, optimizer):
         assert (float(got[0].global_bias) != float(start.global_bias)) == global_mean
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "lazy_adam"])
+@pytest.mark.parametrize("poisoned", ["user_factors", "item_factors"])
+def test_a_diverged_step_leaves_nothing_for_the_next_one(optimizer, poisoned):
+    """A padding example (weight 0) on an inf row: the step's scratch is process-wide, and
+    0 * inf = NaN left there reached the next call's rows. A healthy step on other tables
+    afterwards must still be XLA's step (item 1 of the kernels' review)."""
+    config, start = _params("bias")
+    bad = start._replace(**{poisoned: getattr(start, poisoned).at[0].set(jnp.inf)})  # row 0: padding only in DUP
+    _train("bias", config, bad, (DUP,), fused=True, optimizer=optimizer)
+    # OTHER touches user 0 and item 0 with weight: their scratch rows must be clean
+    _assert_same(_train("bias", config, start, (OTHER,), fused=True, optimizer=optimizer),
+                 _train("bias", config, start, (OTHER,), fused=False, optimizer=optimizer))
+
+
+def test_the_blocked_order_kernel_refuses_a_visit_that_repeats_a_block():
+    """Its size check sums over blocks and its writes follow `visit`: a repeated block would
+    write past the output (item 4 of the kernels' review)."""
+    starts, sizes = jnp.asarray([0, 6, 7], jnp.int32), jnp.asarray([6, 1, 1], jnp.int32)
+    out = jax.ShapeDtypeStruct((8,), jnp.int32)
+    call = jax.ffi.ffi_call("recsys_blocked_permutation", out)
+    shift = jnp.zeros(3, jnp.int32)
+    ok = call(starts, sizes, jnp.asarray([2, 0, 1], jnp.int32), shift)
+    np.testing.assert_array_equal(ok, [7, 0, 1, 2, 3, 4, 5, 6])
+    with pytest.raises(Exception, match="repeats a block"):
+        jax.block_until_ready(call(starts, sizes, jnp.asarray([0, 0, 1], jnp.int32), shift))
+
+
 @pytest.mark.parametrize("num_users,num_items,optimizer", [(9, 5, "sgd"), (70_000, 6, "sgd"), (6, 70_000, "sgd"),
                                                             (9, 5, "adagrad"), (6, 70_000, "adagrad"),
                                                             (9, 5, "lazy_adam"), (70_000, 6, "lazy_adam")])
@@ -236,3 +263,10 @@ def test_a_failed_build_names_the_compiler(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="false"):
         kernels.build(tmp_path)
     assert not list(tmp_path.glob("*.so"))  # nothing half-written is left to load
+
+
+def test_the_built_library_is_readable_by_all_and_writable_by_its_owner_only():
+    """It was mode 0711 (the compiler's output under mkstemp's 0600): another user sharing the
+    cache could not load it, and since it existed it was never rebuilt (item 5)."""
+    path = kernels.build()  # this session's, built already (tests/conftest.py)
+    assert path.stat().st_mode & 0o777 == 0o755

@@ -140,3 +140,20 @@ def test_the_key_follows_the_settings_and_the_arguments():
     assert len({base, programs.key("b", (x,), {}, {}), programs.key("a", (y,), {}, {}),
                 programs.key("a", (x.astype(np.int32),), {}, {}), programs.key("a", (x,), {"t": x}, {}),
                 programs.key("a", (x,), {}, {"num_steps": 2})}) == 6
+
+
+def test_an_xla_without_the_fresh_compile_option_still_compiles(store, small, monkeypatch):
+    """The option that makes XLA compile afresh (programs.FRESH_OPTION) was outside any
+    fallback: an XLA that dropped it turned every stored compile into an error. Now the
+    program compiles as usual, runs, and nothing is stored; the global setting is put back."""
+    ratings, config, tc = small
+    monkeypatch.setattr(programs, "FRESH_OPTION", (("xla_no_such_option_for_recsys_jax", 1),))
+    bound = jax.config.jax_persistent_cache_min_compile_time_secs
+    params, data = epoch_args(ratings, config)
+    engine = new_engine(config, tc, store=store)
+    state = engine.init(params)
+    fn, _ = engine.compile(state, *data, jax.random.key(1))
+    new_state, losses = fn(state, *data, jax.random.key(1), times=None, aux=None)
+    assert np.all(np.isfinite(np.asarray(losses)))
+    assert not list(store.glob("*.bin"))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == bound

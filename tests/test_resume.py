@@ -122,3 +122,26 @@ def test_fingerprint_takes_the_data_not_its_length():
     ratings, _ = _data()
     with pytest.raises(TypeError, match="not its length"):
         resume.fingerprint("bias", make_config("bias"), TC, len(ratings), jax.random.key(0))
+
+
+def test_progress_made_with_the_kernels_is_not_resumed_without_them(tmp_path):
+    """The kernels' steps equal XLA's only to float rounding: a run resumed with the other
+    path would silently differ from the uninterrupted one, so the fingerprint records them."""
+    from recsys_jax.engine.options import EngineOptions, resolve_options
+    from recsys_jax.training import resume
+
+    if not resolve_options(kernels=True).kernels:
+        pytest.skip("the CPU kernels are unavailable here")
+    ratings, val = _data()
+    tc = TrainConfig(epochs=1, batch_size=256, optimizer="sgd", lr=0.05, l2=1e-3)
+    ck = str(tmp_path / "ck")
+    fit("bias", ratings, val, key=1, train_config=tc, progress=False, checkpoint_dir=ck,
+        options=EngineOptions(kernels=True))
+    with pytest.raises(CheckpointError, match=r"different run \(engine differ\)"):
+        fit("bias", ratings, val, key=1, train_config=tc, progress=False, checkpoint_dir=ck,
+            options=EngineOptions(kernels=False))
+    from recsys_jax.models import make_config
+
+    a = resume.fingerprint("bias", make_config("bias"), tc, ratings, jax.random.key(0), EngineOptions(kernels=True))
+    b = resume.fingerprint("bias", make_config("bias"), tc, ratings, jax.random.key(0), EngineOptions(kernels=False))
+    assert a["engine"]["machine"] == b["engine"]["machine"] and a["engine"]["kernels"] != b["engine"]["kernels"]

@@ -174,6 +174,12 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
 
     tc = train_config
     check_optimizer(tc.optimizer, model, tc, joint=joint)
+    if options.kernels:  # registered with XLA before any program that calls them is traced
+        from recsys_jax.engine import kernels
+
+        if kernels.load() is None:
+            raise ValueError(f"make_engine: options ask for the CPU kernels, which are unavailable "
+                             f"({kernels.why_not()}); resolve the options with resolve_options()")
     if tc.optimizer == "als":
         from recsys_jax.engine import als
 

@@ -32,6 +32,7 @@ import os
 import pickle
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -107,6 +108,9 @@ def compile(jitted: Callable, args: tuple, kwargs: dict, identity: str | None, s
 
 
 _CACHE_HITS = [0]  # JAX's persistent-cache hits so far in this process (jax.monitoring)
+_SETTING_LOCK = threading.Lock()  # _fresh_compile changes a global JAX setting for a moment
+# An option of XLA's that changes no program (see _fresh_compile)
+FRESH_OPTION = (("xla_debug_buffer_assignment_show_max", 7919),)
 
 
 def _count_hit(event: str, **_) -> None:
@@ -129,14 +133,21 @@ def _fresh_compile(lowered) -> tuple[Any, bool]:
     nothing is ever written (entries are written only for compilations longer than the
     bound set here), so XLA compiles it; the result is kept only if JAX reported no
     cache hit meanwhile. (JAX leaves the dump options out of its key, so the option is
-    the bound of a debug listing of buffers, which nothing prints either.)"""
+    the bound of a debug listing of buffers, which nothing prints either.) An XLA that does
+    not know the option compiles the program as usual, and it is not stored (False). The
+    global setting is changed under a lock and put back, whatever happens."""
     _listen()
-    hits, bound = _CACHE_HITS[0], jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
-    try:
-        compiled = lowered.compile(compiler_options={"xla_debug_buffer_assignment_show_max": 7919})
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", bound)
+    with _SETTING_LOCK:
+        hits, bound = _CACHE_HITS[0], jax.config.jax_persistent_cache_min_compile_time_secs
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+        try:
+            compiled = lowered.compile(compiler_options=dict(FRESH_OPTION))
+        except Exception:  # an XLA without the option: an ordinary compilation, not stored
+            compiled, hits = None, None
+        finally:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", bound)
+    if compiled is None:
+        return lowered.compile(), False
     return compiled, _CACHE_HITS[0] == hits
 
 

@@ -204,7 +204,7 @@ def fit(
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
     best, start, after_epoch = first_best(state.params), 1, None
     if checkpoint_dir is not None:
-        fp = resume.fingerprint(model, model_config, tc, train, run_key)
+        fp = resume.fingerprint(model, model_config, tc, train, run_key, options)
         saved = resume.load_progress(checkpoint_dir, unpad(state), unpad(state.params), fp)
         if saved is not None:
             state, history, start = saved.state, saved.history, saved.epoch + 1

@@ -8,9 +8,10 @@ moment leaves either the previous progress or the new one, never a torn one.
 
 Resuming restores the state bit for bit; because every epoch's shuffle, dropout and
 batch keys are derived from ``(key, epoch)`` alone, the resumed run continues exactly as
-the uninterrupted one would have. The fingerprint (model, configs, key, and the training
-data: its size and a sha256 of its users, items, ratings and timestamps) must match, so a
-folder is never resumed into a different run, not even one on other data of the same size.
+the uninterrupted one would have. The fingerprint (model, configs, key, the training data:
+its size and a sha256 of its users, items, ratings and timestamps; whether the CPU kernels
+ran and on which machine) must match, so a folder is never resumed into a different run,
+not even one on other data of the same size.
 """
 from __future__ import annotations
 
@@ -48,11 +49,15 @@ def _jsonable(x):
     return x
 
 
-def fingerprint(model: str, model_config, train_config, train, key) -> dict:
+def fingerprint(model: str, model_config, train_config, train, key, options=None) -> dict:
     """What must be equal for a progress folder to belong to this run.
 
     ``train`` is the training `Ratings` (anything with ``users``, ``items``, ``ratings``
     and optionally ``timestamps`` arrays): its content is hashed, not only its length.
+    ``options`` (`recsys_jax.engine.options.EngineOptions`): whether the CPU kernels run the
+    steps, and the machine (backend, CPU features), are recorded too, since either may change
+    the float rounding: a run resumed with other ones would silently differ from the
+    uninterrupted run.
     """
     if isinstance(train, (int, np.integer)):
         raise TypeError("fingerprint: pass the training Ratings (its content is hashed), not its length")
@@ -63,7 +68,19 @@ def fingerprint(model: str, model_config, train_config, train, key) -> dict:
         "num_ratings": len(train.ratings),
         "data_sha256": data_hash(train),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
+        **({} if options is None else {"engine": {"kernels": bool(options.kernels), "machine": machine()}}),
     })
+
+
+def machine() -> str:
+    """A digest of what decides the float rounding besides the program: the backend, its
+    devices, the CPU's architecture and feature flags."""
+    import platform
+
+    from recsys_jax.engine.kernels import cpu_flags
+
+    parts = (jax.default_backend(), [d.device_kind for d in jax.devices()], platform.machine(), cpu_flags())
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def data_hash(train) -> str:

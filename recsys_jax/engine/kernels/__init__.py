@@ -104,6 +104,9 @@ def build(folder: str | os.PathLike | None = None) -> Path:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"building the CPU kernels with {cxx} failed:\n{done.stderr.strip()[-2000:]}")
+        # readable by all (another user sharing the cache loads it instead of finding a file
+        # it cannot open and running without the kernels), writable by the owner only
+        os.chmod(partial, 0o755)
         os.replace(partial, target)  # atomic: another process never loads half a file
     finally:
         if os.path.exists(partial):

@@ -288,6 +288,10 @@ struct Step {
           prefetch_row_for_write(acc + little[ahead] * width, width);
         }
         const int64_t b = order[k];
+        // Padding (weight 0) adds nothing; skipped, so that a non-finite row it reads (a diverged
+        // run's) cannot leave 0 * inf = NaN in the small side's scratch, which phase B clears only
+        // for rows with weight and which the next call, on other tables, would read.
+        if (w[b] == 0.0f) continue;
         const int64_t s = little[b];
         const float* y = ys + s * stride;
         float dot = 0.0f;

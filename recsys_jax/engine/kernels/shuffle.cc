@@ -71,8 +71,10 @@ ffi::Error BlockedPermutation(Ints starts, Ints sizes, Ints visit, Ints shift, f
   const int32_t *st = starts.typed_data(), *sz = sizes.typed_data(), *vi = visit.typed_data(),
                 *sh = shift.typed_data();
   int64_t total = 0;
+  std::vector<char> seen(k, 0);  // the writes follow `visit`: each block must be visited once
   for (int64_t b = 0; b < k; ++b) {
     if (vi[b] < 0 || vi[b] >= k) return ffi::Error::InvalidArgument("blocked permutation: visit out of range");
+    if (seen[vi[b]]++) return ffi::Error::InvalidArgument("blocked permutation: visit repeats a block");
     if (sz[b] < 0 || sh[b] < 0 || sh[b] >= std::max(sz[b], 1))
       return ffi::Error::InvalidArgument("blocked permutation: a block's size or shift out of range");
     total += sz[b];

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "devices"
@@ -168,13 +168,19 @@ def update_rows(plan: MeshPlan, table, index, values, write, *args):
 
 
 def as_plan(mesh) -> MeshPlan | None:
-    """None, a `MeshPlan`, or a `Mesh` (of one axis) -> a `MeshPlan` or None."""
+    """None, a `MeshPlan`, or a `Mesh` (of one axis) -> a `MeshPlan` or None.
+
+    The plan places arrays with sharding constraints, which need the mesh's axis to be of
+    the automatic type; ``jax.make_mesh`` makes explicit axes by default, so a mesh made that
+    way is taken over the same devices with an automatic axis."""
     if mesh is None or isinstance(mesh, MeshPlan):
         return mesh
     if isinstance(mesh, Mesh):
         if len(mesh.axis_names) != 1:
             raise ValueError(f"mesh must have one axis (tables and batches are split over it), got axes "
                              f"{mesh.axis_names}")
+        if any(t != AxisType.Auto for t in getattr(mesh, "axis_types", ())):
+            mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,))
         return MeshPlan(mesh, mesh.axis_names[0])
     raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
 

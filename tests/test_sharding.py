@@ -210,6 +210,7 @@ def test_a_mesh_from_jax_make_mesh_trains_as_one_device(report):
     np.testing.assert_allclose(r["rmse_4"], r["rmse_1"], atol=TOL_RMSE)
 
 
+@pytest.mark.slow  # 8 s of compilation; the four-device report checks the same in CI's slow run
 def test_a_one_device_mesh_from_jax_make_mesh_equals_no_mesh():
     """`jax.make_mesh` makes explicit axes, which the plan's sharding constraints refused
     ("can only refer to Auto axes"); the plan takes such a mesh over with an automatic axis."""

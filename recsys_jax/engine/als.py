@@ -57,8 +57,10 @@ import jax
 import jax.numpy as jnp
 
 from recsys_jax.engine.options import EngineOptions
+from recsys_jax.engine.step import TrainState
 from recsys_jax.models import MODELS, get_model
 from recsys_jax.models.row_chunks import PIECE, Plan, SidePlan, chunk_pieces, make_plan
+from recsys_jax.objectives.losses import mse
 
 CG_STEPS = 3  # conjugate-gradient iterations per row and epoch, from the current row
 
@@ -200,8 +202,6 @@ class AlsEngine:
         self.plan_seconds = 0.0  # host time spent building plans (inside the epochs that built them)
 
     def init(self, params):
-        from recsys_jax.engine.step import TrainState
-
         return TrainState(params, (), jnp.zeros((), jnp.int32))
 
     def _plan(self, params, users, items, ratings) -> Plan:
@@ -251,8 +251,6 @@ _COMPILED: set = set()  # chunk-solver signatures compiled in this process (jit 
 
 def check(model: str, model_config, train_config, loss_fn, penalty_fn, joint: bool) -> None:
     """A clear error when ALS cannot train this setting exactly."""
-    from recsys_jax.objectives.losses import mse
-
     what = None
     if get_model(model).factorization is None:
         solvable = ", ".join(name for name, spec in MODELS.items() if spec.factorization is not None)

@@ -18,9 +18,10 @@ once and passes the blocks (`recsys_jax.engine.shuffle.Blocks`) to the epoch, wh
 through them one at a time (`recsys_jax.engine.epoch.epoch_grid`).
 `Engine.compile` compiles ahead of time and reports how long
 that took, so fit times are reported with and without compilation; with JAX's persistent
-compilation cache (`enable_compile_cache`, on by default in the CLI) a new process loads
-the compiled program from disk instead of compiling it, and with `recsys_jax.engine.programs`
-(turned on with it) it loads the executable without tracing the epoch at all.
+compilation cache (`recsys_jax.engine.programs.enable_compile_cache`, on by default in the CLI)
+a new process loads the compiled program from disk instead of compiling it, and with a program
+store (`recsys_jax.engine.options.EngineOptions.program_store`, the CLI's beside that cache)
+it loads the executable without tracing the epoch at all.
 
 The step is either
 
@@ -41,10 +42,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recsys_jax.engine import programs, sparse
+from recsys_jax.engine import als, kernels, programs, sparse
+from recsys_jax.engine.epoch import run_epoch
 from recsys_jax.engine.options import EngineOptions
-from recsys_jax.models import get_model, static_config
-from recsys_jax.models._common import Local, initial_offset, Offset
+from recsys_jax.engine.sharding import SIDES, take_rows
+from recsys_jax.engine.step import (
+    JointParams,
+    TrainState,
+    make_objective,
+    make_penalty,
+    make_ranking_objective,
+    make_update,
+)
+from recsys_jax.models import get_model, make_apply, static_config
+from recsys_jax.models._common import Local, Offset, initial_offset
+from recsys_jax.objectives.losses import LOSSES, PARAM_LOSSES, mse
 from recsys_jax.optim.optimizers import make_optimizer, make_schedule, step_schedule
 
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd", "als")
@@ -122,8 +134,6 @@ class RatingObjective(NamedTuple):
     loss_fn: Callable  # (predictions, targets) -> per-example, or a ParamLoss
 
     def build(self, apply_fn: Callable, penalty_fn: Callable | None) -> Callable:
-        from recsys_jax.engine.step import make_objective
-
         return make_objective(apply_fn, self.loss_fn, penalty_fn)
 
 
@@ -135,8 +145,6 @@ class RankingObjective(NamedTuple):
     num_negatives: int
 
     def build(self, apply_fn: Callable, penalty_fn: Callable | None) -> Callable:
-        from recsys_jax.engine.step import make_ranking_objective
-
         return make_ranking_objective(apply_fn, self.loss_fn, self.num_items, self.num_negatives, penalty_fn)
 
 
@@ -169,20 +177,13 @@ def make_engine(model: str, apply_fn: Callable, model_config, objective, penalty
     the epoch calls the CPU kernels (the fused step where it applies, the shuffles), and
     where compiled epochs are stored. Nothing here reads the environment.
     """
-    from recsys_jax.engine.step import TrainState, make_penalty, make_update
-    from recsys_jax.engine.epoch import run_epoch
-
     tc = train_config
     check_optimizer(tc.optimizer, model, tc, joint=joint)
     if options.kernels:  # registered with XLA before any program that calls them is traced
-        from recsys_jax.engine import kernels
-
         if kernels.load() is None:
             raise ValueError(f"make_engine: options ask for the CPU kernels, which are unavailable "
                              f"({kernels.why_not()}); resolve the options with resolve_options()")
     if tc.optimizer == "als":
-        from recsys_jax.engine import als
-
         if plan is not None:
             raise ValueError("optimizer 'als' trains on one device; use a gradient optimizer on a mesh")
 
@@ -277,9 +278,6 @@ def _fused_kernel(model, apply_fn, model_config, objective, penalty_fn, tc, join
     where it applies: the bias or dot model as `recsys_jax.models.make_apply` makes it (no y-range),
     squared error, the touched-rows penalty that ``tc`` names, one device, and the kernels
     on (``options.kernels``). Else None."""
-    from recsys_jax.objectives.losses import mse
-    from recsys_jax.models import make_apply
-
     if tc.optimizer not in sparse.FUSED or get_model(model).factorization is None or plan is not None or joint:
         return None
     if penalty_fn is not None or tc.penalty != "touched" or not isinstance(objective, RatingObjective):
@@ -294,9 +292,6 @@ def _fused_kernel(model, apply_fn, model_config, objective, penalty_fn, tc, join
 def _identity(model, apply_fn, model_config, objective, penalty_fn, tc, steps_per_epoch, joint, plan, shared,
               fused=None, kernels=False):
     """`Engine.identity`: the engine's settings by name, or None where one has no name."""
-    from recsys_jax.objectives.losses import LOSSES, PARAM_LOSSES
-    from recsys_jax.models import make_apply
-
     named_loss = isinstance(objective, RatingObjective) and (
         LOSSES.get(tc.loss) is objective.loss_fn or PARAM_LOSSES.get(tc.loss) is objective.loss_fn)
     if not named_loss or penalty_fn is not None or plan is not None or apply_fn is not make_apply(model, model_config):
@@ -312,9 +307,6 @@ def rows_objective(objective: Callable, plan) -> Callable:
     a batch whose users and items are `recsys_jax.models._common.Local` (row b is example
     b's): the same value, and gradients that are scatter-adds into the sharded tables (the
     transpose of the explicit exchange)."""
-    from recsys_jax.engine.sharding import SIDES, take_rows
-    from recsys_jax.engine.step import JointParams
-
     def local(model, batch):
         index = {"user": batch.users, "item": batch.items}
         return model._replace(**{name: take_rows(plan, getattr(model, name), index[name.split("_", 1)[0]])

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import jax
 
 from recsys_jax.engine.kernels import cpu_flags
+from recsys_jax.engine.kernels import load as load_kernels
 
 @functools.lru_cache(maxsize=1)
 def _code_and_machine() -> str:
@@ -85,9 +86,7 @@ def compile(jitted: Callable, args: tuple, kwargs: dict, identity: str | None, s
     if store is not None and identity is not None:
         path = Path(store) / f"{key(identity, args, kwargs, static)}.bin"
         if kernels:  # a stored program may call the CPU kernels: their targets must be registered first
-            from recsys_jax.engine import kernels as cpu_kernels
-
-            cpu_kernels.load()
+            load_kernels()
         try:
             with open(path, "rb") as fh:
                 blob, in_tree, out_tree = pickle.load(fh)

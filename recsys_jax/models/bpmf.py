@@ -112,6 +112,7 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.models._common import batched, initial_offset
+from recsys_jax.models.row_chunks import make_plan
 from recsys_jax.models.spec import ModelSpec
 
 ALPHA_PRIOR = (1.0, 1.0)  # Gamma(shape a0, rate b0) on the noise precision when it is sampled
@@ -397,8 +398,6 @@ class Chain(NamedTuple):
 
 def make_chain(train, mu, *, prior_beta: float = 2.0, sample_alpha: bool = True, biases: bool = True) -> Chain:
     """The training set packed for `sweep` (once per training set)."""
-    from recsys_jax.models.row_chunks import make_plan
-
     plan = make_plan(train.users, train.items, train.ratings, train.num_users, train.num_items)
     return Chain(plan, (plan.user.counts > 0).astype(jnp.float32), (plan.item.counts > 0).astype(jnp.float32),
                  jnp.asarray(mu, jnp.float32), float(prior_beta), bool(sample_alpha), bool(biases))

@@ -139,6 +139,9 @@ def val_frac(preset: str) -> float:
     return VAL_FRAC.get(preset, DEFAULT_VAL_FRAC)
 
 
+_preset_val_frac = val_frac  # `resolve`'s argument of the same name shadows it there
+
+
 class Resolved(NamedTuple):
     """What a preset resolves to for one model, overrides applied (`resolve`)."""
 
@@ -178,4 +181,4 @@ def resolve(preset: str, model: str, *, model_overrides: dict | None = None, val
             raise ValueError("--lr has no effect on a piecewise schedule: its phases set the learning rates")
         tc = tc._replace(schedule="constant")
     model_config = make_config(model, **{**model_options(preset, model), **(model_overrides or {})})
-    return Resolved(tc, model_config, globals()["val_frac"](preset) if val_frac is None else float(val_frac))
+    return Resolved(tc, model_config, _preset_val_frac(preset) if val_frac is None else float(val_frac))

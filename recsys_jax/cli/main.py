@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_jax._version import __version__
-from recsys_jax.cli import blend, inspect, use
+from recsys_jax.cli import blend, info, inspect, use
 from recsys_jax.cli.args import add_data_args, add_split_args, load_data, make_split_from_args, report
 from recsys_jax.models import DEFAULT_MODEL
 
@@ -37,6 +37,10 @@ environment:
                        is still checked)
   RECSYS_JAX_COMPILE_CACHE  train: the folder of JAX's persistent compilation cache
                        (default: <RECSYS_JAX_CACHE>/jax-compile); "off" disables it
+  RECSYS_JAX_CACHE_MAX_MB  the compilation cache's size cap in MiB (default 2048; the least
+                       recently used programs go first)
+  RECSYS_JAX_KERNELS   "off": train without the CPU kernels (XLA's step)
+  RECSYS_JAX_QUIET     set to 1 to silence the one-line notices (kernels, caches)
   RECSYS_JAX_DEBUG     set to 1 to see the traceback behind an error message"""
 
 
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules adding subcommands: each has ``add_parsers(sub) -> {name: handler(args)}``.
-COMMAND_MODULES = (use, inspect, blend)
+COMMAND_MODULES = (use, inspect, blend, info)
 COMMANDS: dict = {}
 
 
@@ -167,8 +171,10 @@ def cmd_train(args) -> dict:
     if not args.no_compile_cache and os.environ.get("RECSYS_JAX_COMPILE_CACHE") != "off":
         from recsys_jax.engine.programs import enable_compile_cache, program_store
 
-        # after the data loaded: a failed load leaves the cache folder untouched
-        store = program_store(enable_compile_cache())
+        # after the data loaded: a failed load leaves the cache folder untouched; a folder
+        # that cannot be trusted is refused (a notice says why) and the run goes on without
+        cache = enable_compile_cache()
+        store = None if cache is None else program_store(cache)
     from recsys_jax.engine.options import resolve_options
 
     options = resolve_options(program_store=store)  # the kernels, the program store: once, here
@@ -215,6 +221,10 @@ def cmd_train(args) -> dict:
                         item_stats=item_stats(train, ratings.item_ids))
         out["checkpoint"] = str(dest)
         print(f"saved checkpoint to {dest}")
+    if store is not None:  # keep the compilation cache under its cap, the least recently used first
+        from recsys_jax.engine.programs import prune_caches
+
+        prune_caches()
     if args.json:
         print(json.dumps(out))
     return out

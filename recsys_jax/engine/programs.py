@@ -18,11 +18,19 @@ key made of what fixes the program without tracing it:
   backend, its devices and the CPU's feature flags. (Whether the program calls the CPU
   kernels is part of its identity: `recsys_jax.engine.build.make_engine` names it.)
 
-A file that fails to load, for any reason, is compiled anew and written again
-(atomically). The store is an option, `recsys_jax.engine.options.EngineOptions.program_store`
-(None: off), which the CLI sets to the ``programs`` folder of its compilation cache
-(``RECSYS_JAX_COMPILE_CACHE=off`` turns both off). Like JAX's own cache, the folder must be
-trusted: loading an executable runs its code.
+Each program is an entry of `recsys_jax.data.cachefiles`: a header with a format version
+and a SHA-256 checksum, verified before anything is unpickled, written atomically with
+mode 0644 into a folder of mode 0700 that this user owns (a folder or file that is not
+this user's, or that group or others may write, is refused with a notice, and the
+program is compiled without the store). A damaged file is removed, compiled anew and
+written again; one that verifies but fails to load, for any reason, is compiled anew too.
+Loading a program touches its file, so that `prune_caches` (a size cap, the least recently
+used first; ``recsys-jax info --prune``) keeps the programs in use. The store is an option,
+`recsys_jax.engine.options.EngineOptions.program_store` (None: off), which the CLI sets to
+the ``programs`` folder of its compilation cache (``RECSYS_JAX_COMPILE_CACHE=off`` turns
+both off). JAX's own cache entries are compressed with a checksum (zlib's Adler-32, and
+a damaged one is never replaced), so `enable_compile_cache` stores them as entries of
+`recsys_jax.data.cachefiles` too; its folder must be this user's and private.
 """
 from __future__ import annotations
 
@@ -31,7 +39,6 @@ import hashlib
 import os
 import pickle
 import platform
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,8 +46,13 @@ from typing import Any, Callable
 
 import jax
 
+from recsys_jax.data import cachefiles
 from recsys_jax.engine.kernels import cpu_flags
 from recsys_jax.engine.kernels import load as load_kernels
+
+KIND = "program"  # the entries' kind (recsys_jax.data.cachefiles)
+SUFFIX = ".program"
+
 
 @functools.lru_cache(maxsize=1)
 def _code_and_machine() -> str:
@@ -83,16 +95,21 @@ def compile(jitted: Callable, args: tuple, kwargs: dict, identity: str | None, s
     static = static or {}
     t0 = time.perf_counter()
     path = None
-    if store is not None and identity is not None:
-        path = Path(store) / f"{key(identity, args, kwargs, static)}.bin"
+    folder = cachefiles.private_folder(store, "program store") if store is not None and identity is not None else None
+    if folder is not None:
+        path = folder / f"{key(identity, args, kwargs, static)}{SUFFIX}"
         if kernels:  # a stored program may call the CPU kernels: their targets must be registered first
             load_kernels()
-        try:
-            with open(path, "rb") as fh:
-                blob, in_tree, out_tree = pickle.load(fh)
-            return serialize_executable.deserialize_and_load(blob, in_tree, out_tree), time.perf_counter() - t0, "loaded"
-        except Exception:  # absent, truncated, from another version: compile it again
-            pass
+        payload = cachefiles.read_entry(path, KIND, "stored program")
+        if payload is not None:
+            try:
+                blob, in_tree, out_tree = pickle.loads(payload)
+                loaded = serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
+                cachefiles.touch(path)
+                return loaded, time.perf_counter() - t0, "loaded"
+            except Exception:  # verified, yet from another jaxlib or machine: compile it again
+                pass
+        cachefiles.notice(f"compiling the programs of this run; later runs load them from {folder}")
     lowered = jitted.lower(*args, **kwargs, **static)
     if path is None:
         return lowered.compile(), time.perf_counter() - t0, "compiled"
@@ -100,7 +117,7 @@ def compile(jitted: Callable, args: tuple, kwargs: dict, identity: str | None, s
     seconds = time.perf_counter() - t0
     if fresh:
         try:
-            _write(path, pickle.dumps(serialize_executable.serialize(compiled)))
+            cachefiles.write_entry(path, KIND, pickle.dumps(serialize_executable.serialize(compiled)))
         except Exception:  # a program that cannot be serialised, a full disk: run it all the same
             pass
     return compiled, seconds, "compiled"
@@ -150,21 +167,12 @@ def _fresh_compile(lowered) -> tuple[Any, bool]:
     return compiled, _CACHE_HITS[0] == hits
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def compile_cache_dir() -> Path:
+def compile_cache_dir() -> Path | None:
     """Where the CLI keeps JAX's persistent compilation cache: ``$RECSYS_JAX_COMPILE_CACHE``,
-    else ``<cache>/jax-compile`` with ``<cache>`` = ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``."""
+    else ``<cache>/jax-compile`` with ``<cache>`` = ``$RECSYS_JAX_CACHE`` or ``~/.cache/recsys_jax``;
+    None where ``$RECSYS_JAX_COMPILE_CACHE`` is ``off``."""
+    if os.environ.get("RECSYS_JAX_COMPILE_CACHE") == "off":
+        return None
     if os.environ.get("RECSYS_JAX_COMPILE_CACHE"):
         return Path(os.environ["RECSYS_JAX_COMPILE_CACHE"]).expanduser()
     from recsys_jax.data.cache import cache_root
@@ -172,21 +180,87 @@ def compile_cache_dir() -> Path:
     return cache_root() / "jax-compile"
 
 
-def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     """Turns on JAX's persistent compilation cache in ``path`` (default `compile_cache_dir`)
     and returns the folder: a later process with the same programs loads them instead of
     compiling. Every program is cached, however quick its compilation. Its ``programs``
     subfolder (`program_store`) is where the CLI keeps the compiled epochs and inits
     themselves, so that a later process loads those without tracing them: pass it as
-    ``resolve_options(program_store=...)`` (`recsys_jax.engine.options`)."""
-    path = Path(path) if path is not None else compile_cache_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    ``resolve_options(program_store=...)`` (`recsys_jax.engine.options`).
+
+    The folder is created with mode 0700. One that is not this user's, that group or
+    others may write, or that holds a file of another user's is refused: a notice says
+    why, nothing is turned on, and None is returned."""
+    where = Path(path) if path is not None else compile_cache_dir()
+    if where is None:  # RECSYS_JAX_COMPILE_CACHE=off
+        return None
+    folder = cachefiles.private_folder(where, "compilation cache")
+    if folder is None:
+        return None
+    for entry in os.scandir(folder):
+        why = cachefiles.why_untrusted(entry.stat(follow_symlinks=False), check_mode=False)
+        if why is not None:
+            cachefiles.notice(f"not using the compilation cache {folder}: {entry.name} in it is not this user's "
+                              f"({why}); the work is done without it")
+            return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
+    _use_verified_entries(folder)
+    return folder
+
+
+class _VerifiedEntries:
+    """JAX's persistent cache with this module's entries (`recsys_jax.data.cachefiles`): a
+    header and a checksum, atomic writes, damaged entries removed (and so written again by
+    the next compilation), each touched when used. JAX's own entries rely on zlib's
+    Adler-32 alone, and a damaged one is never replaced: every later process warns and
+    compiles it again."""
+
+    KIND, SUFFIX = "xla", ".xla"
+
+    def __init__(self, folder: Path):
+        self._path = folder
+
+    def get(self, key: str) -> bytes | None:
+        path = self._path / f"{key}{self.SUFFIX}"
+        payload = cachefiles.read_entry(path, self.KIND, "compilation cache entry")
+        if payload is not None:
+            cachefiles.touch(path)
+        return payload
+
+    def put(self, key: str, value: bytes) -> None:
+        path = self._path / f"{key}{self.SUFFIX}"
+        if not path.exists():
+            try:
+                cachefiles.write_entry(path, self.KIND, value)
+            except OSError:  # a full disk: the program runs all the same
+                pass
+
+
+def _use_verified_entries(folder: Path) -> bool:
+    """Puts `_VerifiedEntries` in the place of JAX's file cache (through JAX's internal
+    module, as its own ``VerificationCache`` is put there); where that module differs (another
+    JAX), JAX's own cache stays, and False is returned."""
+    try:
+        from jax._src import compilation_cache as cc
+
+        with cc._cache_initialized_mutex:
+            cc._cache = _VerifiedEntries(folder)
+            cc._cache_initialized = True
+        return True
+    except (ImportError, AttributeError):
+        return False
 
 
 def program_store(cache_path: str | os.PathLike) -> Path:
     """The store of compiled programs that goes with the compilation cache ``cache_path``."""
     return Path(cache_path) / "programs"
+
+
+def prune_caches(cap: int | None = None) -> tuple[int, int]:
+    """Keeps the CLI's compilation cache (JAX's entries and the program store together)
+    within ``cap`` bytes (default `recsys_jax.data.cachefiles.cap_bytes`), the least
+    recently used files first; ``(files removed, bytes freed)``."""
+    folder = compile_cache_dir()
+    return (0, 0) if folder is None else cachefiles.prune([folder], cap)

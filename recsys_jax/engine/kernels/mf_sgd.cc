@@ -80,7 +80,11 @@ inline void relax(int& spins) {  // a spin-wait's pause, and a yield now and the
   if (++spins % 64 == 0) {
     std::this_thread::yield();
   } else {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
   }
 }
 

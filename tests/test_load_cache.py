@@ -362,6 +362,26 @@ def test_writing_leaves_no_temporary_file(ratings_file, tmp_path):
     assert [p.name.startswith(".") for p in entries(cache_dir)] == [False]
 
 
+def test_the_cache_is_private_and_a_shared_one_is_not_trusted(ratings_file, tmp_path, spy, capsys):
+    """Anyone who may write to the folder could change the ratings an entry returns: the
+    folder is made 0700 and entries 0644; a folder that group or others may write is
+    neither read nor written (issue 25, item 2)."""
+    import stat
+
+    from recsys_jax.data import cachefiles
+
+    cache_dir = tmp_path / "cache"
+    load_ratings(ratings_file, cache=True, cache_dir=cache_dir)
+    [entry] = entries(cache_dir)
+    assert stat.S_IMODE(entry.parent.stat().st_mode) == 0o700 and stat.S_IMODE(entry.stat().st_mode) == 0o644
+    os.chmod(entry.parent, 0o777)
+    cachefiles._said.clear()
+    r = load_ratings(ratings_file, cache=True, cache_dir=cache_dir)
+    assert spy.calls == 2  # parsed again, not read from the shared folder
+    assert_same(r, reference(ratings_file))
+    assert "group or others may write" in capsys.readouterr().err
+
+
 def test_movielens_folder_layout_is_cached(tmp_path, spy):
     folder = tmp_path / "ml-32m"
     folder.mkdir()

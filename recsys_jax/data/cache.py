@@ -10,6 +10,10 @@ Contract:
 * The entry records the source's size, modification time (ns) and inode and the
   `FORMAT_VERSION`; any difference (the file was touched, edited or replaced) means a miss,
   and the file is parsed again and the entry overwritten.
+* The folder is created with mode 0700 and entries are written 0644; an entry or folder
+  that is not this user's, or that group or others may write, is not read (a notice says
+  so: anyone who may write there could change the ratings it returns), and a folder like
+  that is not written to (`recsys_jax.data.cachefiles`).
 * An entry is written to a temporary file in the same folder and renamed into place, so a
   reader sees a whole entry or none. It is not fsync'ed: after a crash a half-written file
   fails the checks below like any damaged one.
@@ -40,6 +44,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from recsys_jax.data import cachefiles
 
 FORMAT_VERSION = 1  # bump when the layout or the meaning of an entry changes
 MIN_BYTES = 16 << 20  # default: files below 16 MiB (ml-latest-small 2.4 MB, ml-100k 2 MB; they
@@ -88,7 +94,12 @@ def read(entry: Path, source_stamp: dict, options: dict) -> tuple[dict[str, np.n
     """``(arrays, meta)`` of a valid entry for this version of the source, else None."""
     try:
         with open(entry, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+            st = os.fstat(fh.fileno())
+            why = cachefiles.why_untrusted(st) or cachefiles.why_untrusted(os.stat(entry.parent))
+            if why is not None:
+                cachefiles.notice(f"not using the parsed-ratings cache entry {entry}: {why}")
+                return None
+            size = st.st_size
             magic, header_len, header_crc = _PREAMBLE.unpack(fh.read(_PREAMBLE.size))
             if magic != _MAGIC or header_len > size:
                 return None
@@ -139,8 +150,11 @@ def write(entry: Path, source_stamp: dict, options: dict, arrays: dict[str, np.n
     raw = raw.ljust(start - _PREAMBLE.size)  # spaces after the JSON keep it valid
     tmp = None
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent)
+        entry.parent.parent.mkdir(parents=True, exist_ok=True)  # fails (and warns, below) where it is a file
+        if cachefiles.private_folder(entry.parent, "parsed-ratings cache") is None:
+            return False  # refused, and said why
+        fd, tmp = tempfile.mkstemp(prefix=f"{cachefiles.TMP_PREFIX}{entry.name}.", suffix=".tmp", dir=entry.parent)
+        os.fchmod(fd, cachefiles.FILE_MODE)
         with os.fdopen(fd, "wb") as out:
             out.write(_PREAMBLE.pack(_MAGIC, len(raw), zlib.crc32(raw)))
             out.write(raw)

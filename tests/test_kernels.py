@@ -113,6 +113,33 @@ def test_a_diverged_step_leaves_nothing_for_the_next_one(optimizer):
                  _train("bias", config, start, (OTHER,), fused=False, optimizer=optimizer))
 
 
+def test_a_healthy_fit_after_a_diverged_one_is_the_fit_of_a_fresh_process():
+    """Issue 25's first "done when", at the level of whole fits: a fit that diverges (its
+    rows inf, padding in its last batch) leaves nothing in the kernel's scratch for the next
+    fit; that one equals, bit for bit, the same fit run before anything diverged (what a
+    fresh process computes: its scratch starts clean)."""
+    import warnings
+
+    # ids from a large range: the padding (rating 0's user and item) is likely the only example
+    # on its row in the last batch, as in the step-level test above
+    train, _ = make_synthetic(jax.random.key(5), num_users=3000, num_items=2000, num_ratings=1000)
+    options = resolve_options(kernels=True)
+    model_config = make_config("bias", embedding_dim=4)
+
+    def run(lr):
+        tc = TrainConfig(epochs=2, batch_size=300, lr=lr, schedule="constant", optimizer="sgd", l2=1e-3)
+        return fit("bias", train, train_config=tc, model_config=model_config, progress=False, options=options)
+
+    before = run(0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        diverged = run(1e30)
+    assert diverged.stop_reason and "non-finite" in diverged.stop_reason
+    after = run(0.05)
+    for name in before.params._fields:
+        np.testing.assert_array_equal(getattr(after.params, name), getattr(before.params, name), err_msg=name)
+
+
 def test_the_blocked_order_kernel_refuses_a_visit_that_repeats_a_block():
     """Its size check sums over blocks and its writes follow `visit`: a repeated block would
     write past the output (item 4 of the kernels' review)."""

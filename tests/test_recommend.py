@@ -207,7 +207,8 @@ def test_recommend_for_a_known_user(trained):
     assert [r["movieId"] for r in got] == want.movieId.tolist()
     assert [r["title"] for r in got] == want.title.tolist()
     assert [r["score"] for r in got] == pytest.approx(want.score.tolist())
-    assert out.splitlines()[0] == f"top 4 for user {user} (movies it did not rate; score = predicted rating):"
+    assert out.splitlines()[0] == (f"top 4 for user {user} by the bias model (movies it did not rate; "
+                                   "score = predicted rating):")
     # the checkpoint knows the training pairs: none of the user's training movies comes back
     rated = rec.item_ids[rec.rated_items[rec.rated_indptr[5]:rec.rated_indptr[6]]]
     assert not set(rated.tolist()) & {r["movieId"] for r in got}
@@ -216,6 +217,57 @@ def test_recommend_for_a_known_user(trained):
     assert code == 0, err
     horror = {int(m) for m, g in rec.genres.items() if "Horror" in g}
     assert {r["movieId"] for r in json.loads(out.strip().splitlines()[-1])} <= horror
+
+
+def test_recommend_never_lists_a_movie_the_user_rated_anywhere(trained):
+    """Issue 27: user 1's top 10 listed The Matrix, which user 1 rated in the test part:
+    only training ratings were left out. Every user's whole ranked catalogue now leaves out
+    the training and the held-out pairs; --include-held-out (evaluation only) lets the
+    held-out ones back in, and some of them come back."""
+    from recsys_jax.data import load_movielens
+
+    root, ck = trained
+    rec = checkpoint.load(ck)
+    data = load_movielens("ml-latest-small", data_dir=root, download=False)
+    rated = {}
+    for u, i in zip(data.user_ids[data.users], data.item_ids[data.items]):
+        rated.setdefault(int(u), set()).add(int(i))
+    users = [int(u) for u in rec.user_ids[np.asarray(rec.trained_users)]]
+    everything = rec.recommend_many(users, rec.num_items)
+    listed = {}
+    for u, i in zip(everything.userId, everything.movieId):
+        listed.setdefault(int(u), set()).add(int(i))
+    assert all(not listed[u] & rated[u] for u in users)
+    held = np.diff(rec.held_out_indptr)
+    assert held.sum() > 0
+    back = rec.recommend_many(users, rec.num_items, include_held_out=True)
+    assert sum(int(i) in rated[int(u)] for u, i in zip(back.userId, back.movieId)) == held[
+        np.asarray(rec.trained_users)].sum()
+    user = users[int(np.argmax(held[np.asarray(rec.trained_users)]))]
+    code, out, err = run_cli(["recommend", "--checkpoint", ck, "--user", user, "-n", rec.num_items,
+                              "--include-held-out", "--json"])
+    assert code == 0, err and "held-out ones included" in out.splitlines()[0]
+    assert {r["movieId"] for r in json.loads(out.strip().splitlines()[-1])} & rated[user]
+
+
+def test_train_on_every_rating_for_use(trained, tmp_path):
+    """``train --test-frac 0``: no test part; the epochs are still chosen on a validation
+    slice, then the model is refit on every rating; recommend then leaves out every rating."""
+    root, _ = trained
+    ck = tmp_path / "all"
+    code, out, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "bias", "--epochs", "3",
+                              "--embedding-dim", "4", "--batch-size", "128", "--seed", "1", "--test-frac", "0",
+                              "--out", ck, "--json"])
+    assert code == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["num_test"] == 0 and record["test_rmse"] is None and record["refit"]
+    assert record["num_fit"] == record["num_ratings"]
+    assert "no test part" in out
+    rec = checkpoint.load(ck)
+    assert len(rec.held_out_items) == 0 and len(rec.rated_items) == record["num_ratings"]
+    assert len(rec.recommend(int(rec.user_ids[0]), 3)) == 3
+    code, _, err = run_cli(["evaluate", "--checkpoint", ck, "--data-dir", root, "--no-download"])
+    assert code == 2 and "no rating is left to evaluate it on" in err
 
 
 def test_recommend_for_a_new_user(trained):

@@ -81,10 +81,25 @@ def test_random_split_seeded():
     np.testing.assert_array_equal(g.test, a.test)
 
 
-@pytest.mark.parametrize("frac", [0.0, 1.0, -0.1, 1.5])
+@pytest.mark.parametrize("frac", [1.0, -0.1, 1.5, float("nan"), "0.2"])
 def test_random_split_rejects_bad_fraction(frac):
     with pytest.raises(ValueError, match="test_frac"):
         random_split(10, 0, frac)
+
+
+def test_a_zero_fraction_holds_nothing_out():
+    """test_frac 0: every row trains (a model for use, `train --test-frac 0`)."""
+    import jax
+
+    from recsys_jax.data import make_synthetic
+    from recsys_jax.data.split import user_split
+
+    split = random_split(10, 0, 0.0)
+    np.testing.assert_array_equal(split.train, np.arange(10))
+    assert len(split.test) == 0
+    ratings, _ = make_synthetic(jax.random.key(0), 20, 10, 100)
+    split = user_split(ratings, 0, 0.0)
+    assert len(split.test) == 0 and len(split.train) == len(ratings)
 
 
 @pytest.mark.parametrize("seed", [None, 1.5, "0", True])

@@ -207,15 +207,21 @@ def cmd_train(args) -> dict:
         print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
     out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
     refit_txt = f", then refit on all {out['num_fit']} training ratings" if out["refit"] else ""
-    print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
-          f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']}{refit_txt})")
+    if out["num_test"]:
+        print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
+              f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']}{refit_txt})")
+    else:
+        print(f"no test part (--test-frac 0): a model of every rating, for use; fit {out['fit_seconds']:.2f} s, "
+              f"best epoch {out['best_epoch']}{refit_txt}")
     if dest is not None:
         # The history and each movie's training count and mean, for `inspect` and `plot`:
         # split_parts gives the same training rows run_experiment fit on (all of the training
         # split after a refit).
         train = ratings.take(split.train) if out["refit"] else split_parts(ratings, split, args.seed, val_frac)[0]
         # train_split: the pairs each user rated in training, which recommend leaves out.
-        rec = to_recommender(ratings, result, train_split=ratings.take(split.train))
+        # held_out: the test part's pairs, which recommend leaves out too (the user rated them).
+        rec = to_recommender(ratings, result, train_split=ratings.take(split.train),
+                             held_out=ratings.take(split.test))
         # The learning curve with validation scores is the selection fit's (the refit has no validation).
         checkpoint.save(dest, rec, extra=out, history=selection_history or result.history,
                         item_stats=item_stats(train, ratings.item_ids))
@@ -239,7 +245,8 @@ def cmd_similar(args) -> None:
     rec = checkpoint.load(args.checkpoint)
     table = rec.similar_items(args.movie, args.n)
     title = rec.title(args.movie)
-    print(f"movies most similar to {args.movie}" + (f" ({title})" if title else "") + ":")
+    print(f"movies most similar to {args.movie}" + (f" ({title})" if title else "")
+          + f", by the cosine of the {rec.model} model's item vectors:")
     for row in table.itertuples(index=False):
         print(f"  {row.score:+.3f}  {row.movieId}" + (f"  {row.title}" if row.title else ""))
     if args.json:

@@ -24,8 +24,9 @@ def add_parsers(sub) -> dict:
     """Adds this module's subcommands to ``sub``; returns ``{name: handler(args)}``."""
     r = sub.add_parser(
         "recommend", help="the best movies for a user, or for a new user from a few ratings",
-        description="Ranks every movie with training ratings that the user did not rate in training by the "
-                    "model's predicted rating (the score, before clipping to the rating scale). --rate folds a "
+        description="Ranks every movie with training ratings that the user did not rate (in training or in the "
+                    "test part train held out) by the model's predicted rating (the score, before clipping to the "
+                    "rating scale). --rate folds a "
                     "new user in from the given ratings, every movie parameter fixed (closed-form ridge for dot "
                     "and bias, Adam on the training objective for the other models), and recommends for it.")
     r.add_argument("--checkpoint", required=True, metavar="DIR", help="a folder written by train")
@@ -38,6 +39,8 @@ def add_parsers(sub) -> dict:
                    help="only movies with at least N training ratings")
     r.add_argument("--genre", action="append", metavar="GENRE",
                    help="only movies of this genre (repeat for several: any of them)")
+    r.add_argument("--include-held-out", action="store_true",
+                   help="for evaluation only: movies the user rated in the test part may be listed")
     r.add_argument("--json", action="store_true",
                    help="end with one line of JSON: a list of objects with movieId, title and score")
 
@@ -120,7 +123,7 @@ def recommend_answer(rec, args):
     else:
         user, who = args.user, f"user {args.user}"
     try:
-        table = rec.recommend(user, args.n, **filters)
+        table = rec.recommend(user, args.n, include_held_out=args.include_held_out, **filters)
     except UnknownIdError as e:
         raise _with_flag(e, "--user") from None
     except ValueError as e:
@@ -135,7 +138,8 @@ def cmd_recommend(args) -> None:
 
     rec = checkpoint.load(args.checkpoint)
     table, who = recommend_answer(rec, args)
-    print(f"top {len(table)} for {who} (movies it did not rate; score = predicted rating):")
+    rated = "movies it did not rate" + (", held-out ones included" if args.include_held_out else "")
+    print(f"top {len(table)} for {who} by the {rec.model} model ({rated}; score = predicted rating):")
     for rank, row in enumerate(table.itertuples(index=False), 1):
         print(f"  {rank:3d}  {row.score:5.2f}  {row.movieId}" + (f"  {row.title}" if row.title else ""))
     if args.json:
@@ -193,6 +197,9 @@ def cmd_evaluate(args) -> dict:
     if not args.all_relevant and not lo <= args.threshold <= hi:
         raise ValueError(f"--threshold {args.threshold:g} is outside the rating scale {lo:g}..{hi:g}")
     meta = checkpoint.read_meta(args.checkpoint)
+    if (meta.get("extra") or {}).get("num_test") == 0:
+        raise ValueError(f"{args.checkpoint} was trained on every rating (train --test-frac 0): no rating is left "
+                         "to evaluate it on; train with a test part (the default --test-frac 0.2) to evaluate")
     rec, test = evaluate_data(rec, meta, args)
     out = rec.evaluate(test, k=args.k, threshold=None if args.all_relevant else args.threshold,
                        min_ratings=args.min_ratings)

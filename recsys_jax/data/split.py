@@ -36,8 +36,9 @@ def _rng(seed) -> np.random.Generator:
 
 
 def _check_frac(test_frac: float) -> None:
-    if not 0.0 < test_frac < 1.0:
-        raise ValueError(f"test_frac must be in (0, 1), got {test_frac}")
+    if isinstance(test_frac, bool) or not isinstance(test_frac, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= test_frac < 1.0:
+        raise ValueError(f"test_frac must be in [0, 1) (0: no test part, every rating trains), got {test_frac!r}")
 
 
 def _from_test_mask(test_mask: np.ndarray) -> Split:
@@ -45,7 +46,8 @@ def _from_test_mask(test_mask: np.ndarray) -> Split:
 
 
 def random_split(ratings: Ratings | int, seed, test_frac: float = 0.2) -> Split:
-    """A uniformly random ``test_frac`` of the rows is held out (the notebook's 80/20)."""
+    """A uniformly random ``test_frac`` of the rows is held out (the notebook's 80/20); 0
+    holds out nothing (a model trained on every rating, for use)."""
     _check_frac(test_frac)
     n = ratings if isinstance(ratings, (int, np.integer)) else len(ratings)
     num_test = int(round(test_frac * n))

@@ -153,6 +153,19 @@ def pairs_by_user(users, items, num_users: int) -> tuple[np.ndarray, np.ndarray]
     return indptr, np.asarray(items, np.int32)[order]
 
 
+def merge_pairs(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], num_users: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The union of two CSRs of (user, item) pairs (`pairs_by_user`), as one CSR over
+    ``num_users`` users (a CSR shorter than that has no pairs for the users beyond it);
+    each user's items from ``a`` first, then from ``b``."""
+    users, items = [], []
+    for indptr, its in (a, b):
+        indptr = np.asarray(indptr, np.int64)
+        users.append(np.repeat(np.arange(len(indptr) - 1), np.diff(indptr)))
+        items.append(np.asarray(its, np.int32)[:indptr[-1]])
+    return pairs_by_user(np.concatenate(users), np.concatenate(items), num_users)
+
+
 def _exclusion_csr(exclude, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(exclude, tuple):  # (indptr, items) already
         indptr, items = exclude

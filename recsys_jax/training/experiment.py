@@ -95,8 +95,8 @@ def run_experiment(
     ``mesh`` (`recsys_jax.engine.sharding.make_mesh`) trains both fits on those devices;
     ``options`` (`recsys_jax.engine.options.EngineOptions`) are resolved once, here when None."""
     options = resolve_options() if options is None else options
-    if len(split.test) == 0:
-        raise ValueError(f"the test split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
+    if len(split.train) == 0:
+        raise ValueError(f"the training split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
     train, val, test = split_parts(ratings, split, seed, val_frac)
 
     t0 = time.perf_counter()
@@ -128,8 +128,9 @@ def run_experiment(
         "model": model,
         "dataset": ratings.name,
         "seed": seed,
-        "test_rmse": metrics.rmse(pred, test.ratings),
-        "test_mae": metrics.mae(pred, test.ratings),
+        # None without a test part (test_frac 0: a model trained on every rating, for use)
+        "test_rmse": metrics.rmse(pred, test.ratings) if len(test) else None,
+        "test_mae": metrics.mae(pred, test.ratings) if len(test) else None,
         "val_rmse": min(val_scores) if val_scores else None,  # of the selection fit (step 3)
         "best_epoch": selection.best_epoch,
         "refit": refit_seconds is not None,

@@ -88,6 +88,9 @@ def save(path: str | os.PathLike, rec: Recommender, *, extra: dict | None = None
     if rec.rated_indptr is not None:
         arrays["rated/indptr"] = np.asarray(rec.rated_indptr, np.int64)
         arrays["rated/items"] = np.asarray(rec.rated_items, np.int32)
+    if rec.held_out_indptr is not None:
+        arrays["held_out/indptr"] = np.asarray(rec.held_out_indptr, np.int64)
+        arrays["held_out/items"] = np.asarray(rec.held_out_items, np.int32)
     if item_stats is not None:
         count, mean = np.asarray(item_stats.count), np.asarray(item_stats.mean)
         if count.shape != (rec.num_items,) or mean.shape != (rec.num_items,):
@@ -166,6 +169,8 @@ def load(path: str | os.PathLike) -> Recommender:
         expected |= set(ITEM_STATS_ARRAYS)
     if any(name.startswith("rated/") for name in arrays):  # optional, but both or neither
         expected |= set(RATED_ARRAYS)
+    if any(name.startswith("held_out/") for name in arrays):  # optional, but both or neither
+        expected |= set(HELD_OUT_ARRAYS)
     if spec.Aux is not None:
         expected |= {f"aux/{f}" for f in spec.Aux._fields}
     if param_loss is not None:
@@ -227,6 +232,10 @@ def load(path: str | os.PathLike) -> Recommender:
     if "rated/indptr" in arrays:
         _check_rated(arrays_path, arrays["rated/indptr"], arrays["rated/items"], len(user_ids), len(item_ids))
         extras["rated_indptr"], extras["rated_items"] = arrays["rated/indptr"], arrays["rated/items"]
+    if "held_out/indptr" in arrays:
+        _check_rated(arrays_path, arrays["held_out/indptr"], arrays["held_out/items"], len(user_ids), len(item_ids),
+                     "held_out")
+        extras["held_out_indptr"], extras["held_out_items"] = arrays["held_out/indptr"], arrays["held_out/items"]
     genres_path = path / "genres.json"
     if genres_path.is_file():
         try:
@@ -254,17 +263,19 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 ITEM_STATS_ARRAYS = ("train/item_count", "train/item_mean")
 RATED_ARRAYS = ("rated/indptr", "rated/items")
+HELD_OUT_ARRAYS = ("held_out/indptr", "held_out/items")
 
 
-def _check_rated(arrays_path: Path, indptr: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> None:
+def _check_rated(arrays_path: Path, indptr: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
+                 what: str = "rated") -> None:
     ok = (indptr.dtype == np.int64 and indptr.shape == (num_users + 1,) and items.dtype == np.int32
           and items.ndim == 1 and indptr[0] == 0 and indptr[-1] == len(items) and np.all(indptr[1:] >= indptr[:-1]))
     if not ok:
-        raise CheckpointError(f"{arrays_path}: rated/indptr and rated/items must be the CSR int64[{num_users + 1}] "
-                              f"and int32[N] of the training pairs, got {indptr.dtype}{list(indptr.shape)} and "
+        raise CheckpointError(f"{arrays_path}: {what}/indptr and {what}/items must be the CSR int64[{num_users + 1}] "
+                              f"and int32[N] of (user, item) pairs, got {indptr.dtype}{list(indptr.shape)} and "
                               f"{items.dtype}{list(items.shape)}")
     if items.size and (items.min() < 0 or items.max() >= num_items):
-        raise CheckpointError(f"{arrays_path}: rated/items holds an item index outside 0..{num_items - 1}")
+        raise CheckpointError(f"{arrays_path}: {what}/items holds an item index outside 0..{num_items - 1}")
 HISTORY_KEYS = ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")
 
 

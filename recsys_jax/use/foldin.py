@@ -442,8 +442,11 @@ def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: i
     if indptr is not None:  # (a model that never recorded its training pairs keeps None)
         indptr = np.concatenate([indptr, indptr[-1] + np.cumsum([len(i) for i in items])]).astype(np.int64)
         rated = np.concatenate([rated, *[np.asarray(i, np.int32) for i in items]]).astype(np.int32)
+    held = rec.held_out_indptr
+    if held is not None:  # the new users held nothing out
+        held = np.concatenate([held, np.full(m, held[-1], np.int64)])
     return rec._replace(params=params, aux=aux, user_ids=np.concatenate([rec.user_ids, new_ids]),
-                        trained_users=trained_users, rated_indptr=indptr, rated_items=rated)
+                        trained_users=trained_users, rated_indptr=indptr, rated_items=rated, held_out_indptr=held)
 
 
 def fold_in_user(rec, ratings, *, user_id: int | None = None, timestamps=None, steps: int | None = None,

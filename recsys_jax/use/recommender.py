@@ -76,6 +76,11 @@ class Recommender(NamedTuple):
     rated_items: np.ndarray | None = None  # int32[N]
     genres: dict[int, tuple[str, ...]] | None = None  # raw item id -> its genres (movies.csv)
     train_config: dict | None = None  # the TrainConfig it was fit with (fold-in reads its loss and penalty)
+    # The test part's pairs (what `recsys-jax train` held out), as CSR like rated_*: the user
+    # rated those too, so `recommend` leaves them out unless told to include them (evaluation
+    # only). None: not recorded (an older checkpoint, or a Recommender built without a split).
+    held_out_indptr: np.ndarray | None = None  # int64[U+1]
+    held_out_items: np.ndarray | None = None  # int32[M]
 
     @property
     def num_users(self) -> int:
@@ -296,8 +301,18 @@ class Recommender(NamedTuple):
                                  cli=f"{first} (--rate gives a new user from a few ratings)")
         return users
 
+    def _excluded(self, what: str, include_held_out: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs `recommend` leaves out: the training pairs, and the held-out ones unless
+        ``include_held_out``."""
+        rated = self._rated(what)
+        if include_held_out or self.held_out_indptr is None:
+            return rated
+        from recsys_jax.eval.metrics import merge_pairs
+
+        return merge_pairs(rated, (self.held_out_indptr, self.held_out_items), self.num_users)
+
     def recommend_many(self, raw_users, n: int = 10, *, min_ratings: int | None = None, genres=None,
-                       exclude_rated: bool = True):
+                       exclude_rated: bool = True, include_held_out: bool = False):
         r"""The ``n`` best items for each of ``raw_users``: a DataFrame with ``userId``, ``rank``
         (1 = best), ``movieId``, ``title`` and ``score``, users in the order given.
 
@@ -307,8 +322,10 @@ class Recommender(NamedTuple):
         the model's ``apply`` over the catalogue otherwise) and ranked with `jax.lax.top_k`,
         users in chunks. Candidates are the items with training ratings, less
 
-        - with ``exclude_rated`` (default), the items the user rated in training (the
-          validation slice included: `rated_items`);
+        - with ``exclude_rated`` (default), every item the user rated in the data the model
+          came from: in training (the validation slice included: `rated_items`) and in the
+          test part it held out (`held_out_items`), unless ``include_held_out`` (for
+          evaluation only: a held-out rating may then come back as a recommendation);
         - with ``min_ratings``, the items with fewer training ratings than that;
         - with ``genres`` (a name or a list), the items of none of those genres.
 
@@ -320,7 +337,7 @@ class Recommender(NamedTuple):
             raise ValueError(f"recommend: n must be a positive integer, got {n!r}")
         users = self._known_users(raw_users, "recommend")
         mask = self._item_mask(min_ratings, genres, "recommend")
-        exclude = self._rated("recommend (exclude_rated=True)") if exclude_rated else None
+        exclude = self._excluded("recommend (exclude_rated=True)", include_held_out) if exclude_rated else None
         if len(users) == 0 or not mask.any():
             return pd.DataFrame({"userId": np.zeros(0, np.int64), "rank": np.zeros(0, np.int64),
                                  "movieId": np.zeros(0, np.int64), "title": [], "score": np.zeros(0)})
@@ -336,11 +353,11 @@ class Recommender(NamedTuple):
                              "score": scores[rows, cols].astype(np.float64)})
 
     def recommend(self, raw_user: int, n: int = 10, *, min_ratings: int | None = None, genres=None,
-                  exclude_rated: bool = True):
+                  exclude_rated: bool = True, include_held_out: bool = False):
         """The ``n`` best items for one user: a DataFrame with ``movieId``, ``title`` and
         ``score`` (the predicted rating), best first; see `recommend_many`."""
         table = self.recommend_many([raw_user], n, min_ratings=min_ratings, genres=genres,
-                                    exclude_rated=exclude_rated)
+                                    exclude_rated=exclude_rated, include_held_out=include_held_out)
         return table[["movieId", "title", "score"]].reset_index(drop=True)
 
     def users_for_item(self, raw_item: int, n: int = 10):
@@ -511,7 +528,8 @@ def item_vector_fields(model: str, params) -> list[str]:
     return [f for f in fields if f.startswith("item_") and not f.endswith("_bias")]
 
 
-def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings | None = None) -> Recommender:
+def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings | None = None,
+                   held_out: Ratings | None = None) -> Recommender:
     """The trained model with the full data set's id maps, titles and genres, ready to save.
 
     The id maps cover the whole data set, but only the users and items that had training
@@ -520,8 +538,9 @@ def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings 
 
     ``train_split`` (``ratings.take(split.train)``: the training split, validation slice
     included) is recorded as the pairs each user rated (`Recommender.rated_items`), which
-    recommendations leave out and evaluation needs; the fit's `TrainConfig` is kept for
-    fold-in (`recsys_jax.use.foldin`).
+    recommendations leave out and evaluation needs; ``held_out`` (``ratings.take(split.test)``)
+    as the pairs recommendations leave out too (`Recommender.held_out_items`); the fit's
+    `TrainConfig` is kept for fold-in (`recsys_jax.use.foldin`).
 
     A loss with parameters must be registered in `recsys_jax.objectives.losses.PARAM_LOSSES`: the
     recommender (and its checkpoint) names it.
@@ -539,6 +558,11 @@ def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings 
 
         indptr, items = pairs_by_user(train_split.users, train_split.items, ratings.num_users)
         rated_pairs = {"rated_indptr": indptr, "rated_items": items}
+    if held_out is not None:
+        from recsys_jax.eval.metrics import pairs_by_user
+
+        indptr, items = pairs_by_user(held_out.users, held_out.items, ratings.num_users)
+        rated_pairs.update(held_out_indptr=indptr, held_out_items=items)
     loss = None
     if result.loss is not None:
         loss = param_loss_name(result.loss)

@@ -22,7 +22,7 @@ Speed: the clean case is one parsing pass with the dtypes fixed before parsing (
 ids, float64 ratings, cast to float32 once checked, int64 timestamps). With
 ``engine="auto"`` (the default) a comma- or tab-separated file of 1 MiB or more whose
 header, if any, is its first line is read by pyarrow's multithreaded CSV reader when
-pyarrow is installed (the ``fast`` extra); every other file, and any file pyarrow
+pyarrow is installed (a dependency of the package); every other file, and any file pyarrow
 refuses, by pandas' C parser (``::`` is
 translated to a tab while streaming so that it can read it). Both give identical arrays.
 Only when the C parser fails does a slower diagnostic pass run, to find the first bad
@@ -808,7 +808,7 @@ def _check_engine(engine) -> None:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "pyarrow" and _pyarrow_csv() is None:
-        raise ValueError("engine='pyarrow' needs pyarrow (pip install 'recsys-jax[fast]')")
+        raise ValueError("engine='pyarrow' needs pyarrow (pip install pyarrow)")
 
 
 def factorize(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

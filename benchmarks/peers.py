@@ -1,10 +1,11 @@
-"""Peers: the notebook's three models in genuine Keras 3 beside recsys_jax, and Surprise.
+"""Peers: the notebook's three models in genuine Keras 3 beside recsys_jax, and Surprise;
+recommendations from implicit feedback beside implicit's ALS and BPR.
 
     python -m benchmarks.peers                  # seeds 0..4: Keras, recsys_jax, Surprise
     python -m benchmarks.peers --quick          # seed 0, without SVD++ (slow)
     python -m benchmarks.peers --seeds 0 1 --json out.json
 
-Needs the ``peers`` extra (``pip install -e ".[peers]"``: keras, scikit-surprise, libmf);
+Needs the ``peers`` extra (``pip install -e ".[peers]"``: keras, scikit-surprise, libmf, implicit);
 recsys_jax itself never imports them. Keras runs on its JAX backend (``KERAS_BACKEND=jax``
 is set here before Keras is imported; another backend already chosen is refused).
 
@@ -26,7 +27,10 @@ the same rows for every implementation) it trains:
 - **Surprise** SVD, SVD++ and KNNBaseline with their defaults (Surprise 1.1's
   KNNBaseline defaults to the MSD similarity, user-based; the docs recommend
   ``pearson_baseline``, so that variant runs too), fitted on a Trainset built from the
-  training rows and asked for the test rows.
+  training rows and asked for the test rows;
+- with ``ranking``: recommendations under ``recsys-jax evaluate``'s protocol (`ranking_markdown`):
+  popularity, recsys_jax's ``ials`` and implicit's ALS and BPR, each trained on the
+  training ratings of at least 4 stars.
 
 Every model is scored once on the test rows, predictions clipped to the rating scale.
 Fit seconds are wall seconds of training (compilation included: Keras traces each new
@@ -285,6 +289,116 @@ def libmf_throughput(ratings: Ratings, *, k: int = 64, threads: int = 2, epochs:
 
 
 # -- the benchmark -------------------------------------------------------------------------
+# -- ranking: implicit feedback, evaluate's protocol ---------------------------------------------------
+RANKING_K, RANKING_THRESHOLD = 10, 4.0
+RANKING_FACTORS, RANKING_ITERATIONS = 64, 15  # implicit's ALS as the issue ran it; recsys_jax's ials preset
+
+
+def _implicit():
+    try:
+        import implicit
+    except ImportError as e:
+        raise ImportError(f"benchmarks.peers --implementations ranking needs implicit: {INSTALL}") from e
+    return implicit
+
+
+def _positives_csr(train: Ratings):
+    """users x items CSR of the training pairs rated at least `RANKING_THRESHOLD` (value 1)."""
+    from scipy.sparse import csr_matrix
+
+    keep = train.ratings >= RANKING_THRESHOLD
+    data = np.ones(int(keep.sum()), np.float32)
+    m = csr_matrix((data, (train.users[keep], train.items[keep])), shape=(train.num_users, train.num_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def _ranked(scores_fn, inputs, train: Ratings, test: Ratings) -> dict:
+    report = metrics.ranking_report(scores_fn, inputs, test, k=RANKING_K, exclude=train, threshold=RANKING_THRESHOLD)
+    return {f"test_{name}": report[name] for name in ("ndcg", "recall", "precision", "hit_rate", "coverage")} | {
+        "ranking_users": report["num_users"]}
+
+
+def implicit_fit(name: str, train: Ratings, test: Ratings, *, seed: int) -> dict:
+    """implicit's ``als`` (Hu et al. 2008: 64 factors, 15 iterations, its other defaults) or
+    ``bpr`` (64 factors, its other defaults) on the training positives, one thread per core,
+    scored by ``user_factors @ item_factors.T`` under evaluate's protocol."""
+    implicit = _implicit()
+    positives = _positives_csr(train)
+    if name == "als":
+        model = implicit.cpu.als.AlternatingLeastSquares(factors=RANKING_FACTORS, iterations=RANKING_ITERATIONS,
+                                                         random_state=seed)
+    else:
+        model = implicit.cpu.bpr.BayesianPersonalizedRanking(factors=RANKING_FACTORS, random_state=seed)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+        model.fit(positives, show_progress=False)
+    seconds = time.perf_counter() - t0
+    import jax.numpy as jnp
+
+    scores = jnp.asarray(np.asarray(model.user_factors) @ np.asarray(model.item_factors).T)
+    return {"fit_seconds": seconds, **_ranked(metrics.matrix_scores, scores, train, test)}
+
+
+def ials_fit(ratings: Ratings, split, *, seed: int) -> dict:
+    """recsys_jax's ``ials`` with its defaults (the CLI's: 15 epochs, 64 factors), as
+    ``recsys-jax train --model ials`` scores it."""
+    from recsys_jax.training.experiment import run_experiment
+    from recsys_jax.training.presets import resolve
+
+    tc, config, val_frac = resolve("default", "ials")
+    out, _ = run_experiment(ratings, split, "ials", seed=seed, train_config=tc, model_config=config, val_frac=val_frac)
+    return {"fit_seconds": out["fit_seconds"], **{k: out[k] for k in ("test_ndcg", "test_recall", "test_precision",
+                                                                          "test_hit_rate", "ranking_users")}}
+
+
+def popularity_fit(train: Ratings, test: Ratings) -> dict:
+    """Each item scored by its number of training ratings (evaluate's baseline)."""
+    import jax.numpy as jnp
+
+    counts = jnp.asarray(np.bincount(train.items, minlength=train.num_items).astype(np.float32))
+    return {"fit_seconds": 0.0, **_ranked(metrics.broadcast_scores, counts, train, test)}
+
+
+RANKERS = ("popularity", "recsys_jax ials", "implicit als", "implicit bpr")
+
+
+def ranking_markdown(records: list[dict], env: dict) -> str:
+    groups = defaultdict(list)
+    for r in records:
+        groups[r["model"]].append(r)
+    pop = {r["seed"]: r["test_ndcg"] for r in groups.get("popularity", [])}
+    rows = []
+    for name in RANKERS:
+        rs = sorted(groups.get(name, []), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        ratio = [r["test_ndcg"] / pop[r["seed"]] for r in rs if r["seed"] in pop]
+        rows.append([name, _mean_std([r["test_ndcg"] for r in rs]), _mean_std([r["test_recall"] for r in rs]),
+                     ", ".join(f"{r['test_ndcg']:.4f}" for r in rs),
+                     f"{min(ratio):.2f}-{max(ratio):.2f}" if ratio else "",
+                     f"{np.median([r['fit_seconds'] for r in rs]):.2f}"])
+    seeds = sorted({r["seed"] for r in records})
+    return "\n".join([
+        f"### ml-latest-small, random 80/20: recommendations from implicit feedback (seeds "
+        f"{', '.join(map(str, seeds))}; mean ± std)\n",
+        markdown_table(["model", f"NDCG@{RANKING_K}", f"recall@{RANKING_K}", "NDCG per seed",
+                        "× popularity (per seed)", "fit s (median)"], rows),
+        "",
+        f"`recsys-jax evaluate`'s protocol on each split: test ratings of at least {RANKING_THRESHOLD:g} stars "
+        f"are relevant; a user's candidates are every movie it did not rate in the training split; k = "
+        f"{RANKING_K}; users with a relevant test rating counted. The implicit models train on the training "
+        f"ratings of at least {RANKING_THRESHOLD:g} stars as positives: implicit {env.get('implicit')}'s ALS "
+        f"({RANKING_FACTORS} factors, {RANKING_ITERATIONS} iterations, its defaults otherwise) and BPR "
+        f"({RANKING_FACTORS} factors, its defaults otherwise), recsys_jax's `ials` with its defaults; "
+        "popularity ranks by the number of training ratings. Fit s: training only (recsys_jax's includes "
+        "compilation on the first seed).",
+        "",
+        f"Device: {env.get('device')} ({env.get('cpu')}, {env.get('cpu_count')} cores); jax {env.get('jax')}, "
+        f"implicit {env.get('implicit')}; commit {env.get('git_commit')}; `{env.get('command')}`.", ""])
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -318,6 +432,17 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
         if "surprise" in implementations:
             for name in surprise_algos:
                 add("surprise", name, seed, surprise_fit(name, train, test, seed=seed))
+        if "ranking" in implementations:
+            results = {"popularity": popularity_fit(train, test), "recsys_jax ials": ials_fit(ratings, split, seed=seed),
+                       "implicit als": implicit_fit("als", train, test, seed=seed),
+                       "implicit bpr": implicit_fit("bpr", train, test, seed=seed)}
+            for name, result in results.items():
+                rec = {"bench": "peers", "implementation": name.split()[0], "model": name, "seed": seed,
+                       "dataset": ratings.name, "protocol": "ranking, random 80/20", **result}
+                rec.update({k: v for k, v in env.items() if k not in rec})
+                records.append(rec)
+                log(f"[peers] seed {seed} {name:30s} ndcg@{RANKING_K} {result['test_ndcg']:.4f} "
+                    f"recall@{RANKING_K} {result['test_recall']:.4f} fit {result['fit_seconds']:.1f} s")
     return records
 
 
@@ -398,8 +523,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--models", nargs="+", default=list(NOTEBOOK_MODELS), choices=NOTEBOOK_MODELS,
                    help="the notebook's models (mlp is its NN)")
-    p.add_argument("--implementations", nargs="+", default=["keras", "recsys_jax", "surprise"],
-                   choices=["keras", "recsys_jax", "surprise"])
+    p.add_argument("--implementations", nargs="+", default=["keras", "recsys_jax", "surprise", "ranking"],
+                   choices=["keras", "recsys_jax", "surprise", "ranking"],
+                   help="ranking: popularity, recsys_jax's ials, implicit's ALS and BPR under evaluate's protocol")
     p.add_argument("--surprise", nargs="+", default=list(SURPRISE_ALGOS), choices=SURPRISE_ALGOS, metavar="ALGO",
                    help="Surprise algorithms: " + ", ".join(SURPRISE_ALGOS))
     p.add_argument("--data-dir", default=None, help="where ml-latest-small is (default: $RECSYS_JAX_DATA, cache)")
@@ -413,17 +539,22 @@ def main(argv=None) -> int:
             _keras()
         if "surprise" in args.implementations:
             _surprise()
+        if "ranking" in args.implementations:
+            _implicit()
     except ImportError as e:
         print(f"[peers] {e}", file=sys.stderr)
         return 2
     files = resolve_outputs("peers", "peers", args, p)
     env = {**environment(), "keras": _version("keras"), "surprise": _version("scikit-surprise"),
-           "libmf": _version("libmf")}
+           "libmf": _version("libmf"), "implicit": _version("implicit")}
     ratings = load_movielens("ml-latest-small", args.data_dir, download=False)
     records = run(ratings, args.seeds, models=args.models, implementations=args.implementations,
                   surprise_algos=args.surprise, env=env)
     json_path = write_json(files.json, records)
-    text = markdown(records, env)
+    rating = [r for r in records if not r["protocol"].startswith("ranking")]
+    ranking = [r for r in records if r["protocol"].startswith("ranking")]
+    text = "\n".join(part for part in (markdown(rating, env) if rating else "",
+                                        ranking_markdown(ranking, env) if ranking else "") if part)
     write_text(files.md, text)
     print(text)
     print_written("peers", files, json_path, files.md)

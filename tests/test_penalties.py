@@ -101,6 +101,8 @@ def example_terms(ctx, p, u, i, t):
     """(factor terms, bias terms) of one example, as the model's docstring writes them."""
     if ctx.name in ("dot", "mlp", "gmf"):
         return sq(p.user_factors[u]) + sq(p.item_factors[i]), 0.0
+    if ctx.name == "ials":  # solved with its own regularisation (ials.objective); fold-in's gradient route reads this
+        return sq(p.user_factors[u]) + sq(p.item_factors[i]), 0.0
     if ctx.name == "bpmf":  # sampled, not penalised in training; fold-in's gradient route reads this
         factors = sq(p.user_factors[u]) + sq(p.item_factors[i]) + sq(p.user_samples[u]) + sq(p.item_samples[i])
         return factors, p.user_bias[u] ** 2 + p.item_bias[i] ** 2

@@ -207,7 +207,13 @@ def cmd_train(args) -> dict:
         print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
     out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
     refit_txt = f", then refit on all {out['num_fit']} training ratings" if out["refit"] else ""
-    if out["num_test"]:
+    if out["num_test"] and out.get("test_ndcg") is not None:  # a model that ranks: no rating metrics
+        k = out["ranking_k"]
+        print(f"test  ndcg@{k} {out['test_ndcg']:.4f}  recall@{k} {out['test_recall']:.4f}  (popularity: ndcg@{k} "
+              f"{out['popularity_ndcg']:.4f}, recall@{k} {out['popularity_recall']:.4f}; {out['ranking_users']} users "
+              f"with a test rating >= {out['ranking_threshold']:g}; fit {out['fit_seconds']:.2f} s, "
+              f"{out['best_epoch']} epochs{refit_txt})")
+    elif out["num_test"]:
         print(f"test  rmse {out['test_rmse']:.4f}  mae {out['test_mae']:.4f}  ({out['num_test']} ratings; "
               f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']}{refit_txt})")
     else:

@@ -139,7 +139,10 @@ def cmd_recommend(args) -> None:
     rec = checkpoint.load(args.checkpoint)
     table, who = recommend_answer(rec, args)
     rated = "movies it did not rate" + (", held-out ones included" if args.include_held_out else "")
-    print(f"top {len(table)} for {who} by the {rec.model} model ({rated}; score = predicted rating):")
+    from recsys_jax.models import get_model
+
+    score = "preference, not a rating" if get_model(rec.model).ranks else "predicted rating"
+    print(f"top {len(table)} for {who} by the {rec.model} model ({rated}; score = {score}):")
     for rank, row in enumerate(table.itertuples(index=False), 1):
         print(f"  {rank:3d}  {row.score:5.2f}  {row.movieId}" + (f"  {row.title}" if row.title else ""))
     if args.json:
@@ -205,8 +208,11 @@ def cmd_evaluate(args) -> dict:
                        min_ratings=args.min_ratings)
     recorded = (meta.get("extra") or {}).get("test_rmse")
     relevant = "every test rating" if out["threshold"] is None else f"test ratings >= {out['threshold']:g}"
-    print(f"{len(test)} test ratings: rmse {out['rmse']:.4f}  mae {out['mae']:.4f}"
-          + (f"  (train recorded rmse {recorded:.4f})" if recorded is not None else ""))
+    if out["rmse"] is None:  # a model that ranks: its scores are not ratings
+        print(f"{len(test)} test ratings (the {rec.model} model ranks: no rating metrics)")
+    else:
+        print(f"{len(test)} test ratings: rmse {out['rmse']:.4f}  mae {out['mae']:.4f}"
+              + (f"  (train recorded rmse {recorded:.4f})" if recorded is not None else ""))
     print(f"ranking at k={out['k']} over {out['num_users']} users ({relevant} relevant; candidates: "
           f"{out['candidates'].replace('item', 'movie')}):")
     print(f"  {'':10s} " + " ".join(f"{m:>9s}" for m in (*METRICS, "coverage")))

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_jax.data import cachefiles
+import recsys_jax.data.cachefiles as cachefiles
 
 FORMAT_VERSION = 1  # bump when the layout or the meaning of an entry changes
 MIN_BYTES = 16 << 20  # default: files below 16 MiB (ml-latest-small 2.4 MB, ml-100k 2 MB; they

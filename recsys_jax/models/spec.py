@@ -38,6 +38,9 @@ field                 meaning
 ``item_vectors``      the ``item_*`` fields that make an item's learned vector (`similar` items,
                       maps); None: ``item_factors``, else every ``item_*`` table but biases;
                       ``()``: the model has none
+``ranks``             an implicit-feedback model: trained on positives, its scores rank items
+                      and are not ratings (no rating metrics, no predicted stars; ranking
+                      metrics beside popularity instead)
 ====================  ==============================================================================
 """
 from __future__ import annotations
@@ -91,6 +94,7 @@ class ModelSpec(NamedTuple):
     row_local: bool = False
     factorization: str | None = None
     item_vectors: tuple | None = None
+    ranks: bool = False
     doc: Any = None  # the module docstring: the model's maths
 
     def check(self) -> ModelSpec:

@@ -117,8 +117,10 @@ def run_experiment(
         refit_seconds = time.perf_counter() - t1
     fit_seconds = time.perf_counter() - t0
 
-    pred = predict_result(result, test, ratings.rating_scale)
-    if predictions is not None:
+    spec = get_model(model)
+    ranked = ranking_scores(ratings, split, result) if spec.ranks and len(test) else {}
+    pred = None if spec.ranks else predict_result(result, test, ratings.rating_scale)
+    if predictions is not None and not spec.ranks:
         predictions["test"] = pred
         if val is not None:
             predictions["val"] = predict_result(selection, val, ratings.rating_scale)
@@ -128,9 +130,11 @@ def run_experiment(
         "model": model,
         "dataset": ratings.name,
         "seed": seed,
-        # None without a test part (test_frac 0: a model trained on every rating, for use)
-        "test_rmse": metrics.rmse(pred, test.ratings) if len(test) else None,
-        "test_mae": metrics.mae(pred, test.ratings) if len(test) else None,
+        # None without a test part (test_frac 0: a model trained on every rating, for use),
+        # or for a model whose scores are not ratings (spec.ranks: ranked, below)
+        "test_rmse": metrics.rmse(pred, test.ratings) if len(test) and pred is not None else None,
+        "test_mae": metrics.mae(pred, test.ratings) if len(test) and pred is not None else None,
+        **ranked,
         "val_rmse": min(val_scores) if val_scores else None,  # of the selection fit (step 3)
         "best_epoch": selection.best_epoch,
         "refit": refit_seconds is not None,
@@ -155,6 +159,31 @@ def run_experiment(
     if refit_seconds is not None:
         record["selection_history"] = selection.history
     return record, result
+
+
+RANKING_K, RANKING_THRESHOLD = 10, 4.0  # `recsys-jax evaluate`'s defaults
+
+
+def ranking_scores(ratings: Ratings, split: Split, result: FitResult, k: int = RANKING_K,
+                   threshold: float = RANKING_THRESHOLD) -> dict:
+    """The test part scored as `recsys-jax evaluate` scores it, for a model that ranks
+    (``ModelSpec.ranks``): ``test_ndcg``, ``test_recall``, ``test_precision`` and
+    ``test_hit_rate`` at ``k`` (test ratings of at least ``threshold`` relevant; the
+    candidates every item the user did not rate in the training split), and the same for
+    popularity (each item's number of training ratings), the baseline to beat."""
+    from recsys_jax.models import static_config
+
+    train = ratings.take(split.train)
+    test = ratings.take(split.test)
+    score_fn = metrics.make_score_fn(result.model, static_config(result.model_config), ratings.num_items)
+    inputs = metrics.ScoreInputs(result.params, result.aux)
+    model = metrics.ranking_report(score_fn, inputs, test, k=k, exclude=train, threshold=threshold)
+    counts = np.bincount(train.items, minlength=ratings.num_items).astype(np.float32)
+    popular = metrics.ranking_report(metrics.broadcast_scores, counts, test, k=k, exclude=train, threshold=threshold)
+    out = {"ranking_k": model["k"], "ranking_threshold": threshold, "ranking_users": model["num_users"]}
+    for name in ("ndcg", "recall", "precision", "hit_rate"):
+        out[f"test_{name}"], out[f"popularity_{name}"] = model[name], popular[name]
+    return out
 
 
 def predict_result(result: FitResult, pairs: Ratings, clip: tuple[float, float] | None = None) -> np.ndarray:

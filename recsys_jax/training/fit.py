@@ -267,9 +267,14 @@ def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, pro
     driven by the same loop as the engine (`recsys_jax.training.loop.generator_trainer`)."""
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
     trainer = generator_trainer(spec.fit_epochs(key, train, model_config, tc, aux))
+
+    def evaluate(params):
+        if spec.ranks:  # its scores are not ratings: no RMSE to choose by, the last epoch is kept
+            return {"val_rmse": None, "val_mae": None}, None
+        return val_scores(apply_fn, params, val, train.rating_scale, aux)
+
     _, best, _, _ = run_loop(
-        trainer, None, key, epochs=range(1, tc.epochs + 1),
-        evaluate=lambda params: val_scores(apply_fn, params, val, train.rating_scale, aux), history=history,
+        trainer, None, key, epochs=range(1, tc.epochs + 1), evaluate=evaluate, history=history,
         best=first_best(None), patience=tc.patience, on_epoch=on_epoch, desc=f"fit {model}" if progress else None)
     if best.epoch == 0:
         raise ValueError(f"fit: model {model!r} yielded no epoch")

@@ -77,6 +77,10 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         # no biases, alpha sampled worse; 120 sweeps (100 slots), alpha 1.5 and K = 20 (a longer
         # run) a little better still; init_scale 0.3 over 0.1 (fewer sweeps to leave 0) and 0.5.
         "bpmf": TrainConfig(epochs=100),
+        # iALS solves itself (recsys_jax.models.ials): an epoch is one alternation, every row exact;
+        # 15 as Hu et al. and the implicit library run it; no other field applies. Its settings
+        # are ials.Config's (chosen there, on the validation slice of seed 0's training split).
+        "ials": TrainConfig(epochs=15),
     },
     "notebook": {
         "dot": TrainConfig(epochs=10, batch_size=64, schedule="piecewise", l2=1e-4, penalty="table",
@@ -181,4 +185,10 @@ def resolve(preset: str, model: str, *, model_overrides: dict | None = None, val
             raise ValueError("--lr has no effect on a piecewise schedule: its phases set the learning rates")
         tc = tc._replace(schedule="constant")
     model_config = make_config(model, **{**model_options(preset, model), **(model_overrides or {})})
-    return Resolved(tc, model_config, _preset_val_frac(preset) if val_frac is None else float(val_frac))
+    if val_frac is None:
+        from recsys_jax.models import get_model
+
+        # A model that ranks keeps its last epoch (no rating to validate on): a validation
+        # slice would only be left out of a fit, then refit on.
+        val_frac = 0.0 if get_model(model).ranks else _preset_val_frac(preset)
+    return Resolved(tc, model_config, float(val_frac))

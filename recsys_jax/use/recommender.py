@@ -101,7 +101,13 @@ class Recommender(NamedTuple):
         ``timestamps`` (seconds since the epoch, one per pair) are read by time-aware
         models; without them such a model predicts each user at the mean day of that
         user's training ratings (where the user's drift term is zero).
+
+        A model that ranks (its spec's ``ranks``: implicit feedback) predicts no ratings:
+        a ValueError says so (`recommend` ranks with its scores).
         """
+        if get_model(self.model).ranks:
+            raise ValueError(f"predict: the {self.model} model ranks items from implicit feedback; its scores are "
+                             "not ratings (recommend and evaluate use them)")
         return np.clip(self._predict(raw_users, raw_items, unknown, timestamps, self._link()), *self.rating_scale)
 
     def rating_distribution(self, raw_users, raw_items, *, unknown: str = "error",
@@ -475,11 +481,13 @@ class Recommender(NamedTuple):
                 raise ValueError(f"evaluate: min_ratings must be a non-negative integer, got {min_ratings!r}")
             item_mask = self.item_counts() >= int(min_ratings)
         times = days(test.timestamps) if get_model(self.model).uses_time else None
-        pred = self._predict_indices(users, items, times=times, clip=self.rating_scale)
+        ranks = get_model(self.model).ranks  # scores that are not ratings: no rating metrics
+        pred = None if ranks else self._predict_indices(users, items, times=times, clip=self.rating_scale)
         import dataclasses
 
         mapped = dataclasses.replace(test, users=users, items=items, user_ids=self.user_ids, item_ids=self.item_ids)
-        out = {"rmse": rmse(pred, test.ratings), "mae": mae(pred, test.ratings), "num_test": len(test),
+        out = {"rmse": None if ranks else rmse(pred, test.ratings), "mae": None if ranks else mae(pred, test.ratings),
+               "num_test": len(test),
                **ranking_report(self._score_fn(), self._score_inputs(), mapped, k=k, exclude=exclude,
                                 item_mask=item_mask, threshold=threshold),
                "threshold": threshold, "min_ratings": min_ratings,

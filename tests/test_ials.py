@@ -1,0 +1,107 @@
+"""iALS (recsys_jax.models.ials) against a float64 reference of its updates, its objective,
+and the CLI path of a model that ranks: train reports ranking metrics beside popularity,
+evaluate has no rating metrics, predict refuses, recommend says what its score is."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from recsys_jax.data import make_synthetic
+from recsys_jax.models import ials
+
+CONFIG = ials.Config(embedding_dim=3, unobserved_weight=0.3, l2=0.05, nu=0.7, threshold=3.5, init_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ratings, _ = make_synthetic(jax.random.key(4), 25, 15, 160, embedding_dim=3)
+    return ratings
+
+
+def reference(train, config, p, q, epochs):
+    """The alternation written out in float64: each row's normal equations solved densely."""
+    users, items = ials.positives(train, config.threshold)
+    pos = np.zeros((train.num_users, train.num_items))
+    pos[users, items] = 1.0
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    k = p.shape[1]
+    for _ in range(epochs):
+        for table, other, s in ((p, q, pos), (q, p, pos.T)):
+            gram = other.T @ other
+            for r in range(table.shape[0]):
+                n = s[r].sum()
+                if n == 0:
+                    table[r] = 0.0
+                    continue
+                lam = config.l2 * (n + config.unobserved_weight * other.shape[0]) ** config.nu
+                a = config.unobserved_weight * gram + other.T @ np.diag(s[r]) @ other + lam * np.eye(k)
+                table[r] = np.linalg.solve(a, other.T @ s[r])
+    return p, q
+
+
+def objective64(train, config, p, q):
+    users, items = ials.positives(train, config.threshold)
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    scores = p @ q.T
+    n_u = np.bincount(users, minlength=p.shape[0])
+    n_i = np.bincount(items, minlength=q.shape[0])
+    reg = (config.l2 * (n_u + config.unobserved_weight * q.shape[0]) ** config.nu * (p * p).sum(1)).sum()
+    reg += (config.l2 * (n_i + config.unobserved_weight * p.shape[0]) ** config.nu * (q * q).sum(1)).sum()
+    return ((scores[users, items] - 1) ** 2).sum() + config.unobserved_weight * (scores ** 2).sum() + reg
+
+
+def test_the_updates_are_the_float64_reference(data):
+    start = ials.init(jax.random.key(7), data.num_users, data.num_items, CONFIG)
+    gen = ials.fit_epochs(jax.random.key(7), data, CONFIG)  # the same key: the same start
+    got = [next(gen) for _ in range(3)]
+    p, q = reference(data, CONFIG, start.user_factors, start.item_factors, 3)
+    np.testing.assert_allclose(got[-1][0].user_factors, p, rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(got[-1][0].item_factors, q, rtol=2e-4, atol=1e-5)
+    users, _ = ials.positives(data, CONFIG.threshold)
+    assert got[-1][1] == pytest.approx(objective64(data, CONFIG, p, q) / len(users), rel=1e-4)
+
+
+def test_the_objective_never_increases_and_each_half_step_is_a_minimum(data):
+    gen = ials.fit_epochs(jax.random.key(1), data, CONFIG)
+    losses = [next(gen)[1] for _ in range(6)]
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(losses, losses[1:]))
+    params = next(gen)[0]
+    p, q = np.asarray(params.user_factors, np.float64), np.asarray(params.item_factors, np.float64)
+    base = objective64(data, CONFIG, p, q)
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # the item side was solved last: no small move of Q lowers L
+        step = 1e-3 * rng.standard_normal(q.shape)
+        assert objective64(data, CONFIG, p, q + step) >= base - 1e-9
+
+
+def test_bad_settings_are_refused(data):
+    with pytest.raises(ValueError, match="unobserved_weight"):
+        next(ials.fit_epochs(jax.random.key(0), data, CONFIG._replace(unobserved_weight=0.0)))
+    with pytest.raises(ValueError, match="threshold"):
+        next(ials.fit_epochs(jax.random.key(0), data, CONFIG._replace(threshold=99.0)))
+
+
+def test_the_cli_trains_ranks_and_refuses_to_predict_ratings(tmp_path):
+    from test_evaluate import movielens_folder
+
+    root = movielens_folder(tmp_path / "ml")
+    ck = tmp_path / "ck"
+    code, out, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "ials", "--epochs", "4",
+                              "--embedding-dim", "4", "--out", ck, "--json"])
+    assert code == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["test_rmse"] is None and 0 <= record["test_ndcg"] <= 1 and 0 <= record["popularity_ndcg"] <= 1
+    assert not record["refit"] and record["num_val"] == 0 and record["best_epoch"] == 4  # the last one
+    assert "popularity: ndcg@10" in out
+    code, out, err = run_cli(["evaluate", "--checkpoint", ck, "--data-dir", root, "--no-download", "--json"])
+    assert code == 0, err
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert evaluated["rmse"] is None and evaluated["ndcg"] == pytest.approx(record["test_ndcg"])
+    code, _, err = run_cli(["predict", "--checkpoint", ck, "--user", "1", "--movie", "1"])
+    assert code == 2 and "not ratings" in err
+    code, out, err = run_cli(["recommend", "--checkpoint", ck, "--user", "1", "-n", "3"])
+    assert code == 0 and "score = preference, not a rating" in out.splitlines()[0], err

@@ -324,7 +324,8 @@ def markdown(summary: list[dict], env: dict, records: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="bias and dot, default preset, seeds 0 1")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    # rating models only: a model that ranks (ModelSpec.ranks) has no RMSE; benchmarks.peers ranks it
+    p.add_argument("--models", nargs="+", default=[m for m, spec in MODELS.items() if not spec.ranks])
     p.add_argument("--presets", nargs="+", default=["default", "notebook"],
                    help="default, notebook, or tuned (from --tuned)")
     p.add_argument("--tuned", metavar="PATH", default=None,

@@ -196,7 +196,8 @@ def markdown(records: list[dict], env: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    # rating models (a model that ranks is timed by benchmarks.peers --implementations ranking)
+    p.add_argument("--models", nargs="+", default=[m for m, spec in MODELS.items() if not spec.ranks])
     p.add_argument("--sparse-models", nargs="*", default=["bias"],
                    help="also time the row-sparse optimizers for these models (default: bias)")
     p.add_argument("--optimizers", nargs="+", default=["lazy_adam", "adagrad", "sgd", "als"],

@@ -60,7 +60,8 @@ def search_split(ratings, seed: int):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    # rating models only: a model that ranks (ModelSpec.ranks) has no RMSE; benchmarks.peers ranks it
+    p.add_argument("--models", nargs="+", default=[m for m, spec in MODELS.items() if not spec.ranks])
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="split seeds, each tuned on its own training split")
     add_output_args(p, md=False)
     args = p.parse_args(argv)

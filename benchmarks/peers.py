@@ -362,9 +362,113 @@ def popularity_fit(train: Ratings, test: Ratings) -> dict:
 
 
 RANKERS = ("popularity", "recsys_jax ials", "implicit als", "implicit bpr")
+HELD_OUT_CUTS = (("recall", 20), ("recall", 50), ("ndcg", 100))
+
+
+def held_out_metrics(scores: np.ndarray, fold_in: list, targets: list) -> dict:
+    """Recall@20, Recall@50 (hits over min(R, |targets|), Liang et al. 2018's normalisation)
+    and NDCG@100 of ``scores`` (float[m, I], one row per held-out user), the user's
+    folded-in items left out of its candidates; means over the users."""
+    scores = np.array(scores, np.float64)
+    for j, items in enumerate(fold_in):
+        scores[j, items] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+    out = defaultdict(list)
+    for j, want in enumerate(targets):
+        hits = np.isin(order[j], want)
+        for name, cut in HELD_OUT_CUTS:
+            if name == "recall":
+                out[f"{name}@{cut}"].append(hits[:cut].sum() / min(cut, len(want)))
+            else:
+                gains = hits[:cut] / np.log2(np.arange(2, cut + 2))
+                ideal = (1.0 / np.log2(np.arange(2, min(cut, len(want)) + 2))).sum()
+                out[f"{name}@{cut}"].append(gains.sum() / ideal)
+    return {k: float(np.mean(v)) for k, v in out.items()} | {"held_out_users": len(targets)}
+
+
+def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
+    """Strong generalisation (`recsys_jax.data.split.held_out_users`: 20% of the users held
+    out, 80% of each one's positives folded in, the rest to find): popularity (positives
+    among the training users), ``ials`` (each held-out user one exact solve,
+    `recsys_jax.models.ials.fold_in_users`), implicit's ALS (``recalculate_user``) and BPR,
+    which cannot fold a user in: it trains on the held-out users' folded-in positives too."""
+    import jax
+
+    from recsys_jax.data.split import held_out_users
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.models import ials
+    from recsys_jax.training.fit import fit
+
+    split = held_out_users(ratings, seed)
+    train = ratings.take(split.train)
+    held = np.unique(ratings.users[split.target])
+    fold_in = [ratings.items[split.fold_in][ratings.users[split.fold_in] == u] for u in held]
+    targets = [ratings.items[split.target][ratings.users[split.target] == u] for u in held]
+    results = {}
+    counts = np.bincount(train.items, minlength=ratings.num_items).astype(np.float64)
+    results["popularity"] = {"fit_seconds": 0.0, **held_out_metrics(np.tile(counts, (len(held), 1)), fold_in, targets)}
+    t0 = time.perf_counter()
+    fitted = fit("ials", train, None, key=jax.random.key(seed), train_config=TrainConfig(epochs=RANKING_ITERATIONS),
+                 progress=False)
+    seconds = time.perf_counter() - t0
+    rows = ials.fold_in_users(fitted.params, fitted.model_config, fold_in)
+    q = np.asarray(fitted.params.item_factors)
+    results["recsys_jax ials"] = {"fit_seconds": seconds, **held_out_metrics(rows @ q.T, fold_in, targets)}
+    implicit = _implicit()
+    from scipy.sparse import csr_matrix
+
+    positives = _positives_csr(train)
+    model = implicit.cpu.als.AlternatingLeastSquares(factors=RANKING_FACTORS, iterations=RANKING_ITERATIONS,
+                                                     random_state=seed)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):
+        model.fit(positives, show_progress=False)
+    seconds = time.perf_counter() - t0
+    given = csr_matrix((np.ones(len(split.fold_in), np.float32),
+                        (np.searchsorted(held, ratings.users[split.fold_in]), ratings.items[split.fold_in])),
+                       shape=(len(held), ratings.num_items))
+    rows = np.asarray(model.recalculate_user(np.arange(len(held)), given))
+    results["implicit als"] = {"fit_seconds": seconds,
+                               **held_out_metrics(rows @ np.asarray(model.item_factors).T, fold_in, targets)}
+    with_given = ratings.take(np.sort(np.concatenate([split.train, split.fold_in])))
+    bpr = implicit.cpu.bpr.BayesianPersonalizedRanking(factors=RANKING_FACTORS, random_state=seed)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):
+        bpr.fit(_positives_csr(with_given), show_progress=False)
+    seconds = time.perf_counter() - t0
+    rows = np.asarray(bpr.user_factors)[held]
+    results["implicit bpr"] = {"fit_seconds": seconds,
+                               **held_out_metrics(rows @ np.asarray(bpr.item_factors).T, fold_in, targets)}
+    return results
+
+
+def held_out_markdown(records: list[dict]) -> list[str]:
+    groups = defaultdict(list)
+    for r in records:
+        groups[r["model"]].append(r)
+    rows = []
+    for name in RANKERS:
+        rs = groups.get(name, [])
+        if rs:
+            rows.append([name, *(_mean_std([r[f"{m}@{c}"] for r in rs]) for m, c in HELD_OUT_CUTS),
+                         f"{np.median([r['fit_seconds'] for r in rs]):.2f}"])
+    if not rows:
+        return []
+    return ["#### Held-out users (strong generalisation)\n",
+            markdown_table(["model", *(f"{m.upper() if m == 'ndcg' else m.capitalize()}@{c}" for m, c in HELD_OUT_CUTS),
+                            "fit s (median)"], rows),
+            "",
+            "Liang et al. 2018's protocol: the ratings of at least 4 stars are the positives; 20% of the users "
+            "(with two positives or more) are held out of training; 80% of each held-out user's positives are "
+            "folded into the trained model, the rest are to be found among every movie not folded in. Recall@R "
+            "divides the hits by min(R, the user's targets). `ials` folds a user in by one exact solve, implicit's "
+            "ALS by `recalculate_user`; implicit's BPR cannot fold a user in, so it trains on the folded-in "
+            "positives too (an easier task); popularity counts the training users' positives.", ""]
 
 
 def ranking_markdown(records: list[dict], env: dict) -> str:
+    held = [r for r in records if r["protocol"] == "ranking, held-out users"]
+    records = [r for r in records if r["protocol"] != "ranking, held-out users"]
     groups = defaultdict(list)
     for r in records:
         groups[r["model"]].append(r)
@@ -395,6 +499,7 @@ def ranking_markdown(records: list[dict], env: dict) -> str:
         "popularity ranks by the number of training ratings. Fit s: training only (recsys_jax's includes "
         "compilation on the first seed).",
         "",
+        *held_out_markdown(held),
         f"Device: {env.get('device')} ({env.get('cpu')}, {env.get('cpu_count')} cores); jax {env.get('jax')}, "
         f"implicit {env.get('implicit')}; commit {env.get('git_commit')}; `{env.get('command')}`.", ""])
 
@@ -436,6 +541,13 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
             results = {"popularity": popularity_fit(train, test), "recsys_jax ials": ials_fit(ratings, split, seed=seed),
                        "implicit als": implicit_fit("als", train, test, seed=seed),
                        "implicit bpr": implicit_fit("bpr", train, test, seed=seed)}
+            for name, result in held_out_run(ratings, seed).items():
+                rec = {"bench": "peers", "implementation": name.split()[0], "model": name, "seed": seed,
+                       "dataset": ratings.name, "protocol": "ranking, held-out users", **result}
+                rec.update({k: v for k, v in env.items() if k not in rec})
+                records.append(rec)
+                log(f"[peers] seed {seed} {name:30s} held-out users: recall@20 {result['recall@20']:.4f} "
+                    f"recall@50 {result['recall@50']:.4f} ndcg@100 {result['ndcg@100']:.4f}")
             for name, result in results.items():
                 rec = {"bench": "peers", "implementation": name.split()[0], "model": name, "seed": seed,
                        "dataset": ratings.name, "protocol": "ranking, random 80/20", **result}

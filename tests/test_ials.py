@@ -105,3 +105,17 @@ def test_the_cli_trains_ranks_and_refuses_to_predict_ratings(tmp_path):
     assert code == 2 and "not ratings" in err
     code, out, err = run_cli(["recommend", "--checkpoint", ck, "--user", "1", "-n", "3"])
     assert code == 0 and "score = preference, not a rating" in out.splitlines()[0], err
+
+
+def test_folding_in_a_user_is_the_user_step(data):
+    """A user folded in from its positives, every item fixed, is the row the user step
+    solves: the same solve (strong generalisation's fold-in)."""
+    from recsys_jax.models.row_chunks import make_plan
+
+    gen = ials.fit_epochs(jax.random.key(2), data, CONFIG)
+    params = next(gen)[0]
+    users, items = ials.positives(data, CONFIG.threshold)
+    plan = make_plan(users, items, np.ones(len(users), np.float32), data.num_users, data.num_items)
+    solved = ials.solve_side(params.user_factors, params.item_factors, plan.user, CONFIG)
+    lists = [items[users == u] for u in range(data.num_users)]
+    np.testing.assert_allclose(ials.fold_in_users(params, CONFIG, lists), solved, rtol=1e-4, atol=1e-5)

@@ -306,3 +306,28 @@ def test_kfold_property(n, k, seed):
     for s in splits:
         assert_partition(s, n)
     np.testing.assert_array_equal(np.sort(np.concatenate([s.test for s in splits])), np.arange(n))
+
+
+def test_held_out_users_partition_the_positives():
+    """Strong generalisation: the positives split three ways, the held-out users never in
+    training, each with at least one pair folded in and one to find; seeded."""
+    import jax
+
+    from recsys_jax.data import make_synthetic
+    from recsys_jax.data.split import held_out_users
+
+    ratings, _ = make_synthetic(jax.random.key(3), 60, 40, 1200)
+    split = held_out_users(ratings, 0, users_frac=0.25, fold_in_frac=0.8)
+    positives = np.flatnonzero(ratings.ratings >= 4.0)
+    parts = np.concatenate([split.train, split.fold_in, split.target])
+    np.testing.assert_array_equal(np.sort(parts), positives)
+    held = np.unique(ratings.users[split.target])
+    assert not set(held) & set(ratings.users[split.train])
+    np.testing.assert_array_equal(np.unique(ratings.users[split.fold_in]), held)
+    eligible = np.sum(np.bincount(ratings.users[positives]) >= 2)
+    assert len(held) == round(0.25 * eligible)
+    per_user = np.bincount(ratings.users[split.fold_in], minlength=60)[held] / np.bincount(
+        ratings.users[np.concatenate([split.fold_in, split.target])], minlength=60)[held]
+    assert 0.6 < per_user.mean() < 0.9
+    again = held_out_users(ratings, 0, users_frac=0.25, fold_in_frac=0.8)
+    assert all(np.array_equal(a, b) for a, b in zip(split, again))

@@ -95,6 +95,39 @@ def temporal_split(ratings: Ratings, k: int = 1) -> Split:
     return _from_test_mask(rank >= count - num_test)
 
 
+class HeldOutUsers(NamedTuple):
+    """Row indices of `held_out_users`: ``train`` every positive of the training users;
+    ``fold_in`` and ``target`` the held-out users' positives given to the model and to find."""
+
+    train: np.ndarray  # int64[N]
+    fold_in: np.ndarray  # int64[F]
+    target: np.ndarray  # int64[T]
+
+
+def held_out_users(ratings: Ratings, seed, users_frac: float = 0.2, fold_in_frac: float = 0.8,
+                   threshold: float = 4.0) -> HeldOutUsers:
+    """Strong generalisation, the protocol of Liang et al. 2018 and Rendle et al. 2021: the
+    ratings of at least ``threshold`` are the positives (the rest are dropped); a random
+    ``users_frac`` of the users with at least two positives are held out of training; of
+    each held-out user's positives a random ``fold_in_frac`` (at least one, and at least
+    one left) is given to the trained model (folded in), the rest are the targets."""
+    if not 0.0 < users_frac < 1.0 or not 0.0 < fold_in_frac < 1.0:
+        raise ValueError(f"users_frac and fold_in_frac must be in (0, 1), got {users_frac}, {fold_in_frac}")
+    rng = _rng(seed)
+    positive = np.flatnonzero(np.asarray(ratings.ratings) >= threshold)
+    users = np.asarray(ratings.users)[positive]
+    counts = np.bincount(users, minlength=ratings.num_users)
+    eligible = np.flatnonzero(counts >= 2)
+    held = np.zeros(ratings.num_users, bool)
+    held[rng.choice(eligible, int(round(users_frac * len(eligible))), replace=False)] = True
+    mine = held[users]
+    rows = positive[mine]
+    order = np.lexsort((rng.random(len(rows)), users[mine]))
+    rank, count = _rank_within_user(np.asarray(ratings.users)[rows], order)
+    given = np.clip(np.round(fold_in_frac * count).astype(np.int64), 1, count - 1)
+    return HeldOutUsers(np.sort(positive[~mine]), np.sort(rows[rank < given]), np.sort(rows[rank >= given]))
+
+
 PROTOCOLS = ("random", "user", "temporal")
 
 

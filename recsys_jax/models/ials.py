@@ -171,6 +171,25 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None) -
         yield params, objective(params, users, items, config) / len(users)
 
 
+def fold_in_users(params: Params, config: Config, item_lists) -> np.ndarray:
+    """New users' rows, ``float32[m, K]``, each one exact solve with every item row fixed:
+    the user step above for the positives ``item_lists[j]`` (item indices) of new user j
+    (strong generalisation: a user unseen in training, scored from a few of its positives).
+    A user without positives gets 0."""
+    q = np.asarray(params.item_factors, np.float64)
+    k, num_items = q.shape[1], q.shape[0]
+    base = config.unobserved_weight * (q.T @ q)
+    out = np.zeros((len(item_lists), k), np.float32)
+    for j, items in enumerate(item_lists):
+        items = np.unique(np.asarray(items, np.int64))
+        if len(items) == 0:
+            continue
+        lam = config.l2 * (len(items) + config.unobserved_weight * num_items) ** config.nu
+        rows = q[items]
+        out[j] = np.linalg.solve(base + rows.T @ rows + lam * np.eye(k), rows.sum(axis=0))
+    return out
+
+
 SPEC = ModelSpec("ials", Config, Params, init, apply, predict_one=predict_one, score_matrix=score_matrix,
                  block_scores=block_scores, fit_epochs=fit_epochs, item_vectors=("item_factors",), ranks=True,
                  doc=__doc__)

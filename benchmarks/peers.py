@@ -28,9 +28,9 @@ the same rows for every implementation) it trains:
   KNNBaseline defaults to the MSD similarity, user-based; the docs recommend
   ``pearson_baseline``, so that variant runs too), fitted on a Trainset built from the
   training rows and asked for the test rows;
-- with ``ranking``: recommendations under ``recsys-jax evaluate``'s protocol (`ranking_markdown`):
-  popularity, recsys_jax's ``ials`` and implicit's ALS and BPR, each trained on the
-  training ratings of at least 4 stars.
+- with ``ranking``: recommendations under ``recsys-jax evaluate``'s protocol and under
+  held-out users (`ranking_markdown`): popularity, recsys_jax's ``ials`` and ``ease`` and
+  implicit's ALS and BPR, each trained on the training ratings of at least 4 stars.
 
 Every model is scored once on the test rows, predictions clipped to the rating scale.
 Fit seconds are wall seconds of training (compilation included: Keras traces each new
@@ -341,14 +341,14 @@ def implicit_fit(name: str, train: Ratings, test: Ratings, *, seed: int) -> dict
     return {"fit_seconds": seconds, **_ranked(metrics.matrix_scores, scores, train, test)}
 
 
-def ials_fit(ratings: Ratings, split, *, seed: int) -> dict:
-    """recsys_jax's ``ials`` with its defaults (the CLI's: 15 epochs, 64 factors), as
-    ``recsys-jax train --model ials`` scores it."""
+def ranker_fit(model: str, ratings: Ratings, split, *, seed: int) -> dict:
+    """recsys_jax's ``model`` (ials, ease) with its defaults, as ``recsys-jax train --model
+    <model>`` scores it."""
     from recsys_jax.training.experiment import run_experiment
     from recsys_jax.training.presets import resolve
 
-    tc, config, val_frac = resolve("default", "ials")
-    out, _ = run_experiment(ratings, split, "ials", seed=seed, train_config=tc, model_config=config, val_frac=val_frac)
+    tc, config, val_frac = resolve("default", model)
+    out, _ = run_experiment(ratings, split, model, seed=seed, train_config=tc, model_config=config, val_frac=val_frac)
     return {"fit_seconds": out["fit_seconds"], **{k: out[k] for k in ("test_ndcg", "test_recall", "test_precision",
                                                                           "test_hit_rate", "ranking_users")}}
 
@@ -361,7 +361,7 @@ def popularity_fit(train: Ratings, test: Ratings) -> dict:
     return {"fit_seconds": 0.0, **_ranked(metrics.broadcast_scores, counts, train, test)}
 
 
-RANKERS = ("popularity", "recsys_jax ials", "implicit als", "implicit bpr")
+RANKERS = ("popularity", "recsys_jax ials", "recsys_jax ease", "implicit als", "implicit bpr")
 HELD_OUT_CUTS = (("recall", 20), ("recall", 50), ("ndcg", 100))
 
 
@@ -414,6 +414,15 @@ def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
     rows = ials.fold_in_users(fitted.params, fitted.model_config, fold_in)
     q = np.asarray(fitted.params.item_factors)
     results["recsys_jax ials"] = {"fit_seconds": seconds, **held_out_metrics(rows @ q.T, fold_in, targets)}
+    from recsys_jax.models import ease
+
+    t0 = time.perf_counter()
+    aux = ease.prepare(train)
+    fitted = fit("ease", train, None, key=jax.random.key(seed), train_config=TrainConfig(epochs=1), progress=False)
+    seconds = time.perf_counter() - t0
+    weights, slot = np.asarray(fitted.params.weights), np.asarray(aux.item_slot)
+    rows = np.stack([weights[slot[items]].sum(axis=0)[slot[:-1]] for items in fold_in])  # x_u B: no refit
+    results["recsys_jax ease"] = {"fit_seconds": seconds, **held_out_metrics(rows, fold_in, targets)}
     implicit = _implicit()
     from scipy.sparse import csr_matrix
 
@@ -461,8 +470,8 @@ def held_out_markdown(records: list[dict]) -> list[str]:
             "Liang et al. 2018's protocol: the ratings of at least 4 stars are the positives; 20% of the users "
             "(with two positives or more) are held out of training; 80% of each held-out user's positives are "
             "folded into the trained model, the rest are to be found among every movie not folded in. Recall@R "
-            "divides the hits by min(R, the user's targets). `ials` folds a user in by one exact solve, implicit's "
-            "ALS by `recalculate_user`; implicit's BPR cannot fold a user in, so it trains on the folded-in "
+            "divides the hits by min(R, the user's targets). `ials` folds a user in by one exact solve, `ease` "
+            "scores it from its folded-in items directly (x B), implicit's ALS by `recalculate_user`; implicit's BPR cannot fold a user in, so it trains on the folded-in "
             "positives too (an easier task); popularity counts the training users' positives.", ""]
 
 
@@ -495,7 +504,7 @@ def ranking_markdown(records: list[dict], env: dict) -> str:
         f"{RANKING_K}; users with a relevant test rating counted. The implicit models train on the training "
         f"ratings of at least {RANKING_THRESHOLD:g} stars as positives: implicit {env.get('implicit')}'s ALS "
         f"({RANKING_FACTORS} factors, {RANKING_ITERATIONS} iterations, its defaults otherwise) and BPR "
-        f"({RANKING_FACTORS} factors, its defaults otherwise), recsys_jax's `ials` with its defaults; "
+        f"({RANKING_FACTORS} factors, its defaults otherwise), recsys_jax's `ials` and `ease` with their defaults; "
         "popularity ranks by the number of training ratings. Fit s: training only (recsys_jax's includes "
         "compilation on the first seed).",
         "",
@@ -538,7 +547,9 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
             for name in surprise_algos:
                 add("surprise", name, seed, surprise_fit(name, train, test, seed=seed))
         if "ranking" in implementations:
-            results = {"popularity": popularity_fit(train, test), "recsys_jax ials": ials_fit(ratings, split, seed=seed),
+            results = {"popularity": popularity_fit(train, test),
+                       "recsys_jax ials": ranker_fit("ials", ratings, split, seed=seed),
+                       "recsys_jax ease": ranker_fit("ease", ratings, split, seed=seed),
                        "implicit als": implicit_fit("als", train, test, seed=seed),
                        "implicit bpr": implicit_fit("bpr", train, test, seed=seed)}
             for name, result in held_out_run(ratings, seed).items():

@@ -47,7 +47,7 @@ def _compile_cache_of_the_session(tmp_path_factory):
 
 
 # Models without latent factors: the option that the generic tests' embedding_dim stands for.
-TABLE_WIDTH = {"knn": "max_neighbors"}
+TABLE_WIDTH = {"knn": "max_neighbors", "ease": None}  # None: no such option (EASE's B is I' x I')
 
 
 def configured_model(name: str, train, **options):
@@ -57,7 +57,9 @@ def configured_model(name: str, train, **options):
 
     module = MODELS[name]
     if name in TABLE_WIDTH and "embedding_dim" in options:  # no latent factors: the width of its item tables
-        options[TABLE_WIDTH[name]] = options.pop("embedding_dim")
+        width = options.pop("embedding_dim")
+        if TABLE_WIDTH[name] is not None:
+            options[TABLE_WIDTH[name]] = width
     config = make_config(name, **options)
     aux = module.prepare(train, config) if module.prepare is not None else None
     if module.configure is not None:

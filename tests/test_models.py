@@ -76,6 +76,9 @@ def test_init_shapes_and_dtypes(model):
         if field.startswith("item_"):
             assert value.shape[0] == NUM_ITEMS, field
     tables = [f for f in params._fields if f.startswith(("user_", "item_"))]
+    if name == "ease":  # no user or item table: B is over the items with a positive (tests/test_ease.py)
+        assert params.weights.shape == (config.num_active + 1,) * 2
+        return
     assert tables, "every model has user_* / item_* tables (the penalties find them by name)"
     assert any(getattr(params, f).shape[-1] == 4 for f in tables)
 
@@ -87,7 +90,7 @@ def test_init_is_deterministic(model):
     c = module.init(jax.random.key(4), NUM_USERS, NUM_ITEMS, config)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    if name == "knn":  # draws nothing: its tables come from the data (tests/test_knn.py checks its init)
+    if name in ("knn", "ease"):  # draw nothing: their tables come from the data (tests/test_knn.py, test_ease.py)
         return
     table = next(f for f in a._fields if f.startswith("user_") and not f.endswith("_bias"))
     assert not np.array_equal(getattr(a, table), getattr(c, table))

@@ -101,6 +101,8 @@ def example_terms(ctx, p, u, i, t):
     """(factor terms, bias terms) of one example, as the model's docstring writes them."""
     if ctx.name in ("dot", "mlp", "gmf"):
         return sq(p.user_factors[u]) + sq(p.item_factors[i]), 0.0
+    if ctx.name == "ease":  # no user or item rows: its ridge on B is inside its closed form (ease.fit_epochs)
+        return 0.0, 0.0
     if ctx.name == "ials":  # solved with its own regularisation (ials.objective); fold-in's gradient route reads this
         return sq(p.user_factors[u]) + sq(p.item_factors[i]), 0.0
     if ctx.name == "bpmf":  # sampled, not penalised in training; fold-in's gradient route reads this

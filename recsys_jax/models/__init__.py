@@ -30,7 +30,7 @@ import functools
 
 import jax
 
-from recsys_jax.models import autorec, bias, bpmf, dot, fm, glocalk, gmf, ials, knn, mlp, neumf, svdpp, timesvd
+from recsys_jax.models import autorec, bias, bpmf, dot, ease, fm, glocalk, gmf, ials, knn, mlp, neumf, svdpp, timesvd
 from recsys_jax.models._common import initial_offset
 from recsys_jax.models.spec import FoldIn, ModelSpec
 
@@ -51,6 +51,7 @@ MODELS: dict[str, ModelSpec] = {
     "bpmf": bpmf.SPEC,
     "knn": knn.SPEC,
     "ials": ials.SPEC,
+    "ease": ease.SPEC,
 }
 DEFAULT_MODEL = bias.SPEC.name  # what `recsys-jax train` trains when no --model is given
 

@@ -81,6 +81,8 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         # 15 as Hu et al. and the implicit library run it; no other field applies. Its settings
         # are ials.Config's (chosen there, on the validation slice of seed 0's training split).
         "ials": TrainConfig(epochs=15),
+        # EASE is a closed form (recsys_jax.models.ease): one epoch; its l2 is ease.Config's.
+        "ease": TrainConfig(epochs=1),
     },
     "notebook": {
         "dot": TrainConfig(epochs=10, batch_size=64, schedule="piecewise", l2=1e-4, penalty="table",

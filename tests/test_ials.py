@@ -119,3 +119,19 @@ def test_folding_in_a_user_is_the_user_step(data):
     solved = ials.solve_side(params.user_factors, params.item_factors, plan.user, CONFIG)
     lists = [items[users == u] for u in range(data.num_users)]
     np.testing.assert_allclose(ials.fold_in_users(params, CONFIG, lists), solved, rtol=1e-4, atol=1e-5)
+
+
+def test_a_new_user_folds_in_by_one_solve(data):
+    """`Recommender.fold_in_user` (recommend --rate) on an ials model: the new user's row is
+    `ials.fold_in_users` of its ratings at or above the threshold."""
+    from recsys_jax import fit
+    from recsys_jax.engine.config import TrainConfig
+    from recsys_jax.use.recommender import to_recommender
+
+    result = fit("ials", data, None, key=0, progress=False, train_config=TrainConfig(epochs=2), model_config=CONFIG)
+    rec = to_recommender(data, result, train_split=data)
+    ids = [int(i) for i in data.item_ids[:4]]
+    new = rec.fold_in_user({ids[0]: 5.0, ids[1]: 4.0, ids[2]: 1.0, ids[3]: 3.5})
+    want = ials.fold_in_users(result.params, result.model_config, [np.array([0, 1, 3])])  # 1.0 < 3.5: not liked
+    np.testing.assert_allclose(new.params.user_factors[-1], want[0], rtol=1e-6)
+    assert len(new.recommend(int(new.user_ids[-1]), 3)) == 3

@@ -58,7 +58,7 @@ from jax import Array
 
 from recsys_jax.models.dot import Params, apply, block_scores, predict_one, score_matrix
 from recsys_jax.models.row_chunks import SidePlan, make_plan
-from recsys_jax.models.spec import ModelSpec
+from recsys_jax.models.spec import FoldIn, ModelSpec
 
 
 # unobserved_weight and l2 chosen on the validation slice (10%) of seed 0's training split of
@@ -190,6 +190,13 @@ def fold_in_users(params: Params, config: Config, item_lists) -> np.ndarray:
     return out
 
 
+def solve_users(params: Params, config: Config, items_per_user, ratings_per_user) -> dict:
+    """`recsys_jax.use.foldin`'s hook: new users' ``user_factors`` from their ratings, the
+    ones of at least ``threshold`` as positives (`fold_in_users`)."""
+    lists = [np.asarray(i)[np.asarray(r) >= config.threshold] for i, r in zip(items_per_user, ratings_per_user)]
+    return {"user_factors": fold_in_users(params, config, lists)}
+
+
 SPEC = ModelSpec("ials", Config, Params, init, apply, predict_one=predict_one, score_matrix=score_matrix,
                  block_scores=block_scores, fit_epochs=fit_epochs, item_vectors=("item_factors",), ranks=True,
-                 doc=__doc__)
+                 fold_in=FoldIn(solve_users=solve_users), doc=__doc__)

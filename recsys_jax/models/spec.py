@@ -62,7 +62,10 @@ class FoldIn(NamedTuple):
     - ``append_user_aux(aux, items_per_user, day, first_index) -> aux``: ``aux`` with the
       new users' entries after the trained ones; ``append_item_aux(aux, m) -> aux`` for
       ``m`` new items;
-    - ``fixed_item_fields``: ``item_*`` fields a new item does not solve for (they stay 0).
+    - ``fixed_item_fields``: ``item_*`` fields a new item does not solve for (they stay 0);
+    - ``solve_users(params, config, items_per_user, ratings_per_user) -> {field: rows}``:
+      a model that trains itself but solves a new user exactly (ials: one ridge solve),
+      its own rows for the new users, every item parameter fixed.
     """
 
     user_view: Callable | None = None
@@ -70,6 +73,7 @@ class FoldIn(NamedTuple):
     append_user_aux: Callable | None = None
     append_item_aux: Callable | None = None
     fixed_item_fields: tuple = ()
+    solve_users: Callable | None = None
 
 
 class ModelSpec(NamedTuple):

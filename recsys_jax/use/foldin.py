@@ -280,6 +280,10 @@ def solve_rows(rec, side: str, others: list[np.ndarray], ratings: list[np.ndarra
     if method not in ("auto", "closed_form", "gradient"):
         raise ValueError(f"fold-in: method must be 'auto', 'closed_form' or 'gradient', got {method!r}")
     spec = get_model(rec.model)
+    if side == "user" and spec.fold_in.solve_users is not None:  # its own exact solve (ials)
+        if not others or any(len(x) == 0 for x in others):
+            raise ValueError("fold-in: every new row needs at least one rating")
+        return spec.fold_in.solve_users(rec.params, rec.config, others, ratings)
     if spec.fit_epochs is not None and not spec.folds_in:
         raise ValueError(f"fold-in: model {rec.model!r} is not trained by steps on a row's parameters (it trains "
                          "itself: its spec's fit_epochs), so a new row cannot be solved with the others fixed; "

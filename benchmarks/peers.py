@@ -552,20 +552,16 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
                        "recsys_jax ease": ranker_fit("ease", ratings, split, seed=seed),
                        "implicit als": implicit_fit("als", train, test, seed=seed),
                        "implicit bpr": implicit_fit("bpr", train, test, seed=seed)}
-            for name, result in held_out_run(ratings, seed).items():
-                rec = {"bench": "peers", "implementation": name.split()[0], "model": name, "seed": seed,
-                       "dataset": ratings.name, "protocol": "ranking, held-out users", **result}
-                rec.update({k: v for k, v in env.items() if k not in rec})
-                records.append(rec)
-                log(f"[peers] seed {seed} {name:30s} held-out users: recall@20 {result['recall@20']:.4f} "
-                    f"recall@50 {result['recall@50']:.4f} ndcg@100 {result['ndcg@100']:.4f}")
-            for name, result in results.items():
-                rec = {"bench": "peers", "implementation": name.split()[0], "model": name, "seed": seed,
-                       "dataset": ratings.name, "protocol": "ranking, random 80/20", **result}
-                rec.update({k: v for k, v in env.items() if k not in rec})
-                records.append(rec)
-                log(f"[peers] seed {seed} {name:30s} ndcg@{RANKING_K} {result['test_ndcg']:.4f} "
-                    f"recall@{RANKING_K} {result['test_recall']:.4f} fit {result['fit_seconds']:.1f} s")
+            protocols = (("ranking, held-out users", held_out_run(ratings, seed), ("recall@20", "recall@50", "ndcg@100")),
+                         ("ranking, random 80/20", results, ("test_ndcg", "test_recall")))
+            for protocol, by_name, shown in protocols:
+                for name, result in by_name.items():
+                    rec = {"bench": "peers", "implementation": name.split()[0], "model": name, "seed": seed,
+                           "dataset": ratings.name, "protocol": protocol, **result}
+                    rec.update({k: v for k, v in env.items() if k not in rec})
+                    records.append(rec)
+                    log(f"[peers] seed {seed} {name:20s} {protocol}: "
+                        + " ".join(f"{k} {result[k]:.4f}" for k in shown) + f" fit {result['fit_seconds']:.1f} s")
     return records
 
 

@@ -135,3 +135,17 @@ def test_a_new_user_folds_in_by_one_solve(data):
     want = ials.fold_in_users(result.params, result.model_config, [np.array([0, 1, 3])])  # 1.0 < 3.5: not liked
     np.testing.assert_allclose(new.params.user_factors[-1], want[0], rtol=1e-6)
     assert len(new.recommend(int(new.user_ids[-1]), 3)) == 3
+
+
+def test_conjugate_gradient_converges_to_the_exact_rows_and_never_raises_the_objective(data):
+    """solver="cg": with k steps on a k-dimensional system it is the exact solve (to
+    rounding); with fewer it still lowers each row's quadratic, so L never increases."""
+    exact = ials.fit_epochs(jax.random.key(5), data, CONFIG)
+    many = ials.fit_epochs(jax.random.key(5), data, CONFIG._replace(solver="cg", cg_steps=12))
+    for _ in range(2):
+        (a, _), (b, _) = next(exact), next(many)
+    np.testing.assert_allclose(b.user_factors, a.user_factors, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(b.item_factors, a.item_factors, rtol=1e-3, atol=1e-5)
+    few = ials.fit_epochs(jax.random.key(5), data, CONFIG._replace(solver="cg", cg_steps=1))
+    losses = [next(few)[1] for _ in range(6)]
+    assert all(y <= x * (1 + 1e-5) for x, y in zip(losses, losses[1:]))

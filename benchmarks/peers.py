@@ -64,6 +64,7 @@ from benchmarks.common import (add_output_args, environment, markdown_table, pri
                                write_json, write_text)
 from recsys_jax.eval import metrics
 from recsys_jax.data import Ratings, load_movielens, random_split
+from recsys_jax.training.experiment import RANKING_K, RANKING_THRESHOLD  # evaluate's protocol, as train scores it
 
 NOTEBOOK_MODELS = ("dot", "bias", "mlp")  # recsys_jax's names; "mlp" is the notebook's NN
 LABELS = {"dot": "dot", "bias": "bias", "mlp": "NN (mlp)"}
@@ -290,7 +291,6 @@ def libmf_throughput(ratings: Ratings, *, k: int = 64, threads: int = 2, epochs:
 
 # -- the benchmark -------------------------------------------------------------------------
 # -- ranking: implicit feedback, evaluate's protocol ---------------------------------------------------
-RANKING_K, RANKING_THRESHOLD = 10, 4.0
 RANKING_FACTORS, RANKING_ITERATIONS = 64, 15  # implicit's ALS as the issue ran it; recsys_jax's ials preset
 
 

@@ -53,8 +53,10 @@ def add_parsers(sub) -> dict:
                     "every movie the user did not rate in the training split. A popularity baseline (movies "
                     "ranked by their number of training ratings) is scored the same way.")
     e.add_argument("--checkpoint", required=True, metavar="DIR", help="a folder written by train")
-    e.add_argument("-k", type=int, default=10, help="cut-off of the ranking metrics (default: %(default)s)")
-    e.add_argument("--threshold", type=float, default=4.0,
+    from recsys_jax.training.experiment import RANKING_K, RANKING_THRESHOLD  # what train scores ranking models by
+
+    e.add_argument("-k", type=int, default=RANKING_K, help="cut-off of the ranking metrics (default: %(default)s)")
+    e.add_argument("--threshold", type=float, default=RANKING_THRESHOLD,
                    help="a test rating at least this is relevant (default: %(default)s)")
     e.add_argument("--all-relevant", action="store_true", help="every test rating is relevant (no threshold)")
     e.add_argument("--min-ratings", type=int, default=None, metavar="N",

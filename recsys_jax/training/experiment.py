@@ -161,7 +161,7 @@ def run_experiment(
     return record, result
 
 
-RANKING_K, RANKING_THRESHOLD = 10, 4.0  # `recsys-jax evaluate`'s defaults
+RANKING_K, RANKING_THRESHOLD = 10, 4.0  # `recsys-jax evaluate`'s defaults (it reads them here)
 
 
 def ranking_scores(ratings: Ratings, split: Split, result: FitResult, k: int = RANKING_K,

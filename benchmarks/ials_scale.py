@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="share of the ML-25M shape's positives (default 1)")
     p.add_argument("--solver", default="cg", choices=["cg", "cholesky"])
     p.add_argument("--epochs", type=int, default=3, help="ials epochs (the first compiles; default 3)")
+    p.add_argument("--kernels", default="on", choices=["on", "off"],
+                   help="solver cg on the CPU kernel where it is built (on, the default) or on XLA (off)")
     add_output_args(p)
     args = p.parse_args(argv)
     if args.epochs < 2:
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     import jax
 
     from recsys_jax.data import Ratings
+    from recsys_jax.engine.options import resolve_options
     from recsys_jax.models import ials
 
     files = resolve_outputs("ials_scale", "ials_scale", args, p)
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
     implicit_iteration = seconds[2] - seconds[1]
     ratings = Ratings(users, items, np.full(len(users), 5.0, np.float32), np.zeros(len(users), np.int64),
                       np.arange(num_users, dtype=np.int64), np.arange(num_items, dtype=np.int64))
-    epochs = ials.fit_epochs(jax.random.key(0), ratings, ials.Config(solver=args.solver))
+    options = resolve_options(kernels=args.kernels == "on")
+    epochs = ials.fit_epochs(jax.random.key(0), ratings, ials.Config(solver=args.solver), options=options)
     times = []
     for _ in range(args.epochs):
         t0 = time.perf_counter()
@@ -85,6 +89,7 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - t0)
     record = {"bench": "ials_scale", "scale": args.scale, "num_users": num_users, "num_items": num_items,
               "positives": int(len(users)), "factors": 64, "solver": args.solver,
+              "kernel": bool(options.kernels and args.solver == "cg"),
               "implicit_seconds_per_iteration": implicit_iteration, "implicit_first_iteration": seconds[1],
               "ials_first_epoch": times[0], "ials_seconds_per_epoch": float(np.median(times[1:])),
               "ials_epochs": times, **env}
@@ -93,7 +98,8 @@ def main(argv=None) -> int:
         "positives, 64 factors)\n",
         markdown_table(["implementation", "s per iteration", "first (with set-up / compile) s"],
                        [["implicit ALS (CG)", f"{implicit_iteration:.2f}", f"{seconds[1]:.2f}"],
-                        [f"recsys_jax ials ({args.solver})", f"{record['ials_seconds_per_epoch']:.2f}",
+                        [f"recsys_jax ials ({args.solver}{', CPU kernel' if record['kernel'] else ', XLA'})",
+                         f"{record['ials_seconds_per_epoch']:.2f}",
                          f"{times[0]:.2f}"]]),
         "",
         f"Device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); jax {env['jax']}, implicit "

@@ -63,6 +63,7 @@ import numpy as np
 from benchmarks.common import (add_output_args, environment, markdown_table, print_written, resolve_outputs,
                                write_json, write_text)
 from recsys_jax.eval import metrics
+from recsys_jax.eval.metrics import HELD_OUT_CUTS, held_out_report
 from recsys_jax.data import Ratings, load_movielens, random_split
 from recsys_jax.training.experiment import RANKING_K, RANKING_THRESHOLD  # evaluate's protocol, as train scores it
 
@@ -362,28 +363,15 @@ def popularity_fit(train: Ratings, test: Ratings) -> dict:
 
 
 RANKERS = ("popularity", "recsys_jax ials", "recsys_jax ease", "implicit als", "implicit bpr")
-HELD_OUT_CUTS = (("recall", 20), ("recall", 50), ("ndcg", 100))
-
-
 def held_out_metrics(scores: np.ndarray, fold_in: list, targets: list) -> dict:
-    """Recall@20, Recall@50 (hits over min(R, |targets|), Liang et al. 2018's normalisation)
-    and NDCG@100 of ``scores`` (float[m, I], one row per held-out user), the user's
-    folded-in items left out of its candidates; means over the users."""
+    """Recall@20, Recall@50 and NDCG@100 (`recsys_jax.eval.metrics.held_out_report`) of
+    ``scores`` (float[m, I], one row per held-out user), the user's folded-in items left out
+    of its candidates."""
     scores = np.array(scores, np.float64)
     for j, items in enumerate(fold_in):
         scores[j, items] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :100]
-    out = defaultdict(list)
-    for j, want in enumerate(targets):
-        hits = np.isin(order[j], want)
-        for name, cut in HELD_OUT_CUTS:
-            if name == "recall":
-                out[f"{name}@{cut}"].append(hits[:cut].sum() / min(cut, len(want)))
-            else:
-                gains = hits[:cut] / np.log2(np.arange(2, cut + 2))
-                ideal = (1.0 / np.log2(np.arange(2, min(cut, len(want)) + 2))).sum()
-                out[f"{name}@{cut}"].append(gains.sum() / ideal)
-    return {k: float(np.mean(v)) for k, v in out.items()} | {"held_out_users": len(targets)}
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :max(k for _, k in HELD_OUT_CUTS)]
+    return {**held_out_report(order, targets), "held_out_users": len(targets)}
 
 
 def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:

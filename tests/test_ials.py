@@ -13,7 +13,8 @@ from conftest import run_cli
 from recsys_jax.data import make_synthetic
 from recsys_jax.models import ials
 
-CONFIG = ials.Config(embedding_dim=3, unobserved_weight=0.3, l2=0.05, nu=0.7, threshold=3.5, init_scale=1.0)
+CONFIG = ials.Config(embedding_dim=3, unobserved_weight=0.3, l2=0.05, nu=0.7, threshold=3.5, init_scale=1.0,
+                     solver="cholesky")
 
 
 @pytest.fixture(scope="module")

@@ -330,3 +330,61 @@ def test_the_library_is_kept_private_and_verified():
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     payload = cachefiles.read_entry(path, kernels.KIND, "library")
     assert payload[:4] == b"\x7fELF"
+
+
+def _ials_problem(k, num_rows=40, num_other=70, seed=3):
+    """Random positives (row 5 without any, row 0 with many) and random tables."""
+    from recsys_jax.models import ials
+
+    rng = np.random.default_rng(seed)
+    own = rng.integers(0, num_rows, 600)
+    other = rng.integers(0, num_other, 600)
+    own[own == 5] = 6
+    own[:60], other[:60] = 0, np.arange(60)
+    codes = np.unique(own * num_other + other)
+    own, other = (codes // num_other).astype(np.int32), (codes % num_other).astype(np.int32)
+    p = jnp.asarray(0.3 * rng.standard_normal((num_rows, k)), jnp.float32)
+    q = jnp.asarray(0.3 * rng.standard_normal((num_other, k)), jnp.float32)
+    return ials, own, other, p, q
+
+
+@pytest.mark.parametrize("k,steps", [(64, 3), (32, 2), (5, 4)])
+def test_ials_cg_kernel_takes_the_xla_paths_steps(k, steps):
+    """ials_cg.cc against ials' XLA conjugate-gradient chunks, at the compiled widths and
+    any other, with an empty row (0) and a long one."""
+    from recsys_jax.models.row_chunks import make_plan
+
+    ials, own, other, p, q = _ials_problem(k)
+    config = ials.Config(embedding_dim=k, solver="cg", cg_steps=steps, unobserved_weight=0.2, l2=0.03, nu=0.5)
+    plan = make_plan(own, other, np.ones(len(own), np.float32), p.shape[0], q.shape[0])
+    want = ials.solve_side(p, q, plan.user, config)
+    got = ials.solve_side(p, q, ials.row_lists(own, other, p.shape[0]), config)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    assert not np.any(np.asarray(got[5])) and np.any(np.asarray(got[0]))
+
+
+def test_ials_fit_on_the_kernel_is_the_fit_on_xla_with_its_loss():
+    """The same fit of solver="cg" with the kernels on and off: the same rows (to float
+    rounding), and the loss the kernel sums in its item half is the objective."""
+    from recsys_jax.engine.options import EngineOptions
+    from recsys_jax.models import ials
+
+    ratings, _ = make_synthetic(jax.random.key(2), 30, 20, 300, embedding_dim=4)
+    config = ials.Config(embedding_dim=8, solver="cg", cg_steps=3, threshold=3.0)
+    on = ials.fit_epochs(jax.random.key(1), ratings, config, options=EngineOptions(kernels=True))
+    off = ials.fit_epochs(jax.random.key(1), ratings, config, options=EngineOptions(kernels=False))
+    for _ in range(3):
+        (a, loss_a), (b, loss_b) = next(on), next(off)
+    np.testing.assert_allclose(a.user_factors, b.user_factors, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.item_factors, b.item_factors, rtol=1e-4, atol=1e-5)
+    users, items = ials.positives(ratings, config.threshold)
+    assert loss_a == pytest.approx(ials.objective(a, users, items, config) / len(users), rel=1e-5)
+    assert loss_a == pytest.approx(loss_b, rel=1e-4)
+
+
+def test_ials_cg_kernel_rejects_an_index_out_of_range():
+    ials, own, other, p, q = _ials_problem(4)
+    lists = ials.row_lists(own, other, p.shape[0])
+    bad = lists._replace(indices=lists.indices.at[3].set(q.shape[0]))
+    with pytest.raises(Exception, match="out of range"):
+        jax.block_until_ready(ials.solve_side(p, q, bad, ials.Config(embedding_dim=4, solver="cg")))

@@ -28,7 +28,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_split_args(p: argparse.ArgumentParser) -> None:
     """``--seed``, ``--split``, ``--test-frac``, ``--last-k``: the test split, as `make_split_from_args` reads them."""
     p.add_argument("--seed", type=int, default=0, help="split seed and training key (default: %(default)s)")
-    p.add_argument("--split", default="random", choices=["random", "user", "temporal"], help="test split protocol")
+    from recsys_jax.data.split import PROTOCOLS
+
+    p.add_argument("--split", default="random", choices=PROTOCOLS,
+                   help="test split protocol (held-out-users: --test-frac of the users held out whole; "
+                        "evaluate folds each one in from 80%% of its positives and scores the rest)")
     p.add_argument("--test-frac", type=float, default=0.2, help="test fraction (default: %(default)s; 0: no test part, every rating trains: a model for use)")
     p.add_argument("--last-k", type=int, default=1, help="--split temporal: each user's last k ratings are test")
 

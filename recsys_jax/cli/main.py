@@ -164,6 +164,13 @@ def cmd_train(args) -> dict:
             mesh = make_mesh(args.devices)
         except ValueError as e:
             raise ValueError(f"--devices: {e}") from None
+    held_out_users = args.split == "held-out-users" and not args.split_file
+    if held_out_users:
+        from recsys_jax.use.foldin import folds_in_users
+
+        if not folds_in_users(args.model):
+            raise ValueError(f"--split held-out-users: model {args.model!r} cannot fold a new user in (it trains "
+                             "itself and has no solve for a new row), and the protocol scores users that way")
     dest = _checkpoint_folder(args)
     ratings = load_data(args)
     split = make_split_from_args(args, ratings)
@@ -200,14 +207,24 @@ def cmd_train(args) -> dict:
     out, result = run_experiment(
         ratings, split, args.model, seed=args.seed, train_config=tc, model_config=model_config,
         val_frac=val_frac, progress=args.progress, on_epoch=on_epoch, checkpoint_dir=args.resume_dir,
-        refit=not args.no_refit, mesh=mesh, options=options,
+        refit=not args.no_refit, mesh=mesh, options=options, score_test=not held_out_users,
     )
     selection_history = out.pop("selection_history", None)
     if out["stop_reason"]:
         print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
-    out = {"preset": args.preset, "split": "file" if args.split_file else args.split, **out}
+    out = {"preset": args.preset, "split": "file" if args.split_file else args.split, "test_frac": args.test_frac,
+           **out}
     refit_txt = f", then refit on all {out['num_fit']} training ratings" if out["refit"] else ""
-    if out["num_test"] and out.get("test_ndcg") is not None:  # a model that ranks: no rating metrics
+    rec = None
+    if held_out_users:
+        rec = to_recommender(ratings, result, train_split=ratings.take(split.train), held_out=ratings.take(split.test))
+        from recsys_jax.cli.use import held_out_users_report, print_held_out_users
+
+        report = held_out_users_report(rec, ratings, args.seed, args.test_frac)
+        out.update({f"test_{k}": v for k, v in report.items() if k != "popularity"})
+        out.update({f"popularity_{k}": v for k, v in report["popularity"].items()})
+        print_held_out_users(report, f"fit {out['fit_seconds']:.2f} s, best epoch {out['best_epoch']}{refit_txt}")
+    elif out["num_test"] and out.get("test_ndcg") is not None:  # a model that ranks: no rating metrics
         k = out["ranking_k"]
         print(f"test  ndcg@{k} {out['test_ndcg']:.4f}  recall@{k} {out['test_recall']:.4f}  (popularity: ndcg@{k} "
               f"{out['popularity_ndcg']:.4f}, recall@{k} {out['popularity_recall']:.4f}; {out['ranking_users']} users "
@@ -226,8 +243,9 @@ def cmd_train(args) -> dict:
         train = ratings.take(split.train) if out["refit"] else split_parts(ratings, split, args.seed, val_frac)[0]
         # train_split: the pairs each user rated in training, which recommend leaves out.
         # held_out: the test part's pairs, which recommend leaves out too (the user rated them).
-        rec = to_recommender(ratings, result, train_split=ratings.take(split.train),
-                             held_out=ratings.take(split.test))
+        if rec is None:
+            rec = to_recommender(ratings, result, train_split=ratings.take(split.train),
+                                 held_out=ratings.take(split.test))
         # The learning curve with validation scores is the selection fit's (the refit has no validation).
         checkpoint.save(dest, rec, extra=out, history=selection_history or result.history,
                         item_stats=item_stats(train, ratings.item_ids))

@@ -155,6 +155,12 @@ def cmd_recommend(args) -> None:
 def evaluate_data(rec, meta: dict, args):
     """``(rec, test)``: the test split's ratings, rebuilt; ``rec`` given its training pairs
     when the checkpoint did not keep them, else checked against them."""
+    rec, ratings, split = checked_data(rec, meta, args)
+    return rec, ratings.take(split.test)
+
+
+def checked_data(rec, meta: dict, args):
+    """``(rec, ratings, split)``: the checkpoint's data and split, rebuilt (see `evaluate_data`)."""
     from recsys_jax.data import DATASETS, load_movielens, load_ratings
     from recsys_jax.eval.metrics import pairs_by_user
 
@@ -184,10 +190,43 @@ def evaluate_data(rec, meta: dict, args):
         if not same:
             raise ValueError("the rebuilt training split differs from the training pairs the checkpoint kept: "
                              "not the same data or split (pass --split-file)")
-    return rec, ratings.take(split.test)
+    return rec, ratings, split
 
 
 METRICS = ("precision", "recall", "ndcg", "map", "hit_rate")
+
+
+def held_out_users_report(rec, ratings, seed: int, users_frac: float) -> dict:
+    """`Recommender.evaluate_held_out_users` on the held-out users of the split
+    ``--split held-out-users --seed S --test-frac F`` made: each one folded in from 80% of
+    its positives (`recsys_jax.data.split.held_out_users`), scored on the rest."""
+    from recsys_jax.data.split import held_out_users
+
+    parts = held_out_users(ratings, seed, users_frac)
+    return rec.evaluate_held_out_users(ratings.take(parts.fold_in), ratings.take(parts.target))
+
+
+def print_held_out_users(report: dict, tail: str = "") -> None:
+    names = [k for k in report if "@" in k]
+    print(f"held-out users: {report['num_users']} users folded in from 80% of their positives (ratings >= 4), "
+          f"scored on the rest" + (f"; {tail}" if tail else ""))
+    print(f"  {'':10s} " + " ".join(f"{m:>10s}" for m in names))
+    for label, row in (("model", report), ("popularity", report["popularity"])):
+        print(f"  {label:10s} " + " ".join(f"{row[m]:10.4f}" for m in names))
+
+
+def evaluate_held_out_users(rec, meta: dict, args) -> dict:
+    """``evaluate`` of a checkpoint trained with ``--split held-out-users``: its held-out users
+    rebuilt from the data, the seed and the share train recorded, each folded in from 80% of
+    its positives and scored on the rest (Recall@20, Recall@50, NDCG@100)."""
+    extra = meta.get("extra") or {}
+    rec, ratings, _ = checked_data(rec, meta, args)  # the same data: the training pairs checked
+    out = held_out_users_report(rec, ratings, int(extra["seed"]), float(extra.get("test_frac", 0.2)))
+    recorded = extra.get("test_ndcg@100")
+    print_held_out_users(out, "" if recorded is None else f"train recorded ndcg@100 {recorded:.4f}")
+    if args.json:
+        print(json.dumps(out))
+    return out
 
 
 def cmd_evaluate(args) -> dict:
@@ -205,6 +244,8 @@ def cmd_evaluate(args) -> dict:
     if (meta.get("extra") or {}).get("num_test") == 0:
         raise ValueError(f"{args.checkpoint} was trained on every rating (train --test-frac 0): no rating is left "
                          "to evaluate it on; train with a test part (the default --test-frac 0.2) to evaluate")
+    if (meta.get("extra") or {}).get("split") == "held-out-users" and not args.split_file:
+        return evaluate_held_out_users(rec, meta, args)
     rec, test = evaluate_data(rec, meta, args)
     out = rec.evaluate(test, k=args.k, threshold=None if args.all_relevant else args.threshold,
                        min_ratings=args.min_ratings)

@@ -10,6 +10,8 @@ identical split.
 - `user_split`: a random fraction of each user's ratings, at least one kept in train.
 - `temporal_split`: each user's last ``k`` ratings by timestamp go to test.
 - `kfold_split`: ``k`` random folds; fold f is the test set of split f.
+- `held_out_users` / `held_out_users_split`: strong generalisation, a random share of the
+  users held out whole, each one's positives cut into a part folded in and a part to find.
 """
 from __future__ import annotations
 
@@ -128,19 +130,36 @@ def held_out_users(ratings: Ratings, seed, users_frac: float = 0.2, fold_in_frac
     return HeldOutUsers(np.sort(positive[~mine]), np.sort(rows[rank < given]), np.sort(rows[rank >= given]))
 
 
-PROTOCOLS = ("random", "user", "temporal")
+def held_out_users_split(ratings: Ratings, seed, users_frac: float = 0.2, threshold: float = 4.0) -> Split:
+    """The `Split` of `held_out_users` for models of every rating: ``train`` holds every
+    rating of the users that are not held out (the ones below ``threshold`` too: a rating
+    model learns from them), ``test`` every rating of the held-out users, whose positives
+    `held_out_users` (the same seed, fraction and threshold) cuts into the part folded in
+    and the part to find (`recsys-jax train --split held-out-users`, then `evaluate`)."""
+    held = np.zeros(ratings.num_users, bool)
+    held[np.asarray(ratings.users)[held_out_users(ratings, seed, users_frac, threshold=threshold).target]] = True
+    return _from_test_mask(held[np.asarray(ratings.users)])
+
+
+PROTOCOLS = ("random", "user", "temporal", "held-out-users")
 
 
 def make_split(ratings: Ratings, protocol: str = "random", *, seed=0, test_frac: float = 0.2, last_k: int = 1) -> Split:
     """The test split of ``protocol``: ``"random"`` (`random_split`), ``"user"`` (`user_split`:
-    ``test_frac`` of each user's ratings) or ``"temporal"`` (`temporal_split`: each user's
-    last ``last_k``). The split `recsys-jax train --split` makes."""
+    ``test_frac`` of each user's ratings), ``"temporal"`` (`temporal_split`: each user's
+    last ``last_k``) or ``"held-out-users"`` (`held_out_users_split`: ``test_frac`` of the
+    users, every rating of theirs). The split `recsys-jax train --split` makes."""
     if protocol == "random":
         return random_split(ratings, seed, test_frac)
     if protocol == "user":
         return user_split(ratings, seed, test_frac)
     if protocol == "temporal":
         return temporal_split(ratings, k=last_k)
+    if protocol == "held-out-users":
+        if not 0.0 < test_frac < 1.0:
+            raise ValueError(f"--split held-out-users: test_frac (the share of users held out) must be in (0, 1), "
+                             f"got {test_frac}")
+        return held_out_users_split(ratings, seed, test_frac)
     raise ValueError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
 
 

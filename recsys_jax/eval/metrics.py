@@ -319,3 +319,46 @@ def ndcg_at_k(score_fn: Callable, params, test, *, k: int = 10, exclude=None,
               chunk_users: int | None = None) -> float:
     """Mean NDCG@k over the users in ``test`` (`ranking_metrics`)."""
     return ranking_metrics(score_fn, params, test, k=k, exclude=exclude, chunk_users=chunk_users)["ndcg"]
+
+
+# -- strong generalisation (held-out users) ----------------------------------------------
+HELD_OUT_CUTS = (("recall", 20), ("recall", 50), ("ndcg", 100))  # Liang et al. 2018's table
+
+
+def held_out_report(top, targets, cuts=HELD_OUT_CUTS) -> dict:
+    r"""The strong-generalisation metrics of Liang et al. 2018 (and Rendle et al. 2021) from
+    ranked lists: ``top`` (int[m, K], each held-out user's best candidates, best first; -1
+    or anything outside ``targets`` is a miss; a list shorter than a cut-off misses the
+    rest) and ``targets`` (m arrays: each user's items to find, :math:`T_u`, at least one). With :math:`h_j = [i_j \in T_u]`,
+
+    .. math::
+
+       \mathrm{Recall@}k(u) = \frac{\sum_{j \le k} h_j}{\min(k, |T_u|)}, \qquad
+       \mathrm{NDCG@}k(u) = \frac{\sum_{j \le k} h_j / \log_2(j + 1)}{\sum_{j \le \min(k, |T_u|)} 1 / \log_2(j + 1)}
+
+    (this recall is normalised by :math:`\min(k, |T_u|)`, as in those papers, so that 1 is
+    reachable; `rank_metrics`' divides by :math:`|T_u|`). Returns ``{"recall@20": mean, ...,
+    "num_users": m}`` for ``cuts`` (pairs of ``"recall"`` or ``"ndcg"`` and a cut-off k)."""
+    top = np.asarray(top)
+    if top.ndim != 2 or len(targets) != top.shape[0]:
+        raise ValueError(f"held_out_report: top must be [m, K] with one target list per row, got {top.shape} and "
+                         f"{len(targets)} lists")
+    sizes = np.array([len(np.unique(t)) for t in targets], np.int64)
+    if sizes.size and sizes.min() < 1:
+        raise ValueError("held_out_report: every user needs at least one target")
+    depth = max((k for _, k in cuts), default=0)
+    if depth > top.shape[1]:  # fewer candidates than the cut-off: the missing ranks are misses
+        top = np.pad(top, ((0, 0), (0, depth - top.shape[1])), constant_values=-1)
+    hits = np.stack([np.isin(row, t) for row, t in zip(top, targets)]) if len(targets) else np.zeros(top.shape, bool)
+    discount = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    out = {}
+    for name, k in cuts:
+        m = np.minimum(sizes, k)
+        if name == "recall":
+            values = hits[:, :k].sum(axis=1) / m
+        elif name == "ndcg":
+            values = (hits[:, :k] * discount[:k]).sum(axis=1) / np.cumsum(discount)[m - 1]
+        else:
+            raise ValueError(f"held_out_report: unknown metric {name!r} (recall or ndcg)")
+        out[f"{name}@{k}"] = float(values.mean()) if len(values) else float("nan")
+    return {**out, "num_users": int(len(targets))}

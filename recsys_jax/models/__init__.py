@@ -14,7 +14,7 @@ Every model module has the same face:
 
 Code outside ``models/`` reads a model through its spec (`get_model`), never by its name.
 A model that is not trained by the gradient engine (a closed form, a sampler, an
-autoencoder with its own optimiser) has ``fit_epochs(key, train, config, train_config, aux)``,
+autoencoder with its own optimiser) has ``fit_epochs(key, train, config, train_config, aux, options)``,
 a generator of ``(params, train_loss)`` after each epoch; `recsys_jax.training.fit.fit` then
 runs its loop (validation after every epoch, best epoch, early stopping at ``patience``, at
 most ``train_config.epochs``) around it, and prediction is the spec's ``apply`` as for

@@ -272,7 +272,7 @@ def _epoch_program(config: Config, tc, num_items: int, batch: int, num_batches: 
     return optimizer, epoch
 
 
-def fit_epochs(key: Array, train, config: Config, train_config, aux=None):
+def fit_epochs(key: Array, train, config: Config, train_config, aux=None, options=None):
     """Yields ``(params, train_loss)`` after each epoch, ``train_config.epochs`` of them (see the
     module docstring). Reads ``epochs``, ``batch_size`` (items per step), ``lr``, ``schedule``,
     ``phases``, ``weight_decay``, ``l2`` (lambda) and ``bias_l2`` of the `TrainConfig`; the loss

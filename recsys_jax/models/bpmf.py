@@ -421,7 +421,7 @@ def sweep(key: Array, users: Array, items: Array, alpha, chain: Chain) -> tuple[
     return users, items, alpha, sse / n
 
 
-def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None) -> Iterator[tuple[Params, float]]:
+def fit_epochs(key: Array, train, config: Config, train_config=None, aux=None, options=None) -> Iterator[tuple[Params, float]]:
     """One Gibbs sweep per epoch, without end (`recsys_jax.training.fit.fit` stops at
     ``train_config.epochs``); yields ``(posterior-mean predictor, training MSE of the
     current sample)``."""

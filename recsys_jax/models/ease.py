@@ -32,7 +32,8 @@ squares written out); ``Params`` keep :math:`B` over those items only. The
 ml-latest-small's training split has about 5,500 such items (seconds).
 
 Scores need each user's liked items (``Aux``: padded lists, from the training split);
-like ``ials`` it ranks (``ModelSpec.ranks``): its scores are not ratings.
+like ``ials`` it ranks (``ModelSpec.ranks``): its scores are not ratings. A new user folds
+in with no solve: its liked items join ``Aux`` and its scores are :math:`x_u B`.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.models.spec import ModelSpec
+from recsys_jax.models.spec import FoldIn, ModelSpec
 
 
 class Config(NamedTuple):
@@ -134,7 +135,7 @@ def _design(users, items, active) -> np.ndarray:
     return x
 
 
-def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | None = None
+def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | None = None, options=None
                ) -> Iterator[tuple[Params, float]]:
     """The closed form, once; yields ``(params, (||X - XB||^2 + lambda ||B||^2) / |S|)``.
 
@@ -157,5 +158,31 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
     yield Params(jnp.asarray(weights)), float(loss)
 
 
+def solve_users(params: Params, config: Config, items_per_user, ratings_per_user) -> dict:
+    """`recsys_jax.use.foldin`'s hook: a new user has no parameters of its own (its scores
+    are :math:`x_u B`, B fixed), so nothing is solved; `append_user_aux` records its liked items."""
+    return {}
+
+
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int, ratings_per_user=None,
+                    config: Config = Config()) -> Aux:
+    """``aux`` with the new users' liked items (rated at least ``threshold``) after the
+    trained users': their scores are then :math:`x_u B` with no refit (as for a user of the
+    training data; the strong-generalisation protocol of Liang et al. 2018 scores EASE so)."""
+    if ratings_per_user is None:
+        raise ValueError("ease: a new user's ratings are needed to tell what it liked")
+    liked = [np.unique(np.asarray(i, np.int32)[np.asarray(r) >= config.threshold])
+             for i, r in zip(items_per_user, ratings_per_user)]
+    old = np.asarray(aux.liked)
+    num_items = len(aux.item_slot) - 1
+    width = max(old.shape[1], max((len(x) for x in liked), default=1), 1)
+    table = np.full((old.shape[0] + len(liked), width), num_items, np.int32)
+    table[:old.shape[0], :old.shape[1]] = old
+    for j, x in enumerate(liked):
+        table[old.shape[0] + j, :len(x)] = x
+    return aux._replace(liked=jnp.asarray(table))
+
+
 SPEC = ModelSpec("ease", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare, configure=configure,
-                 block_scores=block_scores, fit_epochs=fit_epochs, item_vectors=(), ranks=True, doc=__doc__)
+                 block_scores=block_scores, fit_epochs=fit_epochs, item_vectors=(), ranks=True,
+                 fold_in=FoldIn(append_user_aux=append_user_aux, solve_users=solve_users), doc=__doc__)

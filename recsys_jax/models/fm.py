@@ -213,7 +213,7 @@ def fold_in_item_view(params: Params, aux: Aux, others, mask, day):
     return params, view, None
 
 
-def append_user_aux(aux: Aux, items_per_user, day, first_index: int) -> Aux:
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int, ratings_per_user=None, config=None) -> Aux:
     m, width = len(items_per_user), aux.user_features.shape[1]
     return aux._replace(user_features=jnp.concatenate([aux.user_features, jnp.zeros((m, width), jnp.int32)]),
                         user_values=jnp.concatenate([aux.user_values, jnp.zeros((m, width), jnp.float32)]))

@@ -406,7 +406,7 @@ def _stage_program(config: Config, lr: float, finetune: bool):
     return optimizer, epoch
 
 
-def fit_epochs(key: Array, train, config: Config, train_config, aux=None):
+def fit_epochs(key: Array, train, config: Config, train_config, aux=None, options=None):
     """Yields ``(params, objective per training rating)`` after each of ``train_config.epochs``
     epochs: ``config.pretrain_epochs`` of pre-training, then fine-tuning (module docstring)."""
     tc = train_config

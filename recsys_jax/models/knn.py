@@ -482,7 +482,7 @@ def neighbor_lists(users, items, residuals, num_users: int, num_items: int, conf
     return ids, sims
 
 
-def fit_epochs(key: Array, train, config: Config, train_config, aux: Aux):
+def fit_epochs(key: Array, train, config: Config, train_config, aux: Aux, options=None):
     """Fits the baselines, computes the neighbour lists, and yields ``(params, train_loss)``
     once. ``train_loss`` is the mean squared error on `TRAIN_LOSS_PAIRS` training pairs drawn
     from ``key`` (all of them when fewer; an item is not its own neighbour, so for the pair's

@@ -24,8 +24,11 @@ field                 meaning
 ``score_matrix``      ``score_matrix(params, *, config) -> float32[U, I]``: every pair at once
 ``block_scores``      ``block_scores(params, users[C], config, aux, user_times) -> float32[C, I]``:
                       every item for a block of users, before any y-range squash
-``fit_epochs``        its own trainer: a generator of ``(params, train_loss)`` per epoch (the
-                      gradient engine does not train it)
+``fit_epochs``        its own trainer, ``fit_epochs(key, train, config, train_config, aux,
+                      options)``: a generator of ``(params, train_loss)`` per epoch (the
+                      gradient engine does not train it; ``options``, the engine's
+                      `recsys_jax.engine.options.EngineOptions` or None, say whether it may
+                      call the CPU kernels)
 ``folds_in``          a model with its own trainer whose new rows still fold in by gradient steps
 ``fold_in``           how ``aux`` describes rows being folded in (`FoldIn`)
 ``uses_time``         reads each rating's time (days since the epoch)
@@ -59,13 +62,16 @@ class FoldIn(NamedTuple):
       the model as new users see it, ``aux`` describing the ``M`` users being solved
       (``aux_axes``: `jax.vmap` in_axes, 0 where ``aux`` holds one entry per user);
     - ``item_view(params, aux, others, mask, day)``: the same for new items;
-    - ``append_user_aux(aux, items_per_user, day, first_index) -> aux``: ``aux`` with the
-      new users' entries after the trained ones; ``append_item_aux(aux, m) -> aux`` for
+    - ``append_user_aux(aux, items_per_user, day, first_index, ratings_per_user, config)
+      -> aux``: ``aux`` with the new users' entries after the trained ones (from the items
+      each rated, their mean day, and the ratings and model config where they matter: ease
+      keeps the items rated at least its threshold); ``append_item_aux(aux, m) -> aux`` for
       ``m`` new items;
     - ``fixed_item_fields``: ``item_*`` fields a new item does not solve for (they stay 0);
     - ``solve_users(params, config, items_per_user, ratings_per_user) -> {field: rows}``:
       a model that trains itself but solves a new user exactly (ials: one ridge solve),
-      its own rows for the new users, every item parameter fixed.
+      its own rows for the new users, every item parameter fixed (ease: no rows, ``{}``;
+      its ``append_user_aux`` records what the user liked).
     """
 
     user_view: Callable | None = None

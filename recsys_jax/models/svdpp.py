@@ -171,7 +171,7 @@ def fold_in_item_view(params: Params, aux: Aux, others, mask, day):
     return params._replace(item_implicit=z), Aux(index, index, jnp.ones(num_users, jnp.float32)), None
 
 
-def append_user_aux(aux: Aux, items_per_user, day, first_index: int) -> Aux:
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int, ratings_per_user=None, config=None) -> Aux:
     """``aux`` with the new users' :math:`N(u)` after the trained users'."""
     users = np.concatenate([np.full(len(it), first_index + m, np.int32) for m, it in enumerate(items_per_user)])
     items = np.concatenate([np.asarray(it, np.int32) for it in items_per_user])

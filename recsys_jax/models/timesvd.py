@@ -162,7 +162,7 @@ def fold_in_user_view(params: Params, aux: Aux, others, mask, day):
     return params, view, Aux(0, None, None, None)
 
 
-def append_user_aux(aux: Aux, items_per_user, day, first_index: int) -> Aux:
+def append_user_aux(aux: Aux, items_per_user, day, first_index: int, ratings_per_user=None, config=None) -> Aux:
     """``aux`` with the new users' mean days after the trained users'."""
     return aux._replace(user_mean_day=jnp.concatenate([aux.user_mean_day, jnp.asarray(day, jnp.float32)]))
 

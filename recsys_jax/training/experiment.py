@@ -84,6 +84,7 @@ def run_experiment(
     predictions: dict | None = None,
     mesh=None,
     options: EngineOptions | None = None,
+    score_test: bool = True,
 ) -> tuple[dict, FitResult]:
     """Runs steps 1-5 above; returns a flat record of the results and the `FitResult` (of
     the refit when there was one; the selection fit's history is the record's
@@ -93,7 +94,9 @@ def run_experiment(
     ``val_ratings``) and of the test split by the result (``test``): what a blend
     (`recsys_jax.training.blend`) of several runs on the same split and seed is fitted and scored on.
     ``mesh`` (`recsys_jax.engine.sharding.make_mesh`) trains both fits on those devices;
-    ``options`` (`recsys_jax.engine.options.EngineOptions`) are resolved once, here when None."""
+    ``options`` (`recsys_jax.engine.options.EngineOptions`) are resolved once, here when None.
+    ``score_test=False`` leaves the test metrics None (a test part of held-out users, scored
+    after each is folded in: `recsys_jax.use.recommender.Recommender.evaluate_held_out_users`)."""
     options = resolve_options() if options is None else options
     if len(split.train) == 0:
         raise ValueError(f"the training split of {ratings.name or 'the ratings'} is empty ({len(ratings)} ratings)")
@@ -118,8 +121,9 @@ def run_experiment(
     fit_seconds = time.perf_counter() - t0
 
     spec = get_model(model)
-    ranked = ranking_scores(ratings, split, result) if spec.ranks and len(test) else {}
-    pred = None if spec.ranks else predict_result(result, test, ratings.rating_scale)
+    scored = test if score_test else test.take(np.zeros(0, np.int64))
+    ranked = ranking_scores(ratings, split, result) if spec.ranks and len(scored) else {}
+    pred = None if spec.ranks else predict_result(result, scored, ratings.rating_scale)
     if predictions is not None and not spec.ranks:
         predictions["test"] = pred
         if val is not None:
@@ -132,8 +136,8 @@ def run_experiment(
         "seed": seed,
         # None without a test part (test_frac 0: a model trained on every rating, for use),
         # or for a model whose scores are not ratings (spec.ranks: ranked, below)
-        "test_rmse": metrics.rmse(pred, test.ratings) if len(test) and pred is not None else None,
-        "test_mae": metrics.mae(pred, test.ratings) if len(test) and pred is not None else None,
+        "test_rmse": metrics.rmse(pred, scored.ratings) if len(scored) and pred is not None else None,
+        "test_mae": metrics.mae(pred, scored.ratings) if len(scored) and pred is not None else None,
         **ranked,
         "val_rmse": min(val_scores) if val_scores else None,  # of the selection fit (step 3)
         "best_epoch": selection.best_epoch,

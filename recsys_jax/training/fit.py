@@ -153,7 +153,7 @@ def fit(
         if loss_fn is not None or penalty_fn is not None or checkpoint_dir is not None:
             raise ValueError(f"fit: model {model!r} trains itself (its spec's fit_epochs); it takes no custom "
                              "loss_fn or penalty_fn and no checkpoint_dir")
-        return _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch)
+        return _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch, options)
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
     param_loss = loss_fn if isinstance(loss_fn, ParamLoss) else None
@@ -261,12 +261,13 @@ def val_scores(apply_fn, params, val: Ratings | None, scale, aux=None, times=Non
     return {"val_rmse": rmse, "val_mae": metrics.mae(pred, val.ratings)}, rmse
 
 
-def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch) -> FitResult:
+def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch, options
+              ) -> FitResult:
     """`fit` for a model that trains itself: its ``fit_epochs`` yields ``(params, train_loss)``
     after each epoch (a Gibbs sweep, a closed-form solve, an epoch of its own optimiser),
     driven by the same loop as the engine (`recsys_jax.training.loop.generator_trainer`)."""
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
-    trainer = generator_trainer(spec.fit_epochs(key, train, model_config, tc, aux))
+    trainer = generator_trainer(spec.fit_epochs(key, train, model_config, tc, aux, options))
 
     def evaluate(params):
         if spec.ranks:  # its scores are not ratings: no RMSE to choose by, the last epoch is kept

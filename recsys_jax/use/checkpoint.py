@@ -57,7 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recsys_jax.data.split import Split, load_split, random_split, temporal_split, user_split
+from recsys_jax.data.split import (PROTOCOLS, Split, held_out_users_split, load_split, random_split, temporal_split,
+                                   user_split)
 from recsys_jax.objectives.losses import get_param_loss
 from recsys_jax.models import get_model, make_config
 from recsys_jax.training.store import CheckpointError, write_folder
@@ -384,7 +385,8 @@ def _user_split_frac(ratings, num_test: int) -> float:
 
 def rebuild_split(extra: dict, ratings, *, split_file=None) -> Split:
     """The `Split` a checkpoint was trained on (to score its test part again), from what ``train`` recorded in its ``extra``
-    (``split``: random, user or temporal; ``seed``; ``num_test``), checked against the data
+    (``split``: random, user, temporal or held-out-users (with ``test_frac``, its share of
+    users); ``seed``; ``num_test``), checked against the data
     (``num_ratings``). `recsys_jax.data.random_split` holds out the first ``num_test`` of a
     seeded permutation, so the seed and the count fix it; for `user_split` the fraction is
     the one whose per-user counts add up to ``num_test``; for `temporal_split` the ``k``
@@ -398,11 +400,13 @@ def rebuild_split(extra: dict, ratings, *, split_file=None) -> Split:
     protocol, seed, num_test = extra.get("split"), extra.get("seed"), extra.get("num_test")
     if protocol == "file":
         raise ValueError("the checkpoint was trained on a --split-file: pass the same file as --split-file")
-    if protocol not in ("random", "user", "temporal") or num_test is None or (seed is None and protocol != "temporal"):
+    if protocol not in PROTOCOLS or num_test is None or (seed is None and protocol != "temporal"):
         raise ValueError("the checkpoint does not record its split protocol, seed and test size "
                          "(not written by recsys-jax train): pass --split-file")
     if protocol == "random":
         split = random_split(ratings, int(seed), num_test / n)
+    elif protocol == "held-out-users":
+        split = held_out_users_split(ratings, int(seed), float(extra.get("test_frac", 0.2)))
     elif protocol == "user":
         split = user_split(ratings, int(seed), _user_split_frac(ratings, num_test))
     else:

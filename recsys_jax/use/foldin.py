@@ -411,6 +411,14 @@ def _append_rows(table, rows) -> jnp.ndarray:
     return jnp.concatenate([jnp.asarray(table), jnp.asarray(rows, jnp.asarray(table).dtype)], axis=0)
 
 
+def folds_in_users(model: str) -> bool:
+    """Whether a new user of ``model`` can be folded in: a model trained by the gradient
+    engine, one that trains itself but folds in by steps (``folds_in``), or one with its own
+    solve (``FoldIn.solve_users``: ials, ease)."""
+    spec = get_model(model)
+    return spec.fit_epochs is None or spec.folds_in or spec.fold_in.solve_users is not None
+
+
 def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: int | None = None, lr: float = LR,
                   unknown: str = "error", penalty: Penalty | None = None):
     """``rec`` with one new user per entry of ``tables`` (each ``{movieId: rating}`` or a
@@ -440,7 +448,7 @@ def fold_in_users(rec, tables: list, *, user_ids=None, timestamps=None, steps: i
         for f in rec.params._fields if f.startswith("user_")})
     append = get_model(rec.model).fold_in.append_user_aux
     aux = rec.aux if append is None else append(rec.aux, items, np.array([t.mean() for t in times], np.float32),
-                                                num_users)
+                                                num_users, values, rec.config)
     trained_users = None if rec.trained_users is None else np.concatenate([rec.trained_users, np.ones(m, bool)])
     indptr, rated = rec.rated_indptr, rec.rated_items
     if indptr is not None:  # (a model that never recorded its training pairs keeps None)

@@ -499,6 +499,73 @@ class Recommender(NamedTuple):
                                                item_mask=item_mask, threshold=threshold)
         return out
 
+    def evaluate_held_out_users(self, given, target, *, cuts=None, baseline: bool = True) -> dict:
+        r"""Strong generalisation (Liang et al. 2018; Rendle et al. 2021): each user of
+        ``target`` (a `Ratings` of the same data set, of users the model was not trained on)
+        is folded in from its pairs in ``given`` (`recsys_jax.use.foldin.fold_in_users`:
+        the model's own solve for ``ials``, the liked items for ``ease``, the closed form or
+        Adam for rating models; pairs of movies without training ratings are left out), and
+        its best candidates, every movie with training ratings less the ones it was folded
+        in from, are scored against its ``target`` movies: ``recall@20``, ``recall@50`` and
+        ``ndcg@100`` by default (``cuts``; `recsys_jax.eval.metrics.held_out_report`).
+        ``popularity`` holds the same for the movies ranked by their number of training
+        ratings. A target user with no usable pair in ``given`` is not counted
+        (``skipped_users``)."""
+        from recsys_jax.eval.metrics import HELD_OUT_CUTS, broadcast_scores, held_out_report, top_k
+        from recsys_jax.use import foldin
+
+        cuts = HELD_OUT_CUTS if cuts is None else tuple(cuts)
+        depth = max(k for _, k in cuts)
+        if not foldin.folds_in_users(self.model):
+            raise ValueError(f"evaluate_held_out_users: model {self.model!r} cannot fold a new user in (it trains "
+                             "itself and has no solve for a new row): the held-out-users protocol needs one")
+        trained = np.ones(self.num_items, bool) if self.trained_items is None else np.asarray(self.trained_items, bool)
+        g_users, g_items = given.user_ids[given.users], given.item_ids[given.items]
+        t_users, t_items = target.user_ids[target.users], target.item_ids[target.items]
+        g_index, g_found = lookup_ids(self.item_ids, g_items)
+        t_index, t_found = lookup_ids(self.item_ids, t_items)
+        if not (g_found.all() and t_found.all()):
+            raise ValueError("evaluate_held_out_users: a movie of the given or target ratings is not in the model's "
+                             "id maps: they do not come from the data set the model was trained on")
+        usable = trained[g_index]
+        users = np.unique(t_users)
+        if self.trained_users is not None:
+            known, found = lookup_ids(self.user_ids, users)
+            if np.any(found & np.asarray(self.trained_users, bool)[np.where(found, known, 0)]):
+                raise ValueError("evaluate_held_out_users: a target user has training ratings: hold users out of "
+                                 "training whole (recsys_jax.data.split.held_out_users_split)")
+        order = np.argsort(g_users, kind="stable")
+        starts = np.searchsorted(g_users[order], users, side="left")
+        ends = np.searchsorted(g_users[order], users, side="right")
+        tables, kept = [], []
+        for u, lo, hi in zip(users, starts, ends):
+            rows = order[lo:hi]
+            rows = rows[usable[rows]]
+            if len(rows):
+                tables.append(dict(zip(g_items[rows].tolist(), np.asarray(given.ratings)[rows].tolist())))
+                kept.append(u)
+        if not kept:
+            raise ValueError("evaluate_held_out_users: no target user has a given pair of a movie with training "
+                             "ratings to fold in from")
+        kept = np.asarray(kept)
+        targets = [t_index[t_users == u] for u in kept]
+        new = foldin.fold_in_users(self, tables)
+        index = np.arange(self.num_users, self.num_users + len(kept))
+        exclude = new._rated("evaluate_held_out_users")
+
+        def ranked(score_fn, inputs):
+            scores, top = top_k(score_fn, inputs, index, depth, num_items=self.num_items, exclude=exclude,
+                                item_mask=trained)
+            return np.where(np.isfinite(scores), top, -1)
+
+        out = {**held_out_report(ranked(new._score_fn(), new._score_inputs()), targets, cuts),
+               "skipped_users": int(len(users) - len(kept)),
+               "candidates": "every movie with training ratings, less the ones the user was folded in from"}
+        if baseline:
+            popularity = jnp.asarray(self.item_counts(), jnp.float32)
+            out["popularity"] = held_out_report(ranked(broadcast_scores, popularity), targets, cuts)
+        return out
+
     def title(self, raw_item_id: int) -> str | None:
         return None if self.titles is None else self.titles.get(int(raw_item_id))
 

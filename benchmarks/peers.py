@@ -5,7 +5,7 @@ recommendations from implicit feedback beside implicit's ALS and BPR.
     python -m benchmarks.peers --quick          # seed 0, without SVD++ (slow)
     python -m benchmarks.peers --seeds 0 1 --json out.json
 
-Needs the ``peers`` extra (``pip install -e ".[peers]"``: keras, scikit-surprise, libmf, implicit);
+Needs the ``peers`` extra (``pip install -e ".[peers]"``: keras, scikit-surprise, libmf, implicit, myfm);
 recsys_jax itself never imports them. Keras runs on its JAX backend (``KERAS_BACKEND=jax``
 is set here before Keras is imported; another backend already chosen is refused).
 
@@ -30,7 +30,11 @@ the same rows for every implementation) it trains:
   training rows and asked for the test rows;
 - with ``ranking``: recommendations under ``recsys-jax evaluate``'s protocol and under
   held-out users (`ranking_markdown`): popularity, recsys_jax's ``ials`` and ``ease`` and
-  implicit's ALS and BPR, each trained on the training ratings of at least 4 stars.
+  implicit's ALS and BPR, each trained on the training ratings of at least 4 stars;
+- with ``myfm`` (not in the default set): myFM's Bayesian factorization machine by Gibbs
+  sampling (rank 10, 256 sweeps), on Rendle, Zhang & Koren 2019's features (the ids, the
+  rating's day, the implicit user and item sets) and on its SVD++ part (the ids, the
+  implicit user set), built from the training rows only (`recsys_jax.data.relational`).
 
 Every model is scored once on the test rows, predictions clipped to the rating scale.
 Fit seconds are wall seconds of training (compilation included: Keras traces each new
@@ -244,6 +248,69 @@ def surprise_fit(name: str, train: Ratings, test: Ratings, *, seed: int) -> dict
     if hasattr(algo, "sim_options") and "KNN" in name:
         out["sim_options"] = {**{"name": "msd"}, **algo.sim_options}  # "msd" is Surprise's default name
     return out
+
+
+# -- myFM ----------------------------------------------------------------------------------
+MYFM_FEATURES = {  # Rendle, Zhang & Koren 2019's feature set, and its SVD++ part
+    "ids, implicit user and item sets, day": ("user", "item", "day", "rated_by_user", "raters_of_item"),
+    "ids, implicit user set": ("user", "item", "rated_by_user"),
+}
+MYFM_RANK, MYFM_SWEEPS = 10, 256
+
+
+def _myfm():
+    try:
+        import myfm
+    except ImportError as e:
+        raise ImportError(f"benchmarks.peers needs myfm: {INSTALL}") from e
+    return myfm
+
+
+def myfm_design(features, groups) -> tuple:
+    """``(X, relation blocks, group sizes)`` for myFM from `recsys_jax.data.relational.Features`:
+    the one-hot groups as columns of X, the implicit sets as RelationBlocks, one prior per group."""
+    from scipy.sparse import csr_matrix, hstack
+
+    myfm = _myfm()
+    n = len(features.user)
+    columns, blocks, sizes = [], [], []
+    widths = {"user": features.rated_by_user.indptr.shape[0] - 1, "item": features.raters_of_item.indptr.shape[0] - 1,
+              "day": features.num_days}
+    for group in groups:
+        if group in ("user", "item", "day"):
+            index = getattr(features, group)
+            keep = index >= 0
+            columns.append(csr_matrix((np.ones(int(keep.sum())), (np.flatnonzero(keep), index[keep])),
+                                      shape=(n, widths[group])))
+            sizes.append(widths[group])
+    for group in groups:
+        if group in ("rated_by_user", "raters_of_item"):
+            block = getattr(features, group)
+            data = csr_matrix((block.values.astype(np.float64), block.indices, block.indptr),
+                              shape=(len(block.indptr) - 1, block.width))
+            blocks.append(myfm.RelationBlock(block.index.astype(np.int64).tolist(), data))
+            sizes.append(block.width)
+    return hstack(columns, format="csr"), blocks, sizes
+
+
+def myfm_fit(feature_set: str, train: Ratings, test: Ratings, *, seed: int) -> dict:
+    """myFM's Gibbs-sampled Bayesian FM (rank 10, 256 sweeps, its defaults otherwise, one prior
+    per feature group) on the features ``MYFM_FEATURES[feature_set]``, built from the training
+    rows only (`recsys_jax.data.relational.build_features`); test predictions clipped."""
+    from recsys_jax.data.relational import build_features
+
+    myfm = _myfm()
+    groups = MYFM_FEATURES[feature_set]
+    x, blocks, sizes = myfm_design(build_features(train), groups)
+    x_test, blocks_test, _ = myfm_design(build_features(train, test), groups)
+    model = myfm.MyFMRegressor(rank=MYFM_RANK, random_seed=seed)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+        model.fit(x, train.ratings.astype(np.float64), X_rel=blocks, n_iter=MYFM_SWEEPS, group_shapes=sizes)
+    fit_seconds = time.perf_counter() - t0
+    pred = np.clip(model.predict(x_test, blocks_test), *train.rating_scale)
+    return {"test_rmse": metrics.rmse(pred, test.ratings), "test_mae": metrics.mae(pred, test.ratings),
+            "fit_seconds": fit_seconds, "features": list(groups), "rank": MYFM_RANK, "sweeps": MYFM_SWEEPS}
 
 
 # -- LIBMF ---------------------------------------------------------------------------------
@@ -534,6 +601,9 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
         if "surprise" in implementations:
             for name in surprise_algos:
                 add("surprise", name, seed, surprise_fit(name, train, test, seed=seed))
+        if "myfm" in implementations:
+            for name in MYFM_FEATURES:
+                add("myfm", f"Bayesian FM ({name})", seed, myfm_fit(name, train, test, seed=seed))
         if "ranking" in implementations:
             results = {"popularity": popularity_fit(train, test),
                        "recsys_jax ials": ranker_fit("ials", ratings, split, seed=seed),
@@ -631,8 +701,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(NOTEBOOK_MODELS), choices=NOTEBOOK_MODELS,
                    help="the notebook's models (mlp is its NN)")
     p.add_argument("--implementations", nargs="+", default=["keras", "recsys_jax", "surprise", "ranking"],
-                   choices=["keras", "recsys_jax", "surprise", "ranking"],
-                   help="ranking: popularity, recsys_jax's ials, implicit's ALS and BPR under evaluate's protocol")
+                   choices=["keras", "recsys_jax", "surprise", "ranking", "myfm"],
+                   help="ranking: popularity, recsys_jax's ials and ease, implicit's ALS and BPR under evaluate's "
+                        "protocol and held-out users; myfm: myFM's Bayesian FM (not run by default)")
     p.add_argument("--surprise", nargs="+", default=list(SURPRISE_ALGOS), choices=SURPRISE_ALGOS, metavar="ALGO",
                    help="Surprise algorithms: " + ", ".join(SURPRISE_ALGOS))
     p.add_argument("--data-dir", default=None, help="where ml-latest-small is (default: $RECSYS_JAX_DATA, cache)")
@@ -648,12 +719,14 @@ def main(argv=None) -> int:
             _surprise()
         if "ranking" in args.implementations:
             _implicit()
+        if "myfm" in args.implementations:
+            _myfm()
     except ImportError as e:
         print(f"[peers] {e}", file=sys.stderr)
         return 2
     files = resolve_outputs("peers", "peers", args, p)
     env = {**environment(), "keras": _version("keras"), "surprise": _version("scikit-surprise"),
-           "libmf": _version("libmf"), "implicit": _version("implicit")}
+           "libmf": _version("libmf"), "implicit": _version("implicit"), "myfm": _version("myfm")}
     ratings = load_movielens("ml-latest-small", args.data_dir, download=False)
     records = run(ratings, args.seeds, models=args.models, implementations=args.implementations,
                   surprise_algos=args.surprise, env=env)

@@ -100,3 +100,25 @@ def test_markdown_and_verdicts():
     assert "| dot | recsys_jax `notebook` | 1.1750 ± 0.0212 | -0.0200, -0.0100 | 5.0 | 0.500 |  |" in text
     assert "| dot | Keras 3.x (JAX) | 1.1900 ± 0.0141 |  | 9.0 | 0.900 | 1.180 / 1.178 |" in text
     assert "| SVD | Surprise 1.1.5 | 0.8700 ± 0.0000 |  | 3.0 |  |  |" in text
+
+
+def test_myfm_design_lays_out_the_groups_and_their_priors():
+    """myFM's input from the relational features: one column per user, movie and training
+    day, one RelationBlock per implicit set, one group size each (summing to myFM's columns);
+    a test row reads its user's training set."""
+    pytest.importorskip("myfm")
+    from recsys_jax.data import random_split
+    from recsys_jax.data.relational import build_features
+
+    r = tiny_ratings()
+    split = random_split(r, 0, 0.2)
+    train, test = r.take(split.train), r.take(split.test)
+    groups = peers.MYFM_FEATURES["ids, implicit user and item sets, day"]
+    x, blocks, sizes = peers.myfm_design(build_features(train, test), groups)
+    f = build_features(train, test)
+    assert sizes == [r.num_users, r.num_items, f.num_days, r.num_items, r.num_users] and len(blocks) == 2
+    assert x.shape == (len(test), r.num_users + r.num_items + f.num_days)
+    dense = x.toarray()
+    np.testing.assert_array_equal(dense[np.arange(len(test)), test.users], 1.0)
+    np.testing.assert_array_equal(dense[:, :r.num_users].sum(axis=1), 1.0)
+    assert dense[:, r.num_users + r.num_items:].sum() == np.sum(f.day >= 0)  # days unseen in training: none

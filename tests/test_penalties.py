@@ -108,6 +108,8 @@ def example_terms(ctx, p, u, i, t):
     if ctx.name == "bpmf":  # sampled, not penalised in training; fold-in's gradient route reads this
         factors = sq(p.user_factors[u]) + sq(p.item_factors[i]) + sq(p.user_samples[u]) + sq(p.item_samples[i])
         return factors, p.user_bias[u] ** 2 + p.item_bias[i] ** 2
+    if ctx.name == "bfm":  # sampled, not penalised; the name-based L2 on its stored samples' user and movie rows
+        return sq(p.user_scalar[u]) + sq(p.item_scalar[i]) + sq(p.user_vector[u]) + sq(p.item_vector[i]), 0.0
     if ctx.name == "glocalk":  # fold-in's ridge on its factor form (the autoencoder's own is in glocalk.objective)
         return sq(p.user_factors[u]) + sq(p.item_factors[i]), p.user_bias[u] ** 2
     if ctx.name == "bias":

@@ -113,7 +113,8 @@ def make_score_fn(model: str, config, num_items: int, *, dense: bool = True, lin
             return lo + (hi - lo) * jax.nn.sigmoid(x)
 
         def one(u):
-            times = jnp.full((num_items,), inputs.user_times[u]) if uses_time else None
+            timed = uses_time and inputs.user_times is not None  # (bfm scores without a day when it has none)
+            times = jnp.full((num_items,), inputs.user_times[u]) if timed else None
             return apply_fn(inputs.params, jnp.full((num_items,), u, jnp.int32), all_items, aux=inputs.aux,
                             times=times)
 

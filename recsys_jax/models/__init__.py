@@ -30,7 +30,8 @@ import functools
 
 import jax
 
-from recsys_jax.models import autorec, bias, bpmf, dot, ease, fm, glocalk, gmf, ials, knn, mlp, neumf, svdpp, timesvd
+from recsys_jax.models import (autorec, bfm, bias, bpmf, dot, ease, fm, glocalk, gmf, ials, knn, mlp, neumf, svdpp,
+                               timesvd)
 from recsys_jax.models._common import initial_offset
 from recsys_jax.models.spec import FoldIn, ModelSpec
 
@@ -49,6 +50,7 @@ MODELS: dict[str, ModelSpec] = {
     "glocalk": glocalk.SPEC,
     "autorec": autorec.SPEC,
     "bpmf": bpmf.SPEC,
+    "bfm": bfm.SPEC,
     "knn": knn.SPEC,
     "ials": ials.SPEC,
     "ease": ease.SPEC,

@@ -44,6 +44,9 @@ field                 meaning
 ``ranks``             an implicit-feedback model: trained on positives, its scores rank items
                       and are not ratings (no rating metrics, no predicted stars; ranking
                       metrics beside popularity instead)
+``keeps_last``        a sampler whose prediction, the mean over kept samples, only improves with
+                      more sweeps: trained for its preset's sweeps on the whole training split
+                      (no validation slice picks a sweep count from one noisy chain)
 ====================  ==============================================================================
 """
 from __future__ import annotations
@@ -105,6 +108,7 @@ class ModelSpec(NamedTuple):
     factorization: str | None = None
     item_vectors: tuple | None = None
     ranks: bool = False
+    keeps_last: bool = False
     doc: Any = None  # the module docstring: the model's maths
 
     def check(self) -> ModelSpec:

@@ -77,6 +77,10 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         # no biases, alpha sampled worse; 120 sweeps (100 slots), alpha 1.5 and K = 20 (a longer
         # run) a little better still; init_scale 0.3 over 0.1 (fewer sweeps to leave 0) and 0.5.
         "bpmf": TrainConfig(epochs=100),
+        # The Bayesian FM samples itself (recsys_jax.models.bfm): an epoch is one Gibbs sweep, 256 as
+        # Rendle et al. 2019 and myFM's examples run it; its priors are the usual vague ones
+        # (bfm.PRIOR), and nothing was tuned on ml-latest-small.
+        "bfm": TrainConfig(epochs=256),
         # iALS solves itself (recsys_jax.models.ials): an epoch is one alternation (3 CG steps a row);
         # 15 as Hu et al. and the implicit library run it; no other field applies. Its settings
         # are ials.Config's (chosen there, on the validation slice of seed 0's training split).
@@ -190,7 +194,9 @@ def resolve(preset: str, model: str, *, model_overrides: dict | None = None, val
     if val_frac is None:
         from recsys_jax.models import get_model
 
-        # A model that ranks keeps its last epoch (no rating to validate on): a validation
-        # slice would only be left out of a fit, then refit on.
-        val_frac = 0.0 if get_model(model).ranks else _preset_val_frac(preset)
+        # A model that ranks keeps its last epoch (no rating to validate on), and so does a
+        # sampler whose mean improves with every sweep (keeps_last): a validation slice would
+        # only be left out of a fit, then refit on.
+        spec = get_model(model)
+        val_frac = 0.0 if spec.ranks or spec.keeps_last else _preset_val_frac(preset)
     return Resolved(tc, model_config, float(val_frac))

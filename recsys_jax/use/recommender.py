@@ -171,10 +171,10 @@ class Recommender(NamedTuple):
         times = None
         if get_model(self.model).uses_time:
             if timestamps is None:
-                times = np.asarray(self.aux.user_mean_day, np.float32)[users]
+                times = self._mean_days(users)
             else:
                 times = days(np.broadcast_to(np.asarray(timestamps, np.float64), raw_users.shape))
-            times = times[known]
+            times = None if times is None else times[known]
         out[known] = predict_indices(apply_fn, self.params, users[known], items[known], aux=self.aux, times=times,
                                      **link)
         if not known.all():
@@ -248,7 +248,7 @@ class Recommender(NamedTuple):
         from recsys_jax.eval.metrics import ScoreInputs
 
         user_times = None
-        if get_model(self.model).uses_time:
+        if get_model(self.model).uses_time and hasattr(self.aux, "user_mean_day"):
             user_times = jnp.asarray(self.aux.user_mean_day, jnp.float32)
         return ScoreInputs(self.params, self.aux, user_times, self.loss_params)
 
@@ -391,12 +391,18 @@ class Recommender(NamedTuple):
         return pd.DataFrame({"userId": self.user_ids[np.asarray(top)].astype(np.int64),
                              "score": np.asarray(top_scores, np.float64)})
 
+    def _mean_days(self, users) -> np.ndarray | None:
+        """Each user's mean training day, where the model records it (timesvd); else None
+        (bfm: without a time, the day has no feature)."""
+        mean_day = getattr(self.aux, "user_mean_day", None)
+        return None if mean_day is None else np.asarray(mean_day, np.float32)[users]
+
     def _predict_indices(self, users, items, times=None, clip=None) -> np.ndarray:
         """The model's ratings for index pairs (through the loss's link), unclipped unless ``clip``;
         time-aware models at ``times`` (days), else at each user's mean training day."""
         apply_fn = make_apply(self.model, self.config)
         if get_model(self.model).uses_time and times is None:
-            times = np.asarray(self.aux.user_mean_day, np.float32)[users]
+            times = self._mean_days(users)
         elif not get_model(self.model).uses_time:
             times = None
         return predict_indices(apply_fn, self.params, users, items, aux=self.aux, times=times, clip=clip,

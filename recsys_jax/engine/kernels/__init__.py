@@ -15,7 +15,10 @@ needs a prefix sum and a scatter over :math:`2^m` elements, and the blocked orde
 `recsys_jax.engine.shuffle.blocked_permutation`, where XLA searches for each position's block.
 `ials_cg.cc` takes iALS's conjugate-gradient steps row by row (`recsys_jax.models.ials`,
 ``solver="cg"``), each row's positives read from the cache between steps, where XLA
-gathers them into padded chunks and scatters the sums back.
+gathers them into padded chunks and scatters the sums back. `bfm_gibbs.cc` takes the
+Bayesian factorization machine's sequential draws of a relational block's features
+(`recsys_jax.models.bfm`), each a few operations per entry, where XLA's loop pays a
+dispatch per feature.
 
 **Where they are built.** The kernels are C++ source shipped with the package, built for
 the machine that runs them (``-O3 -march=native``) with its C++ compiler (``$CXX``, split
@@ -65,10 +68,11 @@ from pathlib import Path
 
 from recsys_jax.data import cachefiles
 
-SOURCES = ("mf_sgd.cc", "shuffle.cc", "ials_cg.cc")
+SOURCES = ("mf_sgd.cc", "shuffle.cc", "ials_cg.cc", "bfm_gibbs.cc")
 # FFI target name -> exported symbol
 TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation",
-           "recsys_blocked_permutation": "RecsysBlockedPermutation", "recsys_ials_cg": "RecsysIalsCg"}
+           "recsys_blocked_permutation": "RecsysBlockedPermutation", "recsys_ials_cg": "RecsysIalsCg",
+           "recsys_bfm_sequential": "RecsysBfmSequential"}
 # -fno-math-errno: sqrt in a loop vectorises (with errno it calls sqrtf element by element)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-fPIC", "-pthread", "-w")
 LINK_FLAGS = ("-shared", "-pthread")

@@ -1,0 +1,573 @@
+r"""Bayesian factorization machine, sampled by Gibbs (Freudenthaler, Schmidt-Thieme & Rendle
+2011, "Bayesian factorization machines"; the relational blocks of Rendle 2013, "Scaling
+factorization machines to relational data").
+
+The model. A rating :math:`n` of user :math:`u` for movie :math:`i` on day :math:`d` is a
+sparse feature vector :math:`x_n` of five groups (`recsys_jax.data.relational`, every one
+built from the training rows only): the user id, the movie id, the day (one-hot over the
+training days; a day outside them has no feature), the movies the user rated
+:math:`N(u)` and the users who rated the movie :math:`N(i)`, each of those two sets valued
+:math:`1/\sqrt{|N|}`. Then
+
+.. math::
+
+   y_n \sim \mathcal N\big(\hat y(x_n), \alpha^{-1}\big), \qquad
+   \hat y(x) = w_0 + \sum_j w_j x_j + \sum_{f=1}^{k} \tfrac12 \Big[\big(\textstyle\sum_j v_{jf} x_j\big)^2
+               - \textstyle\sum_j v_{jf}^2 x_j^2\Big],
+
+every pair of features interacting through their factors. Priors, one set per feature
+group :math:`g` (``user``, ``item``, ``day``, ``rated``, ``raters``):
+:math:`w_j \sim \mathcal N(\mu^w_g, 1/\lambda^w_g)`, :math:`v_{jf} \sim \mathcal N(\mu^v_{gf},
+1/\lambda^v_{gf})`, each :math:`(\mu, \lambda)` Normal-Gamma, :math:`\lambda \sim
+\mathrm{Gamma}(a_0, b_0)`, :math:`\mu \mid \lambda \sim \mathcal N(\mu_0, 1/(\gamma_0 \lambda))`;
+:math:`w_0 \sim \mathcal N(0, 1/\lambda_0)`; :math:`\alpha \sim \mathrm{Gamma}(a_0, b_0)`
+(:math:`a_0 = b_0 = \gamma_0 = \lambda_0 = 1`, :math:`\mu_0 = 0`, as libFM and myFM).
+
+One Gibbs sweep draws every parameter from its exact conditional. :math:`\hat y` is linear
+in any one parameter :math:`\theta`, :math:`\hat y(x_n) = g_n + \theta h_n` (for
+:math:`v_{jf}`, :math:`h_n = x_{nj}(q_{nf} - v_{jf} x_{nj})`, :math:`q_{nf} = \sum_l v_{lf}
+x_{nl}`; for :math:`w_j`, :math:`h_n = x_{nj}`), so with the residuals :math:`e_n = y_n -
+\hat y(x_n)` and the prior :math:`\mathcal N(\mu_\theta, 1/\lambda_\theta)`,
+
+.. math::
+
+   \theta \mid \cdot \sim \mathcal N\Big(\frac{\alpha \sum_n h_n (e_n + \theta h_n) + \lambda_\theta \mu_\theta}{P},
+   \ \frac1P\Big), \qquad P = \alpha \sum_n h_n^2 + \lambda_\theta .
+
+The order of a sweep: :math:`\alpha`; every group's hyperparameters (:math:`\lambda` given
+the old :math:`\mu`, then :math:`\mu` given the new :math:`\lambda`); :math:`w_0`; each
+group's :math:`w`; then for each factor :math:`f`, each group's :math:`v_{\cdot f}`. The
+features of a one-hot group never share a rating, so their draws are independent given the
+rest and are taken all at once (``jax.ops.segment_sum`` over the ratings). The features of
+an implicit set share ratings (every movie of :math:`N(u)` is in each of :math:`u`'s
+ratings), so they are drawn one after another, each from its conditional given the ones
+before: Rendle 2013's relational form makes each draw cost the size of its column of the
+block, not the number of ratings. For the block of the sets :math:`N(u)` (block row
+:math:`b = u`, the ratings :math:`n \in b` of that user), with :math:`c_b = Q_{bf} - v_{jf}
+x_{bj}`, :math:`Q_{bf} = \sum_l v_{lf} x_{bl}` and :math:`r_n = q_{nf} - Q_{bf}` (the other
+groups' part), :math:`h_n = x_{bj}(c_b + r_n)`, so
+
+.. math::
+
+   \sum_n h_n^2 = \sum_{b \ni j} x_{bj}^2 \big(|b| c_b^2 + 2 c_b S_b + S^{(2)}_b\big), \qquad
+   \sum_n h_n e_n = \sum_{b \ni j} x_{bj} \big(c_b E_b + R_b\big),
+
+from the block rows' sums over their ratings :math:`S_b = \sum r_n`, :math:`S^{(2)}_b =
+\sum r_n^2`, :math:`E_b = \sum e_n`, :math:`R_b = \sum r_n e_n`; after the draw (change
+:math:`\Delta`) they follow exactly: :math:`E_b \mathrel{-}= \Delta x_{bj}(|b| c_b + S_b)`,
+:math:`R_b \mathrel{-}= \Delta x_{bj}(c_b S_b + S^{(2)}_b)`, :math:`Q_{bf} \mathrel{+}= \Delta
+x_{bj}` (the linear terms: :math:`h_n = x_{bj}`, :math:`\sum h^2 = \sum x^2 |b|`, :math:`\sum h
+e = \sum x E_b`). A sweep is one compiled program (`sweep`: a ``fori_loop`` over the
+factors, the sequential draws a ``fori_loop`` over the block's columns); its cost is
+:math:`O(k(N + \mathrm{nnz}))` for :math:`N` ratings and the blocks' entries. Tested: a sweep
+against the same draws written out in float64 on the expanded design matrix, and the
+features against test rows (`recsys_jax.data.relational`).
+
+Prediction is the mean of :math:`\hat y` over kept samples (after ``burn_in`` sweeps, one
+sample every ``thin`` sweeps, at most ``num_samples`` kept: a ring, the last ones), with
+the samples' spread beside it (`predict_std`: :math:`\sqrt{\mathrm{Var}_s \hat y^{(s)} +
+\overline{1/\alpha^{(s)}}}`, the posterior predictive standard deviation). Per sample, each
+user's features fold into one vector and one number (:math:`a_u = v_u + Q_u`, the factors
+of its id and of its set, and the terms that involve only them), the same for each movie and
+day, so a prediction is :math:`w_0 + s_u + s_i + s_d + a_u^\top b_i + a_u^\top c_d + b_i^\top
+c_d` averaged over the samples: a gather and a few dot products.
+
+How it relates to BPMF (`recsys_jax.models.bpmf`). With the id groups alone, no day and no
+sets, :math:`\hat y = w_0 + w_u + w_i + v_u^\top v_i`: biased matrix factorization, which
+BPMF samples by rows (each user's factor vector at once, under a full Gaussian-Wishart
+prior); the FM samples coordinate by coordinate under a diagonal Normal-Gamma prior per
+factor, which is what lets it add the sets and the day at the cost of their size.
+
+``TrainConfig``: ``epochs`` is the number of sweeps (burn-in included); the learning rate,
+batch size, schedule and penalties do not apply. The reported training loss is the mean
+squared residual of the current sample. Fold-in is not supported (a new user is a new
+block row: retrain).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from recsys_jax.data.relational import build_features
+from recsys_jax.models.spec import ModelSpec
+
+GROUPS = ("user", "item", "day", "rated", "raters")  # the feature groups, in the sweep's order
+PRIOR = {"a0": 1.0, "b0": 1.0, "gamma0": 1.0, "mu0": 0.0, "lambda0": 1.0}
+
+
+class Config(NamedTuple):
+    embedding_dim: int = 10  # k, the rank (Rendle et al. 2019's and the issue's: 10)
+    burn_in: int = 16  # sweeps before samples are kept
+    num_samples: int = 64  # the most samples kept (a ring: the last ones)
+    thin: int = 0  # keep a sample every `thin` sweeps; 0: spread num_samples over the sweeps after burn-in
+    day: bool = True  # the rating's day as a feature group
+    implicit: bool = True  # the sets N(u) and N(i) as feature groups
+    init_scale: float = 0.1  # v starts N(0, init_scale^2)
+    num_days: int = 0  # D, the training days: set from the training data (configure)
+    mean_rating: float = 3.5  # set by `fit` to the training mean: w_0 starts there
+    y_range: tuple[float, float] | None = None  # not supported
+
+
+class Aux(NamedTuple):
+    """What the sampler and prediction read besides the parameters (from the training rows)."""
+
+    day_vocab: Array  # int32[D]: the training days (days since the epoch), sorted
+    rated_indptr: Array  # int32[U + 1]: N(u), CSR over movies
+    rated_items: Array  # int32[nnz]
+    rated_values: Array  # float32[nnz]: 1 / sqrt(|N(u)|)
+    raters_indptr: Array  # int32[I + 1]: N(i), CSR over users
+    raters_users: Array  # int32[nnz]
+    raters_values: Array  # float32[nnz]
+
+
+class Params(NamedTuple):
+    """The kept samples (``S`` = ``num_samples`` slots; unfilled slots have weight 0)."""
+
+    sample_mask: Array  # float32[S]: 1 for a filled slot
+    global_bias: Array  # float32[S]: w_0 per sample
+    noise_var: Array  # float32[S]: 1 / alpha per sample
+    user_scalar: Array  # float32[U, S]: s_u per sample
+    item_scalar: Array  # float32[I, S]
+    day_scalar: Array  # float32[D + 1, S] (row D: a day outside the training days, 0)
+    user_vector: Array  # float32[U, S, K]: a_u per sample
+    item_vector: Array  # float32[I, S, K]
+    day_vector: Array  # float32[D + 1, S, K]
+
+
+def prepare(train, config: Config = Config()) -> Aux:
+    """The training days and the implicit sets, from the training rows only."""
+    f = build_features(train)
+    vocab = np.unique(np.floor(np.asarray(train.timestamps, np.float64) / 86_400.0).astype(np.int64))
+    b, c = f.rated_by_user, f.raters_of_item
+    return Aux(jnp.asarray(vocab.astype(np.int32)), jnp.asarray(b.indptr.astype(np.int32)),
+               jnp.asarray(b.indices), jnp.asarray(b.values), jnp.asarray(c.indptr.astype(np.int32)),
+               jnp.asarray(c.indices), jnp.asarray(c.values))
+
+
+def configure(config: Config, aux: Aux) -> Config:
+    """``num_days``: the number of distinct training days (the day group's size)."""
+    return config._replace(num_days=int(aux.day_vocab.shape[0]))
+
+
+def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
+    """An empty store (predicts 0 until a sample is kept)."""
+    s, k, num_days = int(config.num_samples), int(config.embedding_dim), int(config.num_days)
+    z = functools.partial(jnp.zeros, dtype=jnp.float32)
+    return Params(z(s), z(s), z(s), z((num_users, s)), z((num_items, s)), z((num_days + 1, s)),
+                  z((num_users, s, k)), z((num_items, s, k)), z((num_days + 1, s, k)))
+
+
+def day_slots(aux: Aux, times: Array) -> Array:
+    """Each time's (float days) slot among the training days; D (no feature) for another day."""
+    day = jnp.floor(times).astype(jnp.int32)
+    vocab = aux.day_vocab
+    slot = jnp.clip(jnp.searchsorted(vocab, day), 0, max(vocab.shape[0] - 1, 0))
+    return jnp.where((vocab.shape[0] > 0) & (vocab[slot] == day), slot, vocab.shape[0])
+
+
+def sample_scores(params: Params, users: Array, items: Array, days: Array) -> Array:
+    """:math:`\\hat y^{(s)}` of every kept sample, ``float32[B, S]`` (unfilled slots: 0)."""
+    a, b, c = params.user_vector[users], params.item_vector[items], params.day_vector[days]
+    cross = jnp.sum(a * b + a * c + b * c, axis=-1)
+    return (params.global_bias + params.user_scalar[users] + params.item_scalar[items] + params.day_scalar[days]
+            + cross) * params.sample_mask
+
+
+def apply(params: Params, users: Array, items: Array, key: Array | None = None, *, config: Config = Config(),
+          aux: Aux | None = None, times: Array | None = None) -> Array:
+    """The posterior mean of the rating, ``float32[B]``: the mean over the kept samples. Without
+    ``times`` the day has no feature."""
+    days = (jnp.full(users.shape, params.day_scalar.shape[0] - 1, jnp.int32) if times is None or aux is None
+            else day_slots(aux, times))
+    return jnp.sum(sample_scores(params, users, items, days), axis=-1) / jnp.maximum(jnp.sum(params.sample_mask), 1.0)
+
+
+def predict_one(params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(),
+                aux: Aux | None = None, times: Array | None = None) -> Array:
+    return apply(params, user[None], item[None], config=config, aux=aux,
+                 times=None if times is None else jnp.reshape(times, (1,)))[0]
+
+
+def predict_std(params: Params, users: Array, items: Array, *, aux: Aux | None = None,
+                times: Array | None = None) -> Array:
+    """The posterior predictive standard deviation of each rating, ``float32[B]``: the spread
+    of :math:`\\hat y` over the kept samples and the mean noise variance :math:`1/\\alpha`."""
+    days = (jnp.full(users.shape, params.day_scalar.shape[0] - 1, jnp.int32) if times is None or aux is None
+            else day_slots(aux, times))
+    scores = sample_scores(params, users, items, days)
+    n = jnp.maximum(jnp.sum(params.sample_mask), 1.0)
+    mean = jnp.sum(scores, axis=-1, keepdims=True) / n
+    spread = jnp.sum(((scores - mean) * params.sample_mask) ** 2, axis=-1) / n
+    return jnp.sqrt(spread + jnp.sum(params.noise_var * params.sample_mask) / n)
+
+
+# -- the sampler -----------------------------------------------------------------------------
+class Design(NamedTuple):
+    """The training ratings and the blocks, as the sweep reads them (device arrays)."""
+
+    y: Array  # float32[N]
+    user: Array  # int32[N]
+    item: Array  # int32[N]
+    day: Array  # int32[N]
+    # block "rated" (rows: users; features: movies) and "raters" (rows: movies; features: users):
+    # CSR (for Q and the sums of squares) and, per feature, its padded column (rows, values).
+    rated_row: Array  # int32[nnz]: the block row (user) of each CSR entry
+    rated_feature: Array  # int32[nnz]
+    rated_value: Array  # float32[nnz]
+    rated_col_rows: Array  # int32[I, L]: for movie j, the users whose N(u) holds it (padding: U)
+    rated_col_values: Array  # float32[I, L] (padding: 0)
+    raters_row: Array
+    raters_feature: Array
+    raters_value: Array
+    raters_col_rows: Array  # int32[U, L'] (padding: I)
+    raters_col_values: Array
+
+
+def _padded_columns(rows: np.ndarray, features: np.ndarray, values: np.ndarray, num_features: int,
+                    num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((rows, features))
+    counts = np.bincount(features, minlength=num_features)
+    width = max(int(counts.max(initial=0)), 1)
+    out_rows = np.full((num_features, width), num_rows, np.int32)
+    out_values = np.zeros((num_features, width), np.float32)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(order)) - start[features[order]]
+    out_rows[features[order], slot] = rows[order]
+    out_values[features[order], slot] = values[order]
+    return out_rows, out_values
+
+
+def make_design(train, aux: Aux) -> Design:
+    """`Design` of the training rows ``train`` (whose features ``aux`` holds)."""
+    users, items = np.asarray(train.users, np.int32), np.asarray(train.items, np.int32)
+    vocab = np.asarray(aux.day_vocab)
+    day = np.searchsorted(vocab, np.floor(np.asarray(train.timestamps, np.float64) / 86_400.0)).astype(np.int32)
+    parts = []
+    for indptr, feats, vals, num_rows, num_feats in (
+            (aux.rated_indptr, aux.rated_items, aux.rated_values, train.num_users, train.num_items),
+            (aux.raters_indptr, aux.raters_users, aux.raters_values, train.num_items, train.num_users)):
+        indptr, feats, vals = np.asarray(indptr), np.asarray(feats), np.asarray(vals)
+        rows = np.repeat(np.arange(num_rows, dtype=np.int32), np.diff(indptr))
+        parts += [rows, feats, vals, *_padded_columns(rows, feats, vals, num_feats, num_rows)]
+    return Design(*(jnp.asarray(a) for a in (np.asarray(train.ratings, np.float32), users, items, day, *parts)))
+
+
+class State(NamedTuple):
+    w0: Array  # float32[]
+    w: tuple  # per group: float32[n_g]
+    v: tuple  # per group: float32[n_g, K]
+    alpha: Array  # float32[]
+    mu_w: Array  # float32[G]
+    lam_w: Array  # float32[G]
+    mu_v: Array  # float32[G, K]
+    lam_v: Array  # float32[G, K]
+
+
+def _block_sums(v_col: Array, w: Array, d: Design, block: str, num_rows: int):
+    """Per block row: Q (sum x v), the sum of squares (sum x^2 v^2), and L (sum x w)."""
+    row, feat, val = getattr(d, f"{block}_row"), getattr(d, f"{block}_feature"), getattr(d, f"{block}_value")
+    q = jax.ops.segment_sum(val[:, None] * v_col[feat], row, num_rows)
+    ssq = jax.ops.segment_sum((val * val)[:, None] * v_col[feat] ** 2, row, num_rows)
+    lin = jax.ops.segment_sum(val * w[feat], row, num_rows)
+    return q, ssq, lin
+
+
+def _parts(state: State, d: Design, sizes: tuple) -> tuple:
+    """Per rating: ``q`` [N, K] (sum x v), ``ssq`` [N, K] and the linear part [N]; and the blocks' Q."""
+    num_users, num_items = sizes[0], sizes[1]
+    vu, vi, vd, vr, vs = state.v
+    wu, wi, wd, wr, ws = state.w
+    qr, ssr, lr = _block_sums(vr, wr, d, "rated", num_users)
+    qs, sss, ls = _block_sums(vs, ws, d, "raters", num_items)
+    u, i, t = d.user, d.item, d.day
+    q = vu[u] + vi[i] + vd[t] + qr[u] + qs[i]
+    ssq = vu[u] ** 2 + vi[i] ** 2 + vd[t] ** 2 + ssr[u] + sss[i]
+    lin = state.w0 + wu[u] + wi[i] + wd[t] + lr[u] + ls[i]
+    return q, ssq, lin, (qr, qs)
+
+
+def predictions(state: State, d: Design, sizes: tuple) -> Array:
+    q, ssq, lin, _ = _parts(state, d, sizes)
+    return lin + 0.5 * jnp.sum(q * q - ssq, axis=1)
+
+
+def _draw(sum_h2, sum_he, old, lam, mu, alpha, z):
+    precision = alpha * sum_h2 + lam
+    mean = (alpha * (sum_he + old * sum_h2) + lam * mu) / precision
+    return mean + z * jax.lax.rsqrt(precision)
+
+
+def _sequential(col_rows, col_values, old, z, cnt, s1, s2, e1, er, qb, lam, mu, alpha, factor: bool,
+                kernel: bool = False):
+    """The draws of one block's features one after another (see the module docstring):
+    ``old``/``z`` [F], the block rows' sums (length R + 1: row R is padding's, all 0).
+    Returns the new values [F] and the block's Q [R + 1] (for a factor; else ``qb``). With
+    ``kernel`` the CPU kernel (`recsys_jax.engine.kernels`, ``bfm_gibbs.cc``) takes them."""
+    if kernel:
+        call = jax.ffi.ffi_call("recsys_bfm_sequential", (jax.ShapeDtypeStruct(old.shape, jnp.float32),
+                                                          jax.ShapeDtypeStruct(qb.shape, jnp.float32)))
+        scalars = jnp.stack([lam, mu, alpha]).astype(jnp.float32)
+        return call(col_rows, col_values, old, z, cnt, s1, s2, e1, er, qb, scalars, factor=np.int32(factor))
+
+    def body(j, carry):
+        vals, e1, er, qb = carry
+        rows, x = col_rows[j], col_values[j]
+        v = vals[j]
+        c = qb[rows] - v * x if factor else jnp.ones_like(x)
+        cn, a1, a2 = cnt[rows], s1[rows], s2[rows]
+        sum_h2 = jnp.sum(x * x * (cn * c * c + 2.0 * c * a1 + a2))
+        sum_he = jnp.sum(x * (c * e1[rows] + er[rows]))
+        new = _draw(sum_h2, sum_he, v, lam, mu, alpha, z[j])
+        delta = new - v
+        e1 = e1.at[rows].add(-delta * x * (cn * c + a1))
+        er = er.at[rows].add(-delta * x * (c * a1 + a2))
+        if factor:
+            qb = qb.at[rows].add(delta * x)
+        return vals.at[j].set(new), e1, er, qb
+
+    vals, _, _, qb = jax.lax.fori_loop(0, old.shape[0], body, (old, e1, er, qb))
+    return vals, qb
+
+
+class Draws(NamedTuple):
+    """Every random variate of one sweep, drawn up front (`draws`): standard Gamma and
+    Normal variates, scaled by the sweep (so that a reference can replay them)."""
+
+    g_alpha: Array  # Gamma(a0 + N / 2)
+    g_lam_w: Array  # [G]: Gamma(a0 + (n_g + 1) / 2)
+    z_mu_w: Array  # [G]
+    g_lam_v: Array  # [G, K]
+    z_mu_v: Array  # [G, K]
+    z_w0: Array  # []
+    z_w: tuple  # per group [n_g]
+    z_v: tuple  # per group [n_g, K]
+
+
+def draws(key: Array, n: int, sizes: tuple, k: int) -> Draws:
+    """The variates of one sweep of ``n`` ratings and groups of ``sizes`` features."""
+    keys = jax.random.split(key, 8)
+    a0 = PRIOR["a0"]
+    shapes = jnp.asarray([a0 + 0.5 * (m + 1) for m in sizes], jnp.float32)
+    return Draws(jax.random.gamma(keys[0], a0 + 0.5 * n), jax.random.gamma(keys[1], shapes),
+                 jax.random.normal(keys[2], (len(sizes),)),
+                 jax.random.gamma(keys[3], jnp.broadcast_to(shapes[:, None], (len(sizes), k))),
+                 jax.random.normal(keys[4], (len(sizes), k)), jax.random.normal(keys[5]),
+                 tuple(jax.random.normal(kk, (m,)) for kk, m in zip(jax.random.split(keys[6], len(sizes)), sizes)),
+                 tuple(jax.random.normal(kk, (m, k)) for kk, m in zip(jax.random.split(keys[7], len(sizes)), sizes)))
+
+
+@functools.partial(jax.jit, static_argnames=("sizes", "use_day", "use_implicit", "kernel"))
+def sweep(key: Array, state: State, d: Design, sizes: tuple, use_day: bool, use_implicit: bool,
+          kernel: bool = False) -> tuple[State, Array]:
+    """One Gibbs sweep (the module docstring's order); returns the new state and the
+    training mean squared residual of it. ``kernel``: the blocks' sequential draws on the
+    CPU kernel (else a JAX loop)."""
+    return sweep_with(draws(key, d.y.shape[0], sizes, state.v[0].shape[1]), state, d, sizes, use_day, use_implicit,
+                      kernel)
+
+
+def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_implicit: bool,
+               kernel: bool = False) -> tuple[State, Array]:
+    """`sweep` with its variates given."""
+    p = PRIOR
+    n = d.y.shape[0]
+    active = (True, True, use_day, use_implicit, use_implicit)
+    # alpha | e
+    e = d.y - predictions(state, d, sizes)
+    alpha = r.g_alpha / (p["b0"] + 0.5 * jnp.sum(e * e))
+    # hyperparameters | parameters, per group (lambda given the old mu, then mu given lambda)
+    mu_w, lam_w, mu_v, lam_v = [], [], [], []
+    for g in range(len(GROUPS)):
+        w, v = state.w[g], state.v[g]
+        m = w.shape[0]
+        sw = jnp.sum((w - state.mu_w[g]) ** 2) + p["gamma0"] * (state.mu_w[g] - p["mu0"]) ** 2
+        lw = r.g_lam_w[g] / (p["b0"] + 0.5 * sw)
+        muw = (jnp.sum(w) + p["gamma0"] * p["mu0"]) / (m + p["gamma0"]) + r.z_mu_w[g] * jax.lax.rsqrt(
+            (m + p["gamma0"]) * lw)
+        sv = jnp.sum((v - state.mu_v[g]) ** 2, axis=0) + p["gamma0"] * (state.mu_v[g] - p["mu0"]) ** 2
+        lv = r.g_lam_v[g] / (p["b0"] + 0.5 * sv)
+        muv = (jnp.sum(v, axis=0) + p["gamma0"] * p["mu0"]) / (m + p["gamma0"]) + r.z_mu_v[g] * jax.lax.rsqrt(
+            (m + p["gamma0"]) * lv)
+        keep = active[g]
+        mu_w.append(muw if keep else state.mu_w[g])
+        lam_w.append(lw if keep else state.lam_w[g])
+        mu_v.append(muv if keep else state.mu_v[g])
+        lam_v.append(lv if keep else state.lam_v[g])
+    state = state._replace(alpha=alpha, mu_w=jnp.stack(mu_w), lam_w=jnp.stack(lam_w), mu_v=jnp.stack(mu_v),
+                           lam_v=jnp.stack(lam_v))
+    # w0
+    precision = alpha * n + p["lambda0"]
+    w0_new = (alpha * jnp.sum(e + state.w0)) / precision + r.z_w0 * jax.lax.rsqrt(precision)
+    e = e - (w0_new - state.w0)
+    state = state._replace(w0=w0_new)
+    num_users, num_items = sizes[0], sizes[1]
+    onehot = ((0, d.user), (1, d.item), (2, d.day))
+    blocks = ((3, "rated", d.user, num_users), (4, "raters", d.item, num_items))
+    zw, zv = r.z_w, r.z_v
+    # linear terms: one-hot groups at once, block features one after another
+    w = list(state.w)
+    for g, idx in onehot:
+        if not active[g]:
+            continue
+        m = w[g].shape[0]
+        cnt = jax.ops.segment_sum(jnp.ones_like(e), idx, m)
+        new = _draw(cnt, jax.ops.segment_sum(e, idx, m), w[g], state.lam_w[g], state.mu_w[g], alpha, zw[g])
+        e = e - (new - w[g])[idx]
+        w[g] = new
+    for g, block, rows_of, num_rows in blocks:
+        if not active[g]:
+            continue
+        cnt = jnp.append(jax.ops.segment_sum(jnp.ones_like(e), rows_of, num_rows), 0.0)
+        e1 = jnp.append(jax.ops.segment_sum(e, rows_of, num_rows), 0.0)
+        zero = jnp.zeros_like(cnt)
+        new, _ = _sequential(getattr(d, f"{block}_col_rows"), getattr(d, f"{block}_col_values"), w[g], zw[g], cnt,
+                             zero, zero, e1, zero, zero, state.lam_w[g], state.mu_w[g], alpha, factor=False,
+                             kernel=kernel)
+        row, feat, val = getattr(d, f"{block}_row"), getattr(d, f"{block}_feature"), getattr(d, f"{block}_value")
+        change = jax.ops.segment_sum(val * (new - w[g])[feat], row, num_rows)
+        e = e - change[rows_of]
+        w[g] = new
+    state = state._replace(w=tuple(w))
+
+    # factors: for each f, every group
+    def factor_step(f, carry):
+        v, e = carry
+        v = list(v)
+        # q_n f and the blocks' Q_f, ssq_f from the current tables
+        col = [jax.lax.dynamic_index_in_dim(t, f, axis=1, keepdims=False) for t in v]
+        zf = [jax.lax.dynamic_index_in_dim(z, f, axis=1, keepdims=False) for z in zv]
+        lam, mu = state.lam_v[:, f], state.mu_v[:, f]
+
+        def block_q(c, block, num_rows):
+            row, feat, val = getattr(d, f"{block}_row"), getattr(d, f"{block}_feature"), getattr(d, f"{block}_value")
+            return (jax.ops.segment_sum(val * c[feat], row, num_rows),
+                    jax.ops.segment_sum(val * val * c[feat] ** 2, row, num_rows))
+
+        qr, _ = block_q(col[3], "rated", num_users)
+        qs, _ = block_q(col[4], "raters", num_items)
+        q = col[0][d.user] + col[1][d.item] + col[2][d.day] + qr[d.user] + qs[d.item]
+        for g, idx in onehot:
+            if not active[g]:
+                continue
+            m = col[g].shape[0]
+            h = q - col[g][idx]
+            new = _draw(jax.ops.segment_sum(h * h, idx, m), jax.ops.segment_sum(h * e, idx, m), col[g], lam[g],
+                        mu[g], alpha, zf[g])
+            delta = (new - col[g])[idx]
+            e = e - delta * h
+            q = q + delta
+            col[g] = new
+        for g, block, rows_of, num_rows in blocks:
+            if not active[g]:
+                continue
+            qb, ssq_old = block_q(col[g], block, num_rows)
+            r = q - qb[rows_of]
+            cnt = jnp.append(jax.ops.segment_sum(jnp.ones_like(e), rows_of, num_rows), 0.0)
+            s1 = jnp.append(jax.ops.segment_sum(r, rows_of, num_rows), 0.0)
+            s2 = jnp.append(jax.ops.segment_sum(r * r, rows_of, num_rows), 0.0)
+            e1 = jnp.append(jax.ops.segment_sum(e, rows_of, num_rows), 0.0)
+            er = jnp.append(jax.ops.segment_sum(r * e, rows_of, num_rows), 0.0)
+            new, _ = _sequential(getattr(d, f"{block}_col_rows"), getattr(d, f"{block}_col_values"), col[g], zf[g],
+                                 cnt, s1, s2, e1, er, jnp.append(qb, 0.0), lam[g], mu[g], alpha, factor=True,
+                                 kernel=kernel)
+            qb_new, ssq_new = block_q(new, block, num_rows)
+            dq, dss = (qb_new - qb)[rows_of], (ssq_new - ssq_old)[rows_of]
+            e = e - (dq * (q + 0.5 * dq) - 0.5 * dss)
+            q = q + dq
+            col[g] = new
+        v = [jax.lax.dynamic_update_index_in_dim(t, c[:, None], f, axis=1) for t, c in zip(v, col)]
+        return tuple(v), e
+
+    v, e = jax.lax.fori_loop(0, state.v[0].shape[1], factor_step, (tuple(state.v), e))
+    state = state._replace(v=v)
+    return state, jnp.mean(e * e)
+
+
+def _sample(state: State, d: Design, sizes: tuple) -> tuple:
+    """One sample's per-user, per-movie and per-day (scalar, vector) for the store."""
+    num_users, num_items = sizes[0], sizes[1]
+    vu, vi, vd, vr, vs = state.v
+    wu, wi, wd, wr, ws = state.w
+    qr, ssr, lr = _block_sums(vr, wr, d, "rated", num_users)
+    qs, sss, ls = _block_sums(vs, ws, d, "raters", num_items)
+    a, b = vu + qr, vi + qs
+    s_u = wu + lr + 0.5 * jnp.sum(a * a - vu ** 2 - ssr, axis=1)
+    s_i = wi + ls + 0.5 * jnp.sum(b * b - vi ** 2 - sss, axis=1)
+    return (s_u, a), (s_i, b), (jnp.append(wd, 0.0), jnp.concatenate([vd, jnp.zeros_like(vd[:1])]))
+
+
+@functools.partial(jax.jit, static_argnames=("sizes",))
+def _store(params: Params, state: State, d: Design, slot: Array, sizes: tuple) -> Params:
+    (su, a), (si, b), (sd, c) = _sample(state, d, sizes)
+    return Params(params.sample_mask.at[slot].set(1.0), params.global_bias.at[slot].set(state.w0),
+                  params.noise_var.at[slot].set(1.0 / state.alpha), params.user_scalar.at[:, slot].set(su),
+                  params.item_scalar.at[:, slot].set(si), params.day_scalar.at[:, slot].set(sd),
+                  params.user_vector.at[:, slot].set(a), params.item_vector.at[:, slot].set(b),
+                  params.day_vector.at[:, slot].set(c))
+
+
+def initial_state(key: Array, sizes: tuple, config: Config) -> State:
+    """Factors N(0, init_scale^2) (0 in a group that is off), linear terms 0, w_0 the mean."""
+    k = int(config.embedding_dim)
+    keys = jax.random.split(key, len(GROUPS))
+    on = (True, True, bool(config.day), bool(config.implicit), bool(config.implicit))
+    v = tuple(config.init_scale * jax.random.normal(kk, (m, k), jnp.float32) * float(a)
+              for kk, m, a in zip(keys, sizes, on))
+    g = len(GROUPS)
+    return State(jnp.float32(config.mean_rating), tuple(jnp.zeros(m, jnp.float32) for m in sizes), v,
+                 jnp.float32(1.0), jnp.zeros(g, jnp.float32), jnp.ones(g, jnp.float32), jnp.zeros((g, k), jnp.float32),
+                 jnp.ones((g, k), jnp.float32))
+
+
+def check_config(config: Config) -> None:
+    if config.y_range is not None:
+        raise ValueError("bfm: y_range is not supported (the Gibbs sampler's likelihood is Gaussian in the raw score)")
+    if int(config.embedding_dim) < 1 or int(config.num_samples) < 1 or int(config.burn_in) < 0 or int(config.thin) < 0:
+        raise ValueError(f"bfm: embedding_dim and num_samples must be >= 1, burn_in and thin >= 0; got "
+                         f"{config.embedding_dim}, {config.num_samples}, {config.burn_in}, {config.thin}")
+
+
+def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | None = None, options=None
+               ) -> Iterator[tuple[Params, float]]:
+    """One Gibbs sweep per epoch, without end (`recsys_jax.training.fit.fit` stops at
+    ``train_config.epochs``); yields ``(the store of kept samples, the training MSE of the
+    current sample)``."""
+    check_config(config)
+    if len(train) == 0:
+        raise ValueError("bfm: train is empty")
+    aux = prepare(train, config) if aux is None else aux
+    config = configure(config, aux)
+    num_days = config.num_days
+    sizes = (int(train.num_users), int(train.num_items), num_days, int(train.num_items), int(train.num_users))
+    d = make_design(train, aux)
+    kernel = options is not None and options.kernels
+    init_key, key = jax.random.split(key)
+    state = initial_state(init_key, sizes, config)
+    params = init(init_key, train.num_users, train.num_items, config)
+    sweeps = None if train_config is None else int(train_config.epochs)
+    thin = int(config.thin) or (1 if sweeps is None else max(1, -(-(sweeps - int(config.burn_in)) //
+                                                                    int(config.num_samples))))
+    burn_in, kept, t = int(config.burn_in), 0, 0
+    while True:
+        t += 1
+        state, mse = sweep(jax.random.fold_in(key, t), state, d, sizes, bool(config.day), bool(config.implicit),
+                           kernel)
+        if t <= burn_in or t == burn_in + 1:  # the store holds the current sample alone
+            params = params._replace(sample_mask=jnp.zeros_like(params.sample_mask))
+            kept = int(t > burn_in)
+            params = _store(params, state, d, jnp.asarray(0, jnp.int32), sizes)
+        elif (t - burn_in - 1) % thin == 0:
+            kept += 1
+            params = _store(params, state, d, jnp.asarray((kept - 1) % int(config.num_samples), jnp.int32), sizes)
+        yield params, float(mse)
+
+
+SPEC = ModelSpec("bfm", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare,
+                 configure=configure,
+                 fit_epochs=fit_epochs, uses_time=True, keeps_last=True, doc=__doc__)

@@ -1,0 +1,177 @@
+"""The Bayesian factorization machine (recsys_jax.models.bfm): a Gibbs sweep against the same
+draws written out coordinate by coordinate in float64 on the expanded design matrix, the
+store's per-user and per-movie folding against the model's own formula, and a fit that
+learns planted structure."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recsys_jax.data import Ratings
+from recsys_jax.data.ratings import days
+from recsys_jax.models import bfm
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(5)
+    num_users, num_items, n = 7, 6, 30
+    codes = rng.choice(num_users * num_items, n, replace=False)
+    users, items = (codes // num_items).astype(np.int32), (codes % num_items).astype(np.int32)
+    ratings = np.clip(np.round(2 * (3.0 + 0.8 * rng.standard_normal(n))) / 2, 0.5, 5.0).astype(np.float32)
+    stamps = (rng.integers(0, 4, n) * 86_400 + 1_000_000_000).astype(np.int64)
+    train = Ratings(users, items, ratings, stamps, np.arange(num_users, dtype=np.int64) + 1,
+                    np.arange(num_items, dtype=np.int64) + 1)
+    config = bfm.Config(embedding_dim=K, mean_rating=float(ratings.mean()), init_scale=0.5)
+    aux = bfm.prepare(train, config)
+    sizes = (num_users, num_items, int(aux.day_vocab.shape[0]), num_items, num_users)
+    return train, config, aux, sizes, bfm.make_design(train, aux)
+
+
+def design_matrix(train, aux, sizes) -> np.ndarray:
+    """X [N, F]: one-hot user, movie, day; the rated set N(u) and the raters N(i), 1/sqrt(size)."""
+    n = len(train)
+    x = np.zeros((n, sum(sizes)))
+    off = np.cumsum([0, *sizes])
+    u, i = np.asarray(train.users), np.asarray(train.items)
+    day = np.searchsorted(np.asarray(aux.day_vocab), np.floor(np.asarray(train.timestamps) / 86_400))
+    x[np.arange(n), off[0] + u] = 1
+    x[np.arange(n), off[1] + i] = 1
+    x[np.arange(n), off[2] + day] = 1
+    for row in range(n):
+        mine = i[u == u[row]]
+        x[row, off[3] + mine] = len(mine) ** -0.5
+        theirs = u[i == i[row]]
+        x[row, off[4] + theirs] = len(theirs) ** -0.5
+    return x
+
+
+def reference_sweep(r, state, x, y, sizes):
+    """The sweep written out: every coordinate one after another, residuals recomputed, float64."""
+    p = bfm.PRIOR
+    off = np.cumsum([0, *sizes])
+    w0 = float(state.w0)
+    w = np.concatenate([np.asarray(a, np.float64) for a in state.w])
+    v = np.concatenate([np.asarray(a, np.float64) for a in state.v])
+    mu_w, lam_w = np.asarray(state.mu_w, np.float64).copy(), np.asarray(state.lam_w, np.float64).copy()
+    mu_v, lam_v = np.asarray(state.mu_v, np.float64).copy(), np.asarray(state.lam_v, np.float64).copy()
+    r = jax.tree.map(lambda a: np.asarray(a, np.float64), r)
+
+    def yhat():
+        q = x @ v
+        return w0 + x @ w + 0.5 * np.sum(q * q - (x * x) @ (v * v), axis=1)
+
+    def draw(h, theta, lam, mu, z):
+        e = y - yhat()
+        precision = alpha * np.sum(h * h) + lam
+        return (alpha * np.sum(h * (e + theta * h)) + lam * mu) / precision + z / np.sqrt(precision)
+
+    e = y - yhat()
+    alpha = r.g_alpha / (p["b0"] + 0.5 * np.sum(e * e))
+    for g in range(len(sizes)):
+        sl, m = slice(off[g], off[g + 1]), sizes[g]
+        sw = np.sum((w[sl] - mu_w[g]) ** 2) + p["gamma0"] * (mu_w[g] - p["mu0"]) ** 2
+        lam_w[g] = r.g_lam_w[g] / (p["b0"] + 0.5 * sw)
+        mu_w[g] = np.sum(w[sl]) / (m + 1) + r.z_mu_w[g] / np.sqrt((m + 1) * lam_w[g])
+        sv = np.sum((v[sl] - mu_v[g]) ** 2, axis=0) + p["gamma0"] * (mu_v[g] - p["mu0"]) ** 2
+        lam_v[g] = r.g_lam_v[g] / (p["b0"] + 0.5 * sv)
+        mu_v[g] = np.sum(v[sl], axis=0) / (m + 1) + r.z_mu_v[g] / np.sqrt((m + 1) * lam_v[g])
+    e = y - yhat()
+    precision = alpha * len(y) + p["lambda0"]
+    w0 = alpha * np.sum(e + w0) / precision + r.z_w0 / np.sqrt(precision)
+    for g in range(len(sizes)):
+        for j in range(sizes[g]):
+            c = off[g] + j
+            w[c] = draw(x[:, c], w[c], lam_w[g], mu_w[g], r.z_w[g][j])
+    for f in range(v.shape[1]):
+        for g in range(len(sizes)):
+            for j in range(sizes[g]):
+                c = off[g] + j
+                h = x[:, c] * (x @ v[:, f] - v[c, f] * x[:, c])
+                v[c, f] = draw(h, v[c, f], lam_v[g, f], mu_v[g, f], r.z_v[g][j, f])
+    return w0, w, v, alpha, lam_w, mu_w, lam_v, mu_v, yhat()
+
+
+def test_a_sweep_is_the_coordinate_sampler_in_float64(small):
+    train, config, aux, sizes, d = small
+    state = bfm.initial_state(jax.random.key(1), sizes, config)
+    x = design_matrix(train, aux, sizes)
+    y = np.asarray(train.ratings, np.float64)
+    for t in range(2):
+        r = bfm.draws(jax.random.key(10 + t), len(train), sizes, K)
+        want = reference_sweep(r, state, x, y, sizes)
+        state, mse = bfm.sweep_with(r, state, d, sizes, True, True)
+        np.testing.assert_allclose(float(state.w0), want[0], rtol=1e-4)
+        np.testing.assert_allclose(np.concatenate(state.w), want[1], rtol=2e-3, atol=2e-4)
+        np.testing.assert_allclose(np.concatenate(state.v), want[2], rtol=2e-3, atol=2e-4)
+        np.testing.assert_allclose(float(state.alpha), want[3], rtol=1e-4)
+        np.testing.assert_allclose(state.lam_v, want[6], rtol=1e-4)
+        np.testing.assert_allclose(float(mse), np.mean((y - want[8]) ** 2), rtol=1e-3)
+
+
+def test_the_store_folds_a_sample_into_users_movies_and_days(small):
+    """One stored sample predicts the training rows as the model's formula does, and the
+    spread of one sample is its noise alone."""
+    train, config, aux, sizes, d = small
+    state = bfm.initial_state(jax.random.key(2), sizes, config)
+    state, _ = bfm.sweep(jax.random.key(3), state, d, sizes, True, True)
+    params = bfm.init(None, sizes[0], sizes[1], bfm.configure(config, aux))
+    params = bfm._store(params, state, d, jnp.asarray(0, jnp.int32), sizes)
+    got = bfm.apply(params, train.users, train.items, config=config, aux=aux, times=days(train.timestamps))
+    np.testing.assert_allclose(got, bfm.predictions(state, d, sizes), rtol=1e-5, atol=1e-5)
+    std = bfm.predict_std(params, train.users, train.items, aux=aux, times=days(train.timestamps))
+    np.testing.assert_allclose(std, np.sqrt(1.0 / float(state.alpha)), rtol=1e-5)
+    # a day outside the training days has no feature: the day's terms drop out
+    unknown = bfm.apply(params, train.users[:1], train.items[:1], config=config, aux=aux,
+                        times=jnp.asarray([10.0], jnp.float32))
+    slot = int(bfm.day_slots(aux, days(train.timestamps[:1]))[0])
+    a, b, c = params.user_vector[train.users[0], 0], params.item_vector[train.items[0], 0], params.day_vector[slot, 0]
+    np.testing.assert_allclose(unknown[0], got[0] - params.day_scalar[slot, 0] - jnp.dot(a + b, c), rtol=1e-5)
+
+
+def test_the_fit_learns_planted_structure():
+    """Ratings from a planted rank-2 model with user and movie effects: the posterior mean
+    predicts held-out rows far better than the training mean."""
+    from recsys_jax.data import make_synthetic, random_split
+    from recsys_jax.engine.config import TrainConfig
+
+    ratings, _ = make_synthetic(jax.random.key(0), 60, 40, 1100, embedding_dim=2, noise_std=0.2)
+    split = random_split(ratings, 0, 0.2)
+    train, test = ratings.take(split.train), ratings.take(split.test)
+    config = bfm.Config(embedding_dim=2, burn_in=5, num_samples=8, mean_rating=float(np.mean(train.ratings)))
+    gen = bfm.fit_epochs(jax.random.key(0), train, config, TrainConfig(epochs=25))
+    for _ in range(25):
+        params, _ = next(gen)
+    aux = bfm.prepare(train, config)
+    pred = np.asarray(bfm.apply(params, test.users, test.items, config=config, aux=aux, times=days(test.timestamps)))
+    baseline = np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2))
+    assert np.sqrt(np.mean((pred - test.ratings) ** 2)) < 0.8 * baseline
+    # 20 sweeps after burn-in, thinned by ceil(20 / 8) = 3: sweeps 6, 9, ..., 24 are kept
+    assert float(params.sample_mask.sum()) == 7
+
+
+def test_the_kernel_takes_the_jax_loops_draws(small):
+    """bfm_gibbs.cc against the JAX loop: two sweeps from the same state and draws agree to
+    float rounding (skipped where the kernels cannot be built, failed under
+    RECSYS_JAX_REQUIRE_KERNELS=1, as in tests/test_kernels.py)."""
+    from recsys_jax.engine import kernels
+
+    if kernels.load() is None:
+        if os.environ.get("RECSYS_JAX_REQUIRE_KERNELS", "").strip() not in ("", "0"):
+            pytest.fail(f"CPU kernels required (RECSYS_JAX_REQUIRE_KERNELS) but unavailable: {kernels.why_not()}")
+        pytest.skip(f"CPU kernels unavailable: {kernels.why_not()}")
+    train, config, aux, sizes, d = small
+    a = b = bfm.initial_state(jax.random.key(4), sizes, config)
+    for t in range(2):
+        r = bfm.draws(jax.random.key(20 + t), len(train), sizes, K)
+        a, mse_a = bfm.sweep_with(r, a, d, sizes, True, True, kernel=False)
+        b, mse_b = bfm.sweep_with(r, b, d, sizes, True, True, kernel=True)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    assert float(mse_a) == pytest.approx(float(mse_b), rel=1e-4)

@@ -215,32 +215,36 @@ class Design(NamedTuple):
     user: Array  # int32[N]
     item: Array  # int32[N]
     day: Array  # int32[N]
-    # block "rated" (rows: users; features: movies) and "raters" (rows: movies; features: users):
-    # CSR (for Q and the sums of squares) and, per feature, its padded column (rows, values).
+    # block "rated" (rows: users; features: movies) and "raters" (rows: movies; features: users),
+    # each in CSR (by block row) and CSC (by feature) form; the CSC arrays end in `span` padding
+    # entries (row R, value 0), so that a fixed-length slice from any column's start stays inside.
+    rated_ptr: Array  # int32[U + 1]: CSR row pointer
     rated_row: Array  # int32[nnz]: the block row (user) of each CSR entry
     rated_feature: Array  # int32[nnz]
     rated_value: Array  # float32[nnz]
-    rated_col_rows: Array  # int32[I, L]: for movie j, the users whose N(u) holds it (padding: U)
-    rated_col_values: Array  # float32[I, L] (padding: 0)
+    rated_col_ptr: Array  # int32[I + 1]: CSC column pointer
+    rated_col_row: Array  # int32[nnz + L]
+    rated_col_value: Array  # float32[nnz + L]
+    rated_span: Array  # float32[L]: L, the longest column (its shape only)
+    raters_ptr: Array
     raters_row: Array
     raters_feature: Array
     raters_value: Array
-    raters_col_rows: Array  # int32[U, L'] (padding: I)
-    raters_col_values: Array
+    raters_col_ptr: Array
+    raters_col_row: Array
+    raters_col_value: Array
+    raters_span: Array
 
 
-def _padded_columns(rows: np.ndarray, features: np.ndarray, values: np.ndarray, num_features: int,
-                    num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _columns(rows: np.ndarray, features: np.ndarray, values: np.ndarray, num_features: int, num_rows: int):
+    """CSC of the block: column pointer, rows and values, with the padding tail."""
     order = np.lexsort((rows, features))
     counts = np.bincount(features, minlength=num_features)
-    width = max(int(counts.max(initial=0)), 1)
-    out_rows = np.full((num_features, width), num_rows, np.int32)
-    out_values = np.zeros((num_features, width), np.float32)
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(len(order)) - start[features[order]]
-    out_rows[features[order], slot] = rows[order]
-    out_values[features[order], slot] = values[order]
-    return out_rows, out_values
+    span = max(int(counts.max(initial=0)), 1)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    col_row = np.concatenate([rows[order], np.full(span, num_rows)]).astype(np.int32)
+    col_value = np.concatenate([values[order], np.zeros(span)]).astype(np.float32)
+    return ptr, col_row, col_value, np.zeros(span, np.float32)
 
 
 def make_design(train, aux: Aux) -> Design:
@@ -254,7 +258,7 @@ def make_design(train, aux: Aux) -> Design:
             (aux.raters_indptr, aux.raters_users, aux.raters_values, train.num_items, train.num_users)):
         indptr, feats, vals = np.asarray(indptr), np.asarray(feats), np.asarray(vals)
         rows = np.repeat(np.arange(num_rows, dtype=np.int32), np.diff(indptr))
-        parts += [rows, feats, vals, *_padded_columns(rows, feats, vals, num_feats, num_rows)]
+        parts += [indptr.astype(np.int32), rows, feats, vals, *_columns(rows, feats, vals, num_feats, num_rows)]
     return Design(*(jnp.asarray(a) for a in (np.asarray(train.ratings, np.float32), users, items, day, *parts)))
 
 
@@ -303,21 +307,43 @@ def _draw(sum_h2, sum_he, old, lam, mu, alpha, z):
     return mean + z * jax.lax.rsqrt(precision)
 
 
-def _sequential(col_rows, col_values, old, z, cnt, s1, s2, e1, er, qb, lam, mu, alpha, factor: bool,
-                kernel: bool = False):
-    """The draws of one block's features one after another (see the module docstring):
-    ``old``/``z`` [F], the block rows' sums (length R + 1: row R is padding's, all 0).
-    Returns the new values [F] and the block's Q [R + 1] (for a factor; else ``qb``). With
-    ``kernel`` the CPU kernel (`recsys_jax.engine.kernels`, ``bfm_gibbs.cc``) takes them."""
+def _block_update(d: Design, block: str, rows_of: Array, num_rows: int, q: Array, e: Array, old: Array, z: Array,
+                  lam, mu, alpha, factor: bool, kernel: bool = False) -> tuple[Array, Array, Array]:
+    """One block's features (its factor ``f`` column ``old``, or its linear terms), drawn one
+    after another (see the module docstring), from the ratings' ``q`` (their sum :math:`q_{nf}`;
+    unused for linear terms) and residuals ``e``; ``rows_of`` [N] is each rating's block row.
+    Returns the new values [F] and the ratings' new ``e`` and ``q``. With ``kernel`` the CPU
+    kernel (`recsys_jax.engine.kernels`, ``bfm_gibbs.cc``) does it all in one call."""
+    ptr, feat, val = (getattr(d, f"{block}_{x}") for x in ("ptr", "feature", "value"))
+    col_ptr, col_row, col_val = (getattr(d, f"{block}_{x}") for x in ("col_ptr", "col_row", "col_value"))
+    scalars = jnp.stack([lam, mu, alpha]).astype(jnp.float32)
     if kernel:
-        call = jax.ffi.ffi_call("recsys_bfm_sequential", (jax.ShapeDtypeStruct(old.shape, jnp.float32),
-                                                          jax.ShapeDtypeStruct(qb.shape, jnp.float32)))
-        scalars = jnp.stack([lam, mu, alpha]).astype(jnp.float32)
-        return call(col_rows, col_values, old, z, cnt, s1, s2, e1, er, qb, scalars, factor=np.int32(factor))
+        call = jax.ffi.ffi_call("recsys_bfm_block", (jax.ShapeDtypeStruct(old.shape, jnp.float32),
+                                                     jax.ShapeDtypeStruct(e.shape, jnp.float32),
+                                                     jax.ShapeDtypeStruct(q.shape, jnp.float32)))
+        return call(ptr, feat, val, col_ptr, col_row, col_val, rows_of, q, e, old, z, scalars,
+                    factor=np.int32(factor))
+    row = getattr(d, f"{block}_row")
+    span = getattr(d, f"{block}_span").shape[0]
+
+    def sums(v):  # per block row: Q = sum x v, and sum x^2 v^2 (a factor) or L = sum x w (linear)
+        return (jax.ops.segment_sum(val * v[feat], row, num_rows),
+                jax.ops.segment_sum(val * val * v[feat] ** 2, row, num_rows))
+
+    def per_row(x):  # a block row's sum over its ratings, then padding's 0
+        return jnp.append(jax.ops.segment_sum(x, rows_of, num_rows), 0.0)
+
+    q_old, ss_old = sums(old)
+    r = q - q_old[rows_of] if factor else jnp.zeros_like(e)
+    cnt, s1, s2, e1, er = per_row(jnp.ones_like(e)), per_row(r), per_row(r * r), per_row(e), per_row(r * e)
+    qb = jnp.append(q_old, 0.0)
 
     def body(j, carry):
         vals, e1, er, qb = carry
-        rows, x = col_rows[j], col_values[j]
+        start, count = col_ptr[j], col_ptr[j + 1] - col_ptr[j]
+        inside = jnp.arange(span) < count
+        rows = jnp.where(inside, jax.lax.dynamic_slice(col_row, (start,), (span,)), num_rows)
+        x = jnp.where(inside, jax.lax.dynamic_slice(col_val, (start,), (span,)), 0.0)
         v = vals[j]
         c = qb[rows] - v * x if factor else jnp.ones_like(x)
         cn, a1, a2 = cnt[rows], s1[rows], s2[rows]
@@ -331,8 +357,12 @@ def _sequential(col_rows, col_values, old, z, cnt, s1, s2, e1, er, qb, lam, mu, 
             qb = qb.at[rows].add(delta * x)
         return vals.at[j].set(new), e1, er, qb
 
-    vals, _, _, qb = jax.lax.fori_loop(0, old.shape[0], body, (old, e1, er, qb))
-    return vals, qb
+    new, _, _, _ = jax.lax.fori_loop(0, old.shape[0], body, (old, e1, er, qb))
+    q_new, ss_new = sums(new)
+    dq = (q_new - q_old)[rows_of]
+    if not factor:  # a linear term: q_new holds L = sum x w
+        return new, e - dq, q
+    return new, e - (dq * (q + 0.5 * dq) - 0.5 * (ss_new - ss_old)[rows_of]), q + dq
 
 
 class Draws(NamedTuple):
@@ -423,16 +453,8 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
     for g, block, rows_of, num_rows in blocks:
         if not active[g]:
             continue
-        cnt = jnp.append(jax.ops.segment_sum(jnp.ones_like(e), rows_of, num_rows), 0.0)
-        e1 = jnp.append(jax.ops.segment_sum(e, rows_of, num_rows), 0.0)
-        zero = jnp.zeros_like(cnt)
-        new, _ = _sequential(getattr(d, f"{block}_col_rows"), getattr(d, f"{block}_col_values"), w[g], zw[g], cnt,
-                             zero, zero, e1, zero, zero, state.lam_w[g], state.mu_w[g], alpha, factor=False,
-                             kernel=kernel)
-        row, feat, val = getattr(d, f"{block}_row"), getattr(d, f"{block}_feature"), getattr(d, f"{block}_value")
-        change = jax.ops.segment_sum(val * (new - w[g])[feat], row, num_rows)
-        e = e - change[rows_of]
-        w[g] = new
+        w[g], e, _ = _block_update(d, block, rows_of, num_rows, jnp.zeros_like(e), e, w[g], zw[g], state.lam_w[g],
+                                   state.mu_w[g], alpha, factor=False, kernel=kernel)
     state = state._replace(w=tuple(w))
 
     # factors: for each f, every group
@@ -446,11 +468,10 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
 
         def block_q(c, block, num_rows):
             row, feat, val = getattr(d, f"{block}_row"), getattr(d, f"{block}_feature"), getattr(d, f"{block}_value")
-            return (jax.ops.segment_sum(val * c[feat], row, num_rows),
-                    jax.ops.segment_sum(val * val * c[feat] ** 2, row, num_rows))
+            return jax.ops.segment_sum(val * c[feat], row, num_rows)
 
-        qr, _ = block_q(col[3], "rated", num_users)
-        qs, _ = block_q(col[4], "raters", num_items)
+        qr = block_q(col[3], "rated", num_users)
+        qs = block_q(col[4], "raters", num_items)
         q = col[0][d.user] + col[1][d.item] + col[2][d.day] + qr[d.user] + qs[d.item]
         for g, idx in onehot:
             if not active[g]:
@@ -466,21 +487,8 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
         for g, block, rows_of, num_rows in blocks:
             if not active[g]:
                 continue
-            qb, ssq_old = block_q(col[g], block, num_rows)
-            r = q - qb[rows_of]
-            cnt = jnp.append(jax.ops.segment_sum(jnp.ones_like(e), rows_of, num_rows), 0.0)
-            s1 = jnp.append(jax.ops.segment_sum(r, rows_of, num_rows), 0.0)
-            s2 = jnp.append(jax.ops.segment_sum(r * r, rows_of, num_rows), 0.0)
-            e1 = jnp.append(jax.ops.segment_sum(e, rows_of, num_rows), 0.0)
-            er = jnp.append(jax.ops.segment_sum(r * e, rows_of, num_rows), 0.0)
-            new, _ = _sequential(getattr(d, f"{block}_col_rows"), getattr(d, f"{block}_col_values"), col[g], zf[g],
-                                 cnt, s1, s2, e1, er, jnp.append(qb, 0.0), lam[g], mu[g], alpha, factor=True,
-                                 kernel=kernel)
-            qb_new, ssq_new = block_q(new, block, num_rows)
-            dq, dss = (qb_new - qb)[rows_of], (ssq_new - ssq_old)[rows_of]
-            e = e - (dq * (q + 0.5 * dq) - 0.5 * dss)
-            q = q + dq
-            col[g] = new
+            col[g], e, q = _block_update(d, block, rows_of, num_rows, q, e, col[g], zf[g], lam[g], mu[g], alpha,
+                                         factor=True, kernel=kernel)
         v = [jax.lax.dynamic_update_index_in_dim(t, c[:, None], f, axis=1) for t, c in zip(v, col)]
         return tuple(v), e
 

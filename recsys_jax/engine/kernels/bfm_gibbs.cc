@@ -1,20 +1,24 @@
-// The sequential draws of one relational block's features in a Gibbs sweep of the Bayesian
+// The draws of one relational block's features in a Gibbs sweep of the Bayesian
 // factorization machine, for XLA's CPU backend (an XLA FFI custom call;
 // recsys_jax/engine/kernels/__init__.py builds and registers it). recsys_jax.models.bfm
-// writes the maths and holds the same loop in JAX (_sequential), which this computes to
+// writes the maths and holds the same steps in JAX (_block_update), which this computes to
 // float rounding (tested).
 //
-// Feature j of the block (a movie of the sets N(u), or a user of the sets N(i)) appears in
-// the block rows b of its column (col_rows[j, :], values x = col_values[j, :]; padding
-// entries have the row R and the value 0). Given the block rows' sums over their ratings
-// (cnt, S = s1, S2 = s2, E = e1, R = er; length R + 1, the last one padding's) and, for a
-// factor, the block's Q (qb), each feature in turn is drawn from its conditional
-//   c_b = Q_b - v_j x_b (factor) or 1 (linear term),
-//   H = sum_b x_b^2 (cnt_b c_b^2 + 2 c_b S_b + S2_b),  G = sum_b x_b (c_b E_b + R_b),
-//   P = alpha H + lambda,  v_j' = (alpha (G + v_j H) + lambda mu) / P + z_j / sqrt(P),
-// and the sums follow it (delta = v_j' - v_j):
-//   E_b -= delta x_b (cnt_b c_b + S_b),  R_b -= delta x_b (c_b S_b + S2_b),  Q_b += delta x_b.
-// One thread: each draw depends on the ones before.
+// Block rows b (a user's set N(u), or a movie's N(i)) hold features j with values x_bj: CSR
+// (ptr, feat, val) by block row, CSC (col_ptr, col_row, col_val) by feature. Rating n reads
+// block row rows_of[n]. For factor f (factor = 1; a linear term: factor = 0):
+//  1. per block row, Q_b = sum_j x_bj v_j and SS_b = sum_j x_bj^2 v_j^2 (linear: L_b = sum x w);
+//  2. per block row, over its ratings, with r_n = q_n - Q_b (the other groups' part; 0 for a
+//     linear term): the count, S = sum r, S2 = sum r^2, E = sum e, R = sum r e;
+//  3. each feature in turn, c_b = Q_b - v_j x_bj (linear: 1),
+//       H = sum_b x_b^2 (cnt_b c_b^2 + 2 c_b S_b + S2_b),  G = sum_b x_b (c_b E_b + R_b),
+//       P = alpha H + lambda,  v_j' = (alpha (G + v_j H) + lambda mu) / P + z_j / sqrt(P),
+//     and with delta = v_j' - v_j: E_b -= delta x_b (cnt_b c_b + S_b),
+//     R_b -= delta x_b (c_b S_b + S2_b), Q_b += delta x_b;
+//  4. Q and SS again from the new values, and each rating's e and q: with dq = Q'_b - Q_b,
+//     e_n -= dq (q_n + dq / 2) - (SS'_b - SS_b) / 2, q_n += dq (linear: e_n -= L'_b - L_b).
+// One thread: each draw depends on the ones before; every step is a pass over the ratings
+// or the block's entries.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -24,78 +28,121 @@
 
 namespace {
 namespace ffi = xla::ffi;
-using Matrix = ffi::Buffer<ffi::F32, 2>;
-using IntMatrix = ffi::Buffer<ffi::S32, 2>;
+using Ints = ffi::Buffer<ffi::S32, 1>;
 using Vector = ffi::Buffer<ffi::F32, 1>;
 
-ffi::Error BfmSequential(IntMatrix col_rows, Matrix col_values, Vector old, Vector z, Vector cnt, Vector s1,
-                         Vector s2, Vector e1, Vector er, Vector qb, Vector scalars, ffi::Result<Vector> out,
-                         ffi::Result<Vector> qb_out, int32_t factor) {
-  const int64_t features = col_rows.dimensions()[0], width = col_rows.dimensions()[1];
-  const int64_t rows = cnt.element_count();  // R + 1
-  if (col_values.dimensions()[0] != features || col_values.dimensions()[1] != width)
-    return ffi::Error::InvalidArgument("bfm sequential: col_rows and col_values of different shapes");
-  if (old.element_count() != features || z.element_count() != features || out->element_count() != features)
-    return ffi::Error::InvalidArgument("bfm sequential: old, z and out must hold one value per feature");
-  if (s1.element_count() != rows || s2.element_count() != rows || e1.element_count() != rows ||
-      er.element_count() != rows || qb.element_count() != rows || qb_out->element_count() != rows)
-    return ffi::Error::InvalidArgument("bfm sequential: the block rows' sums of different lengths");
-  if (scalars.element_count() != 3) return ffi::Error::InvalidArgument("bfm sequential: scalars hold lambda, mu, alpha");
-  const int32_t* idx = col_rows.typed_data();
-  bool bad = false;
-  for (int64_t s = 0; s < features * width; ++s) bad |= idx[s] < 0 || idx[s] >= rows;
-  if (bad) return ffi::Error::InvalidArgument("bfm sequential: a block row index is out of range");
+void row_sums(const int32_t* ptr, const int32_t* feat, const float* val, int64_t rows, const float* v, bool factor,
+              float* q, float* ss) {
+  for (int64_t b = 0; b < rows; ++b) {
+    float a = 0.0f, c = 0.0f;
+    for (int32_t s = ptr[b]; s < ptr[b + 1]; ++s) {
+      const float t = val[s] * v[feat[s]];
+      a += t;
+      c += t * t;
+    }
+    q[b] = a;
+    ss[b] = factor ? c : 0.0f;
+  }
+}
 
+ffi::Error BfmBlock(Ints ptr, Ints feat, Vector val, Ints col_ptr, Ints col_row, Vector col_val, Ints rows_of,
+                    Vector q_in, Vector e_in, Vector old, Vector z, Vector scalars, ffi::Result<Vector> out,
+                    ffi::Result<Vector> e_out, ffi::Result<Vector> q_out, int32_t factor) {
+  const int64_t rows = ptr.element_count() - 1, features = col_ptr.element_count() - 1;
+  const int64_t nnz = feat.element_count(), n = rows_of.element_count();
+  if (rows < 0 || features < 0 || val.element_count() != nnz || col_row.element_count() < nnz ||
+      col_val.element_count() != col_row.element_count())
+    return ffi::Error::InvalidArgument("bfm block: the CSR and CSC arrays do not match");
+  if (q_in.element_count() != n || e_in.element_count() != n || e_out->element_count() != n ||
+      q_out->element_count() != n)
+    return ffi::Error::InvalidArgument("bfm block: q, e and rows_of must hold one value per rating");
+  if (old.element_count() != features || z.element_count() != features || out->element_count() != features)
+    return ffi::Error::InvalidArgument("bfm block: old, z and out must hold one value per feature");
+  if (scalars.element_count() != 3) return ffi::Error::InvalidArgument("bfm block: scalars hold lambda, mu, alpha");
+  const int32_t *rp = ptr.typed_data(), *fe = feat.typed_data(), *cp = col_ptr.typed_data();
+  const int32_t *cr = col_row.typed_data(), *ro = rows_of.typed_data();
+  bool bad = rp[0] != 0 || rp[rows] != nnz || cp[0] != 0 || cp[features] != nnz;
+  for (int64_t b = 0; b < rows; ++b) bad |= rp[b + 1] < rp[b];
+  for (int64_t j = 0; j < features; ++j) bad |= cp[j + 1] < cp[j];
+  if (bad) return ffi::Error::InvalidArgument("bfm block: a row or column pointer is not a pointer over the entries");
+  for (int64_t s = 0; s < nnz; ++s) bad |= fe[s] < 0 || fe[s] >= features || cr[s] < 0 || cr[s] >= rows;
+  for (int64_t i = 0; i < n; ++i) bad |= ro[i] < 0 || ro[i] >= rows;
+  if (bad) return ffi::Error::InvalidArgument("bfm block: an index is out of range");
+
+  const bool fac = factor != 0;
   const float lambda = scalars.typed_data()[0], mu = scalars.typed_data()[1], alpha = scalars.typed_data()[2];
-  const float* x_all = col_values.typed_data();
-  const float *n = cnt.typed_data(), *a1 = s1.typed_data(), *a2 = s2.typed_data();
-  std::vector<float> e(e1.typed_data(), e1.typed_data() + rows), r(er.typed_data(), er.typed_data() + rows);
-  float* q = qb_out->typed_data();
-  std::memcpy(q, qb.typed_data(), sizeof(float) * rows);
+  const float *va = val.typed_data(), *cv = col_val.typed_data(), *q = q_in.typed_data(), *e = e_in.typed_data();
+  std::vector<float> q_old(rows), ss_old(rows), cnt(rows, 0.0f), s1(rows, 0.0f), s2(rows, 0.0f), e1(rows, 0.0f),
+      er(rows, 0.0f);
+  row_sums(rp, fe, va, rows, old.typed_data(), fac, q_old.data(), ss_old.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t b = ro[i];
+    const float r = fac ? q[i] - q_old[b] : 0.0f;
+    cnt[b] += 1.0f;
+    s1[b] += r;
+    s2[b] += r * r;
+    e1[b] += e[i];
+    er[b] += r * e[i];
+  }
+  std::vector<float> qb(q_old);
   float* v = out->typed_data();
   std::memcpy(v, old.typed_data(), sizeof(float) * features);
   const float* zz = z.typed_data();
   for (int64_t j = 0; j < features; ++j) {
-    const int32_t* b = idx + j * width;
-    const float* x = x_all + j * width;
     const float vj = v[j];
     float h2 = 0.0f, he = 0.0f;
-    for (int64_t l = 0; l < width; ++l) {
-      const int32_t row = b[l];
-      const float c = factor ? q[row] - vj * x[l] : 1.0f;
-      h2 += x[l] * x[l] * (n[row] * c * c + 2.0f * c * a1[row] + a2[row]);
-      he += x[l] * (c * e[row] + r[row]);
+    for (int32_t s = cp[j]; s < cp[j + 1]; ++s) {
+      const int32_t b = cr[s];
+      const float x = cv[s], c = fac ? qb[b] - vj * x : 1.0f;
+      h2 += x * x * (cnt[b] * c * c + 2.0f * c * s1[b] + s2[b]);
+      he += x * (c * e1[b] + er[b]);
     }
     const float precision = alpha * h2 + lambda;
     const float next = (alpha * (he + vj * h2) + lambda * mu) / precision + zz[j] / std::sqrt(precision);
     const float delta = next - vj;
-    for (int64_t l = 0; l < width; ++l) {
-      const int32_t row = b[l];
-      const float c = factor ? q[row] - vj * x[l] : 1.0f;
-      e[row] -= delta * x[l] * (n[row] * c + a1[row]);
-      r[row] -= delta * x[l] * (c * a1[row] + a2[row]);
-      if (factor) q[row] += delta * x[l];
+    for (int32_t s = cp[j]; s < cp[j + 1]; ++s) {
+      const int32_t b = cr[s];
+      const float x = cv[s], c = fac ? qb[b] - vj * x : 1.0f;
+      e1[b] -= delta * x * (cnt[b] * c + s1[b]);
+      er[b] -= delta * x * (c * s1[b] + s2[b]);
+      if (fac) qb[b] += delta * x;
     }
     v[j] = next;
+  }
+  std::vector<float> q_new(rows), ss_new(rows);
+  row_sums(rp, fe, va, rows, v, fac, q_new.data(), ss_new.data());
+  float *eo = e_out->typed_data(), *qo = q_out->typed_data();
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t b = ro[i];
+    const float dq = q_new[b] - q_old[b];
+    if (fac) {
+      eo[i] = e[i] - (dq * (q[i] + 0.5f * dq) - 0.5f * (ss_new[b] - ss_old[b]));
+      qo[i] = q[i] + dq;
+    } else {
+      eo[i] = e[i] - dq;
+      qo[i] = q[i];
+    }
   }
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysBfmSequential, BfmSequential,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysBfmBlock, BfmBlock,
                               ffi::Ffi::Bind()
-                                  .Arg<IntMatrix>()  // col_rows, int32[F, L] (padding: R)
-                                  .Arg<Matrix>()  // col_values, float32[F, L] (padding: 0)
-                                  .Arg<Vector>()  // old values, float32[F]
-                                  .Arg<Vector>()  // z, float32[F]: standard normal draws
-                                  .Arg<Vector>()  // cnt, float32[R + 1]
-                                  .Arg<Vector>()  // S
-                                  .Arg<Vector>()  // S2
-                                  .Arg<Vector>()  // E
-                                  .Arg<Vector>()  // R
-                                  .Arg<Vector>()  // Q (a factor's block sums; ignored for a linear term)
+                                  .Arg<Ints>()  // CSR row pointer, int32[R + 1]
+                                  .Arg<Ints>()  // CSR features, int32[nnz]
+                                  .Arg<Vector>()  // CSR values, float32[nnz]
+                                  .Arg<Ints>()  // CSC column pointer, int32[F + 1]
+                                  .Arg<Ints>()  // CSC rows, int32[nnz + padding]
+                                  .Arg<Vector>()  // CSC values
+                                  .Arg<Ints>()  // each rating's block row, int32[N]
+                                  .Arg<Vector>()  // q, float32[N]
+                                  .Arg<Vector>()  // e, float32[N]
+                                  .Arg<Vector>()  // the old values, float32[F]
+                                  .Arg<Vector>()  // z, float32[F]
                                   .Arg<Vector>()  // [lambda, mu, alpha]
-                                  .Ret<Vector>()  // the new values, float32[F]
-                                  .Ret<Vector>()  // the new Q, float32[R + 1]
+                                  .Ret<Vector>()  // the new values
+                                  .Ret<Vector>()  // the new e
+                                  .Ret<Vector>()  // the new q
                                   .Attr<int32_t>("factor"));

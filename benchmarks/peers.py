@@ -34,7 +34,8 @@ the same rows for every implementation) it trains:
 - with ``myfm`` (not in the default set): myFM's Bayesian factorization machine by Gibbs
   sampling (rank 10, 256 sweeps), on Rendle, Zhang & Koren 2019's features (the ids, the
   rating's day, the implicit user and item sets) and on its SVD++ part (the ids, the
-  implicit user set), built from the training rows only (`recsys_jax.data.relational`).
+  implicit user set), built from the training rows only (`recsys_jax.data.relational`),
+  beside recsys_jax's ``bfm`` with its CLI defaults (the first feature set).
 
 Every model is scored once on the test rows, predictions clipped to the rating scale.
 Fit seconds are wall seconds of training (compilation included: Keras traces each new
@@ -311,6 +312,19 @@ def myfm_fit(feature_set: str, train: Ratings, test: Ratings, *, seed: int) -> d
     pred = np.clip(model.predict(x_test, blocks_test), *train.rating_scale)
     return {"test_rmse": metrics.rmse(pred, test.ratings), "test_mae": metrics.mae(pred, test.ratings),
             "fit_seconds": fit_seconds, "features": list(groups), "rank": MYFM_RANK, "sweeps": MYFM_SWEEPS}
+
+
+def bfm_fit(ratings: Ratings, split, *, seed: int) -> dict:
+    """recsys_jax's ``bfm`` with its CLI defaults (`recsys_jax.training.presets.resolve`: the
+    same features as myFM's first set, rank 10, 256 sweeps) on ``split``."""
+    from recsys_jax.training.experiment import run_experiment
+    from recsys_jax.training.presets import resolve
+
+    tc, model_config, val_frac = resolve("default", "bfm")
+    rec, _ = run_experiment(ratings, split, "bfm", seed=seed, train_config=tc, model_config=model_config,
+                            val_frac=val_frac)
+    return {"test_rmse": rec["test_rmse"], "test_mae": rec["test_mae"], "fit_seconds": rec["fit_seconds"],
+            "compile_seconds": rec["compile_seconds"], "sweeps": tc.epochs, "model_config": rec["model_config"]}
 
 
 # -- LIBMF ---------------------------------------------------------------------------------
@@ -604,6 +618,7 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
         if "myfm" in implementations:
             for name in MYFM_FEATURES:
                 add("myfm", f"Bayesian FM ({name})", seed, myfm_fit(name, train, test, seed=seed))
+            add("recsys_jax default", f"bfm ({next(iter(MYFM_FEATURES))})", seed, bfm_fit(ratings, split, seed=seed))
         if "ranking" in implementations:
             results = {"popularity": popularity_fit(train, test),
                        "recsys_jax ials": ranker_fit("ials", ratings, split, seed=seed),
@@ -675,6 +690,10 @@ def markdown(records: list[dict], env: dict) -> str:
            markdown_table(["model", "implementation", "test RMSE", "recsys_jax − Keras, per seed", "fit s (median)",
                            "s/epoch (median)", "NOTEBOOK.md: Keras 3 (JAX) / PyTorch port"], rows),
            "",
+           *([f"Bayesian FMs: myFM {env.get('myfm')} (rank {MYFM_RANK}, {MYFM_SWEEPS} sweeps, its defaults; the "
+              "posterior mean over the kept samples) beside recsys_jax's `bfm` with its CLI defaults, on features "
+              "built from the training rows only (recsys_jax.data.relational); fit s from the same run.", ""]
+             if any(r["implementation"] == "myfm" for r in records) else []),
            "Same split rows for every implementation; every test row scored once after the last epoch, "
            "predictions clipped to the rating scale. Keras: the notebook's models and regimens exactly "
            "(whole-table `l2(1e-4)` per batch, U(-0.05, 0.05) embeddings, Adam epsilon 1e-8, the rate changed "

@@ -175,3 +175,22 @@ def test_the_kernel_takes_the_jax_loops_draws(small):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     assert float(mse_a) == pytest.approx(float(mse_b), rel=1e-4)
+
+
+def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
+    import json
+
+    from conftest import run_cli
+    from test_evaluate import movielens_folder
+
+    root = movielens_folder(tmp_path / "ml")
+    ck = tmp_path / "ck"
+    code, out, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "bfm", "--epochs", "6",
+                              "--embedding-dim", "2", "--out", ck, "--json"])
+    assert code == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["num_val"] == 0 and record["best_epoch"] == 6 and 0 < record["test_rmse"] < 2
+    code, out, err = run_cli(["predict", "--checkpoint", ck, "--user", "1", "--movie", "10", "20", "--json"])
+    assert code == 0, err
+    rows = json.loads(out.strip().splitlines()[-1])
+    assert all(row["std"] > 0 for row in rows) and "posterior predictive sd" in out

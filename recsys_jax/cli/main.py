@@ -288,6 +288,11 @@ def cmd_predict(args) -> None:
     kinds = rec.fallbacks(users, movies)
     rows = [{"user": args.user, "movie": int(m), "rating": float(r), "title": rec.title(m),
              "fallback": kind is not None, "fallback_kind": kind} for m, r, kind in zip(movies, preds, kinds)]
+    from recsys_jax.models import get_model
+
+    if get_model(rec.model).predict_std is not None and not any(kinds):  # a sampler: the posterior's spread too
+        for row, std in zip(rows, rec.predict_std(users, movies)):
+            row["std"] = float(std)
     if args.distribution:
         levels, probs = rec.rating_distribution(users, movies, unknown="fallback" if args.fallback else "error")
         for row, pr in zip(rows, probs):
@@ -296,7 +301,8 @@ def cmd_predict(args) -> None:
         title = f" ({row['title']})" if row["title"] else ""
         kind = row["fallback_kind"]
         mark = f"  [fallback {kind}: {FALLBACK_WHY[kind]}]" if kind else ""
-        print(f"user {row['user']}  movie {row['movie']}{title}: {row['rating']:.2f}{mark}")
+        spread = f" ± {row['std']:.2f} (posterior predictive sd)" if "std" in row else ""
+        print(f"user {row['user']}  movie {row['movie']}{title}: {row['rating']:.2f}{spread}{mark}")
         if "distribution" in row:
             print("    " + "  ".join(f"{s}*: {q:.2f}" for s, q in row["distribution"].items()))
     if args.json:

@@ -578,4 +578,4 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
 
 SPEC = ModelSpec("bfm", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare,
                  configure=configure,
-                 fit_epochs=fit_epochs, uses_time=True, keeps_last=True, doc=__doc__)
+                 fit_epochs=fit_epochs, uses_time=True, keeps_last=True, predict_std=predict_std, doc=__doc__)

@@ -44,6 +44,8 @@ field                 meaning
 ``ranks``             an implicit-feedback model: trained on positives, its scores rank items
                       and are not ratings (no rating metrics, no predicted stars; ranking
                       metrics beside popularity instead)
+``predict_std``       ``predict_std(params, users, items, *, aux, times) -> float32[B]``: the
+                      posterior predictive standard deviation of a model that samples (``bfm``)
 ``keeps_last``        a sampler whose prediction, the mean over kept samples, only improves with
                       more sweeps: trained for its preset's sweeps on the whole training split
                       (no validation slice picks a sweep count from one noisy chain)
@@ -109,6 +111,7 @@ class ModelSpec(NamedTuple):
     item_vectors: tuple | None = None
     ranks: bool = False
     keeps_last: bool = False
+    predict_std: Callable | None = None
     doc: Any = None  # the module docstring: the model's maths
 
     def check(self) -> ModelSpec:

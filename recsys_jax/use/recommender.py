@@ -110,6 +110,24 @@ class Recommender(NamedTuple):
                              "not ratings (recommend and evaluate use them)")
         return np.clip(self._predict(raw_users, raw_items, unknown, timestamps, self._link()), *self.rating_scale)
 
+    def predict_std(self, raw_users, raw_items, *, timestamps=None) -> np.ndarray:
+        """For a model that samples its posterior (its spec's ``predict_std``: ``bfm``), the
+        posterior predictive standard deviation of each rating, float32[N], beside `predict`'s
+        posterior mean (the spread of the kept samples' predictions and the noise). Every id
+        must be known (trained)."""
+        spec = get_model(self.model)
+        if spec.predict_std is None:
+            raise ValueError(f"predict_std: the {self.model} model is a point estimate; bfm samples its posterior "
+                             "and gives a predictive standard deviation")
+        raw_users, raw_items, users, user_found, items, item_found = self._lookup(raw_users, raw_items)
+        if not (user_found.all() and item_found.all()):
+            bad = raw_users[np.argmin(user_found)] if not user_found.all() else raw_items[np.argmin(item_found)]
+            raise UnknownIdError(f"predict_std: id {int(bad)} has no training ratings")
+        times = self._mean_days(users) if timestamps is None else days(
+            np.broadcast_to(np.asarray(timestamps, np.float64), raw_users.shape))
+        return np.asarray(spec.predict_std(self.params, jnp.asarray(users), jnp.asarray(items), aux=self.aux,
+                                           times=None if times is None else jnp.asarray(times)))
+
     def rating_distribution(self, raw_users, raw_items, *, unknown: str = "error",
                             timestamps=None) -> tuple[np.ndarray, np.ndarray]:
         """For a model trained with the ``ordinal`` loss: ``(levels float32[K], probs float32[N, K])``,

@@ -194,3 +194,17 @@ def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
     assert code == 0, err
     rows = json.loads(out.strip().splitlines()[-1])
     assert all(row["std"] > 0 for row in rows) and "posterior predictive sd" in out
+
+
+def test_the_kernel_refuses_an_index_out_of_range(small):
+    from recsys_jax.engine import kernels
+
+    if kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {kernels.why_not()}")
+    train, config, aux, sizes, d = small
+    n = len(train)
+    bad = d.user.at[0].set(sizes[0])  # a rating whose block row is past the users
+    with pytest.raises(Exception, match="out of range"):
+        jax.block_until_ready(bfm._block_update(d, "rated", bad, sizes[0], jnp.zeros(n), jnp.zeros(n),
+                                                jnp.zeros(sizes[3]), jnp.zeros(sizes[3]), 1.0, 0.0, 1.0,
+                                                factor=True, kernel=True))

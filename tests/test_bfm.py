@@ -116,8 +116,8 @@ def test_a_sweep_is_the_coordinate_sampler_in_float64(small):
 
 
 def test_the_store_folds_a_sample_into_users_movies_and_days(small):
-    """One stored sample predicts the training rows as the model's formula does, and the
-    spread of one sample is its noise alone."""
+    """One stored sample predicts the training rows as the sampler does (whose predictions
+    the float64 test checks), and the spread of one sample is its noise alone."""
     train, config, aux, sizes, d = small
     state = bfm.initial_state(jax.random.key(2), sizes, config)
     state, _ = bfm.sweep(jax.random.key(3), state, d, sizes, True, True)

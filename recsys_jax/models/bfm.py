@@ -282,23 +282,13 @@ def _block_sums(v_col: Array, w: Array, d: Design, block: str, num_rows: int):
     return q, ssq, lin
 
 
-def _parts(state: State, d: Design, sizes: tuple) -> tuple:
-    """Per rating: ``q`` [N, K] (sum x v), ``ssq`` [N, K] and the linear part [N]; and the blocks' Q."""
-    num_users, num_items = sizes[0], sizes[1]
-    vu, vi, vd, vr, vs = state.v
-    wu, wi, wd, wr, ws = state.w
-    qr, ssr, lr = _block_sums(vr, wr, d, "rated", num_users)
-    qs, sss, ls = _block_sums(vs, ws, d, "raters", num_items)
-    u, i, t = d.user, d.item, d.day
-    q = vu[u] + vi[i] + vd[t] + qr[u] + qs[i]
-    ssq = vu[u] ** 2 + vi[i] ** 2 + vd[t] ** 2 + ssr[u] + sss[i]
-    lin = state.w0 + wu[u] + wi[i] + wd[t] + lr[u] + ls[i]
-    return q, ssq, lin, (qr, qs)
-
-
 def predictions(state: State, d: Design, sizes: tuple) -> Array:
-    q, ssq, lin, _ = _parts(state, d, sizes)
-    return lin + 0.5 * jnp.sum(q * q - ssq, axis=1)
+    r""":math:`\hat y` of the training ratings, through the per-user, per-movie and per-day
+    parts of `_sample` (the store's form: tested against the expanded design in float64)."""
+    (su, a), (si, b), (sd, c) = _sample(state, d, sizes)
+    u, i, t = d.user, d.item, d.day
+    au, bi, ct = a[u], b[i], c[t]
+    return state.w0 + su[u] + si[i] + sd[t] + jnp.sum(au * bi + au * ct + bi * ct, axis=1)
 
 
 def _draw(sum_h2, sum_he, old, lam, mu, alpha, z):

@@ -222,3 +222,35 @@ def test_bad_settings_are_clear_errors(synthetic):
                         (TC._replace(optimizer="sgd"), "optimizer must be 'adam'")]:
         with pytest.raises(ValueError, match=message):
             next(autorec.fit_epochs(jax.random.key(0), train, config, tc))
+
+
+def _adam_count(opt_state) -> int:
+    return int(next(leaf for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
+                    if "count" in jax.tree_util.keystr(path)))
+
+
+@pytest.mark.parametrize("steps", [3, 10])
+def test_an_epoch_is_its_step_budget_whatever_the_catalogue(synthetic, steps):
+    """steps_per_epoch fixes the Adam steps of an epoch (the budget in steps, not passes):
+    60 movies in batches of 16 are 4 batches a pass, and an epoch takes 3 or 10 of them,
+    the passes continuing."""
+    train, _ = synthetic
+    config = make_config("autorec", embedding_dim=4, mean_rating=3.5, steps_per_epoch=steps)
+    assert autorec.epoch_steps(config, train.num_items, 16) == steps
+    assert autorec.epoch_steps(config._replace(steps_per_epoch=0), train.num_items, 16) == 4
+    optimizer, epoch = autorec._epoch_program(config, TC, train.num_items, 16, 4, steps)
+    weights = autorec.init(jax.random.key(0), train.num_users, train.num_items, config)._replace(item_code=None)
+    inputs, observed = (jnp.asarray(a) for a in autorec.training_matrix(train, config))
+    _, opt_state, _ = epoch(weights, optimizer.init(weights), inputs, observed, len(train), jax.random.key(1))
+    assert _adam_count(opt_state) == steps
+
+
+def test_a_budget_of_one_pass_is_the_one_pass_epoch(synthetic):
+    """steps_per_epoch equal to the batches of a pass trains exactly as one pass (0)."""
+    train, _ = synthetic
+    config = make_config("autorec", embedding_dim=4, mean_rating=float(train.ratings.mean()))
+    tc = TC._replace(epochs=2)
+    a = [p for p, _ in autorec.fit_epochs(jax.random.key(3), train, config, tc)]
+    b = [p for p, _ in autorec.fit_epochs(jax.random.key(3), train, config._replace(steps_per_epoch=4), tc)]
+    for x, y in zip(jax.tree.leaves(a[-1]), jax.tree.leaves(b[-1])):
+        np.testing.assert_array_equal(x, y)

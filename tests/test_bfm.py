@@ -98,29 +98,43 @@ def reference_sweep(r, state, x, y, sizes):
     return w0, w, v, alpha, lam_w, mu_w, lam_v, mu_v, yhat()
 
 
-def test_a_sweep_is_the_coordinate_sampler_in_float64(small):
+_SWEEP = jax.jit(bfm.sweep_with, static_argnames=("sizes", "use_day", "use_implicit", "kernel"))
+
+
+@pytest.fixture(scope="module")
+def chain(small):
+    """Two sweeps from one state with known draws (one compiled program for the module)."""
     train, config, aux, sizes, d = small
-    state = bfm.initial_state(jax.random.key(1), sizes, config)
+    states, draws, mses = [bfm.initial_state(jax.random.key(1), sizes, config)], [], []
+    for t in range(2):
+        draws.append(bfm.draws(jax.random.key(10 + t), len(train), sizes, K))
+        state, mse = _SWEEP(draws[-1], states[-1], d, sizes, True, True)
+        states.append(state)
+        mses.append(mse)
+    return states, draws, mses
+
+
+def test_a_sweep_is_the_coordinate_sampler_in_float64(small, chain):
+    train, config, aux, sizes, d = small
+    states, draws, mses = chain
     x = design_matrix(train, aux, sizes)
     y = np.asarray(train.ratings, np.float64)
     for t in range(2):
-        r = bfm.draws(jax.random.key(10 + t), len(train), sizes, K)
-        want = reference_sweep(r, state, x, y, sizes)
-        state, mse = bfm.sweep_with(r, state, d, sizes, True, True)
+        want = reference_sweep(draws[t], states[t], x, y, sizes)
+        state = states[t + 1]
         np.testing.assert_allclose(float(state.w0), want[0], rtol=1e-4)
         np.testing.assert_allclose(np.concatenate(state.w), want[1], rtol=2e-3, atol=2e-4)
         np.testing.assert_allclose(np.concatenate(state.v), want[2], rtol=2e-3, atol=2e-4)
         np.testing.assert_allclose(float(state.alpha), want[3], rtol=1e-4)
         np.testing.assert_allclose(state.lam_v, want[6], rtol=1e-4)
-        np.testing.assert_allclose(float(mse), np.mean((y - want[8]) ** 2), rtol=1e-3)
+        np.testing.assert_allclose(float(mses[t]), np.mean((y - want[8]) ** 2), rtol=1e-3)
 
 
-def test_the_store_folds_a_sample_into_users_movies_and_days(small):
+def test_the_store_folds_a_sample_into_users_movies_and_days(small, chain):
     """One stored sample predicts the training rows as the sampler does (whose predictions
     the float64 test checks), and the spread of one sample is its noise alone."""
     train, config, aux, sizes, d = small
-    state = bfm.initial_state(jax.random.key(2), sizes, config)
-    state, _ = bfm.sweep(jax.random.key(3), state, d, sizes, True, True)
+    state = chain[0][-1]
     params = bfm.init(None, sizes[0], sizes[1], bfm.configure(config, aux))
     params = bfm._store(params, state, d, jnp.asarray(0, jnp.int32), sizes)
     got = bfm.apply(params, train.users, train.items, config=config, aux=aux, times=days(train.timestamps))
@@ -135,6 +149,7 @@ def test_the_store_folds_a_sample_into_users_movies_and_days(small):
     np.testing.assert_allclose(unknown[0], got[0] - params.day_scalar[slot, 0] - jnp.dot(a + b, c), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_fit_learns_planted_structure():
     """Ratings from a planted rank-2 model with user and movie effects: the posterior mean
     predicts held-out rows far better than the training mean."""
@@ -156,7 +171,8 @@ def test_the_fit_learns_planted_structure():
     assert float(params.sample_mask.sum()) == 7
 
 
-def test_the_kernel_takes_the_jax_loops_draws(small):
+@pytest.mark.slow
+def test_the_kernel_takes_the_jax_loops_draws(small, chain):
     """bfm_gibbs.cc against the JAX loop: two sweeps from the same state and draws agree to
     float rounding (skipped where the kernels cannot be built, failed under
     RECSYS_JAX_REQUIRE_KERNELS=1, as in tests/test_kernels.py)."""
@@ -167,16 +183,16 @@ def test_the_kernel_takes_the_jax_loops_draws(small):
             pytest.fail(f"CPU kernels required (RECSYS_JAX_REQUIRE_KERNELS) but unavailable: {kernels.why_not()}")
         pytest.skip(f"CPU kernels unavailable: {kernels.why_not()}")
     train, config, aux, sizes, d = small
-    a = b = bfm.initial_state(jax.random.key(4), sizes, config)
+    states, draws, mses = chain  # the JAX loop's sweeps
+    b = states[0]
     for t in range(2):
-        r = bfm.draws(jax.random.key(20 + t), len(train), sizes, K)
-        a, mse_a = bfm.sweep_with(r, a, d, sizes, True, True, kernel=False)
-        b, mse_b = bfm.sweep_with(r, b, d, sizes, True, True, kernel=True)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        b, mse_b = _SWEEP(draws[t], b, d, sizes, True, True, kernel=True)
+    for x, y in zip(jax.tree.leaves(states[-1]), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-    assert float(mse_a) == pytest.approx(float(mse_b), rel=1e-4)
+    assert float(mses[-1]) == pytest.approx(float(mse_b), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
     import json
 

@@ -285,16 +285,41 @@ def _block_sums(v_col: Array, w: Array, d: Design, block: str, num_rows: int):
 def predictions(state: State, d: Design, sizes: tuple) -> Array:
     r""":math:`\hat y` of the training ratings, through the per-user, per-movie and per-day
     parts of `_sample` (the store's form: tested against the expanded design in float64)."""
+    return _predictions_and_q(state, d, sizes)[0]
+
+
+def _predictions_and_q(state: State, d: Design, sizes: tuple) -> tuple[Array, Array]:
+    r""":math:`\hat y` [N] and :math:`q` [N, K] (:math:`q_{nf} = \sum_j v_{jf} x_{nj}` =
+    :math:`a_u + b_i + c_d`) of the training ratings."""
     (su, a), (si, b), (sd, c) = _sample(state, d, sizes)
     u, i, t = d.user, d.item, d.day
     au, bi, ct = a[u], b[i], c[t]
-    return state.w0 + su[u] + si[i] + sd[t] + jnp.sum(au * bi + au * ct + bi * ct, axis=1)
+    yhat = state.w0 + su[u] + si[i] + sd[t] + jnp.sum(au * bi + au * ct + bi * ct, axis=1)
+    return yhat, au + bi + ct
 
 
 def _draw(sum_h2, sum_he, old, lam, mu, alpha, z):
     precision = alpha * sum_h2 + lam
     mean = (alpha * (sum_he + old * sum_h2) + lam * mu) / precision
     return mean + z * jax.lax.rsqrt(precision)
+
+
+def _onehot_update(idx: Array, q: Array, e: Array, old: Array, z: Array, lam, mu, alpha, factor: bool,
+                   kernel: bool = False) -> tuple[Array, Array, Array]:
+    """One one-hot group's features (``idx`` [N]: each rating's), all drawn at once: they
+    share no rating, so each conditional reads its own ratings alone (:math:`h_n = q_{nf} -
+    v_{jf}` for a factor, 1 for a linear term). Returns the new values and the ratings' new
+    ``e`` and ``q``. With ``kernel``, one CPU kernel call (``bfm_gibbs.cc``)."""
+    if kernel:
+        call = jax.ffi.ffi_call("recsys_bfm_onehot", (jax.ShapeDtypeStruct(old.shape, jnp.float32),
+                                                      jax.ShapeDtypeStruct(e.shape, jnp.float32),
+                                                      jax.ShapeDtypeStruct(q.shape, jnp.float32)))
+        return call(idx, q, e, old, z, jnp.stack([lam, mu, alpha]).astype(jnp.float32), factor=np.int32(factor))
+    m = old.shape[0]
+    h = q - old[idx] if factor else jnp.ones_like(e)
+    new = _draw(jax.ops.segment_sum(h * h, idx, m), jax.ops.segment_sum(h * e, idx, m), old, lam, mu, alpha, z)
+    delta = (new - old)[idx]
+    return new, e - delta * h, (q + delta) if factor else q
 
 
 def _block_update(d: Design, block: str, rows_of: Array, num_rows: int, q: Array, e: Array, old: Array, z: Array,
@@ -399,7 +424,8 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
     n = d.y.shape[0]
     active = (True, True, use_day, use_implicit, use_implicit)
     # alpha | e
-    e = d.y - predictions(state, d, sizes)
+    yhat, q_all = _predictions_and_q(state, d, sizes)  # a factor's column of q changes only in its own step
+    e = d.y - yhat
     alpha = r.g_alpha / (p["b0"] + 0.5 * jnp.sum(e * e))
     # hyperparameters | parameters, per group (lambda given the old mu, then mu given lambda)
     mu_w, lam_w, mu_v, lam_v = [], [], [], []
@@ -435,11 +461,8 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
     for g, idx in onehot:
         if not active[g]:
             continue
-        m = w[g].shape[0]
-        cnt = jax.ops.segment_sum(jnp.ones_like(e), idx, m)
-        new = _draw(cnt, jax.ops.segment_sum(e, idx, m), w[g], state.lam_w[g], state.mu_w[g], alpha, zw[g])
-        e = e - (new - w[g])[idx]
-        w[g] = new
+        w[g], e, _ = _onehot_update(idx, jnp.zeros_like(e), e, w[g], zw[g], state.lam_w[g], state.mu_w[g], alpha,
+                                    factor=False, kernel=kernel)
     for g, block, rows_of, num_rows in blocks:
         if not active[g]:
             continue
@@ -451,29 +474,14 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
     def factor_step(f, carry):
         v, e = carry
         v = list(v)
-        # q_n f and the blocks' Q_f, ssq_f from the current tables
         col = [jax.lax.dynamic_index_in_dim(t, f, axis=1, keepdims=False) for t in v]
         zf = [jax.lax.dynamic_index_in_dim(z, f, axis=1, keepdims=False) for z in zv]
         lam, mu = state.lam_v[:, f], state.mu_v[:, f]
-
-        def block_q(c, block, num_rows):
-            row, feat, val = getattr(d, f"{block}_row"), getattr(d, f"{block}_feature"), getattr(d, f"{block}_value")
-            return jax.ops.segment_sum(val * c[feat], row, num_rows)
-
-        qr = block_q(col[3], "rated", num_users)
-        qs = block_q(col[4], "raters", num_items)
-        q = col[0][d.user] + col[1][d.item] + col[2][d.day] + qr[d.user] + qs[d.item]
+        q = jax.lax.dynamic_index_in_dim(q_all, f, axis=1, keepdims=False)
         for g, idx in onehot:
             if not active[g]:
                 continue
-            m = col[g].shape[0]
-            h = q - col[g][idx]
-            new = _draw(jax.ops.segment_sum(h * h, idx, m), jax.ops.segment_sum(h * e, idx, m), col[g], lam[g],
-                        mu[g], alpha, zf[g])
-            delta = (new - col[g])[idx]
-            e = e - delta * h
-            q = q + delta
-            col[g] = new
+            col[g], e, q = _onehot_update(idx, q, e, col[g], zf[g], lam[g], mu[g], alpha, factor=True, kernel=kernel)
         for g, block, rows_of, num_rows in blocks:
             if not active[g]:
                 continue

@@ -72,7 +72,8 @@ SOURCES = ("mf_sgd.cc", "shuffle.cc", "ials_cg.cc", "bfm_gibbs.cc")
 # FFI target name -> exported symbol
 TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation",
            "recsys_blocked_permutation": "RecsysBlockedPermutation", "recsys_ials_cg": "RecsysIalsCg",
-           "recsys_bfm_block": "RecsysBfmBlock"}
+           "recsys_bfm_block": "RecsysBfmBlock",
+           "recsys_bfm_onehot": "RecsysBfmOnehot"}
 # -fno-math-errno: sqrt in a loop vectorises (with errno it calls sqrtf element by element)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-fPIC", "-pthread", "-w")
 LINK_FLAGS = ("-shared", "-pthread")

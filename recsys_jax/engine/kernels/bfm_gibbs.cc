@@ -18,7 +18,7 @@
 //  4. Q and SS again from the new values, and each rating's e and q: with dq = Q'_b - Q_b,
 //     e_n -= dq (q_n + dq / 2) - (SS'_b - SS_b) / 2, q_n += dq (linear: e_n -= L'_b - L_b).
 // One thread: each draw depends on the ones before; every step is a pass over the ratings
-// or the block's entries.
+// or the block's entries. BfmOnehot below draws a one-hot group's features.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -126,7 +126,61 @@ ffi::Error BfmBlock(Ints ptr, Ints feat, Vector val, Ints col_ptr, Ints col_row,
   return ffi::Error::Success();
 }
 
+// A one-hot group (the user, movie or day ids): rating n has the feature idx[n] alone in the
+// group, so the features share no rating and are drawn all at once: per feature,
+// H = sum h^2, G = sum h e over its ratings (h = q - v_j for a factor, 1 for a linear term),
+// the draw as above, then each rating's e -= delta h and (a factor) q += delta.
+ffi::Error BfmOnehot(Ints idx, Vector q_in, Vector e_in, Vector old, Vector z, Vector scalars,
+                     ffi::Result<Vector> out, ffi::Result<Vector> e_out, ffi::Result<Vector> q_out, int32_t factor) {
+  const int64_t n = idx.element_count(), features = old.element_count();
+  if (q_in.element_count() != n || e_in.element_count() != n || e_out->element_count() != n ||
+      q_out->element_count() != n)
+    return ffi::Error::InvalidArgument("bfm one-hot: q, e and idx must hold one value per rating");
+  if (z.element_count() != features || out->element_count() != features)
+    return ffi::Error::InvalidArgument("bfm one-hot: old, z and out must hold one value per feature");
+  if (scalars.element_count() != 3) return ffi::Error::InvalidArgument("bfm one-hot: scalars hold lambda, mu, alpha");
+  const int32_t* id = idx.typed_data();
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) bad |= id[i] < 0 || id[i] >= features;
+  if (bad) return ffi::Error::InvalidArgument("bfm one-hot: an index is out of range");
+  const bool fac = factor != 0;
+  const float lambda = scalars.typed_data()[0], mu = scalars.typed_data()[1], alpha = scalars.typed_data()[2];
+  const float *q = q_in.typed_data(), *e = e_in.typed_data(), *v = old.typed_data(), *zz = z.typed_data();
+  std::vector<float> h2(features, 0.0f), he(features, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float h = fac ? q[i] - v[id[i]] : 1.0f;
+    h2[id[i]] += h * h;
+    he[id[i]] += h * e[i];
+  }
+  float* w = out->typed_data();
+  for (int64_t j = 0; j < features; ++j) {
+    const float precision = alpha * h2[j] + lambda;
+    w[j] = (alpha * (he[j] + v[j] * h2[j]) + lambda * mu) / precision + zz[j] / std::sqrt(precision);
+  }
+  float *eo = e_out->typed_data(), *qo = q_out->typed_data();
+  for (int64_t i = 0; i < n; ++i) {
+    const float delta = w[id[i]] - v[id[i]];
+    const float h = fac ? q[i] - v[id[i]] : 1.0f;
+    eo[i] = e[i] - delta * h;
+    qo[i] = fac ? q[i] + delta : q[i];
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysBfmOnehot, BfmOnehot,
+                              ffi::Ffi::Bind()
+                                  .Arg<Ints>()  // each rating's feature, int32[N]
+                                  .Arg<Vector>()  // q, float32[N]
+                                  .Arg<Vector>()  // e, float32[N]
+                                  .Arg<Vector>()  // the old values, float32[F]
+                                  .Arg<Vector>()  // z, float32[F]
+                                  .Arg<Vector>()  // [lambda, mu, alpha]
+                                  .Ret<Vector>()  // the new values
+                                  .Ret<Vector>()  // the new e
+                                  .Ret<Vector>()  // the new q
+                                  .Attr<int32_t>("factor"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RecsysBfmBlock, BfmBlock,
                               ffi::Ffi::Bind()

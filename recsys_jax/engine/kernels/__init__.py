@@ -16,9 +16,10 @@ needs a prefix sum and a scatter over :math:`2^m` elements, and the blocked orde
 `ials_cg.cc` takes iALS's conjugate-gradient steps row by row (`recsys_jax.models.ials`,
 ``solver="cg"``), each row's positives read from the cache between steps, where XLA
 gathers them into padded chunks and scatters the sums back. `bfm_gibbs.cc` takes the
-Bayesian factorization machine's sequential draws of a relational block's features
-(`recsys_jax.models.bfm`), each a few operations per entry, where XLA's loop pays a
-dispatch per feature.
+Bayesian factorization machine's draws (`recsys_jax.models.bfm`): a relational block's
+features one after another, each a few operations per entry, where XLA's loop pays a
+dispatch per feature, and a one-hot group's all at once, in two passes over the ratings
+where XLA scatters.
 
 **Where they are built.** The kernels are C++ source shipped with the package, built for
 the machine that runs them (``-O3 -march=native``) with its C++ compiler (``$CXX``, split

@@ -444,15 +444,20 @@ def popularity_fit(train: Ratings, test: Ratings) -> dict:
 
 
 RANKERS = ("popularity", "recsys_jax ials", "recsys_jax ease", "implicit als", "implicit bpr")
-def held_out_metrics(scores: np.ndarray, fold_in: list, targets: list) -> dict:
+def held_out_metrics(scores: np.ndarray, fold_in: list, targets: list, trained: np.ndarray) -> dict:
     """Recall@20, Recall@50 and NDCG@100 (`recsys_jax.eval.metrics.held_out_report`) of
-    ``scores`` (float[m, I], one row per held-out user), the user's folded-in items left out
-    of its candidates."""
+    ``scores`` (float[m, I], one row per held-out user): candidates the ``trained`` items
+    (with a training positive) less the user's folded-in ones, targets its trained ones (as
+    `Recommender.evaluate_held_out_users`; users left without one are not counted)."""
     scores = np.array(scores, np.float64)
+    scores[:, ~trained] = -np.inf
     for j, items in enumerate(fold_in):
         scores[j, items] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :max(k for _, k in HELD_OUT_CUTS)]
-    return {**held_out_report(order, targets), "held_out_users": len(targets)}
+    order = np.where(np.take_along_axis(np.isfinite(scores), order, axis=1), order, -1)
+    found = [t[trained[t]] for t in targets]
+    keep = np.array([len(t) > 0 and len(f) > 0 for t, f in zip(found, fold_in)])
+    return {**held_out_report(order[keep], [t for t, k in zip(found, keep) if k]), "held_out_users": int(keep.sum())}
 
 
 def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
@@ -471,18 +476,20 @@ def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
     split = held_out_users(ratings, seed)
     train = ratings.take(split.train)
     held = np.unique(ratings.users[split.target])
-    fold_in = [ratings.items[split.fold_in][ratings.users[split.fold_in] == u] for u in held]
+    counts = np.bincount(train.items, minlength=ratings.num_items).astype(np.float64)
+    trained = counts > 0  # items with a training positive: the only ones folded in or to be found
+    given_rows = split.fold_in[trained[ratings.items[split.fold_in]]]
+    fold_in = [ratings.items[given_rows][ratings.users[given_rows] == u] for u in held]
     targets = [ratings.items[split.target][ratings.users[split.target] == u] for u in held]
     results = {}
-    counts = np.bincount(train.items, minlength=ratings.num_items).astype(np.float64)
-    results["popularity"] = {"fit_seconds": 0.0, **held_out_metrics(np.tile(counts, (len(held), 1)), fold_in, targets)}
+    results["popularity"] = {"fit_seconds": 0.0, **held_out_metrics(np.tile(counts, (len(held), 1)), fold_in, targets, trained)}
     t0 = time.perf_counter()
     fitted = fit("ials", train, None, key=jax.random.key(seed), train_config=TrainConfig(epochs=RANKING_ITERATIONS),
                  progress=False)
     seconds = time.perf_counter() - t0
     rows = ials.fold_in_users(fitted.params, fitted.model_config, fold_in)
     q = np.asarray(fitted.params.item_factors)
-    results["recsys_jax ials"] = {"fit_seconds": seconds, **held_out_metrics(rows @ q.T, fold_in, targets)}
+    results["recsys_jax ials"] = {"fit_seconds": seconds, **held_out_metrics(rows @ q.T, fold_in, targets, trained)}
     from recsys_jax.models import ease
 
     t0 = time.perf_counter()
@@ -491,7 +498,7 @@ def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
     seconds = time.perf_counter() - t0
     weights, slot = np.asarray(fitted.params.weights), np.asarray(aux.item_slot)
     rows = np.stack([weights[slot[items]].sum(axis=0)[slot[:-1]] for items in fold_in])  # x_u B: no refit
-    results["recsys_jax ease"] = {"fit_seconds": seconds, **held_out_metrics(rows, fold_in, targets)}
+    results["recsys_jax ease"] = {"fit_seconds": seconds, **held_out_metrics(rows, fold_in, targets, trained)}
     implicit = _implicit()
     from scipy.sparse import csr_matrix
 
@@ -502,12 +509,12 @@ def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
     with contextlib.redirect_stderr(io.StringIO()):
         model.fit(positives, show_progress=False)
     seconds = time.perf_counter() - t0
-    given = csr_matrix((np.ones(len(split.fold_in), np.float32),
-                        (np.searchsorted(held, ratings.users[split.fold_in]), ratings.items[split.fold_in])),
+    given = csr_matrix((np.ones(len(given_rows), np.float32),
+                        (np.searchsorted(held, ratings.users[given_rows]), ratings.items[given_rows])),
                        shape=(len(held), ratings.num_items))
     rows = np.asarray(model.recalculate_user(np.arange(len(held)), given))
     results["implicit als"] = {"fit_seconds": seconds,
-                               **held_out_metrics(rows @ np.asarray(model.item_factors).T, fold_in, targets)}
+                               **held_out_metrics(rows @ np.asarray(model.item_factors).T, fold_in, targets, trained)}
     with_given = ratings.take(np.sort(np.concatenate([split.train, split.fold_in])))
     bpr = implicit.cpu.bpr.BayesianPersonalizedRanking(factors=RANKING_FACTORS, random_state=seed)
     t0 = time.perf_counter()
@@ -516,7 +523,7 @@ def held_out_run(ratings: Ratings, seed: int, log=print) -> dict[str, dict]:
     seconds = time.perf_counter() - t0
     rows = np.asarray(bpr.user_factors)[held]
     results["implicit bpr"] = {"fit_seconds": seconds,
-                               **held_out_metrics(rows @ np.asarray(bpr.item_factors).T, fold_in, targets)}
+                               **held_out_metrics(rows @ np.asarray(bpr.item_factors).T, fold_in, targets, trained)}
     return results
 
 

@@ -167,7 +167,7 @@ def test_the_fit_learns_planted_structure():
     pred = np.asarray(bfm.apply(params, test.users, test.items, config=config, aux=aux, times=days(test.timestamps)))
     baseline = np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2))
     assert np.sqrt(np.mean((pred - test.ratings) ** 2)) < 0.8 * baseline
-    # 20 sweeps after burn-in, thinned by ceil(20 / 8) = 3: sweeps 6, 9, ..., 24 are kept
+    # 20 sweeps after burn-in, thinned by ceil(20 / 8) = 3, counted back from the last: 7, 10, ..., 25
     assert float(params.sample_mask.sum()) == 7
 
 
@@ -224,3 +224,14 @@ def test_the_kernel_refuses_an_index_out_of_range(small):
         jax.block_until_ready(bfm._block_update(d, "rated", bad, sizes[0], jnp.zeros(n), jnp.zeros(n),
                                                 jnp.zeros(sizes[3]), jnp.zeros(sizes[3]), 1.0, 0.0, 1.0,
                                                 factor=True, kernel=True))
+
+
+def test_the_kept_sweeps_end_at_the_last_one():
+    """The ring keeps the last samples: 256 sweeps, burn-in 16, 64 slots keep 60 sweeps,
+    20, 24, ..., 256; one slot keeps the last sweep alone; an explicit thin counts back too."""
+    first, thin = bfm.kept_sweeps(bfm.Config(), 256)
+    kept = list(range(first, 257, thin))
+    assert (first, thin, len(kept), kept[-1]) == (20, 4, 60, 256)
+    assert bfm.kept_sweeps(bfm.Config(num_samples=1, burn_in=5), 20) == (20, 15)
+    assert bfm.kept_sweeps(bfm.Config(thin=3, burn_in=5), 20) == (8, 3)  # 8, 11, 14, 17, 20
+    assert bfm.kept_sweeps(bfm.Config(burn_in=5), None) == (6, 1)  # sweeps unknown: every one after burn-in

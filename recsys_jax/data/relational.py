@@ -58,6 +58,13 @@ class Features(NamedTuple):
     raters_of_item: Block
 
 
+def day_numbers(timestamps) -> np.ndarray:
+    """Each timestamp's day, int64: the floor of `recsys_jax.data.ratings.days` (float32 days
+    since the epoch, the time-aware models' unit), so that a day computed here and one
+    computed from the same ``days`` at prediction agree, even a few seconds before midnight."""
+    return np.floor(days(timestamps)).astype(np.int64)
+
+
 def _sets(own: np.ndarray, other: np.ndarray, num_rows: int, num_other: int) -> tuple[np.ndarray, ...]:
     """CSR of each row's distinct ``other`` entries, valued 1/sqrt(count) (0 entries: empty)."""
     codes = np.unique(own.astype(np.int64) * num_other + other)
@@ -78,9 +85,8 @@ def build_features(train: Ratings, rows: Ratings | None = None) -> Features:
     users, items = np.asarray(train.users), np.asarray(train.items)
     by_user = _sets(users, items, train.num_users, train.num_items)
     by_item = _sets(items, users, train.num_items, train.num_users)
-    train_days = np.floor(days(train.timestamps)).astype(np.int64)
-    vocabulary = np.unique(train_days)
-    row_days = np.floor(days(rows.timestamps)).astype(np.int64)
+    vocabulary = np.unique(day_numbers(train.timestamps))
+    row_days = day_numbers(rows.timestamps)
     slot = np.searchsorted(vocabulary, row_days)
     known = (slot < len(vocabulary)) & (vocabulary[np.minimum(slot, len(vocabulary) - 1)] == row_days)
     ru, ri = np.asarray(rows.users).astype(np.int64), np.asarray(rows.items).astype(np.int64)

@@ -99,7 +99,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from recsys_jax.data.relational import build_features
+from recsys_jax.data.relational import build_features, day_numbers
 from recsys_jax.models.spec import ModelSpec
 
 GROUPS = ("user", "item", "day", "rated", "raters")  # the feature groups, in the sweep's order
@@ -148,7 +148,7 @@ class Params(NamedTuple):
 def prepare(train, config: Config = Config()) -> Aux:
     """The training days and the implicit sets, from the training rows only."""
     f = build_features(train)
-    vocab = np.unique(np.floor(np.asarray(train.timestamps, np.float64) / 86_400.0).astype(np.int64))
+    vocab = np.unique(day_numbers(train.timestamps))  # floor(days(t)): the day `day_slots` finds at prediction
     b, c = f.rated_by_user, f.raters_of_item
     return Aux(jnp.asarray(vocab.astype(np.int32)), jnp.asarray(b.indptr.astype(np.int32)),
                jnp.asarray(b.indices), jnp.asarray(b.values), jnp.asarray(c.indptr.astype(np.int32)),
@@ -256,7 +256,7 @@ def make_design(train, aux: Aux) -> Design:
     """`Design` of the training rows ``train`` (whose features ``aux`` holds)."""
     users, items = np.asarray(train.users, np.int32), np.asarray(train.items, np.int32)
     vocab = np.asarray(aux.day_vocab)
-    day = np.searchsorted(vocab, np.floor(np.asarray(train.timestamps, np.float64) / 86_400.0)).astype(np.int32)
+    day = np.searchsorted(vocab, day_numbers(train.timestamps)).astype(np.int32)
     parts = []
     for indptr, feats, vals, num_rows, num_feats in (
             (aux.rated_indptr, aux.rated_items, aux.rated_values, train.num_users, train.num_items),
@@ -536,6 +536,17 @@ def initial_state(key: Array, sizes: tuple, config: Config) -> State:
                  jnp.ones((g, k), jnp.float32))
 
 
+def kept_sweeps(config: Config, sweeps: int | None) -> tuple[int, int]:
+    """``(first, thin)``: the sweeps kept are ``first``, ``first + thin``, ... . After
+    ``burn_in``, every ``thin``-th (``config.thin``, or spread so that ``num_samples`` cover the
+    sweeps after burn-in), counted back from the last sweep when their number is known, so
+    that the last sweep is kept and the ring holds the last samples."""
+    burn_in, s = int(config.burn_in), int(config.num_samples)
+    thin = int(config.thin) or (1 if sweeps is None else max(1, -(-(sweeps - burn_in) // s)))
+    first = burn_in + 1 + ((sweeps - burn_in - 1) % thin if sweeps is not None and sweeps > burn_in else 0)
+    return first, thin
+
+
 def check_config(config: Config) -> None:
     if config.y_range is not None:
         raise ValueError("bfm: y_range is not supported (the Gibbs sampler's likelihood is Gaussian in the raw score)")
@@ -561,19 +572,17 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
     init_key, key = jax.random.split(key)
     state = initial_state(init_key, sizes, config)
     params = init(init_key, train.num_users, train.num_items, config)
-    sweeps = None if train_config is None else int(train_config.epochs)
-    thin = int(config.thin) or (1 if sweeps is None else max(1, -(-(sweeps - int(config.burn_in)) //
-                                                                    int(config.num_samples))))
-    burn_in, kept, t = int(config.burn_in), 0, 0
+    first, thin = kept_sweeps(config, None if train_config is None else int(train_config.epochs))
+    kept, t = 0, 0
     while True:
         t += 1
         state, mse = sweep(jax.random.fold_in(key, t), state, d, sizes, bool(config.day), bool(config.implicit),
                            kernel)
-        if t <= burn_in or t == burn_in + 1:  # the store holds the current sample alone
+        if t <= first:  # burn-in, and the first kept sweep: the store holds the current sample alone
             params = params._replace(sample_mask=jnp.zeros_like(params.sample_mask))
-            kept = int(t > burn_in)
+            kept = int(t == first)
             params = _store(params, state, d, jnp.asarray(0, jnp.int32), sizes)
-        elif (t - burn_in - 1) % thin == 0:
+        elif (t - first) % thin == 0:
             kept += 1
             params = _store(params, state, d, jnp.asarray((kept - 1) % int(config.num_samples), jnp.int32), sizes)
         yield params, float(mse)

@@ -533,7 +533,8 @@ class Recommender(NamedTuple):
         in from, are scored against its ``target`` movies: ``recall@20``, ``recall@50`` and
         ``ndcg@100`` by default (``cuts``; `recsys_jax.eval.metrics.held_out_report`).
         ``popularity`` holds the same for the movies ranked by their number of training
-        ratings. A target user with no usable pair in ``given`` is not counted
+        ratings. Movies without training ratings are left out of both parts (the model knows
+        nothing of them), and a target user left with no pair in either is not counted
         (``skipped_users``)."""
         from recsys_jax.eval.metrics import HELD_OUT_CUTS, broadcast_scores, held_out_report, top_k
         from recsys_jax.use import foldin
@@ -558,21 +559,25 @@ class Recommender(NamedTuple):
             if np.any(found & np.asarray(self.trained_users, bool)[np.where(found, known, 0)]):
                 raise ValueError("evaluate_held_out_users: a target user has training ratings: hold users out of "
                                  "training whole (recsys_jax.data.split.held_out_users_split)")
-        order = np.argsort(g_users, kind="stable")
-        starts = np.searchsorted(g_users[order], users, side="left")
-        ends = np.searchsorted(g_users[order], users, side="right")
-        tables, kept = [], []
-        for u, lo, hi in zip(users, starts, ends):
-            rows = order[lo:hi]
-            rows = rows[usable[rows]]
-            if len(rows):
-                tables.append(dict(zip(g_items[rows].tolist(), np.asarray(given.ratings)[rows].tolist())))
+        def grouped(raw_users, keep):  # each user's rows (of those kept), users in the order of `users`
+            order = np.argsort(raw_users, kind="stable")
+            order = order[keep[order]]
+            bounds = np.searchsorted(raw_users[order], users, side="left"), np.searchsorted(
+                raw_users[order], users, side="right")
+            return [order[lo:hi] for lo, hi in zip(*bounds)]
+
+        # Only movies with training ratings: the model knows nothing of the others (Liang et al.
+        # keep only the training set's items), so they are neither folded in nor to be found.
+        tables, targets, kept = [], [], []
+        for u, g_rows, t_rows in zip(users, grouped(g_users, usable), grouped(t_users, trained[t_index])):
+            if len(g_rows) and len(t_rows):
+                tables.append(dict(zip(g_items[g_rows].tolist(), np.asarray(given.ratings)[g_rows].tolist())))
+                targets.append(t_index[t_rows])
                 kept.append(u)
         if not kept:
-            raise ValueError("evaluate_held_out_users: no target user has a given pair of a movie with training "
-                             "ratings to fold in from")
+            raise ValueError("evaluate_held_out_users: no target user has both a given pair and a target pair of "
+                             "movies with training ratings")
         kept = np.asarray(kept)
-        targets = [t_index[t_users == u] for u in kept]
         new = foldin.fold_in_users(self, tables)
         index = np.arange(self.num_users, self.num_users + len(kept))
         exclude = new._rated("evaluate_held_out_users")

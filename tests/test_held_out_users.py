@@ -130,3 +130,10 @@ def test_train_then_evaluate_on_the_cli(tmp_path):
     code, _, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "bpmf", "--split",
                             "held-out-users"])
     assert code == 2 and "cannot fold a new user in" in err
+
+
+def test_cuts_must_be_given_and_positive():
+    top = np.array([[1, 2]])
+    for cuts in ((), (("recall", 0),)):
+        with pytest.raises(ValueError, match="cut-off"):
+            held_out_report(top, [np.array([1])], cuts=cuts)

@@ -49,3 +49,9 @@ def test_rows_of_other_data_are_refused():
     other = dataclasses.replace(train, item_ids=np.arange(5, dtype=np.int64))
     with pytest.raises(ValueError, match="not one data set"):
         build_features(train, other)
+
+
+def test_empty_training_rows_are_refused():
+    train = _ratings([0], [0], [1]).take(np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="training rows are empty"):
+        build_features(train)

@@ -78,6 +78,8 @@ def _sets(own: np.ndarray, other: np.ndarray, num_rows: int, num_other: int) -> 
 def build_features(train: Ratings, rows: Ratings | None = None) -> Features:
     """The features of ``rows`` (default: ``train``'s own), every set and the day vocabulary
     from ``train``. ``rows`` must share ``train``'s id maps (a split of one `Ratings`)."""
+    if len(train) == 0:
+        raise ValueError("build_features: the training rows are empty")
     rows = train if rows is None else rows
     if rows.num_users != train.num_users or rows.num_items != train.num_items:
         raise ValueError(f"build_features: rows of {rows.num_users} users x {rows.num_items} movies are not of the "

@@ -341,6 +341,8 @@ def held_out_report(top, targets, cuts=HELD_OUT_CUTS) -> dict:
     reachable; `rank_metrics`' divides by :math:`|T_u|`). Returns ``{"recall@20": mean, ...,
     "num_users": m}`` for ``cuts`` (pairs of ``"recall"`` or ``"ndcg"`` and a cut-off k)."""
     top = np.asarray(top)
+    if not cuts or any(int(k) < 1 for _, k in cuts):
+        raise ValueError(f"held_out_report: cuts must name at least one cut-off, each >= 1; got {cuts!r}")
     if top.ndim != 2 or len(targets) != top.shape[0]:
         raise ValueError(f"held_out_report: top must be [m, K] with one target list per row, got {top.shape} and "
                          f"{len(targets)} lists")

@@ -21,7 +21,9 @@ group :math:`g` (``user``, ``item``, ``day``, ``rated``, ``raters``):
 1/\lambda^v_{gf})`, each :math:`(\mu, \lambda)` Normal-Gamma, :math:`\lambda \sim
 \mathrm{Gamma}(a_0, b_0)`, :math:`\mu \mid \lambda \sim \mathcal N(\mu_0, 1/(\gamma_0 \lambda))`;
 :math:`w_0 \sim \mathcal N(0, 1/\lambda_0)`; :math:`\alpha \sim \mathrm{Gamma}(a_0, b_0)`
-(:math:`a_0 = b_0 = \gamma_0 = \lambda_0 = 1`, :math:`\mu_0 = 0`, as libFM and myFM).
+(:math:`a_0 = b_0 = \gamma_0 = \lambda_0 = 1`, :math:`\mu_0 = 0`: vague priors; libFM's and
+myFM's defaults take the same values in the parameterisation
+:math:`\mathrm{Gamma}(a_0/2, b_0/2)`, a slightly vaguer prior).
 
 One Gibbs sweep draws every parameter from its exact conditional. :math:`\hat y` is linear
 in any one parameter :math:`\theta`, :math:`\hat y(x_n) = g_n + \theta h_n` (for

@@ -545,7 +545,8 @@ def held_out_markdown(records: list[dict]) -> list[str]:
             "",
             "Liang et al. 2018's protocol: the ratings of at least 4 stars are the positives; 20% of the users "
             "(with two positives or more) are held out of training; 80% of each held-out user's positives are "
-            "folded into the trained model, the rest are to be found among every movie not folded in. Recall@R "
+            "folded into the trained model, the rest are to be found among every movie not folded in; only movies with "
+            "a training positive are folded in, found or candidates (Liang et al. keep the training set's items). Recall@R "
             "divides the hits by min(R, the user's targets). `ials` folds a user in by one exact solve, `ease` "
             "scores it from its folded-in items directly (x B), implicit's ALS by `recalculate_user`; implicit's BPR cannot fold a user in, so it trains on the folded-in "
             "positives too (an easier task); popularity counts the training users' positives.", ""]

@@ -31,6 +31,13 @@ namespace ffi = xla::ffi;
 using Ints = ffi::Buffer<ffi::S32, 1>;
 using Vector = ffi::Buffer<ffi::F32, 1>;
 
+// A draw from N((alpha (he + v h2) + lambda mu) / P, 1 / P), P = alpha h2 + lambda, given the
+// standard normal z: the conditional of one coordinate (recsys_jax.models.bfm._draw).
+inline float draw(float h2, float he, float v, float lambda, float mu, float alpha, float z) {
+  const float precision = alpha * h2 + lambda;
+  return (alpha * (he + v * h2) + lambda * mu) / precision + z / std::sqrt(precision);
+}
+
 void row_sums(const int32_t* ptr, const int32_t* feat, const float* val, int64_t rows, const float* v, bool factor,
               float* q, float* ss) {
   for (int64_t b = 0; b < rows; ++b) {
@@ -97,8 +104,7 @@ ffi::Error BfmBlock(Ints ptr, Ints feat, Vector val, Ints col_ptr, Ints col_row,
       h2 += x * x * (cnt[b] * c * c + 2.0f * c * s1[b] + s2[b]);
       he += x * (c * e1[b] + er[b]);
     }
-    const float precision = alpha * h2 + lambda;
-    const float next = (alpha * (he + vj * h2) + lambda * mu) / precision + zz[j] / std::sqrt(precision);
+    const float next = draw(h2, he, vj, lambda, mu, alpha, zz[j]);
     const float delta = next - vj;
     for (int32_t s = cp[j]; s < cp[j + 1]; ++s) {
       const int32_t b = cr[s];
@@ -154,8 +160,7 @@ ffi::Error BfmOnehot(Ints idx, Vector q_in, Vector e_in, Vector old, Vector z, V
   }
   float* w = out->typed_data();
   for (int64_t j = 0; j < features; ++j) {
-    const float precision = alpha * h2[j] + lambda;
-    w[j] = (alpha * (he[j] + v[j] * h2[j]) + lambda * mu) / precision + zz[j] / std::sqrt(precision);
+    w[j] = draw(h2[j], he[j], v[j], lambda, mu, alpha, zz[j]);
   }
   float *eo = e_out->typed_data(), *qo = q_out->typed_data();
   for (int64_t i = 0; i < n; ++i) {

@@ -200,6 +200,30 @@ def test_objective_falls_within_each_stage(runs):
     assert losses[4] < losses[3]  # fine-tuning, epochs 4-5
 
 
+def test_fine_tuning_starts_from_the_identity_kernel_with_fresh_moments_at_the_scaled_rate(synthetic, runs):
+    # Stage 1 written out with the module's own pieces, then stage 2's first epoch from a fresh
+    # Adam at lr * finetune_lr_scale: the run's fourth epoch, bit for bit. Carried moments, or
+    # the unscaled rate, give another model.
+    train, _ = synthetic
+    config = SMALL._replace(mean_rating=float(np.mean(train.ratings)))
+    static, lr = config._replace(mean_rating=0.0), 3e-2
+    data = glocalk.training_data(train, config)
+    weights = glocalk.init_weights(jax.random.key(0), train.num_users, train.num_items, config)
+    optimizer, epoch = glocalk._stage_program(static, lr, False)
+    state = optimizer.init(weights)
+    for _ in range(config.pretrain_epochs):
+        weights, state, _, _ = epoch(weights, state, data)
+    weights = weights._replace(conv=glocalk.identity_conv(weights, data, static))
+    fresh, tune = glocalk._stage_program(static, lr * config.finetune_lr_scale, True)
+    _, _, params, loss = tune(weights, fresh.init(weights), data)
+    expected, expected_loss = runs["a"][config.pretrain_epochs]
+    for x, y in zip(params, expected):
+        np.testing.assert_array_equal(x, y)
+    assert float(loss) == expected_loss
+    _, _, carried, _ = tune(weights, state, data)
+    assert not np.array_equal(carried.user_factors, expected.user_factors)
+
+
 def test_beats_the_global_mean_on_planted_data(synthetic):
     train, test = synthetic
     result = fit("glocalk", train, test, key=0, model_config=SMALL, train_config=TrainConfig(epochs=8, lr=3e-2),
@@ -225,6 +249,8 @@ def test_bad_settings_are_clear_errors(synthetic, monkeypatch):
         run(train, config=SMALL._replace(solver="rprop"))
     with pytest.raises(ValueError, match="conv_size"):
         run(train, config=SMALL._replace(conv_size=2))
+    with pytest.raises(ValueError, match="finetune_lr_scale"):
+        run(train, config=SMALL._replace(finetune_lr_scale=0.0))
     with pytest.raises(ValueError, match="loss"):
         list(glocalk.fit_epochs(jax.random.key(0), train, SMALL, TrainConfig(epochs=1, loss="mae")))
     monkeypatch.setattr(glocalk, "MAX_ENTRIES", 100)

@@ -55,7 +55,7 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         "timesvd": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         "fm": TrainConfig(epochs=5, batch_size=1024, lr=1e-2, schedule="one_cycle", l2=0.1),
         # GLocal-K trains itself (recsys_jax.models.glocalk): an epoch is 10 full-batch Adam steps; of the
-        # 14, glocalk.Config.pretrain_epochs = 10 pre-train and the rest fine-tune; l2 is only fold-in's
+        # 14, glocalk.Config.pretrain_epochs = 8 pre-train and the rest fine-tune (fresh Adam at lr / 5); l2 is only fold-in's
         # ridge (the autoencoder's lambdas are glocalk.Config's, the paper's ML-100K values). Chosen on the
         # validation slice of seed 0's training split (val RMSE, best epoch): lr 5e-3 over 1e-2;
         # weight_l2 20 over 10, 30, 40, 60; kernel_l2 0.006 over 0.03; 2 hidden layers over 1; 100 hidden

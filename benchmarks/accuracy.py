@@ -269,6 +269,27 @@ def comparisons(records: list[dict]) -> list[str]:
     return lines
 
 
+def run_val_frac(preset: str, model: str) -> float:
+    """The validation slice of one run: the preset's (0.1 for ``tuned``), or none for a sampler
+    that keeps its last sweep (``ModelSpec.keeps_last``), as ``recsys-jax train`` runs it. Such a
+    run has no validation predictions, so it is not in the blend."""
+    if get_model(model).keeps_last:
+        return 0.0
+    return val_frac(preset) if preset != "tuned" else 0.1
+
+
+def feature_notes(config: dict, model: str) -> str | None:
+    """What a model that builds its own features read, from a record's ``model_config``."""
+    if model != "bfm":
+        return None
+    groups = ["the user id", "the movie id"] + (["the rating's day"] if config.get("day") else []) + (
+        ["the movies the user rated and the users who rated the movie (each set scaled 1/sqrt(size))"]
+        if config.get("implicit") else [])
+    return (f"bfm (Bayesian FM by Gibbs sampling, rank {config['embedding_dim']}) reads "
+            + ", ".join(groups) + ", all built from the training rows only; no validation slice (the mean of "
+            "its last kept samples), so it is not in the blend")
+
+
 def markdown(summary: list[dict], env: dict, records: list[dict]) -> str:
     out = []
     by_protocol = defaultdict(list)
@@ -286,6 +307,12 @@ def markdown(summary: list[dict], env: dict, records: list[dict]) -> str:
                    "whose user or item has no training rating (their parameters stay near their initial "
                    "values; about 4% of test rows on ml-latest-small's random 80/20). Raw-id prediction "
                    "(`Recommender.predict`) treats such ids as unknown instead.")
+        notes = {}
+        for rec in records:
+            if (rec["dataset"], rec["protocol"]) == (dataset, protocol) and rec["model"] not in notes:
+                notes[rec["model"]] = feature_notes(rec.get("model_config") or {}, rec["model"])
+        if any(notes.values()):
+            out.append("\nFeatures: " + "; ".join(n for n in notes.values() if n) + ".")
         chosen = defaultdict(list)  # model -> [(seed, choice)] of the nested-tuned runs
         for rec in records:
             if (rec["dataset"], rec["protocol"]) == (dataset, protocol) and "tuned_choice" in rec:
@@ -375,7 +402,7 @@ def main(argv=None) -> int:
                     preds = {}
                     rec, result = run_experiment(data, split, model, seed=seed, train_config=tc,
                                                  model_config=model_config(preset, model, seed, args.tuned),
-                                                 val_frac=val_frac(preset) if preset != "tuned" else 0.1,
+                                                 val_frac=run_val_frac(preset, model),
                                                  refit=not args.no_refit, predictions=preds)
                     rec.pop("selection_history", None)
                     if tc.loss == "mse" and "val" in preds:

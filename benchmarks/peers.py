@@ -31,7 +31,7 @@ the same rows for every implementation) it trains:
 - with ``ranking``: recommendations under ``recsys-jax evaluate``'s protocol and under
   held-out users (`ranking_markdown`): popularity, recsys_jax's ``ials`` and ``ease`` and
   implicit's ALS and BPR, each trained on the training ratings of at least 4 stars;
-- with ``myfm`` (not in the default set): myFM's Bayesian factorization machine by Gibbs
+- with ``myfm``: myFM's Bayesian factorization machine by Gibbs
   sampling (rank 10, 256 sweeps), on Rendle, Zhang & Koren 2019's features (the ids, the
   rating's day, the implicit user and item sets) and on its SVD++ part (the ids, the
   implicit user set), built from the training rows only (`recsys_jax.data.relational`),
@@ -727,10 +727,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--models", nargs="+", default=list(NOTEBOOK_MODELS), choices=NOTEBOOK_MODELS,
                    help="the notebook's models (mlp is its NN)")
-    p.add_argument("--implementations", nargs="+", default=["keras", "recsys_jax", "surprise", "ranking"],
+    p.add_argument("--implementations", nargs="+", default=["keras", "recsys_jax", "surprise", "ranking", "myfm"],
                    choices=["keras", "recsys_jax", "surprise", "ranking", "myfm"],
                    help="ranking: popularity, recsys_jax's ials and ease, implicit's ALS and BPR under evaluate's "
-                        "protocol and held-out users; myfm: myFM's Bayesian FM (not run by default)")
+                        "protocol and held-out users; myfm: myFM's Bayesian FM beside recsys_jax's bfm")
     p.add_argument("--surprise", nargs="+", default=list(SURPRISE_ALGOS), choices=SURPRISE_ALGOS, metavar="ALGO",
                    help="Surprise algorithms: " + ", ".join(SURPRISE_ALGOS))
     p.add_argument("--data-dir", default=None, help="where ml-latest-small is (default: $RECSYS_JAX_DATA, cache)")

@@ -11,7 +11,7 @@ becomes dirty or HEAD moves between steps, so every record names the same clean 
 Each step is a fresh process running a full benchmark with the arguments that produced
 the published results; its files go to ``benchmarks/results/`` (the rule in
 `benchmarks.common`). ``tune`` runs first because the ``tuned`` preset of the later steps
-reads the ``benchmarks/results/tuned.json`` it writes. ``peers`` (Keras 3 and Surprise on
+reads the ``benchmarks/results/tuned.json`` it writes. ``peers`` (Keras 3, Surprise, implicit and myFM on
 the same splits) is a step only where the ``peers`` extra is installed. Last, ``benchmarks.report``
 rewrites the README's headline and the docs' results page, and ``benchmarks.report --check``
 confirms that both agree with the results and name one commit.
@@ -32,8 +32,9 @@ from benchmarks.common import REPO, git_state
 
 
 def peers_installed() -> bool:
-    """Whether the ``peers`` extra (Keras, Surprise) is importable: only then is ``peers`` a step."""
-    return all(importlib.util.find_spec(name) is not None for name in ("keras", "surprise"))
+    """Whether the ``peers`` extra (Keras, Surprise, implicit, myFM) is importable: only then is
+    ``peers`` a step."""
+    return all(importlib.util.find_spec(name) is not None for name in ("keras", "surprise", "implicit", "myfm"))
 
 
 TUNED_MODELS = ["--models", "fm", "bias", "timesvd", "bpmf", "--seeds", "0", "1", "2", "3", "4"]

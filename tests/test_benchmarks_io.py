@@ -290,3 +290,16 @@ def test_a_narrowed_run_from_a_clean_commit_leaves_the_published_results_alone(m
     assert out.json.parent == common.RUNS
     assert "not the published run's arguments" in out.reason and module in out.reason
     assert "runs/benchmarks" in capsys.readouterr().err
+
+
+def test_accuracy_runs_a_sampler_as_the_cli_does_and_names_its_features():
+    from benchmarks import accuracy
+
+    assert accuracy.run_val_frac("default", "bfm") == 0.0  # keeps its last sweep, as `recsys-jax train`
+    assert accuracy.run_val_frac("default", "bias") == 0.1
+    assert accuracy.run_val_frac("tuned", "bias") == 0.1
+    assert accuracy.run_val_frac("notebook", "dot") == 0.0
+    note = accuracy.feature_notes({"embedding_dim": 10, "day": False, "implicit": True}, "bfm")
+    assert "rank 10" in note and "day" not in note and "users who rated the movie" in note
+    assert "day" in accuracy.feature_notes({"embedding_dim": 10, "day": True, "implicit": False}, "bfm")
+    assert accuracy.feature_notes({}, "bias") is None

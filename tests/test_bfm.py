@@ -136,7 +136,7 @@ def test_the_store_folds_a_sample_into_users_movies_and_days(small, chain):
     train, config, aux, sizes, d = small
     state = chain[0][-1]
     params = bfm.init(None, sizes[0], sizes[1], bfm.configure(config, aux))
-    params = bfm._store(params, state, d, jnp.asarray(0, jnp.int32), sizes)
+    params = bfm._store(params, state, jnp.zeros((0,), jnp.float32), d, jnp.asarray(0, jnp.int32), sizes)
     got = bfm.apply(params, train.users, train.items, config=config, aux=aux, times=days(train.timestamps))
     np.testing.assert_allclose(got, bfm.predictions(state, d, sizes), rtol=1e-5, atol=1e-5)
     std = bfm.predict_std(params, train.users, train.items, aux=aux, times=days(train.timestamps))

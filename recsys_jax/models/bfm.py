@@ -79,6 +79,31 @@ of its id and of its set, and the terms that involve only them), the same for ea
 day, so a prediction is :math:`w_0 + s_u + s_i + s_d + a_u^\top b_i + a_u^\top c_d + b_i^\top
 c_d` averaged over the samples: a gather and a few dot products.
 
+**Ordinal probit** (``ordinal=True``; ``recsys-jax train --model bfm --loss ordinal``). The
+levels :math:`\ell_1 < \dots < \ell_C` of the training ratings are ordered classes: rating
+:math:`n` is :math:`\ell_c` exactly when a latent :math:`z_n \sim \mathcal N(\hat y(x_n), 1)`
+falls in :math:`(\gamma_{c-1}, \gamma_c]`, :math:`\gamma_0 = -\infty`, :math:`\gamma_C =
+\infty` (Albert & Chib 1993's data augmentation). The noise precision is 1 (the cut-points
+set the scale), :math:`w_0` stays 0 (the cut-points carry the intercept) and the cut-points
+have a flat prior on the ordered set, starting at :math:`\Phi^{-1}` of the training share at
+or below each level. A sweep (`ordinal_sweep`):
+
+1. the cut-points given :math:`\hat y`, with :math:`z` marginalised (Cowles 1996: given
+   :math:`z`, a cut-point is confined between the latents of its two classes and barely
+   moves), by Metropolis random walks on
+   :math:`\prod_n [\Phi(\gamma_{c_n} - \hat y_n) - \Phi(\gamma_{c_n - 1} - \hat y_n)]`: each
+   :math:`\gamma_c` in turn (reading the ratings of levels :math:`c` and :math:`c+1` only; scale
+   :math:`2/\sqrt{n_c + n_{c+1}}`), then all of them by one common shift (scale
+   :math:`2/\sqrt N`);
+2. each :math:`z_n` from its truncated normal (`truncated_normal`: the inverse CDF, taken on
+   the side of 0 where the interval's tail is);
+3. the sweep above, with :math:`z` for :math:`y`.
+
+The prediction is the posterior predictive expected level, :math:`\sum_c \ell_c P(y = \ell_c)`
+with :math:`P(y = \ell_c)` the mean over the kept samples of :math:`\Phi(\gamma_c - \hat y) -
+\Phi(\gamma_{c-1} - \hat y)` (`level_probs`; ``recsys-jax predict --distribution`` prints
+them), and `predict_std` the standard deviation of the level under those probabilities.
+
 How it relates to BPMF (`recsys_jax.models.bpmf`). With the id groups alone, no day and no
 sets, :math:`\hat y = w_0 + w_u + w_i + v_u^\top v_i`: biased matrix factorization, which
 BPMF samples by rows (each user's factor vector at once, under a full Gaussian-Wishart
@@ -103,6 +128,7 @@ from jax import Array
 
 from recsys_jax.data.relational import build_features, day_numbers
 from recsys_jax.models.spec import ModelSpec
+from recsys_jax.objectives.losses import MAX_LEVELS
 
 GROUPS = ("user", "item", "day", "rated", "raters")  # the feature groups, in the sweep's order
 PRIOR = {"a0": 1.0, "b0": 1.0, "gamma0": 1.0, "mu0": 0.0, "lambda0": 1.0}
@@ -117,6 +143,8 @@ class Config(NamedTuple):
     implicit: bool = True  # the sets N(u) and N(i) as feature groups
     init_scale: float = 0.1  # v starts N(0, init_scale^2)
     num_days: int = 0  # D, the training days: set from the training data (configure)
+    ordinal: bool = False  # ordinal probit over the rating levels instead of Gaussian noise (`--loss ordinal`)
+    num_levels: int = 0  # C, the training rating levels when ordinal: set from the training data (configure)
     mean_rating: float = 3.5  # set by `fit` to the training mean: w_0 starts there
     y_range: tuple[float, float] | None = None  # not supported
 
@@ -131,6 +159,7 @@ class Aux(NamedTuple):
     raters_indptr: Array  # int32[I + 1]: N(i), CSR over users
     raters_users: Array  # int32[nnz]
     raters_values: Array  # float32[nnz]
+    levels: Array  # float32[C]: the training rating levels, sorted (the ordinal classes)
 
 
 class Params(NamedTuple):
@@ -145,6 +174,7 @@ class Params(NamedTuple):
     user_vector: Array  # float32[U, S, K]: a_u per sample
     item_vector: Array  # float32[I, S, K]
     day_vector: Array  # float32[D + 1, S, K]
+    cutpoints: Array  # float32[S, C - 1] (ordinal; [S, 0] otherwise): gamma_1 < ... < gamma_{C-1} per sample
 
 
 def prepare(train, config: Config = Config()) -> Aux:
@@ -152,14 +182,20 @@ def prepare(train, config: Config = Config()) -> Aux:
     f = build_features(train)
     vocab = np.unique(day_numbers(train.timestamps))  # floor(days(t)): the day `day_slots` finds at prediction
     b, c = f.rated_by_user, f.raters_of_item
+    levels = np.unique(np.asarray(train.ratings, np.float32))
+    if config.ordinal and not 2 <= len(levels) <= MAX_LEVELS:
+        raise ValueError(f"bfm: ordinal needs 2 to {MAX_LEVELS} distinct training ratings (star levels), "
+                         f"got {len(levels)}")
     return Aux(jnp.asarray(vocab.astype(np.int32)), jnp.asarray(b.indptr.astype(np.int32)),
                jnp.asarray(b.indices), jnp.asarray(b.values), jnp.asarray(c.indptr.astype(np.int32)),
-               jnp.asarray(c.indices), jnp.asarray(c.values))
+               jnp.asarray(c.indices), jnp.asarray(c.values), jnp.asarray(levels))
 
 
 def configure(config: Config, aux: Aux) -> Config:
-    """``num_days``: the number of distinct training days (the day group's size)."""
-    return config._replace(num_days=int(aux.day_vocab.shape[0]))
+    """``num_days``: the number of distinct training days (the day group's size); ``num_levels``:
+    the number of training rating levels when ordinal (else 0)."""
+    return config._replace(num_days=int(aux.day_vocab.shape[0]),
+                           num_levels=int(aux.levels.shape[0]) if config.ordinal else 0)
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
@@ -167,7 +203,8 @@ def init(key: Array, num_users: int, num_items: int, config: Config = Config()) 
     s, k, num_days = int(config.num_samples), int(config.embedding_dim), int(config.num_days)
     z = functools.partial(jnp.zeros, dtype=jnp.float32)
     return Params(z(s), z(s), z(s), z((num_users, s)), z((num_items, s)), z((num_days + 1, s)),
-                  z((num_users, s, k)), z((num_items, s, k)), z((num_days + 1, s, k)))
+                  z((num_users, s, k)), z((num_items, s, k)), z((num_days + 1, s, k)),
+                  z((s, max(int(config.num_levels) - 1, 0))))
 
 
 def day_slots(aux: Aux, times: Array) -> Array:
@@ -179,20 +216,42 @@ def day_slots(aux: Aux, times: Array) -> Array:
 
 
 def sample_scores(params: Params, users: Array, items: Array, days: Array) -> Array:
-    """:math:`\\hat y^{(s)}` of every kept sample, ``float32[B, S]`` (unfilled slots: 0)."""
+    r""":math:`\hat y^{(s)}` of every kept sample, ``float32[B, S]`` (unfilled slots: 0)."""
     a, b, c = params.user_vector[users], params.item_vector[items], params.day_vector[days]
     cross = jnp.sum(a * b + a * c + b * c, axis=-1)
     return (params.global_bias + params.user_scalar[users] + params.item_scalar[items] + params.day_scalar[days]
             + cross) * params.sample_mask
 
 
+def _days(params: Params, users: Array, aux: Aux | None, times: Array | None) -> Array:
+    """Each pair's day slot (the no-feature slot D without ``times``)."""
+    if times is None or aux is None:
+        return jnp.full(users.shape, params.day_scalar.shape[0] - 1, jnp.int32)
+    return day_slots(aux, times)
+
+
+def level_probs(params: Params, users: Array, items: Array, *, aux: Aux, times: Array | None = None) -> Array:
+    r"""Ordinal: the posterior predictive probability of each rating level, ``float32[B, C]``
+    (rows sum to 1): :math:`P(y = \ell_c) = \Phi(\gamma_c - \hat y) - \Phi(\gamma_{c-1} - \hat y)`
+    averaged over the kept samples."""
+    if params.cutpoints.shape[1] == 0:
+        raise ValueError("bfm: level_probs needs a model sampled with ordinal=True (`--loss ordinal`)")
+    scores = sample_scores(params, users, items, _days(params, users, aux, times))  # [B, S]
+    cdf = jax.scipy.special.ndtr(params.cutpoints[None] - scores[..., None])  # [B, S, C - 1]
+    ones = jnp.ones(cdf.shape[:-1] + (1,), cdf.dtype)
+    probs = jnp.diff(jnp.concatenate([0.0 * ones, cdf, ones], axis=-1), axis=-1)  # [B, S, C]
+    mask = params.sample_mask[None, :, None]
+    return jnp.sum(probs * mask, axis=1) / jnp.maximum(jnp.sum(params.sample_mask), 1.0)
+
+
 def apply(params: Params, users: Array, items: Array, key: Array | None = None, *, config: Config = Config(),
           aux: Aux | None = None, times: Array | None = None) -> Array:
-    """The posterior mean of the rating, ``float32[B]``: the mean over the kept samples. Without
-    ``times`` the day has no feature."""
-    days = (jnp.full(users.shape, params.day_scalar.shape[0] - 1, jnp.int32) if times is None or aux is None
-            else day_slots(aux, times))
-    return jnp.sum(sample_scores(params, users, items, days), axis=-1) / jnp.maximum(jnp.sum(params.sample_mask), 1.0)
+    r"""The posterior mean of the rating, ``float32[B]``: the mean over the kept samples of
+    :math:`\hat y`, or (ordinal) of the expected level. Without ``times`` the day has no feature."""
+    if params.cutpoints.shape[1] > 0:
+        return level_probs(params, users, items, aux=aux, times=times) @ aux.levels
+    scores = sample_scores(params, users, items, _days(params, users, aux, times))
+    return jnp.sum(scores, axis=-1) / jnp.maximum(jnp.sum(params.sample_mask), 1.0)
 
 
 def predict_one(params: Params, user: Array, item: Array, key: Array | None = None, *, config: Config = Config(),
@@ -203,11 +262,14 @@ def predict_one(params: Params, user: Array, item: Array, key: Array | None = No
 
 def predict_std(params: Params, users: Array, items: Array, *, aux: Aux | None = None,
                 times: Array | None = None) -> Array:
-    """The posterior predictive standard deviation of each rating, ``float32[B]``: the spread
-    of :math:`\\hat y` over the kept samples and the mean noise variance :math:`1/\\alpha`."""
-    days = (jnp.full(users.shape, params.day_scalar.shape[0] - 1, jnp.int32) if times is None or aux is None
-            else day_slots(aux, times))
-    scores = sample_scores(params, users, items, days)
+    r"""The posterior predictive standard deviation of each rating, ``float32[B]``: the spread
+    of :math:`\hat y` over the kept samples and the mean noise variance :math:`1/\alpha`; for
+    an ordinal model, the standard deviation of the level under `level_probs`."""
+    if params.cutpoints.shape[1] > 0:
+        probs = level_probs(params, users, items, aux=aux, times=times)
+        mean = probs @ aux.levels
+        return jnp.sqrt(jnp.maximum(probs @ aux.levels ** 2 - mean ** 2, 0.0))
+    scores = sample_scores(params, users, items, _days(params, users, aux, times))
     n = jnp.maximum(jnp.sum(params.sample_mask), 1.0)
     mean = jnp.sum(scores, axis=-1, keepdims=True) / n
     spread = jnp.sum(((scores - mean) * params.sample_mask) ** 2, axis=-1) / n
@@ -427,13 +489,24 @@ def sweep(key: Array, state: State, d: Design, sizes: tuple, use_day: bool, use_
 def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_implicit: bool,
                kernel: bool = False) -> tuple[State, Array]:
     """`sweep` with its variates given."""
+    state, e = _sweep(r, state, d, sizes, use_day, use_implicit, kernel)
+    return state, jnp.mean(e * e)
+
+
+def _sweep(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_implicit: bool,
+           kernel: bool = False, ordinal: bool = False, start: tuple | None = None) -> tuple[State, Array]:
+    r"""`sweep_with`, returning the new residuals :math:`y - \hat y` [N]. ``ordinal``: ``d.y``
+    holds the latent :math:`z`, whose noise precision is 1 (not drawn) and whose intercept is
+    the cut-points' (:math:`w_0` stays 0); ``start``: :math:`(\hat y, q)` of ``state``
+    (`_predictions_and_q`) when the caller has them."""
     p = PRIOR
     n = d.y.shape[0]
     active = (True, True, use_day, use_implicit, use_implicit)
     # alpha | e
-    yhat, q_all = _predictions_and_q(state, d, sizes)  # a factor's column of q changes only in its own step
+    # a factor's column of q changes only in its own step
+    yhat, q_all = _predictions_and_q(state, d, sizes) if start is None else start
     e = d.y - yhat
-    alpha = r.g_alpha / (p["b0"] + 0.5 * jnp.sum(e * e))
+    alpha = jnp.float32(1.0) if ordinal else r.g_alpha / (p["b0"] + 0.5 * jnp.sum(e * e))
     # hyperparameters | parameters, per group (lambda given the old mu, then mu given lambda)
     mu_w, lam_w, mu_v, lam_v = [], [], [], []
     for g in range(len(GROUPS)):
@@ -456,7 +529,7 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
                            lam_v=jnp.stack(lam_v))
     # w0
     precision = alpha * n + p["lambda0"]
-    w0_new = (alpha * jnp.sum(e + state.w0)) / precision + r.z_w0 * jax.lax.rsqrt(precision)
+    w0_new = state.w0 if ordinal else (alpha * jnp.sum(e + state.w0)) / precision + r.z_w0 * jax.lax.rsqrt(precision)
     e = e - (w0_new - state.w0)
     state = state._replace(w0=w0_new)
     num_users, num_items = sizes[0], sizes[1]
@@ -498,8 +571,112 @@ def sweep_with(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, u
         return tuple(v), e
 
     v, e = jax.lax.fori_loop(0, state.v[0].shape[1], factor_step, (tuple(state.v), e))
-    state = state._replace(v=v)
-    return state, jnp.mean(e * e)
+    return state._replace(v=v), e
+
+
+# -- ordinal probit ----------------------------------------------------------------------------
+def log_interval(a: Array, b: Array) -> Array:
+    r""":math:`\log(\Phi(b) - \Phi(a))` for :math:`a < b` (either may be infinite), computed on
+    the side of 0 where the normal's tail is (``log_ndtr`` of negative arguments): no
+    cancellation when both bounds are far out."""
+    flip = a > 0
+    lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    la, lb = jax.scipy.special.log_ndtr(lo), jax.scipy.special.log_ndtr(hi)
+    return lb + jnp.log1p(-jnp.exp(la - lb))
+
+
+def truncated_normal(u: Array, a: Array, b: Array) -> Array:
+    r"""The standard normal truncated to :math:`[a, b]` by the inverse CDF of ``u`` ~ U(0, 1):
+    :math:`\Phi^{-1}(\Phi(a) + u(\Phi(b) - \Phi(a)))`, on the tail's side of 0 (as
+    `log_interval`), clipped into :math:`[a, b]` where float32 runs out."""
+    flip = a > 0
+    lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    pa, pb = jax.scipy.special.ndtr(lo), jax.scipy.special.ndtr(hi)
+    x = jnp.clip(jax.scipy.special.ndtri(pa + jnp.where(flip, 1.0 - u, u) * (pb - pa)), lo, hi)
+    return jnp.where(flip, -x, x)
+
+
+class Ordinal(NamedTuple):
+    """The ordinal likelihood's data: each rating's class and the cut-point moves' scales."""
+
+    classes: Array  # int32[N]: the level index of each training rating, sorted by class
+    order: Array  # int32[N]: the ratings sorted by class (classes = the sorted ratings' levels)
+    steps: Array  # float32[C]: the random-walk scale of each cut-point's move, then of the joint shift
+
+
+def ordinal_data(train, aux: Aux) -> tuple[Ordinal, tuple]:
+    r"""`Ordinal` of the training rows, and ``bounds`` (static): the start of each class among
+    the sorted ratings, and N. The move of cut-point :math:`c` reads classes :math:`c` and
+    :math:`c+1` alone; its scale is :math:`2/\sqrt{n_c + n_{c+1}}`, the shift's :math:`2/\sqrt N`."""
+    levels = np.asarray(aux.levels)
+    cls = np.searchsorted(levels, np.asarray(train.ratings, np.float32)).astype(np.int32)
+    order = np.argsort(cls, kind="stable").astype(np.int32)
+    counts = np.bincount(cls, minlength=len(levels))
+    bounds = tuple(int(x) for x in np.concatenate([[0], np.cumsum(counts)]))
+    steps = np.append(2.0 / np.sqrt(counts[:-1] + counts[1:]), 2.0 / np.sqrt(len(cls))).astype(np.float32)
+    return Ordinal(jnp.asarray(cls[order]), jnp.asarray(order), jnp.asarray(steps)), bounds
+
+
+def initial_cutpoints(train, aux: Aux) -> Array:
+    r""":math:`\gamma_c = \Phi^{-1}(F_c)`, :math:`F_c` the share of training ratings at or below
+    level :math:`c`: with :math:`\hat y = 0` the model predicts the training distribution."""
+    cls = np.searchsorted(np.asarray(aux.levels), np.asarray(train.ratings, np.float32))
+    cdf = np.cumsum(np.bincount(cls, minlength=aux.levels.shape[0]))[:-1] / len(cls)
+    return jax.scipy.special.ndtri(jnp.asarray(cdf, jnp.float32))
+
+
+def class_loglik(cuts: Array, yhat: Array, classes: Array) -> Array:
+    r"""Each rating's :math:`\log P(y = \text{its level})` given :math:`\hat y` and the cut-points."""
+    ext = jnp.concatenate([jnp.full((1,), -jnp.inf, cuts.dtype), cuts, jnp.full((1,), jnp.inf, cuts.dtype)])
+    return log_interval(ext[classes] - yhat, ext[classes + 1] - yhat)
+
+
+def move_cutpoints(z: Array, u: Array, cuts: Array, yhat: Array, od: Ordinal, bounds: tuple) -> Array:
+    r"""Metropolis moves of the cut-points given :math:`\hat y` (``yhat`` sorted by class),
+    :math:`z` marginalised (Cowles 1996): each :math:`\gamma_c` in turn by a Gaussian random
+    walk (a proposal out of order is rejected), then all together by one shift; flat prior.
+    ``z``, ``u`` float32[C]: the walks' normal and uniform variates."""
+    num = cuts.shape[0]
+    for c in range(num + 1):
+        lo, hi = (bounds[c], bounds[c + 2]) if c < num else (0, bounds[-1])
+        yh, cl = yhat[lo:hi], od.classes[lo:hi]
+        step = z[c] * od.steps[c]
+        if c < num:
+            new = cuts.at[c].add(step)
+            below = cuts[c - 1] if c > 0 else -jnp.inf
+            above = cuts[c + 1] if c < num - 1 else jnp.inf
+            ordered = (new[c] > below) & (new[c] < above)
+        else:
+            new, ordered = cuts + step, True
+        gain = jnp.sum(class_loglik(new, yh, cl)) - jnp.sum(class_loglik(cuts, yh, cl))
+        cuts = jnp.where(ordered & (jnp.log(u[c]) < gain), new, cuts)
+    return cuts
+
+
+@functools.partial(jax.jit, static_argnames=("sizes", "bounds", "use_day", "use_implicit", "kernel"))
+def ordinal_sweep(key: Array, state: State, cuts: Array, d: Design, od: Ordinal, levels: Array, sizes: tuple,
+                  bounds: tuple, use_day: bool, use_implicit: bool, kernel: bool = False
+                  ) -> tuple[State, Array, Array]:
+    r"""One sweep of the ordinal probit: the cut-points given :math:`\hat y` (`move_cutpoints`),
+    the latent :math:`z_n \sim \mathcal N(\hat y_n, 1)` truncated to its level's interval,
+    then the FM's sweep on :math:`z` (`sweep_with`, ``ordinal=True``). Returns the new state,
+    cut-points and the training MSE of the expected level."""
+    k_cut, k_z, k_sweep = jax.random.split(key, 3)
+    kz, ku = jax.random.split(k_cut)
+    start = _predictions_and_q(state, d, sizes)
+    yhat = start[0][od.order]
+    cuts = move_cutpoints(jax.random.normal(kz, (cuts.shape[0] + 1,)), jax.random.uniform(ku, (cuts.shape[0] + 1,)),
+                          cuts, yhat, od, bounds)
+    ext = jnp.concatenate([jnp.full((1,), -jnp.inf), cuts, jnp.full((1,), jnp.inf)])
+    t = truncated_normal(jax.random.uniform(k_z, yhat.shape), ext[od.classes] - yhat, ext[od.classes + 1] - yhat)
+    z = jnp.zeros_like(yhat).at[od.order].set(yhat + t)
+    state, e = _sweep(draws(k_sweep, d.y.shape[0], sizes, state.v[0].shape[1]), state, d._replace(y=z), sizes,
+                      use_day, use_implicit, kernel, ordinal=True, start=start)
+    yhat = z - e
+    cdf = jax.scipy.special.ndtr(cuts[None] - yhat[:, None])
+    ones = jnp.ones_like(yhat)[:, None]
+    expected = jnp.diff(jnp.concatenate([0.0 * ones, cdf, ones], axis=1), axis=1) @ levels
+    return state, cuts, jnp.mean((expected - d.y) ** 2)
 
 
 def _sample(state: State, d: Design, sizes: tuple) -> tuple:
@@ -516,13 +693,13 @@ def _sample(state: State, d: Design, sizes: tuple) -> tuple:
 
 
 @functools.partial(jax.jit, static_argnames=("sizes",))
-def _store(params: Params, state: State, d: Design, slot: Array, sizes: tuple) -> Params:
+def _store(params: Params, state: State, cuts: Array, d: Design, slot: Array, sizes: tuple) -> Params:
     (su, a), (si, b), (sd, c) = _sample(state, d, sizes)
     return Params(params.sample_mask.at[slot].set(1.0), params.global_bias.at[slot].set(state.w0),
                   params.noise_var.at[slot].set(1.0 / state.alpha), params.user_scalar.at[:, slot].set(su),
                   params.item_scalar.at[:, slot].set(si), params.day_scalar.at[:, slot].set(sd),
                   params.user_vector.at[:, slot].set(a), params.item_vector.at[:, slot].set(b),
-                  params.day_vector.at[:, slot].set(c))
+                  params.day_vector.at[:, slot].set(c), params.cutpoints.at[slot].set(cuts))
 
 
 def initial_state(key: Array, sizes: tuple, config: Config) -> State:
@@ -565,6 +742,11 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
     check_config(config)
     if len(train) == 0:
         raise ValueError("bfm: train is empty")
+    loss = "mse" if train_config is None else train_config.loss
+    if loss not in ("mse", "ordinal") or (loss == "ordinal") != bool(config.ordinal):
+        raise ValueError(f"bfm: train_config.loss {loss!r} with config.ordinal={config.ordinal}: the sampler's "
+                         "likelihood is Gaussian (loss 'mse', ordinal=False) or ordinal probit (loss 'ordinal', "
+                         "ordinal=True; `recsys-jax train --loss ordinal` sets both)")
     aux = prepare(train, config) if aux is None else aux
     config = configure(config, aux)
     num_days = config.num_days
@@ -574,22 +756,34 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
     init_key, key = jax.random.split(key)
     state = initial_state(init_key, sizes, config)
     params = init(init_key, train.num_users, train.num_items, config)
+    if config.ordinal:
+        od, bounds = ordinal_data(train, aux)
+        cuts = initial_cutpoints(train, aux)
+        state = state._replace(w0=jnp.float32(0.0))  # the cut-points carry the intercept
+    else:
+        cuts = jnp.zeros((0,), jnp.float32)
     first, thin = kept_sweeps(config, None if train_config is None else int(train_config.epochs))
     kept, t = 0, 0
     while True:
         t += 1
-        state, mse = sweep(jax.random.fold_in(key, t), state, d, sizes, bool(config.day), bool(config.implicit),
-                           kernel)
+        if config.ordinal:
+            state, cuts, mse = ordinal_sweep(jax.random.fold_in(key, t), state, cuts, d, od, aux.levels, sizes,
+                                             bounds, bool(config.day), bool(config.implicit), kernel)
+        else:
+            state, mse = sweep(jax.random.fold_in(key, t), state, d, sizes, bool(config.day), bool(config.implicit),
+                               kernel)
         if t <= first:  # burn-in, and the first kept sweep: the store holds the current sample alone
             params = params._replace(sample_mask=jnp.zeros_like(params.sample_mask))
             kept = int(t == first)
-            params = _store(params, state, d, jnp.asarray(0, jnp.int32), sizes)
+            params = _store(params, state, cuts, d, jnp.asarray(0, jnp.int32), sizes)
         elif (t - first) % thin == 0:
             kept += 1
-            params = _store(params, state, d, jnp.asarray((kept - 1) % int(config.num_samples), jnp.int32), sizes)
+            params = _store(params, state, cuts, d, jnp.asarray((kept - 1) % int(config.num_samples), jnp.int32),
+                            sizes)
         yield params, float(mse)
 
 
 SPEC = ModelSpec("bfm", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare,
                  configure=configure,
-                 fit_epochs=fit_epochs, uses_time=True, keeps_last=True, predict_std=predict_std, doc=__doc__)
+                 fit_epochs=fit_epochs, uses_time=True, keeps_last=True, predict_std=predict_std,
+                 level_probs=level_probs, doc=__doc__)

@@ -46,6 +46,9 @@ field                 meaning
                       metrics beside popularity instead)
 ``predict_std``       ``predict_std(params, users, items, *, aux, times) -> float32[B]``: the
                       posterior predictive standard deviation of a model that samples (``bfm``)
+``level_probs``       ``level_probs(params, users, items, *, aux, times) -> float32[B, C]``: the
+                      probability of each rating level (``aux.levels``) of a model sampled with
+                      its own ordinal likelihood (``bfm`` with ``ordinal=True``)
 ``keeps_last``        a sampler whose prediction, the mean over kept samples, only improves with
                       more sweeps: trained for its preset's sweeps on the whole training split
                       (no validation slice picks a sweep count from one noisy chain)
@@ -112,6 +115,7 @@ class ModelSpec(NamedTuple):
     ranks: bool = False
     keeps_last: bool = False
     predict_std: Callable | None = None
+    level_probs: Callable | None = None
     doc: Any = None  # the module docstring: the model's maths
 
     def check(self) -> ModelSpec:

@@ -180,7 +180,7 @@ def resolve(preset: str, model: str, *, model_overrides: dict | None = None, val
       (its phases set the rates); asking for both ``lr`` and ``schedule="piecewise"`` is
       an error.
     """
-    from recsys_jax.models import make_config
+    from recsys_jax.models import get_model, make_config
 
     tc = get_preset(preset, model)
     unknown = set(train_overrides) - set(TrainConfig._fields)
@@ -194,13 +194,14 @@ def resolve(preset: str, model: str, *, model_overrides: dict | None = None, val
         if given.get("schedule") == "piecewise":
             raise ValueError("--lr has no effect on a piecewise schedule: its phases set the learning rates")
         tc = tc._replace(schedule="constant")
-    model_config = make_config(model, **{**model_options(preset, model), **(model_overrides or {})})
+    spec = get_model(model)
+    options = {**model_options(preset, model), **(model_overrides or {})}
+    if tc.loss == "ordinal" and "ordinal" in spec.Config._fields:
+        options.setdefault("ordinal", True)  # a model with its own ordinal likelihood (bfm's probit)
+    model_config = make_config(model, **options)
     if val_frac is None:
-        from recsys_jax.models import get_model
-
         # A model that ranks keeps its last epoch (no rating to validate on), and so does a
         # sampler whose mean improves with every sweep (keeps_last): a validation slice would
         # only be left out of a fit, then refit on.
-        spec = get_model(model)
         val_frac = 0.0 if spec.ranks or spec.keeps_last else _preset_val_frac(preset)
     return Resolved(tc, model_config, float(val_frac))

@@ -119,19 +119,30 @@ class Recommender(NamedTuple):
         if spec.predict_std is None:
             raise ValueError(f"predict_std: the {self.model} model is a point estimate; bfm samples its posterior "
                              "and gives a predictive standard deviation")
+        users, items, times = self._known_pairs("predict_std", raw_users, raw_items, timestamps)
+        return np.asarray(spec.predict_std(self.params, users, items, aux=self.aux, times=times))
+
+    def _known_pairs(self, caller: str, raw_users, raw_items, timestamps):
+        """Indices and times (days; each user's mean training day without ``timestamps``) of
+        pairs whose ids all have training ratings, else `UnknownIdError`."""
         raw_users, raw_items, users, user_found, items, item_found = self._lookup(raw_users, raw_items)
         if not (user_found.all() and item_found.all()):
             bad = raw_users[np.argmin(user_found)] if not user_found.all() else raw_items[np.argmin(item_found)]
-            raise UnknownIdError(f"predict_std: id {int(bad)} has no training ratings")
+            raise UnknownIdError(f"{caller}: id {int(bad)} has no training ratings")
         times = self._mean_days(users) if timestamps is None else days(
             np.broadcast_to(np.asarray(timestamps, np.float64), raw_users.shape))
-        return np.asarray(spec.predict_std(self.params, jnp.asarray(users), jnp.asarray(items), aux=self.aux,
-                                           times=None if times is None else jnp.asarray(times)))
+        return jnp.asarray(users), jnp.asarray(items), None if times is None else jnp.asarray(times)
 
     def rating_distribution(self, raw_users, raw_items, *, unknown: str = "error",
                             timestamps=None) -> tuple[np.ndarray, np.ndarray]:
-        """For a model trained with the ``ordinal`` loss: ``(levels float32[K], probs float32[N, K])``,
-        the probability of each rating level for each pair (rows sum to 1)."""
+        """For a model trained with the ``ordinal`` loss (or ``bfm``'s ordinal probit, whose ids
+        must all be known): ``(levels float32[K], probs float32[N, K])``, the probability of
+        each rating level for each pair (rows sum to 1)."""
+        spec = get_model(self.model)
+        if spec.level_probs is not None and getattr(self.config, "ordinal", False):
+            users, items, times = self._known_pairs("rating_distribution", raw_users, raw_items, timestamps)
+            return (np.asarray(self.aux.levels),
+                    np.asarray(spec.level_probs(self.params, users, items, aux=self.aux, times=times)))
         if self.loss != "ordinal":
             trained = "an element-wise loss (a point prediction)" if self.loss is None else f"the {self.loss} loss"
             raise ValueError(f"rating_distribution: needs a model trained with the ordinal loss; this one used {trained}")

@@ -54,6 +54,7 @@ STEPS = [
     ("scaling", "benchmarks.scaling", []),
     ("many", "benchmarks.many", []),
     ("many-tuned", "benchmarks.many", ["--preset", "tuned"]),
+    ("travel", "benchmarks.travel", []),
 ]
 REPORT = [("report", "benchmarks.report", []), ("report --check", "benchmarks.report", ["--check"])]
 

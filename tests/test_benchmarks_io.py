@@ -194,7 +194,8 @@ def test_publish_dry_run_lists_the_commands_in_order():
     peers = ["benchmarks.peers"] if publish.peers_installed() else []  # only with the peers extra
     assert modules == ["benchmarks.tune", "benchmarks.accuracy", *peers, "benchmarks.accuracy", "benchmarks.accuracy",
                        "benchmarks.time_to_accuracy", "benchmarks.load", "benchmarks.throughput", "benchmarks.scaling",
-                       "benchmarks.many", "benchmarks.many", "benchmarks.report", "benchmarks.report"]
+                       "benchmarks.many", "benchmarks.many", "benchmarks.travel", "benchmarks.report",
+                       "benchmarks.report"]
     assert "--presets default notebook" in lines[1] and "--presets tuned" in lines[2 + len(peers)]
     assert lines[-1].endswith("--check")
     assert all("--quick" not in line for line in lines)
@@ -303,3 +304,16 @@ def test_accuracy_runs_a_sampler_as_the_cli_does_and_names_its_features():
     assert "rank 10" in note and "day" not in note and "users who rated the movie" in note
     assert "day" in accuracy.feature_notes({"embedding_dim": 10, "day": True, "implicit": False}, "bfm")
     assert accuracy.feature_notes({}, "bias") is None
+
+
+def test_travel_table_states_means_differences_and_choices():
+    from benchmarks import travel
+
+    env = {"device": "cpu", "cpu": "x", "cpu_count": 2, "jax": "0", "git_commit": "abc", "command": "c"}
+    recs = [{"shape": "synthetic", "model": "bias", "seed": s, "num_ratings": 1000, "budget": 60.0,
+             "default_rmse": d, "tuned_rmse": t, "choice": c, "trials": 4, "candidates": 18, "tune_seconds": 60.0}
+            for s, d, t, c in [(0, 0.90, 0.88, {"lr": 0.03}), (1, 0.92, 0.93, {})]]
+    row = next(line for line in travel.markdown(recs, env).splitlines() if line.startswith("| synthetic"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == ["0.9100", "0.9050", "-0.0050", "1 of 2"]
+    assert cells[-1] == "lr=0.03; preset"

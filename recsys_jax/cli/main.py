@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "blocks, visited one at a time) or auto (blocked for row-sparse optimizers on tables over 8 MiB)"),
     ]:
         t.add_argument(name, type=typ, default=None, help=f"{helptext} (default: from the preset)")
+    t.add_argument("--tune", type=float, default=None, metavar="SECONDS",
+                   help="first search the model's settings on the training split alone (a 10%% search-validation "
+                        "part cut from it; the preset's settings, then its search space in random order) for about "
+                        "this many seconds, and train the best (settings given on the command line stay fixed)")
     t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")
     t.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), help="sigmoid squash of the output")
     t.add_argument("--out", metavar="DIR", help="checkpoint folder (default: runs/<model>-<data>-seed<seed>)")
@@ -198,6 +202,26 @@ def cmd_train(args) -> dict:
         **{k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "schedule", "l2", "bias_l2", "weight_decay",
                                          "loss", "patience", "optimizer", "order")})
 
+    tuned = None
+    if args.tune is not None:
+        if held_out_users:
+            raise ValueError("--tune with --split held-out-users: the search scores ratings (RMSE); this protocol "
+                             "ranks for new users")
+        from recsys_jax.training.tune import search
+
+        def report_trial(trial):
+            settings = {k: v for k, v in trial.items() if k not in ("search_val_rmse", "seconds")}
+            print(f"tune  {settings or 'the preset'}  search-val rmse {trial['search_val_rmse']:.4f}  "
+                  f"({trial['seconds']:.1f} s)", flush=True)
+
+        fixed = {k for k in ("epochs", "lr", "l2") if getattr(args, k) is not None} | set(model_overrides)
+        tuned = search(ratings.take(split.train), args.model, seed=args.seed, budget=args.tune, train_config=tc,
+                       model_config=model_config, val_frac=val_frac, options=options, report=report_trial,
+                       fixed=fixed)
+        tc, model_config = tuned.train_config, tuned.model_config
+        print(f"tune  chose {tuned.choice or 'the preset'} ({len(tuned.trials)} of {tuned.num_candidates} candidates "
+              f"in {tuned.seconds:.1f} s, on the training split alone)", flush=True)
+
     def on_epoch(epoch, rec):
         val_txt = f"  val_rmse {rec['val_rmse']:.4f}  val_mae {rec['val_mae']:.4f}" if rec["val_rmse"] else ""
         print(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}{val_txt}  ({rec['seconds']:.2f} s)", flush=True)
@@ -214,6 +238,9 @@ def cmd_train(args) -> dict:
         print(f"recsys-jax train: warning: {out['stop_reason']}", file=sys.stderr)
     out = {"preset": args.preset, "split": "file" if args.split_file else args.split, "test_frac": args.test_frac,
            **out}
+    if tuned is not None:
+        out["tuned"] = {"choice": tuned.choice, "trials": tuned.trials, "seconds": tuned.seconds,
+                        "candidates": tuned.num_candidates, "budget": args.tune}
     refit_txt = f", then refit on all {out['num_fit']} training ratings" if out["refit"] else ""
     rec = None
     if held_out_users:

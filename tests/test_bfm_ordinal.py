@@ -152,7 +152,11 @@ def test_an_ordinal_chain_keeps_w0_at_0_ordered_cut_points_and_predictions_insid
     config = bfm.Config(embedding_dim=2, burn_in=2, num_samples=4, ordinal=True)
     aux = bfm.prepare(train, config)
     config = bfm.configure(config, aux)
-    gen = bfm.fit_epochs(jax.random.key(0), train, config, TrainConfig(epochs=8, loss="ordinal"), aux)
+    from recsys_jax.engine.options import resolve_options
+
+    # the engine's options, as fit passes them: the same compiled sweep as the resume test's
+    gen = bfm.fit_epochs(jax.random.key(0), train, config, TrainConfig(epochs=8, loss="ordinal"), aux,
+                         resolve_options())
     for _ in range(8):
         params, mse = next(gen)
     assert np.isfinite(mse) and config.num_levels == 5
@@ -191,3 +195,37 @@ def test_the_cli_trains_the_ordinal_probit_and_predict_shows_the_level_distribut
         levels = np.array([float(k) for k in row["distribution"]])
         assert probs.sum() == pytest.approx(1.0, abs=1e-3)
         assert row["rating"] == pytest.approx(float(probs @ levels), abs=1e-2) and row["std"] > 0
+
+
+def test_a_chain_stopped_after_a_save_resumes_to_the_uninterrupted_chain(tmp_path, monkeypatch):
+    """fit with a checkpoint folder: stopped after sweep 3 (its progress saved), then rerun with
+    the same folder, it sweeps 4-6 only and ends with the straight run's store bit for bit; the
+    ordinal chain's cut-points are carried too."""
+    from recsys_jax.training import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "SELF_SAVE_SECONDS", 0.0)  # save after every sweep
+    train = small_ratings()
+    tc = TrainConfig(epochs=6, loss="ordinal")
+    config = bfm.Config(embedding_dim=2, burn_in=2, num_samples=4, ordinal=True)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch, record):
+        if epoch == 3:
+            raise Stop
+
+    ck = str(tmp_path / "progress")
+    with pytest.raises(Stop):
+        fit_module.fit("bfm", train, None, key=0, model_config=config, train_config=tc, progress=False,
+                       checkpoint_dir=ck, on_epoch=stop_at_3)
+    seen = []
+    resumed = fit_module.fit("bfm", train, None, key=0, model_config=config, train_config=tc, progress=False,
+                             checkpoint_dir=ck, on_epoch=lambda e, r: seen.append(e))
+    assert seen == [4, 5, 6] and resumed.history["epoch"] == [1, 2, 3, 4, 5, 6]
+    straight = fit_module.fit("bfm", train, None, key=0, model_config=config, train_config=tc, progress=False)
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.history["train_loss"] == straight.history["train_loss"]
+    with pytest.raises(ValueError, match="no checkpoint_dir"):
+        fit_module.fit("glocalk", train, None, key=0, train_config=TrainConfig(epochs=1), checkpoint_dir=ck)

@@ -734,11 +734,38 @@ def check_config(config: Config) -> None:
                          f"{config.embedding_dim}, {config.num_samples}, {config.burn_in}, {config.thin}")
 
 
-def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | None = None, options=None
-               ) -> Iterator[tuple[Params, float]]:
+class Carry(NamedTuple):
+    """Everything a chain carries from one sweep to the next (what a progress folder saves)."""
+
+    sweep: Array  # int32[]: sweeps done
+    kept: Array  # int32[]: samples kept so far
+    state: State
+    cuts: Array  # float32[C - 1]: the ordinal cut-points ([0] without)
+    params: Params  # the store of kept samples
+
+
+def initial_carry(key: Array, train, config: Config, aux: Aux | None = None) -> Carry:
+    """The chain before its first sweep: `initial_state` (with :math:`w_0 = 0` and the cut-points
+    at the training distribution when ordinal) and an empty store."""
+    aux = prepare(train, config) if aux is None else aux
+    config = configure(config, aux)
+    sizes = (int(train.num_users), int(train.num_items), config.num_days, int(train.num_items), int(train.num_users))
+    init_key = jax.random.split(key)[0]
+    state = initial_state(init_key, sizes, config)
+    cuts = jnp.zeros((0,), jnp.float32)
+    if config.ordinal:
+        cuts = initial_cutpoints(train, aux)
+        state = state._replace(w0=jnp.float32(0.0))  # the cut-points carry the intercept
+    return Carry(jnp.int32(0), jnp.int32(0), state, cuts, init(init_key, train.num_users, train.num_items, config))
+
+
+def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | None = None, options=None, *,
+               start: Carry | None = None, carry: bool = False) -> Iterator[tuple]:
     """One Gibbs sweep per epoch, without end (`recsys_jax.training.fit.fit` stops at
     ``train_config.epochs``); yields ``(the store of kept samples, the training MSE of the
-    current sample)``."""
+    current sample)``, and the `Carry` third with ``carry=True``. ``start``: a saved `Carry`
+    to go on from (a resumed chain continues exactly as the uninterrupted one: sweep t's
+    variates come from ``fold_in(key, t)``)."""
     check_config(config)
     if len(train) == 0:
         raise ValueError("bfm: train is empty")
@@ -749,21 +776,15 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
                          "ordinal=True; `recsys-jax train --loss ordinal` sets both)")
     aux = prepare(train, config) if aux is None else aux
     config = configure(config, aux)
-    num_days = config.num_days
-    sizes = (int(train.num_users), int(train.num_items), num_days, int(train.num_items), int(train.num_users))
+    sizes = (int(train.num_users), int(train.num_items), config.num_days, int(train.num_items), int(train.num_users))
     d = make_design(train, aux)
     kernel = options is not None and options.kernels
-    init_key, key = jax.random.split(key)
-    state = initial_state(init_key, sizes, config)
-    params = init(init_key, train.num_users, train.num_items, config)
+    t, kept, state, cuts, params = initial_carry(key, train, config, aux) if start is None else start
+    t, kept = int(t), int(kept)
+    key = jax.random.split(key)[1]
     if config.ordinal:
         od, bounds = ordinal_data(train, aux)
-        cuts = initial_cutpoints(train, aux)
-        state = state._replace(w0=jnp.float32(0.0))  # the cut-points carry the intercept
-    else:
-        cuts = jnp.zeros((0,), jnp.float32)
     first, thin = kept_sweeps(config, None if train_config is None else int(train_config.epochs))
-    kept, t = 0, 0
     while True:
         t += 1
         if config.ordinal:
@@ -780,10 +801,13 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
             kept += 1
             params = _store(params, state, cuts, d, jnp.asarray((kept - 1) % int(config.num_samples), jnp.int32),
                             sizes)
-        yield params, float(mse)
+        if carry:
+            yield params, float(mse), Carry(jnp.int32(t), jnp.int32(kept), state, cuts, params)
+        else:
+            yield params, float(mse)
 
 
 SPEC = ModelSpec("bfm", Config, Params, init, apply, predict_one=predict_one, Aux=Aux, prepare=prepare,
                  configure=configure,
                  fit_epochs=fit_epochs, uses_time=True, keeps_last=True, predict_std=predict_std,
-                 level_probs=level_probs, doc=__doc__)
+                 level_probs=level_probs, initial_carry=initial_carry, doc=__doc__)

@@ -49,6 +49,10 @@ field                 meaning
 ``level_probs``       ``level_probs(params, users, items, *, aux, times) -> float32[B, C]``: the
                       probability of each rating level (``aux.levels``) of a model sampled with
                       its own ordinal likelihood (``bfm`` with ``ordinal=True``)
+``initial_carry``     a model that trains itself and can resume (``bfm``): ``initial_carry(key,
+                      train, config, aux)`` is its chain before the first epoch; its
+                      ``fit_epochs`` takes ``start=`` a saved carry and, with ``carry=True``,
+                      yields ``(params, train_loss, carry)`` (`fit`'s ``checkpoint_dir``)
 ``keeps_last``        a sampler whose prediction, the mean over kept samples, only improves with
                       more sweeps: trained for its preset's sweeps on the whole training split
                       (no validation slice picks a sweep count from one noisy chain)
@@ -116,6 +120,7 @@ class ModelSpec(NamedTuple):
     keeps_last: bool = False
     predict_std: Callable | None = None
     level_probs: Callable | None = None
+    initial_carry: Callable | None = None
     doc: Any = None  # the module docstring: the model's maths
 
     def check(self) -> ModelSpec:

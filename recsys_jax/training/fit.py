@@ -10,6 +10,7 @@ The step and the epoch it runs are the engine's (`recsys_jax.engine.step`,
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -150,10 +151,11 @@ def fit(
         if plan is not None:
             raise ValueError(f"fit: model {model!r} trains itself (its spec's fit_epochs) on one device; "
                              "it takes no mesh")
-        if loss_fn is not None or penalty_fn is not None or checkpoint_dir is not None:
+        if loss_fn is not None or penalty_fn is not None or (checkpoint_dir is not None and spec.initial_carry is None):
             raise ValueError(f"fit: model {model!r} trains itself (its spec's fit_epochs); it takes no custom "
-                             "loss_fn or penalty_fn and no checkpoint_dir")
-        return _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch, options)
+                             "loss_fn or penalty_fn" + ("" if spec.initial_carry else " and no checkpoint_dir"))
+        return _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch, options,
+                         checkpoint_dir)
 
     loss_fn = loss_fn if loss_fn is not None else get_loss(tc.loss)
     param_loss = loss_fn if isinstance(loss_fn, ParamLoss) else None
@@ -261,13 +263,37 @@ def val_scores(apply_fn, params, val: Ratings | None, scale, aux=None, times=Non
     return {"val_rmse": rmse, "val_mae": metrics.mae(pred, val.ratings)}, rmse
 
 
-def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch, options
-              ) -> FitResult:
+SELF_SAVE_SECONDS = 10.0  # a model that trains itself saves its progress at most this often (and at the end)
+
+
+def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, progress, on_epoch, options,
+              checkpoint_dir=None) -> FitResult:
     """`fit` for a model that trains itself: its ``fit_epochs`` yields ``(params, train_loss)``
     after each epoch (a Gibbs sweep, a closed-form solve, an epoch of its own optimiser),
-    driven by the same loop as the engine (`recsys_jax.training.loop.generator_trainer`)."""
+    driven by the same loop as the engine (`recsys_jax.training.loop.generator_trainer`).
+    With ``checkpoint_dir`` (a model with ``initial_carry``), its carry is saved there after
+    an epoch at most every `SELF_SAVE_SECONDS` and after the last (a chain's epochs take
+    milliseconds and its store megabytes), and a run with the same folder resumes from it."""
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "val_rmse", "val_mae", "seconds")}
-    trainer = generator_trainer(spec.fit_epochs(key, train, model_config, tc, aux, options))
+    best, start, after_epoch, resumed = first_best(None), 1, None, {}
+    if checkpoint_dir is not None:
+        fp = resume.fingerprint(model, model_config, tc, train, key, options)
+        like = spec.initial_carry(key, train, model_config, aux)
+        like_params = spec.init(key, train.num_users, train.num_items, model_config)
+        saved = resume.load_progress(checkpoint_dir, like, like_params, fp)
+        if saved is not None:
+            resumed["start"], history, start = saved.state, saved.history, saved.epoch + 1
+            best = Best(saved.best_score, saved.best_params, saved.best_epoch)
+        last_save = [time.perf_counter()]
+
+        def after_epoch(epoch, state, history, best):
+            if epoch == tc.epochs or time.perf_counter() - last_save[0] >= SELF_SAVE_SECONDS:
+                resume.save_progress(checkpoint_dir, resume.Progress(state, epoch, history, best.score, best.params,
+                                                                     best.epoch), fp)
+                last_save[0] = time.perf_counter()
+
+        resumed["carry"] = True
+    trainer = generator_trainer(spec.fit_epochs(key, train, model_config, tc, aux, options, **resumed))
 
     def evaluate(params):
         if spec.ranks:  # its scores are not ratings: no RMSE to choose by, the last epoch is kept
@@ -275,8 +301,9 @@ def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, pro
         return val_scores(apply_fn, params, val, train.rating_scale, aux)
 
     _, best, _, _ = run_loop(
-        trainer, None, key, epochs=range(1, tc.epochs + 1), evaluate=evaluate, history=history,
-        best=first_best(None), patience=tc.patience, on_epoch=on_epoch, desc=f"fit {model}" if progress else None)
+        trainer, None, key, epochs=range(start, tc.epochs + 1), evaluate=evaluate, history=history,
+        best=best, patience=tc.patience, on_epoch=on_epoch, after_epoch=after_epoch,
+        desc=f"fit {model}" if progress else None)
     if best.epoch == 0:
         raise ValueError(f"fit: model {model!r} yielded no epoch")
     seen = {"trained_users": np.bincount(train.users, minlength=train.num_users) > 0,

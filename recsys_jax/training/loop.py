@@ -181,14 +181,15 @@ def engine_trainer(engine, data: EpochData, caller: str = "fit") -> Callable:
 
 def generator_trainer(epochs) -> Callable:
     """The trainer of a model that trains itself: ``epochs`` is its ``fit_epochs`` generator
-    of ``(params, train_loss)``; the state is the parameters, and the key is its own."""
+    of ``(params, train_loss)``, or ``(params, train_loss, carry)`` (a model that can resume);
+    the state is the carry, else the parameters, and the key is its own."""
 
     def run(state, epoch: int, epoch_key) -> Epoch | None:
         try:
-            params, train_loss = next(epochs)
+            params, train_loss, *carry = next(epochs)
         except StopIteration:
             return None
-        return Epoch(params, params, float(train_loss))
+        return Epoch(carry[0] if carry else params, params, float(train_loss))
 
     return run
 

@@ -139,7 +139,7 @@ def test_a_folder_others_may_write_is_refused(fake_cxx, tmp_path, mode, capsys):
 
 def test_the_x86_only_pause_is_guarded():
     """``__builtin_ia32_pause`` exists on x86 only: an aarch64 build must not see it."""
-    for name in kernels.SOURCES:
+    for name in kernels.SOURCES + kernels.HEADERS:
         text = (Path(kernels.__file__).parent / name).read_text()
         for match in re.finditer(r"__builtin_ia32_\w+", text):
             before = text[:match.start()]

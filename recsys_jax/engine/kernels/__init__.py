@@ -70,6 +70,7 @@ from pathlib import Path
 from recsys_jax.data import cachefiles
 
 SOURCES = ("mf_sgd.cc", "shuffle.cc", "ials_cg.cc", "bfm_gibbs.cc")
+HEADERS = ("spin.h",)  # included by the sources: in the digest too
 # FFI target name -> exported symbol
 TARGETS = {"recsys_mf_sgd_step": "RecsysMfSgdStep", "recsys_feistel_permutation": "RecsysFeistelPermutation",
            "recsys_blocked_permutation": "RecsysBlockedPermutation", "recsys_ials_cg": "RecsysIalsCg",
@@ -128,7 +129,7 @@ def _digest(cxx: tuple[str, ...]) -> str:
         version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except OSError as error:
         raise RuntimeError(f"the C++ compiler {shlex.join(cxx)!r} cannot be run: {error}") from None
-    parts = [(name, (here / name).read_bytes()) for name in SOURCES]
+    parts = [(name, (here / name).read_bytes()) for name in SOURCES + HEADERS]
     parts += [cxx, version, jaxlib.__version__, COMPILE_FLAGS, LINK_FLAGS, cpu_flags(), platform.machine()]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 

@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "spin.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace {
@@ -41,17 +42,7 @@ using Vector = ffi::Buffer<ffi::F32, 1>;
 constexpr int64_t kBlock = 32;  // rows per claim
 constexpr int64_t kAhead = 4;   // positives to prefetch ahead in the first pass
 
-inline void relax(int& spins) {
-  if (++spins % 64 == 0) {
-    std::this_thread::yield();
-  } else {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-  }
-}
+using recsys_kernels::relax;  // spin.h
 
 struct Half {
   const float* own;

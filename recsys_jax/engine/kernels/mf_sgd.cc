@@ -68,6 +68,7 @@
 #include <utility>
 #include <vector>
 
+#include "spin.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace {
@@ -76,17 +77,7 @@ using Table = ffi::Buffer<ffi::F32, 2>;
 using Indices = ffi::Buffer<ffi::S32, 1>;
 using Vector = ffi::Buffer<ffi::F32, 1>;
 
-inline void relax(int& spins) {  // a spin-wait's pause, and a yield now and then
-  if (++spins % 64 == 0) {
-    std::this_thread::yield();
-  } else {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-  }
-}
+using recsys_kernels::relax;  // spin.h
 
 // Phases of numbered items, run by the calling thread and one pool task. Items are claimed
 // from an atomic counter and a phase starts once every item of the one before is done. The

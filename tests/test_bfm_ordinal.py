@@ -54,6 +54,12 @@ def test_the_truncated_normal_has_its_closed_form_quantiles_and_mean():
         mean = (phi_pdf(lo) - phi_pdf(hi)) / mass
         assert z.mean() == pytest.approx(mean, abs=2e-3), (lo, hi)
         assert np.all(np.diff(z) >= 0)  # monotone in u: the inverse CDF
+    # never infinite: u = 0 on an open lower end, the largest u below 1 on an open upper end,
+    # and an interval so far out that Phi(hi) underflows to 0 (the draw is then its end)
+    edge = np.asarray(bfm.truncated_normal(jnp.asarray([0.0, np.nextafter(np.float32(1), np.float32(0)), 0.0]),
+                                           jnp.asarray([-np.inf, 0.2, -np.inf], jnp.float32),
+                                           jnp.asarray([0.3, np.inf, -14.0], jnp.float32)))
+    assert np.all(np.isfinite(edge)) and edge[0] <= 0.3 and edge[1] >= 0.2 and edge[2] == -14.0
     # u = 1/2 is the median: Phi(median) halfway between Phi(lo) and Phi(hi)
     med = float(bfm.truncated_normal(jnp.float32(0.5), jnp.float32(0.5), jnp.float32(2.0)))
     assert phi_cdf(med) == pytest.approx(0.5 * (phi_cdf(0.5) + phi_cdf(2.0)), rel=1e-5)

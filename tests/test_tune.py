@@ -89,3 +89,20 @@ def test_train_tune_searches_the_training_split_then_trains_the_choice(tmp_path)
     code, out, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "ials", "--tune", "5",
                               "--no-save"])
     assert code != 0 and "ranks items" in err
+
+
+def test_a_searched_rate_replaces_a_piecewise_schedule_as_lr_does():
+    nb = resolve("notebook", "bias").train_config
+    assert nb.schedule == "piecewise"
+    assert tune.settled(nb, {"lr": 3e-2}).schedule == "constant"
+    assert tune.settled(nb, {"l2": 0.3}) == nb._replace(l2=0.3)  # the phases still set the rates
+
+
+def test_tune_and_resume_dir_together_are_refused(tmp_path):
+    from conftest import run_cli
+    from test_evaluate import movielens_folder
+
+    root = movielens_folder(tmp_path / "ml")
+    code, _, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "bias", "--tune", "5",
+                            "--resume-dir", tmp_path / "r", "--no-save"])
+    assert code != 0 and "--resume-dir" in err and not (tmp_path / "r").exists()

@@ -207,6 +207,10 @@ def cmd_train(args) -> dict:
         if held_out_users:
             raise ValueError("--tune with --split held-out-users: the search scores ratings (RMSE); this protocol "
                              "ranks for new users")
+        if args.resume_dir:
+            raise ValueError("--tune with --resume-dir: a rerun would search again within a wall-clock budget and "
+                             "might choose other settings than the progress saved; tune first, then pass the "
+                             "chosen settings with --resume-dir")
         from recsys_jax.training.tune import search
 
         def report_trial(trial):

@@ -249,6 +249,8 @@ def apply(params: Params, users: Array, items: Array, key: Array | None = None, 
     r"""The posterior mean of the rating, ``float32[B]``: the mean over the kept samples of
     :math:`\hat y`, or (ordinal) of the expected level. Without ``times`` the day has no feature."""
     if params.cutpoints.shape[1] > 0:
+        if aux is None:
+            raise ValueError("bfm: an ordinal model's prediction needs its aux (the rating levels)")
         return level_probs(params, users, items, aux=aux, times=times) @ aux.levels
     scores = sample_scores(params, users, items, _days(params, users, aux, times))
     return jnp.sum(scores, axis=-1) / jnp.maximum(jnp.sum(params.sample_mask), 1.0)
@@ -582,17 +584,21 @@ def log_interval(a: Array, b: Array) -> Array:
     flip = a > 0
     lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
     la, lb = jax.scipy.special.log_ndtr(lo), jax.scipy.special.log_ndtr(hi)
-    return lb + jnp.log1p(-jnp.exp(la - lb))
+    return lb + jnp.log(-jnp.expm1(la - lb))
 
 
 def truncated_normal(u: Array, a: Array, b: Array) -> Array:
     r"""The standard normal truncated to :math:`[a, b]` by the inverse CDF of ``u`` ~ U(0, 1):
     :math:`\Phi^{-1}(\Phi(a) + u(\Phi(b) - \Phi(a)))`, on the tail's side of 0 (as
-    `log_interval`), clipped into :math:`[a, b]` where float32 runs out."""
+    `log_interval`), clipped into :math:`[a, b]` where float32 runs out (the probability kept
+    inside :math:`(0, 1)`, so that the draw is never infinite: ``u`` may be 0, and
+    :math:`\Phi(b)` underflows to 0 beyond :math:`b \approx -13`, where the draw is then ``b``)."""
     flip = a > 0
     lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
     pa, pb = jax.scipy.special.ndtr(lo), jax.scipy.special.ndtr(hi)
-    x = jnp.clip(jax.scipy.special.ndtri(pa + jnp.where(flip, 1.0 - u, u) * (pb - pa)), lo, hi)
+    p = pa + jnp.where(flip, 1.0 - u, u) * (pb - pa)
+    p = jnp.clip(p, jnp.finfo(p.dtype).tiny, jnp.nextafter(jnp.ones((), p.dtype), 0))
+    x = jnp.clip(jax.scipy.special.ndtri(p), lo, hi)
     return jnp.where(flip, -x, x)
 
 
@@ -648,7 +654,7 @@ def move_cutpoints(z: Array, u: Array, cuts: Array, yhat: Array, od: Ordinal, bo
             ordered = (new[c] > below) & (new[c] < above)
         else:
             new, ordered = cuts + step, True
-        gain = jnp.sum(class_loglik(new, yh, cl)) - jnp.sum(class_loglik(cuts, yh, cl))
+        gain = jnp.sum(class_loglik(new, yh, cl) - class_loglik(cuts, yh, cl))  # one sum: no cancellation
         cuts = jnp.where(ordered & (jnp.log(u[c]) < gain), new, cuts)
     return cuts
 

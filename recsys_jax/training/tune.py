@@ -92,6 +92,13 @@ def candidates(space: dict[str, dict[str, list]], seed: int) -> list[tuple[dict,
     return [points[i] for i in order]
 
 
+def settled(train_config: TrainConfig, train_set: dict) -> TrainConfig:
+    """``train_config`` with the point's settings; a searched rate replaces a piecewise
+    schedule's annealing by a constant rate (its phases set the rates), as ``--lr`` does."""
+    tc = train_config._replace(**train_set)
+    return tc._replace(schedule="constant") if "lr" in train_set and tc.schedule == "piecewise" else tc
+
+
 def search(train_all: Ratings, model: str, *, seed: int, budget: float, train_config: TrainConfig, model_config,
            val_frac: float = 0.1, options=None, report=None, fixed=frozenset()) -> Tuned:
     """Steps 1-4 of the module docstring on ``train_all`` (the training split), starting from
@@ -116,7 +123,7 @@ def search(train_all: Ratings, model: str, *, seed: int, budget: float, train_co
     for train_set, model_set in points:
         if trials and time.perf_counter() - t0 >= budget:
             break
-        tc = train_config._replace(**train_set)
+        tc = settled(train_config, train_set)
         config = model_config._replace(**model_set)
         rec, _ = run_experiment(train_all, split, model, seed=seed, train_config=tc, model_config=config,
                                 val_frac=val_frac, refit=False, options=options)
@@ -128,5 +135,5 @@ def search(train_all: Ratings, model: str, *, seed: int, budget: float, train_co
     train_set, model_set = points[best]
     changed = {**{k: v for k, v in train_set.items() if getattr(train_config, k) != v},
                **{k: v for k, v in model_set.items() if getattr(model_config, k) != v}}
-    return Tuned(train_config._replace(**train_set), model_config._replace(**model_set), changed,
+    return Tuned(settled(train_config, train_set), model_config._replace(**model_set), changed,
                  trials, time.perf_counter() - t0, len(points))

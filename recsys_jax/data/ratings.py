@@ -53,6 +53,8 @@ class UnknownIdError(_Worded, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+MAX_LEVELS = 64  # more distinct ratings than this is a continuous scale, not star levels (the ordinal models)
+
 @dataclass(frozen=True)
 class Ratings:
     """Explicit ratings, one row per (user, item) pair.

@@ -126,9 +126,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from recsys_jax.data.ratings import MAX_LEVELS
 from recsys_jax.data.relational import build_features, day_numbers
 from recsys_jax.models.spec import ModelSpec
-from recsys_jax.objectives.losses import MAX_LEVELS
 
 GROUPS = ("user", "item", "day", "rated", "raters")  # the feature groups, in the sweep's order
 PRIOR = {"a0": 1.0, "b0": 1.0, "gamma0": 1.0, "mu0": 0.0, "lambda0": 1.0}

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from recsys_jax.data.ratings import MAX_LEVELS
+
 
 def mse(predictions: Array, targets: Array) -> Array:
     r"""Squared error :math:`(\hat r - r)^2`; its mean is the MSE, its root the RMSE.
@@ -212,7 +214,6 @@ class OrdinalParams(NamedTuple):
     deltas: Array  # float32[K-2]: theta_{k+1} - theta_k = softplus(deltas_k)
 
 
-MAX_LEVELS = 64  # more distinct ratings than this is a continuous scale, not star levels
 
 
 def _inverse_softplus(x: np.ndarray) -> np.ndarray:

@@ -116,6 +116,20 @@ MODEL_OPTIONS["notebook_as_run"] = MODEL_OPTIONS["notebook"]
 VAL_FRAC = {"notebook": 0.0, "notebook_as_run": 0.0}  # the notebook keeps its last epoch
 DEFAULT_VAL_FRAC = 0.1
 
+# `recsys-jax train --tune` (recsys_jax.training.tune): per model, the values searched, TrainConfig
+# fields (``train``) and model options (``model``). The engine's models search the learning
+# rate, the L2 weight and the epoch count (the schedule spans the epochs), the grid
+# `benchmarks.tune` runs; models that train themselves search what their module names as their
+# regularisation or size.
+ENGINE_SPACE = {"train": {"lr": [3e-3, 1e-2, 3e-2], "l2": [0.03, 0.1, 0.3], "epochs": [5, 10]}, "model": {}}
+SEARCH_SPACE: dict[str, dict[str, dict[str, list]]] = {
+    "autorec": {"train": {"l2": [1.5, 5.0, 15.0, 30.0], "lr": [1e-3, 3e-3]}, "model": {"embedding_dim": [100, 200]}},
+    "glocalk": {"train": {"lr": [2e-3, 5e-3]}, "model": {"weight_l2": [10.0, 20.0, 40.0], "pretrain_epochs": [6, 8, 10]}},
+    "bpmf": {"train": {}, "model": {"embedding_dim": [10, 20, 32]}},
+    "bfm": {"train": {}, "model": {"embedding_dim": [8, 10, 16]}},
+    "knn": {"train": {}, "model": {"k": [20, 40, 80], "shrinkage": [25.0, 100.0]}},
+}
+
 
 def get_preset(preset: str, model: str) -> TrainConfig:
     """The ``TrainConfig`` of ``preset`` for ``model``; a clear error for unknown names."""

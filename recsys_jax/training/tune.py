@@ -32,19 +32,7 @@ from recsys_jax.data.ratings import Ratings
 from recsys_jax.data.split import Split, random_split
 from recsys_jax.engine.config import TrainConfig
 
-# Per model, the values searched: TrainConfig fields (``train``) and model options (``model``).
-# The engine's models search the learning rate, the L2 weight and the epoch count (the
-# schedule spans the epochs), the grid `benchmarks.tune` runs; models that train themselves
-# search what their module names as their regularisation or size.
-ENGINE_SPACE = {"train": {"lr": [3e-3, 1e-2, 3e-2], "l2": [0.03, 0.1, 0.3], "epochs": [5, 10]}, "model": {}}
-SEARCH_SPACE: dict[str, dict[str, dict[str, list]]] = {
-    "autorec": {"train": {"l2": [1.5, 5.0, 15.0, 30.0], "lr": [1e-3, 3e-3]}, "model": {"embedding_dim": [100, 200]}},
-    "glocalk": {"train": {"lr": [2e-3, 5e-3]}, "model": {"weight_l2": [10.0, 20.0, 40.0], "pretrain_epochs": [6, 8, 10]}},
-    "bpmf": {"train": {}, "model": {"embedding_dim": [10, 20, 32]}},
-    "bfm": {"train": {}, "model": {"embedding_dim": [8, 10, 16]}},
-    "knn": {"train": {}, "model": {"k": [20, 40, 80], "shrinkage": [25.0, 100.0]}},
-}
-
+from recsys_jax.training.presets import ENGINE_SPACE, SEARCH_SPACE  # the spaces live with the presets
 
 class Tuned(NamedTuple):
     """What `search` chose and how."""

@@ -281,6 +281,7 @@ def _fit_self(spec, model, train, val, key, model_config, tc, aux, apply_fn, pro
         like = spec.initial_carry(key, train, model_config, aux)
         like_params = spec.init(key, train.num_users, train.num_items, model_config)
         saved = resume.load_progress(checkpoint_dir, like, like_params, fp)
+        resumed["start"] = like  # the chain before its first epoch: the generator need not build it again
         if saved is not None:
             resumed["start"], history, start = saved.state, saved.history, saved.epoch + 1
             best = Best(saved.best_score, saved.best_params, saved.best_epoch)

@@ -237,9 +237,7 @@ def level_probs(params: Params, users: Array, items: Array, *, aux: Aux, times: 
     if params.cutpoints.shape[1] == 0:
         raise ValueError("bfm: level_probs needs a model sampled with ordinal=True (`--loss ordinal`)")
     scores = sample_scores(params, users, items, _days(params, users, aux, times))  # [B, S]
-    cdf = jax.scipy.special.ndtr(params.cutpoints[None] - scores[..., None])  # [B, S, C - 1]
-    ones = jnp.ones(cdf.shape[:-1] + (1,), cdf.dtype)
-    probs = jnp.diff(jnp.concatenate([0.0 * ones, cdf, ones], axis=-1), axis=-1)  # [B, S, C]
+    probs = probit_probs(params.cutpoints[None], scores)  # [B, S, C]
     mask = params.sample_mask[None, :, None]
     return jnp.sum(probs * mask, axis=1) / jnp.maximum(jnp.sum(params.sample_mask), 1.0)
 
@@ -631,9 +629,22 @@ def initial_cutpoints(train, aux: Aux) -> Array:
     return jax.scipy.special.ndtri(jnp.asarray(cdf, jnp.float32))
 
 
+def padded(cuts: Array) -> Array:
+    r""":math:`(\gamma_0 = -\infty, \gamma_1, \dots, \gamma_{C-1}, \gamma_C = \infty)` along the last
+    axis: level :math:`c`'s interval is ``(padded[c], padded[c + 1]]``."""
+    end = jnp.full(cuts.shape[:-1] + (1,), jnp.inf, cuts.dtype)
+    return jnp.concatenate([-end, cuts, end], axis=-1)
+
+
+def probit_probs(cuts: Array, scores: Array) -> Array:
+    r""":math:`P(y = \ell_c) = \Phi(\gamma_c - \hat y) - \Phi(\gamma_{c-1} - \hat y)` of each score,
+    ``float32[..., C]`` (``cuts`` float32[..., C - 1], broadcast against ``scores``)."""
+    return jnp.diff(jax.scipy.special.ndtr(padded(cuts) - scores[..., None]), axis=-1)
+
+
 def class_loglik(cuts: Array, yhat: Array, classes: Array) -> Array:
     r"""Each rating's :math:`\log P(y = \text{its level})` given :math:`\hat y` and the cut-points."""
-    ext = jnp.concatenate([jnp.full((1,), -jnp.inf, cuts.dtype), cuts, jnp.full((1,), jnp.inf, cuts.dtype)])
+    ext = padded(cuts)
     return log_interval(ext[classes] - yhat, ext[classes + 1] - yhat)
 
 
@@ -673,15 +684,12 @@ def ordinal_sweep(key: Array, state: State, cuts: Array, d: Design, od: Ordinal,
     yhat = start[0][od.order]
     cuts = move_cutpoints(jax.random.normal(kz, (cuts.shape[0] + 1,)), jax.random.uniform(ku, (cuts.shape[0] + 1,)),
                           cuts, yhat, od, bounds)
-    ext = jnp.concatenate([jnp.full((1,), -jnp.inf), cuts, jnp.full((1,), jnp.inf)])
+    ext = padded(cuts)
     t = truncated_normal(jax.random.uniform(k_z, yhat.shape), ext[od.classes] - yhat, ext[od.classes + 1] - yhat)
     z = jnp.zeros_like(yhat).at[od.order].set(yhat + t)
     state, e = _sweep(draws(k_sweep, d.y.shape[0], sizes, state.v[0].shape[1]), state, d._replace(y=z), sizes,
                       use_day, use_implicit, kernel, ordinal=True, start=start)
-    yhat = z - e
-    cdf = jax.scipy.special.ndtr(cuts[None] - yhat[:, None])
-    ones = jnp.ones_like(yhat)[:, None]
-    expected = jnp.diff(jnp.concatenate([0.0 * ones, cdf, ones], axis=1), axis=1) @ levels
+    expected = probit_probs(cuts, z - e) @ levels  # z - e: the new sample's y-hat
     return state, cuts, jnp.mean((expected - d.y) ** 2)
 
 

@@ -33,9 +33,11 @@ the same rows for every implementation) it trains:
   implicit's ALS and BPR, each trained on the training ratings of at least 4 stars;
 - with ``myfm``: myFM's Bayesian factorization machine by Gibbs
   sampling (rank 10, 256 sweeps), on Rendle, Zhang & Koren 2019's features (the ids, the
-  rating's day, the implicit user and item sets) and on its SVD++ part (the ids, the
-  implicit user set), built from the training rows only (`recsys_jax.data.relational`),
-  beside recsys_jax's ``bfm`` with its CLI defaults (the first feature set).
+  rating's day, the implicit user and item sets), on its SVD++ part (the ids, the
+  implicit user set) and on the first set with the movies' genres, built from the training
+  rows only (`recsys_jax.data.relational`; the genres from the movies table), beside
+  recsys_jax's ``bfm`` with its CLI defaults (the first feature set) and with
+  ``--option genres=true`` (the last).
 
 Every model is scored once on the test rows, predictions clipped to the rating scale.
 Fit seconds are wall seconds of training (compilation included: Keras traces each new
@@ -252,9 +254,15 @@ def surprise_fit(name: str, train: Ratings, test: Ratings, *, seed: int) -> dict
 
 
 # -- myFM ----------------------------------------------------------------------------------
-MYFM_FEATURES = {  # Rendle, Zhang & Koren 2019's feature set, and its SVD++ part
+MYFM_FEATURES = {  # Rendle, Zhang & Koren 2019's feature set, and its SVD++ part; then with the genres
     "ids, implicit user and item sets, day": ("user", "item", "day", "rated_by_user", "raters_of_item"),
     "ids, implicit user set": ("user", "item", "rated_by_user"),
+    "ids, implicit user and item sets, day, genres": ("user", "item", "day", "rated_by_user", "raters_of_item",
+                                                      "genres_of_item"),
+}
+BFM_FEATURES = {  # bfm's options for the same feature sets as myFM's (its CLI defaults: the first)
+    "ids, implicit user and item sets, day": {},
+    "ids, implicit user and item sets, day, genres": {"genres": True},
 }
 MYFM_RANK, MYFM_SWEEPS = 10, 256
 
@@ -285,7 +293,7 @@ def myfm_design(features, groups) -> tuple:
                                       shape=(n, widths[group])))
             sizes.append(widths[group])
     for group in groups:
-        if group in ("rated_by_user", "raters_of_item"):
+        if group in ("rated_by_user", "raters_of_item", "genres_of_item"):
             block = getattr(features, group)
             data = csr_matrix((block.values.astype(np.float64), block.indices, block.indptr),
                               shape=(len(block.indptr) - 1, block.width))
@@ -302,8 +310,9 @@ def myfm_fit(feature_set: str, train: Ratings, test: Ratings, *, seed: int) -> d
 
     myfm = _myfm()
     groups = MYFM_FEATURES[feature_set]
-    x, blocks, sizes = myfm_design(build_features(train), groups)
-    x_test, blocks_test, _ = myfm_design(build_features(train, test), groups)
+    genres = "genres_of_item" in groups
+    x, blocks, sizes = myfm_design(build_features(train, genres=genres), groups)
+    x_test, blocks_test, _ = myfm_design(build_features(train, test, genres=genres), groups)
     model = myfm.MyFMRegressor(rank=MYFM_RANK, random_seed=seed)
     t0 = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
@@ -314,13 +323,14 @@ def myfm_fit(feature_set: str, train: Ratings, test: Ratings, *, seed: int) -> d
             "fit_seconds": fit_seconds, "features": list(groups), "rank": MYFM_RANK, "sweeps": MYFM_SWEEPS}
 
 
-def bfm_fit(ratings: Ratings, split, *, seed: int) -> dict:
+def bfm_fit(ratings: Ratings, split, *, seed: int, feature_set: str = next(iter(BFM_FEATURES))) -> dict:
     """recsys_jax's ``bfm`` with its CLI defaults (`recsys_jax.training.presets.resolve`: the
-    same features as myFM's first set, rank 10, 256 sweeps) on ``split``."""
+    same features as myFM's first set, rank 10, 256 sweeps) on ``split``, with the options
+    ``BFM_FEATURES[feature_set]`` (``recsys-jax train --option genres=true`` for the genres)."""
     from recsys_jax.training.experiment import run_experiment
     from recsys_jax.training.presets import resolve
 
-    tc, model_config, val_frac = resolve("default", "bfm")
+    tc, model_config, val_frac = resolve("default", "bfm", model_overrides=BFM_FEATURES[feature_set])
     rec, _ = run_experiment(ratings, split, "bfm", seed=seed, train_config=tc, model_config=model_config,
                             val_frac=val_frac)
     return {"test_rmse": rec["test_rmse"], "test_mae": rec["test_mae"], "fit_seconds": rec["fit_seconds"],
@@ -626,7 +636,8 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
         if "myfm" in implementations:
             for name in MYFM_FEATURES:
                 add("myfm", f"Bayesian FM ({name})", seed, myfm_fit(name, train, test, seed=seed))
-            add("recsys_jax default", f"bfm ({next(iter(MYFM_FEATURES))})", seed, bfm_fit(ratings, split, seed=seed))
+            for name in BFM_FEATURES:
+                add("recsys_jax default", f"bfm ({name})", seed, bfm_fit(ratings, split, seed=seed, feature_set=name))
         if "ranking" in implementations:
             results = {"popularity": popularity_fit(train, test),
                        "recsys_jax ials": ranker_fit("ials", ratings, split, seed=seed),
@@ -699,8 +710,9 @@ def markdown(records: list[dict], env: dict) -> str:
                            "s/epoch (median)", "NOTEBOOK.md: Keras 3 (JAX) / PyTorch port"], rows),
            "",
            *([f"Bayesian FMs: myFM {env.get('myfm')} (rank {MYFM_RANK}, {MYFM_SWEEPS} sweeps, its defaults; the "
-              "posterior mean over the kept samples) beside recsys_jax's `bfm` with its CLI defaults, on features "
-              "built from the training rows only (recsys_jax.data.relational); fit s from the same run.", ""]
+              "posterior mean over the kept samples) beside recsys_jax's `bfm` with its CLI defaults and with "
+              "`--option genres=true`, on features built from the training rows only (recsys_jax.data.relational; "
+              "the genres from the movies table); fit s from the same run.", ""]
              if any(r["implementation"] == "myfm" for r in records) else []),
            "Same split rows for every implementation; every test row scored once after the last epoch, "
            "predictions clipped to the rating scale. Keras: the notebook's models and regimens exactly "

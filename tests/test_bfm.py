@@ -9,6 +9,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from recsys_jax.data import Ratings
@@ -26,16 +27,33 @@ def small():
     users, items = (codes // num_items).astype(np.int32), (codes % num_items).astype(np.int32)
     ratings = np.clip(np.round(2 * (3.0 + 0.8 * rng.standard_normal(n))) / 2, 0.5, 5.0).astype(np.float32)
     stamps = (rng.integers(0, 4, n) * 86_400 + 1_000_000_000).astype(np.int64)
+    # genres for the genre group (movie 6 lists none); the five-group chain does not read them
+    movies = pd.DataFrame({"title": [f"m{i}" for i in range(1, 7)],
+                           "genres": ["Drama", "Comedy|Drama", "Action|Comedy|Drama", "(no genres listed)",
+                                      "Action", "Comedy"]}, index=pd.Index(np.arange(1, 7), name="movieId"))
     train = Ratings(users, items, ratings, stamps, np.arange(num_users, dtype=np.int64) + 1,
-                    np.arange(num_items, dtype=np.int64) + 1)
+                    np.arange(num_items, dtype=np.int64) + 1, movies=movies)
     config = bfm.Config(embedding_dim=K, mean_rating=float(ratings.mean()), init_scale=0.5)
     aux = bfm.prepare(train, config)
     sizes = (num_users, num_items, int(aux.day_vocab.shape[0]), num_items, num_users)
+    assert bfm.group_sizes(num_users, num_items, bfm.configure(config, aux)) == sizes
+    return train, config, aux, sizes, bfm.make_design(train, aux)
+
+
+@pytest.fixture(scope="module")
+def small_genres(small):
+    """The same ratings with the genres as a sixth group (3 genres: Action, Comedy, Drama)."""
+    train, config, _, _, _ = small
+    config = config._replace(genres=True)
+    aux = bfm.prepare(train, config)
+    sizes = bfm.group_sizes(train.num_users, train.num_items, bfm.configure(config, aux))
+    assert sizes[5:] == (3,)
     return train, config, aux, sizes, bfm.make_design(train, aux)
 
 
 def design_matrix(train, aux, sizes) -> np.ndarray:
-    """X [N, F]: one-hot user, movie, day; the rated set N(u) and the raters N(i), 1/sqrt(size)."""
+    """X [N, F]: one-hot user, movie, day; the rated set N(u) and the raters N(i), 1/sqrt(size);
+    with a sixth group, the movie's genres, 1/sqrt(count), from the movies table by hand."""
     n = len(train)
     x = np.zeros((n, sum(sizes)))
     off = np.cumsum([0, *sizes])
@@ -49,6 +67,11 @@ def design_matrix(train, aux, sizes) -> np.ndarray:
         x[row, off[3] + mine] = len(mine) ** -0.5
         theirs = u[i == i[row]]
         x[row, off[4] + theirs] = len(theirs) ** -0.5
+        if len(sizes) > 5:
+            listed = train.movies["genres"][int(train.item_ids[i[row]])]
+            names = [] if listed == "(no genres listed)" else listed.split("|")
+            for name in names:
+                x[row, off[5] + ["Action", "Comedy", "Drama"].index(name)] = len(names) ** -0.5
     return x
 
 
@@ -101,10 +124,9 @@ def reference_sweep(r, state, x, y, sizes):
 _SWEEP = jax.jit(bfm.sweep_with, static_argnames=("sizes", "use_day", "use_implicit", "kernel"))
 
 
-@pytest.fixture(scope="module")
-def chain(small):
-    """Two sweeps from one state with known draws (one compiled program for the module)."""
-    train, config, aux, sizes, d = small
+def _chain(case):
+    """Two sweeps from one state with known draws (one compiled program per group layout)."""
+    train, config, aux, sizes, d = case
     states, draws, mses = [bfm.initial_state(jax.random.key(1), sizes, config)], [], []
     for t in range(2):
         draws.append(bfm.draws(jax.random.key(10 + t), len(train), sizes, K))
@@ -114,9 +136,21 @@ def chain(small):
     return states, draws, mses
 
 
-def test_a_sweep_is_the_coordinate_sampler_in_float64(small, chain):
+@pytest.fixture(scope="module")
+def chain(small):
+    return _chain(small)
+
+
+@pytest.fixture(scope="module")
+def genre_chain(small_genres):
+    return _chain(small_genres)
+
+
+@pytest.mark.parametrize("case", ["five groups", "with genres"])
+def test_a_sweep_is_the_coordinate_sampler_in_float64(case, request):
+    small = request.getfixturevalue("small" if case == "five groups" else "small_genres")
     train, config, aux, sizes, d = small
-    states, draws, mses = chain
+    states, draws, mses = request.getfixturevalue("chain" if case == "five groups" else "genre_chain")
     x = design_matrix(train, aux, sizes)
     y = np.asarray(train.ratings, np.float64)
     for t in range(2):
@@ -172,7 +206,8 @@ def test_the_fit_learns_planted_structure():
 
 
 @pytest.mark.slow
-def test_the_kernel_takes_the_jax_loops_draws(small, chain):
+@pytest.mark.parametrize("case", ["five groups", "with genres"])
+def test_the_kernel_takes_the_jax_loops_draws(case, request):
     """bfm_gibbs.cc against the JAX loop: two sweeps from the same state and draws agree to
     float rounding (skipped where the kernels cannot be built, failed under
     RECSYS_JAX_REQUIRE_KERNELS=1, as in tests/test_kernels.py)."""
@@ -182,8 +217,8 @@ def test_the_kernel_takes_the_jax_loops_draws(small, chain):
         if os.environ.get("RECSYS_JAX_REQUIRE_KERNELS", "").strip() not in ("", "0"):
             pytest.fail(f"CPU kernels required (RECSYS_JAX_REQUIRE_KERNELS) but unavailable: {kernels.why_not()}")
         pytest.skip(f"CPU kernels unavailable: {kernels.why_not()}")
-    train, config, aux, sizes, d = small
-    states, draws, mses = chain  # the JAX loop's sweeps
+    train, config, aux, sizes, d = request.getfixturevalue("small" if case == "five groups" else "small_genres")
+    states, draws, mses = request.getfixturevalue("chain" if case == "five groups" else "genre_chain")  # JAX's
     b = states[0]
     for t in range(2):
         b, mse_b = _SWEEP(draws[t], b, d, sizes, True, True, kernel=True)
@@ -194,6 +229,7 @@ def test_the_kernel_takes_the_jax_loops_draws(small, chain):
 
 @pytest.mark.slow
 def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
+    """With the genres (``--option genres=true``): they come back with the checkpoint."""
     import json
 
     from conftest import run_cli
@@ -202,10 +238,14 @@ def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
     root = movielens_folder(tmp_path / "ml")
     ck = tmp_path / "ck"
     code, out, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "bfm", "--epochs", "6",
-                              "--embedding-dim", "2", "--out", ck, "--json"])
+                              "--embedding-dim", "2", "--out", ck, "--json", "--option", "genres=true"])
     assert code == 0, err
     record = json.loads(out.strip().splitlines()[-1])
     assert record["num_val"] == 0 and record["best_epoch"] == 6 and 0 < record["test_rmse"] < 2
+    from recsys_jax.use import checkpoint
+
+    rec = checkpoint.load(ck)  # the genre group's config and aux come back
+    assert rec.config.genres and rec.config.num_genres == 5 and rec.aux.genres_ids.shape[0] > 0
     code, out, err = run_cli(["predict", "--checkpoint", ck, "--user", "1", "--movie", "10", "20", "--json"])
     assert code == 0, err
     rows = json.loads(out.strip().splitlines()[-1])

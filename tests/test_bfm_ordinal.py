@@ -74,7 +74,8 @@ def test_the_cut_point_moves_settle_on_the_maximum_likelihood_cut_points():
     classes = np.searchsorted(truth, rng.standard_normal(n)).astype(np.int32)
     counts = np.bincount(classes, minlength=4)
     train = types.SimpleNamespace(ratings=(classes + 1).astype(np.float32))  # all ordinal_data reads
-    aux = bfm.Aux(*([jnp.zeros(1, jnp.int32)] * 7), levels=jnp.asarray([1.0, 2.0, 3.0, 4.0], jnp.float32))
+    aux = bfm.Aux(*([jnp.zeros(1, jnp.int32)] * len(bfm.Aux._fields)))._replace(
+        levels=jnp.asarray([1.0, 2.0, 3.0, 4.0], jnp.float32))
     od, bounds = bfm.ordinal_data(train, aux)
     mle = np.array([math.sqrt(2.0) * _erfinv(2.0 * f - 1.0) for f in np.cumsum(counts)[:-1] / n])
 
@@ -114,7 +115,7 @@ def test_an_ordinal_store_predicts_the_expected_level_and_its_spread_by_hand():
     p = p._replace(sample_mask=jnp.ones(2), global_bias=jnp.asarray([0.1, -0.2]), user_scalar=jnp.asarray([[0.2, 0.0]]),
                    item_scalar=jnp.asarray([[-0.2, -0.5]]), user_vector=jnp.asarray([[[0.5], [1.0]]]),
                    item_vector=jnp.asarray([[[0.4], [0.2]]]), cutpoints=jnp.asarray(cuts))
-    aux = bfm.Aux(*([jnp.zeros(1, jnp.int32)] * 7), levels=levels)
+    aux = bfm.Aux(*([jnp.zeros(1, jnp.int32)] * len(bfm.Aux._fields)))._replace(levels=levels)
     scores = [0.1 + 0.2 - 0.2 + 0.5 * 0.4, -0.2 + 0.0 - 0.5 + 1.0 * 0.2]  # 0.3, -0.5
     probs = np.zeros(3)
     for s, c in zip(scores, cuts):

@@ -403,10 +403,24 @@ def test_ordinal_loss_and_the_star_distribution(workdir, trained, tmp_path, caps
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--test-frac", "1.5"], "test_frac"),
     (["--batch-size", "0"], "batch_size"),
+    (["--option", "nope=1"], "--option nope: model 'bias' has no option 'nope'"),
+    (["--option", "global_mean"], "expected KEY=VALUE"),
+    (["--option", "global_mean=maybe"], "--option global_mean=maybe: expected true or false"),
+    (["--option", "init_scale=big"], "expected a value of type float"),
+    (["--option", "y_range=1"], "not set from the command line"),
 ])
 def test_bad_arguments_are_named(workdir, capsys, args, message):
     code, _, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--no-save", *args])
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_an_option_reaches_the_model_config(workdir, tmp_path, capsys):
+    """``--option init=uniform --option global_mean=false``: the checkpoint's config has them."""
+    code, _, err = run(capsys, ["train", "--ratings", workdir / "ratings.csv", *TRAIN, "--out", tmp_path / "ck",
+                                "--option", "init=uniform", "--option", "global-mean=false"])
+    assert code == 0, err
+    config = checkpoint.load(tmp_path / "ck").config
+    assert config.init == "uniform" and config.global_mean is False
 
 
 def test_val_frac_zero_trains_on_the_whole_training_split(workdir, capsys):

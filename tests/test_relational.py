@@ -55,3 +55,27 @@ def test_empty_training_rows_are_refused():
     train = _ratings([0], [0], [1]).take(np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="training rows are empty"):
         build_features(train)
+
+
+def test_the_genre_sets_by_hand():
+    import dataclasses
+
+    import pandas as pd
+
+    from recsys_jax.data.relational import genre_sets, movie_genres
+
+    movies = pd.DataFrame({"title": ["a", "b", "c"], "genres": ["Drama|Action", "(no genres listed)", "Comedy"]},
+                          index=[2, 3, 4])  # raw id 1 is not in the table: no genre either
+    train = dataclasses.replace(_ratings([0], [0], [1]), movies=movies)
+    indptr, indices, values, names = genre_sets(train)
+    assert names == ("Action", "Comedy", "Drama")
+    rows = [dict(zip(indices[lo:hi].tolist(), values[lo:hi].tolist())) for lo, hi in zip(indptr[:-1], indptr[1:])]
+    assert rows == [{}, pytest.approx({0: 2 ** -0.5, 2: 2 ** -0.5}), {}, {1: 1.0}]
+    f = build_features(train, genres=True)
+    assert f.genres_of_item.width == 3 and list(f.genres_of_item.index) == [0]
+    assert build_features(train).genres_of_item is None
+    assert movie_genres(" Drama | Action ") == ["Drama", "Action"] and movie_genres(float("nan")) == []
+    with pytest.raises(ValueError, match="no movies table with genres"):
+        genre_sets(_ratings([0], [0], [1]))
+    with pytest.raises(ValueError, match="lists a genre"):
+        genre_sets(dataclasses.replace(train, movies=movies.assign(genres="(no genres listed)")))

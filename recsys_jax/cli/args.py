@@ -68,3 +68,41 @@ def make_split_from_args(args, ratings):
 def report(line: str) -> None:
     """Download steps go to stderr: stdout keeps only results (and --json's line)."""
     print(f"recsys-jax: {line}", file=sys.stderr, flush=True)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_model_options(pairs: list[str] | None, model: str) -> dict:
+    """``--option KEY=VALUE`` pairs as model options (fields of the model's ``Config``), each
+    value read as its field's default is typed (a bool: true/false, yes/no, on/off, 1/0).
+    Unknown keys and values of the wrong type are errors that name the flag."""
+    from recsys_jax.models import get_model
+
+    if not pairs:
+        return {}
+    fields = get_model(model).Config._field_defaults
+    out = {}
+    for pair in pairs or ():
+        key, eq, text = pair.partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not eq or not key:
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option genres=true")
+        if key not in fields:
+            raise ValueError(f"--option {key}: model {model!r} has no option {key!r}; its options: "
+                             f"{', '.join(fields)}")
+        default = fields[key]
+        if isinstance(default, bool):
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"--option {key}={text}: expected true or false")
+            out[key] = text.lower() in _TRUE
+        elif isinstance(default, (int, float, str)):
+            try:
+                out[key] = type(default)(text)
+            except ValueError:
+                raise ValueError(f"--option {key}={text}: expected a value of type {type(default).__name__}, "
+                                 f"like the default {default!r}") from None
+        else:
+            raise ValueError(f"--option {key}: an option of this kind (default {default!r}) is not set from the "
+                             "command line")
+    return out

@@ -22,7 +22,7 @@ import numpy as np
 
 from recsys_jax._version import __version__
 from recsys_jax.cli import blend, info, inspect, use
-from recsys_jax.cli.args import add_data_args, add_split_args, load_data, make_split_from_args, report
+from recsys_jax.cli.args import add_data_args, add_split_args, load_data, make_split_from_args, parse_model_options, report
 from recsys_jax.models import DEFAULT_MODEL
 
 EXIT_USAGE = 2
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "part cut from it; the preset's settings, then its search space in random order) for about "
                         "this many seconds, and train the best (settings given on the command line stay fixed)")
     t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")
+    t.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a model option, a field of the model's Config (e.g. --option genres=true for bfm); "
+                        "repeat for several")
     t.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), help="sigmoid squash of the output")
     t.add_argument("--out", metavar="DIR", help="checkpoint folder (default: runs/<model>-<data>-seed<seed>)")
     t.add_argument("--no-save", action="store_true", help="do not write a checkpoint")
@@ -168,6 +171,7 @@ def cmd_train(args) -> dict:
             mesh = make_mesh(args.devices)
         except ValueError as e:
             raise ValueError(f"--devices: {e}") from None
+    options_given = parse_model_options(args.option, args.model)  # before the data: a typo fails at once
     held_out_users = args.split == "held-out-users" and not args.split_file
     if held_out_users:
         from recsys_jax.use.foldin import folds_in_users
@@ -192,7 +196,7 @@ def cmd_train(args) -> dict:
     if args.save_split:
         save_split(args.save_split, split, seed=args.seed)
 
-    model_overrides = {}
+    model_overrides = dict(options_given)
     if args.embedding_dim is not None:
         model_overrides["embedding_dim"] = args.embedding_dim
     if args.y_range is not None:

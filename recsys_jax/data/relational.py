@@ -24,6 +24,12 @@ The two implicit groups repeat: every rating of user :math:`u` carries the same
 them, the relational form in which a sampler's or solver's cost is the size of the blocks,
 not of the expanded design matrix (Rendle 2013); myFM's ``RelationBlock`` takes the same
 form.
+
+**Genres** (optional, ``genres=True``): a sixth group, the movie's genres from the data's
+movies table (``Ratings.movies``: MovieLens' ``movies.csv``, ``movies.dat`` or ``u.item``),
+:math:`x^{G(i)}_g = [g \in G(i)] / \sqrt{|G(i)|}`. It is metadata, not ratings, so it holds
+for every movie, rated in training or not; a movie with no genre listed has none. Its block
+rows are movies, like :math:`N(i)`'s.
 """
 from __future__ import annotations
 
@@ -56,6 +62,18 @@ class Features(NamedTuple):
     num_days: int
     rated_by_user: Block
     raters_of_item: Block
+    genres_of_item: Block | None = None  # rows: movies; features: genres (`genre_sets`); None unless asked
+
+
+NO_GENRE = "(no genres listed)"  # MovieLens' entry for a movie without genres
+
+
+def movie_genres(text) -> list[str]:
+    """The genres of a movies table's ``genres`` entry (``"Action|Comedy"``), in order; none for
+    MovieLens' ``(no genres listed)``, an empty or a missing entry."""
+    if not isinstance(text, str):
+        return []
+    return [g for g in (part.strip() for part in text.split("|")) if g and g != NO_GENRE]
 
 
 def day_numbers(timestamps) -> np.ndarray:
@@ -75,9 +93,32 @@ def _sets(own: np.ndarray, other: np.ndarray, num_rows: int, num_other: int) -> 
     return indptr, cols, values
 
 
-def build_features(train: Ratings, rows: Ratings | None = None) -> Features:
+def genre_sets(ratings: Ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Each movie's genres (rows: movie indices of ``ratings``), CSR valued 1/sqrt(#genres),
+    and the genre names, sorted (feature g is ``names[g]``), from ``ratings.movies``."""
+    movies = ratings.movies
+    if movies is None or "genres" not in getattr(movies, "columns", ()):
+        raise ValueError(f"genres: the data {ratings.name!r} has no movies table with genres (MovieLens' "
+                         "movies.csv, movies.dat or u.item); a ratings file alone has none")
+    listed = movies["genres"]
+    per_movie = []
+    for raw in np.asarray(ratings.item_ids).tolist():
+        per_movie.append(sorted(set(movie_genres(listed.get(raw) if raw in listed.index else None))))
+    names = tuple(sorted({g for gs in per_movie for g in gs}))
+    if not names:
+        raise ValueError(f"genres: no movie of {ratings.name!r} lists a genre")
+    slot = {g: n for n, g in enumerate(names)}
+    counts = np.asarray([len(gs) for gs in per_movie], np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.asarray([slot[g] for gs in per_movie for g in gs], np.int32)
+    values = np.repeat(1.0 / np.sqrt(np.maximum(counts, 1)), counts).astype(np.float32)
+    return indptr, indices, values, names
+
+
+def build_features(train: Ratings, rows: Ratings | None = None, *, genres: bool = False) -> Features:
     """The features of ``rows`` (default: ``train``'s own), every set and the day vocabulary
-    from ``train``. ``rows`` must share ``train``'s id maps (a split of one `Ratings`)."""
+    from ``train``. ``rows`` must share ``train``'s id maps (a split of one `Ratings`).
+    ``genres``: add the movies' genres (`genre_sets`)."""
     if len(train) == 0:
         raise ValueError("build_features: the training rows are empty")
     rows = train if rows is None else rows
@@ -92,5 +133,9 @@ def build_features(train: Ratings, rows: Ratings | None = None) -> Features:
     slot = np.searchsorted(vocabulary, row_days)
     known = (slot < len(vocabulary)) & (vocabulary[np.minimum(slot, len(vocabulary) - 1)] == row_days)
     ru, ri = np.asarray(rows.users).astype(np.int64), np.asarray(rows.items).astype(np.int64)
+    by_genre = None
+    if genres:
+        indptr, indices, values, names = genre_sets(train)
+        by_genre = Block(ri, indptr, indices, values, len(names))
     return Features(ru, ri, np.where(known, slot, -1), len(vocabulary),
-                    Block(ru, *by_user, train.num_items), Block(ri, *by_item, train.num_users))
+                    Block(ru, *by_user, train.num_items), Block(ri, *by_item, train.num_users), by_genre)

@@ -7,7 +7,13 @@ sparse feature vector :math:`x_n` of five groups (`recsys_jax.data.relational`, 
 built from the training rows only): the user id, the movie id, the day (one-hot over the
 training days; a day outside them has no feature), the movies the user rated
 :math:`N(u)` and the users who rated the movie :math:`N(i)`, each of those two sets valued
-:math:`1/\sqrt{|N|}`. Then
+:math:`1/\sqrt{|N|}`. With ``genres=True`` (``recsys-jax train --model bfm --option
+genres=true``) a sixth group, the movie's genres :math:`G(i)` from the data's movies table,
+valued :math:`1/\sqrt{|G(i)|}`: metadata, so it reaches every movie, and it is the movie's part
+of :math:`x`, folded into the movie's vector in the store as :math:`N(i)` is. On ml-latest-small
+(five random 80/20 splits, seeds 0-4) it lowers the test RMSE from 0.8183 to 0.8081 (lower on
+every seed, by 0.0102 on average); myFM on the same six groups, seed 0: 0.8036. It is off by
+default, so the published ``bfm`` rows are the five groups. Then
 
 .. math::
 
@@ -16,7 +22,7 @@ training days; a day outside them has no feature), the movies the user rated
                - \textstyle\sum_j v_{jf}^2 x_j^2\Big],
 
 every pair of features interacting through their factors. Priors, one set per feature
-group :math:`g` (``user``, ``item``, ``day``, ``rated``, ``raters``):
+group :math:`g` (``user``, ``item``, ``day``, ``rated``, ``raters``; ``genres``):
 :math:`w_j \sim \mathcal N(\mu^w_g, 1/\lambda^w_g)`, :math:`v_{jf} \sim \mathcal N(\mu^v_{gf},
 1/\lambda^v_{gf})`, each :math:`(\mu, \lambda)` Normal-Gamma, :math:`\lambda \sim
 \mathrm{Gamma}(a_0, b_0)`, :math:`\mu \mid \lambda \sim \mathcal N(\mu_0, 1/(\gamma_0 \lambda))`;
@@ -130,7 +136,8 @@ from recsys_jax.data.ratings import MAX_LEVELS
 from recsys_jax.data.relational import build_features, day_numbers
 from recsys_jax.models.spec import ModelSpec
 
-GROUPS = ("user", "item", "day", "rated", "raters")  # the feature groups, in the sweep's order
+GROUPS = ("user", "item", "day", "rated", "raters", "genres")  # the feature groups, in the sweep's order
+BASE_GROUPS = 5  # every chain has the first five (a group that is off stays at 0); "genres" only when asked
 PRIOR = {"a0": 1.0, "b0": 1.0, "gamma0": 1.0, "mu0": 0.0, "lambda0": 1.0}
 
 
@@ -141,10 +148,12 @@ class Config(NamedTuple):
     thin: int = 0  # keep a sample every `thin` sweeps; 0: spread num_samples over the sweeps after burn-in
     day: bool = True  # the rating's day as a feature group
     implicit: bool = True  # the sets N(u) and N(i) as feature groups
+    genres: bool = False  # the movies' genres as a sixth group (needs the data's movies table)
     init_scale: float = 0.1  # v starts N(0, init_scale^2)
     num_days: int = 0  # D, the training days: set from the training data (configure)
     ordinal: bool = False  # ordinal probit over the rating levels instead of Gaussian noise (`--loss ordinal`)
     num_levels: int = 0  # C, the training rating levels when ordinal: set from the training data (configure)
+    num_genres: int = 0  # the genres when `genres`: set from the movies table (configure)
     mean_rating: float = 3.5  # set by `fit` to the training mean: w_0 starts there
     y_range: tuple[float, float] | None = None  # not supported
 
@@ -160,6 +169,9 @@ class Aux(NamedTuple):
     raters_users: Array  # int32[nnz]
     raters_values: Array  # float32[nnz]
     levels: Array  # float32[C]: the training rating levels, sorted (the ordinal classes)
+    genres_indptr: Array  # int32[I + 1]: G(i), CSR over genres (all empty unless `genres`)
+    genres_ids: Array  # int32[nnz]
+    genres_values: Array  # float32[nnz]: 1 / sqrt(|G(i)|)
 
 
 class Params(NamedTuple):
@@ -178,24 +190,39 @@ class Params(NamedTuple):
 
 
 def prepare(train, config: Config = Config()) -> Aux:
-    """The training days and the implicit sets, from the training rows only."""
-    f = build_features(train)
+    """The training days and the implicit sets, from the training rows only; the genres from
+    the movies table when ``config.genres``."""
+    f = build_features(train, genres=bool(config.genres))
     vocab = np.unique(day_numbers(train.timestamps))  # floor(days(t)): the day `day_slots` finds at prediction
     b, c = f.rated_by_user, f.raters_of_item
     levels = np.unique(np.asarray(train.ratings, np.float32))
     if config.ordinal and not 2 <= len(levels) <= MAX_LEVELS:
         raise ValueError(f"bfm: ordinal needs 2 to {MAX_LEVELS} distinct training ratings (star levels), "
                          f"got {len(levels)}")
+    g = f.genres_of_item
+    genres = ((np.zeros(train.num_items + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)) if g is None
+              else (g.indptr, g.indices, g.values))
     return Aux(jnp.asarray(vocab.astype(np.int32)), jnp.asarray(b.indptr.astype(np.int32)),
                jnp.asarray(b.indices), jnp.asarray(b.values), jnp.asarray(c.indptr.astype(np.int32)),
-               jnp.asarray(c.indices), jnp.asarray(c.values), jnp.asarray(levels))
+               jnp.asarray(c.indices), jnp.asarray(c.values), jnp.asarray(levels),
+               jnp.asarray(genres[0].astype(np.int32)), jnp.asarray(genres[1]), jnp.asarray(genres[2]))
 
 
 def configure(config: Config, aux: Aux) -> Config:
     """``num_days``: the number of distinct training days (the day group's size); ``num_levels``:
-    the number of training rating levels when ordinal (else 0)."""
+    the number of training rating levels when ordinal (else 0); ``num_genres``: the genres of
+    the movies table when ``genres`` (else 0)."""
+    ids = np.asarray(aux.genres_ids)
     return config._replace(num_days=int(aux.day_vocab.shape[0]),
-                           num_levels=int(aux.levels.shape[0]) if config.ordinal else 0)
+                           num_levels=int(aux.levels.shape[0]) if config.ordinal else 0,
+                           num_genres=int(ids.max()) + 1 if config.genres and ids.size else 0)
+
+
+def group_sizes(num_users: int, num_items: int, config: Config) -> tuple:
+    """The features of each group (`GROUPS`; "genres" only with ``config.genres``), for a
+    ``config`` that `configure` has set."""
+    base = (int(num_users), int(num_items), int(config.num_days), int(num_items), int(num_users))
+    return base + ((int(config.num_genres),) if config.genres else ())
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:
@@ -303,6 +330,15 @@ class Design(NamedTuple):
     raters_col_row: Array
     raters_col_value: Array
     raters_span: Array
+    # block "genres" (rows: movies; features: genres), the same forms (empty unless `genres`)
+    genres_ptr: Array
+    genres_row: Array
+    genres_feature: Array
+    genres_value: Array
+    genres_col_ptr: Array
+    genres_col_row: Array
+    genres_col_value: Array
+    genres_span: Array
 
 
 def _columns(rows: np.ndarray, features: np.ndarray, values: np.ndarray, num_features: int, num_rows: int):
@@ -322,9 +358,11 @@ def make_design(train, aux: Aux) -> Design:
     vocab = np.asarray(aux.day_vocab)
     day = np.searchsorted(vocab, day_numbers(train.timestamps)).astype(np.int32)
     parts = []
+    num_genres = int(np.asarray(aux.genres_ids).max(initial=-1)) + 1
     for indptr, feats, vals, num_rows, num_feats in (
             (aux.rated_indptr, aux.rated_items, aux.rated_values, train.num_users, train.num_items),
-            (aux.raters_indptr, aux.raters_users, aux.raters_values, train.num_items, train.num_users)):
+            (aux.raters_indptr, aux.raters_users, aux.raters_values, train.num_items, train.num_users),
+            (aux.genres_indptr, aux.genres_ids, aux.genres_values, train.num_items, num_genres)):
         indptr, feats, vals = np.asarray(indptr), np.asarray(feats), np.asarray(vals)
         rows = np.repeat(np.arange(num_rows, dtype=np.int32), np.diff(indptr))
         parts += [indptr.astype(np.int32), rows, feats, vals, *_columns(rows, feats, vals, num_feats, num_rows)]
@@ -464,16 +502,28 @@ class Draws(NamedTuple):
 
 
 def draws(key: Array, n: int, sizes: tuple, k: int) -> Draws:
-    """The variates of one sweep of ``n`` ratings and groups of ``sizes`` features."""
+    """The variates of one sweep of ``n`` ratings and groups of ``sizes`` features. The
+    groups after the first `BASE_GROUPS` draw from a key of their own, so that adding one
+    leaves the others' variates as they were."""
     keys = jax.random.split(key, 8)
+    base, extra = _group_draws(keys, sizes[:BASE_GROUPS], k), sizes[BASE_GROUPS:]
+    if extra:
+        more = _group_draws(jax.random.split(jax.random.fold_in(key, 1), 8), extra, k)
+        base = [jnp.concatenate([a, b]) if isinstance(a, Array) else a + b for a, b in zip(base, more)]
+    g_lam_w, z_mu_w, g_lam_v, z_mu_v, z_w, z_v = base
+    return Draws(jax.random.gamma(keys[0], PRIOR["a0"] + 0.5 * n), g_lam_w, z_mu_w, g_lam_v, z_mu_v,
+                 jax.random.normal(keys[5]), z_w, z_v)
+
+
+def _group_draws(keys: Array, sizes: tuple, k: int) -> list:
+    """The per-group variates of `Draws` (from ``keys[1:5]`` and ``keys[6:8]``)."""
     a0 = PRIOR["a0"]
     shapes = jnp.asarray([a0 + 0.5 * (m + 1) for m in sizes], jnp.float32)
-    return Draws(jax.random.gamma(keys[0], a0 + 0.5 * n), jax.random.gamma(keys[1], shapes),
-                 jax.random.normal(keys[2], (len(sizes),)),
-                 jax.random.gamma(keys[3], jnp.broadcast_to(shapes[:, None], (len(sizes), k))),
-                 jax.random.normal(keys[4], (len(sizes), k)), jax.random.normal(keys[5]),
-                 tuple(jax.random.normal(kk, (m,)) for kk, m in zip(jax.random.split(keys[6], len(sizes)), sizes)),
-                 tuple(jax.random.normal(kk, (m, k)) for kk, m in zip(jax.random.split(keys[7], len(sizes)), sizes)))
+    return [jax.random.gamma(keys[1], shapes), jax.random.normal(keys[2], (len(sizes),)),
+            jax.random.gamma(keys[3], jnp.broadcast_to(shapes[:, None], (len(sizes), k))),
+            jax.random.normal(keys[4], (len(sizes), k)),
+            tuple(jax.random.normal(kk, (m,)) for kk, m in zip(jax.random.split(keys[6], len(sizes)), sizes)),
+            tuple(jax.random.normal(kk, (m, k)) for kk, m in zip(jax.random.split(keys[7], len(sizes)), sizes))]
 
 
 @functools.partial(jax.jit, static_argnames=("sizes", "use_day", "use_implicit", "kernel"))
@@ -501,7 +551,7 @@ def _sweep(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_i
     (`_predictions_and_q`) when the caller has them."""
     p = PRIOR
     n = d.y.shape[0]
-    active = (True, True, use_day, use_implicit, use_implicit)
+    active = (True, True, use_day, use_implicit, use_implicit, True)[:len(sizes)]  # genres: there when sized
     # alpha | e
     # a factor's column of q changes only in its own step
     yhat, q_all = _predictions_and_q(state, d, sizes) if start is None else start
@@ -509,7 +559,7 @@ def _sweep(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_i
     alpha = jnp.float32(1.0) if ordinal else r.g_alpha / (p["b0"] + 0.5 * jnp.sum(e * e))
     # hyperparameters | parameters, per group (lambda given the old mu, then mu given lambda)
     mu_w, lam_w, mu_v, lam_v = [], [], [], []
-    for g in range(len(GROUPS)):
+    for g in range(len(sizes)):
         w, v = state.w[g], state.v[g]
         m = w.shape[0]
         sw = jnp.sum((w - state.mu_w[g]) ** 2) + p["gamma0"] * (state.mu_w[g] - p["mu0"]) ** 2
@@ -534,7 +584,8 @@ def _sweep(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_i
     state = state._replace(w0=w0_new)
     num_users, num_items = sizes[0], sizes[1]
     onehot = ((0, d.user), (1, d.item), (2, d.day))
-    blocks = ((3, "rated", d.user, num_users), (4, "raters", d.item, num_items))
+    blocks = ((3, "rated", d.user, num_users), (4, "raters", d.item, num_items),
+              (5, "genres", d.item, num_items))[:len(sizes) - 3]
     zw, zv = r.z_w, r.z_v
     # linear terms: one-hot groups at once, block features one after another
     w = list(state.w)
@@ -696,10 +747,13 @@ def ordinal_sweep(key: Array, state: State, cuts: Array, d: Design, od: Ordinal,
 def _sample(state: State, d: Design, sizes: tuple) -> tuple:
     """One sample's per-user, per-movie and per-day (scalar, vector) for the store."""
     num_users, num_items = sizes[0], sizes[1]
-    vu, vi, vd, vr, vs = state.v
-    wu, wi, wd, wr, ws = state.w
+    vu, vi, vd, vr, vs = state.v[:BASE_GROUPS]
+    wu, wi, wd, wr, ws = state.w[:BASE_GROUPS]
     qr, ssr, lr = _block_sums(vr, wr, d, "rated", num_users)
     qs, sss, ls = _block_sums(vs, ws, d, "raters", num_items)
+    if len(sizes) > BASE_GROUPS:  # the genres are the movie's too: they fold into its part
+        qg, ssg, lg = _block_sums(state.v[5], state.w[5], d, "genres", num_items)
+        qs, sss, ls = qs + qg, sss + ssg, ls + lg
     a, b = vu + qr, vi + qs
     s_u = wu + lr + 0.5 * jnp.sum(a * a - vu ** 2 - ssr, axis=1)
     s_i = wi + ls + 0.5 * jnp.sum(b * b - vi ** 2 - sss, axis=1)
@@ -719,11 +773,12 @@ def _store(params: Params, state: State, cuts: Array, d: Design, slot: Array, si
 def initial_state(key: Array, sizes: tuple, config: Config) -> State:
     """Factors N(0, init_scale^2) (0 in a group that is off), linear terms 0, w_0 the mean."""
     k = int(config.embedding_dim)
-    keys = jax.random.split(key, len(GROUPS))
-    on = (True, True, bool(config.day), bool(config.implicit), bool(config.implicit))
+    keys = list(jax.random.split(key, BASE_GROUPS))
+    keys += list(jax.random.split(jax.random.fold_in(key, 1), len(sizes) - BASE_GROUPS))  # as `draws`
+    on = (True, True, bool(config.day), bool(config.implicit), bool(config.implicit), True)
     v = tuple(config.init_scale * jax.random.normal(kk, (m, k), jnp.float32) * float(a)
               for kk, m, a in zip(keys, sizes, on))
-    g = len(GROUPS)
+    g = len(sizes)
     return State(jnp.float32(config.mean_rating), tuple(jnp.zeros(m, jnp.float32) for m in sizes), v,
                  jnp.float32(1.0), jnp.zeros(g, jnp.float32), jnp.ones(g, jnp.float32), jnp.zeros((g, k), jnp.float32),
                  jnp.ones((g, k), jnp.float32))
@@ -763,7 +818,7 @@ def initial_carry(key: Array, train, config: Config, aux: Aux | None = None) -> 
     at the training distribution when ordinal) and an empty store."""
     aux = prepare(train, config) if aux is None else aux
     config = configure(config, aux)
-    sizes = (int(train.num_users), int(train.num_items), config.num_days, int(train.num_items), int(train.num_users))
+    sizes = group_sizes(train.num_users, train.num_items, config)
     init_key = jax.random.split(key)[0]
     state = initial_state(init_key, sizes, config)
     cuts = jnp.zeros((0,), jnp.float32)
@@ -790,7 +845,7 @@ def fit_epochs(key: Array, train, config: Config, train_config=None, aux: Aux | 
                          "ordinal=True; `recsys-jax train --loss ordinal` sets both)")
     aux = prepare(train, config) if aux is None else aux
     config = configure(config, aux)
-    sizes = (int(train.num_users), int(train.num_items), config.num_days, int(train.num_items), int(train.num_users))
+    sizes = group_sizes(train.num_users, train.num_items, config)
     d = make_design(train, aux)
     kernel = options is not None and options.kernels
     t, kept, state, cuts, params = initial_carry(key, train, config, aux) if start is None else start

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from recsys_jax.data.relational import movie_genres
 from recsys_jax.models._common import batched, initial_offset, row_weights, scaled_normal, weighted_sq_norm
 from recsys_jax.models.spec import FoldIn, ModelSpec
 
@@ -95,7 +96,7 @@ def item_side_features(titles_genres: list[tuple[str, str]], year_bucket: int = 
     out = []
     for title, genres in titles_genres:
         feats = []
-        names = [g for g in (genres or "").split("|") if g and g != "(no genres listed)"]
+        names = movie_genres(genres)
         feats += [(f"genre={g}", float(len(names)) ** -0.5) for g in names]
         m = _YEAR.search(title or "")
         if m:

@@ -285,9 +285,9 @@ def feature_notes(config: dict, model: str) -> str | None:
     groups = ["the user id", "the movie id"] + (["the rating's day"] if config.get("day") else []) + (
         ["the movies the user rated and the users who rated the movie (each set scaled 1/sqrt(size))"]
         if config.get("implicit") else []) + (["the movie's genres (from the movies table)"]
-                                              if config.get("genres") else [])
+                                              if config.get("num_genres") else [])
     return (f"bfm (Bayesian FM by Gibbs sampling, rank {config['embedding_dim']}) reads "
-            + ", ".join(groups) + (", all but the genres" if config.get("genres") else ", all")
+            + ", ".join(groups) + (", all but the genres" if config.get("num_genres") else ", all")
             + " built from the training rows only; no validation slice (the mean of "
             "its last kept samples), so it is not in the blend")
 

@@ -36,8 +36,8 @@ the same rows for every implementation) it trains:
   rating's day, the implicit user and item sets), on its SVD++ part (the ids, the
   implicit user set) and on the first set with the movies' genres, built from the training
   rows only (`recsys_jax.data.relational`; the genres from the movies table), beside
-  recsys_jax's ``bfm`` with its CLI defaults (the first feature set) and with
-  ``--option genres=true`` (the last).
+  recsys_jax's ``bfm`` with its CLI defaults (the last feature set) and with
+  ``--option genres=off`` (the first).
 
 Every model is scored once on the test rows, predictions clipped to the rating scale.
 Fit seconds are wall seconds of training (compilation included: Keras traces each new
@@ -260,9 +260,9 @@ MYFM_FEATURES = {  # Rendle, Zhang & Koren 2019's feature set, and its SVD++ par
     "ids, implicit user and item sets, day, genres": ("user", "item", "day", "rated_by_user", "raters_of_item",
                                                       "genres_of_item"),
 }
-BFM_FEATURES = {  # bfm's options for the same feature sets as myFM's (its CLI defaults: the first)
-    "ids, implicit user and item sets, day": {},
-    "ids, implicit user and item sets, day, genres": {"genres": True},
+BFM_FEATURES = {  # bfm's options for the same feature sets as myFM's (its CLI defaults: the last)
+    "ids, implicit user and item sets, day": {"genres": "off"},
+    "ids, implicit user and item sets, day, genres": {},
 }
 MYFM_RANK, MYFM_SWEEPS = 10, 256
 
@@ -323,10 +323,10 @@ def myfm_fit(feature_set: str, train: Ratings, test: Ratings, *, seed: int) -> d
             "fit_seconds": fit_seconds, "features": list(groups), "rank": MYFM_RANK, "sweeps": MYFM_SWEEPS}
 
 
-def bfm_fit(ratings: Ratings, split, *, seed: int, feature_set: str = next(iter(BFM_FEATURES))) -> dict:
+def bfm_fit(ratings: Ratings, split, *, seed: int, feature_set: str = next(reversed(BFM_FEATURES))) -> dict:
     """recsys_jax's ``bfm`` with its CLI defaults (`recsys_jax.training.presets.resolve`: the
-    same features as myFM's first set, rank 10, 256 sweeps) on ``split``, with the options
-    ``BFM_FEATURES[feature_set]`` (``recsys-jax train --option genres=true`` for the genres)."""
+    same features as myFM's last set, rank 10, 256 sweeps) on ``split``, with the options
+    ``BFM_FEATURES[feature_set]`` (``recsys-jax train --option genres=off`` for the five groups)."""
     from recsys_jax.training.experiment import run_experiment
     from recsys_jax.training.presets import resolve
 
@@ -637,7 +637,8 @@ def run(ratings: Ratings, seeds: list[int], *, models=NOTEBOOK_MODELS, implement
             for name in MYFM_FEATURES:
                 add("myfm", f"Bayesian FM ({name})", seed, myfm_fit(name, train, test, seed=seed))
             for name in BFM_FEATURES:
-                add("recsys_jax default", f"bfm ({name})", seed, bfm_fit(ratings, split, seed=seed, feature_set=name))
+                label = "recsys_jax " + (" ".join(f"{k}={v}" for k, v in BFM_FEATURES[name].items()) or "default")
+                add(label, f"bfm ({name})", seed, bfm_fit(ratings, split, seed=seed, feature_set=name))
         if "ranking" in implementations:
             results = {"popularity": popularity_fit(train, test),
                        "recsys_jax ials": ranker_fit("ials", ratings, split, seed=seed),
@@ -710,8 +711,8 @@ def markdown(records: list[dict], env: dict) -> str:
                            "s/epoch (median)", "NOTEBOOK.md: Keras 3 (JAX) / PyTorch port"], rows),
            "",
            *([f"Bayesian FMs: myFM {env.get('myfm')} (rank {MYFM_RANK}, {MYFM_SWEEPS} sweeps, its defaults; the "
-              "posterior mean over the kept samples) beside recsys_jax's `bfm` with its CLI defaults and with "
-              "`--option genres=true`, on features built from the training rows only (recsys_jax.data.relational; "
+              "posterior mean over the kept samples) beside recsys_jax's `bfm` with its CLI defaults (the genres "
+              "included) and with `--option genres=off`, on features built from the training rows only (recsys_jax.data.relational; "
               "the genres from the movies table); fit s from the same run.", ""]
              if any(r["implementation"] == "myfm" for r in records) else []),
            "Same split rows for every implementation; every test row scored once after the last epoch, "

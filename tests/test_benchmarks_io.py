@@ -304,7 +304,7 @@ def test_accuracy_runs_a_sampler_as_the_cli_does_and_names_its_features():
     assert "rank 10" in note and "day" not in note and "users who rated the movie" in note
     assert "day" in accuracy.feature_notes({"embedding_dim": 10, "day": True, "implicit": False}, "bfm")
     assert "genres" not in note
-    assert "the movie's genres" in accuracy.feature_notes({"embedding_dim": 10, "genres": True}, "bfm")
+    assert "the movie's genres" in accuracy.feature_notes({"embedding_dim": 10, "genres": "auto", "num_genres": 20}, "bfm")
     assert accuracy.feature_notes({}, "bias") is None
 
 

@@ -33,7 +33,7 @@ def small():
                                       "Action", "Comedy"]}, index=pd.Index(np.arange(1, 7), name="movieId"))
     train = Ratings(users, items, ratings, stamps, np.arange(num_users, dtype=np.int64) + 1,
                     np.arange(num_items, dtype=np.int64) + 1, movies=movies)
-    config = bfm.Config(embedding_dim=K, mean_rating=float(ratings.mean()), init_scale=0.5)
+    config = bfm.Config(embedding_dim=K, mean_rating=float(ratings.mean()), init_scale=0.5, genres="off")
     aux = bfm.prepare(train, config)
     sizes = (num_users, num_items, int(aux.day_vocab.shape[0]), num_items, num_users)
     assert bfm.group_sizes(num_users, num_items, bfm.configure(config, aux)) == sizes
@@ -44,7 +44,7 @@ def small():
 def small_genres(small):
     """The same ratings with the genres as a sixth group (3 genres: Action, Comedy, Drama)."""
     train, config, _, _, _ = small
-    config = config._replace(genres=True)
+    config = config._replace(genres="on")
     aux = bfm.prepare(train, config)
     sizes = bfm.group_sizes(train.num_users, train.num_items, bfm.configure(config, aux))
     assert sizes[5:] == (3,)
@@ -229,7 +229,7 @@ def test_the_kernel_takes_the_jax_loops_draws(case, request):
 
 @pytest.mark.slow
 def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
-    """With the genres (``--option genres=true``): they come back with the checkpoint."""
+    """With the genres, which the data's movies.csv has: they come back with the checkpoint."""
     import json
 
     from conftest import run_cli
@@ -238,14 +238,14 @@ def test_the_cli_trains_bfm_and_predict_shows_the_posterior_spread(tmp_path):
     root = movielens_folder(tmp_path / "ml")
     ck = tmp_path / "ck"
     code, out, err = run_cli(["train", "--data-dir", root, "--no-download", "--model", "bfm", "--epochs", "6",
-                              "--embedding-dim", "2", "--out", ck, "--json", "--option", "genres=true"])
+                              "--embedding-dim", "2", "--out", ck, "--json"])
     assert code == 0, err
     record = json.loads(out.strip().splitlines()[-1])
     assert record["num_val"] == 0 and record["best_epoch"] == 6 and 0 < record["test_rmse"] < 2
     from recsys_jax.use import checkpoint
 
-    rec = checkpoint.load(ck)  # the genre group's config and aux come back
-    assert rec.config.genres and rec.config.num_genres == 5 and rec.aux.genres_ids.shape[0] > 0
+    rec = checkpoint.load(ck)  # the data has genres: the default adds them; they come back with the checkpoint
+    assert rec.config.genres == "auto" and rec.config.num_genres == 5 and rec.aux.genres_ids.shape[0] > 0
     code, out, err = run_cli(["predict", "--checkpoint", ck, "--user", "1", "--movie", "10", "20", "--json"])
     assert code == 0, err
     rows = json.loads(out.strip().splitlines()[-1])
@@ -264,6 +264,22 @@ def test_the_kernel_refuses_an_index_out_of_range(small):
         jax.block_until_ready(bfm._block_update(d, "rated", bad, sizes[0], jnp.zeros(n), jnp.zeros(n),
                                                 jnp.zeros(sizes[3]), jnp.zeros(sizes[3]), 1.0, 0.0, 1.0,
                                                 factor=True, kernel=True))
+
+
+def test_the_genre_group_is_there_where_asked_and_the_data_has_it(small):
+    """``auto`` adds the genres where the movies table lists any, ``on`` requires them, ``off``
+    leaves them out; the group's size comes from the table (3 genres here)."""
+    import dataclasses
+
+    train = small[0]
+    bare = dataclasses.replace(train, movies=None)
+    for data, mode, groups in ((train, "auto", 6), (train, "on", 6), (train, "off", 5), (bare, "auto", 5)):
+        config = bfm.configure(bfm.Config(genres=mode), bfm.prepare(data, bfm.Config(genres=mode)))
+        assert len(bfm.group_sizes(data.num_users, data.num_items, config)) == groups, (mode, groups)
+    with pytest.raises(ValueError, match="no movies table with genres"):
+        bfm.prepare(bare, bfm.Config(genres="on"))
+    with pytest.raises(ValueError, match="genres must be one of auto, on, off"):
+        bfm.prepare(train, bfm.Config(genres="yes"))
 
 
 def test_the_kept_sweeps_end_at_the_last_one():

@@ -87,7 +87,7 @@ def parse_model_options(pairs: list[str] | None, model: str) -> dict:
         key, eq, text = pair.partition("=")
         key, text = key.strip().replace("-", "_"), text.strip()
         if not eq or not key:
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option genres=true")
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option genres=off")
         if key not in fields:
             raise ValueError(f"--option {key}: model {model!r} has no option {key!r}; its options: "
                              f"{', '.join(fields)}")

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "this many seconds, and train the best (settings given on the command line stay fixed)")
     t.add_argument("--embedding-dim", type=int, default=None, help="latent factors (default: 50)")
     t.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="a model option, a field of the model's Config (e.g. --option genres=true for bfm); "
+                   help="a model option, a field of the model's Config (e.g. --option genres=off for bfm); "
                         "repeat for several")
     t.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), help="sigmoid squash of the output")
     t.add_argument("--out", metavar="DIR", help="checkpoint folder (default: runs/<model>-<data>-seed<seed>)")

@@ -25,7 +25,7 @@ them, the relational form in which a sampler's or solver's cost is the size of t
 not of the expanded design matrix (Rendle 2013); myFM's ``RelationBlock`` takes the same
 form.
 
-**Genres** (optional, ``genres=True``): a sixth group, the movie's genres from the data's
+**Genres** (``build_features(..., genres=True)``): a sixth group, the movie's genres from the data's
 movies table (``Ratings.movies``: MovieLens' ``movies.csv``, ``movies.dat`` or ``u.item``),
 :math:`x^{G(i)}_g = [g \in G(i)] / \sqrt{|G(i)|}`. It is metadata, not ratings, so it holds
 for every movie, rated in training or not; a movie with no genre listed has none. Its block
@@ -91,6 +91,16 @@ def _sets(own: np.ndarray, other: np.ndarray, num_rows: int, num_other: int) -> 
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     values = (1.0 / np.sqrt(np.maximum(counts, 1)))[rows].astype(np.float32)
     return indptr, cols, values
+
+
+def has_genres(ratings: Ratings) -> bool:
+    """Whether ``ratings.movies`` lists a genre for one of its movies (`genre_sets` would not fail)."""
+    movies = ratings.movies
+    if movies is None or "genres" not in getattr(movies, "columns", ()):
+        return False
+    listed = movies["genres"]
+    return any(movie_genres(listed.get(raw) if raw in listed.index else None)
+               for raw in np.asarray(ratings.item_ids).tolist())
 
 
 def genre_sets(ratings: Ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:

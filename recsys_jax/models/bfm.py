@@ -3,17 +3,19 @@ r"""Bayesian factorization machine, sampled by Gibbs (Freudenthaler, Schmidt-Thi
 factorization machines to relational data").
 
 The model. A rating :math:`n` of user :math:`u` for movie :math:`i` on day :math:`d` is a
-sparse feature vector :math:`x_n` of five groups (`recsys_jax.data.relational`, every one
-built from the training rows only): the user id, the movie id, the day (one-hot over the
-training days; a day outside them has no feature), the movies the user rated
-:math:`N(u)` and the users who rated the movie :math:`N(i)`, each of those two sets valued
-:math:`1/\sqrt{|N|}`. With ``genres=True`` (``recsys-jax train --model bfm --option
-genres=true``) a sixth group, the movie's genres :math:`G(i)` from the data's movies table,
-valued :math:`1/\sqrt{|G(i)|}`: metadata, so it reaches every movie, and it is the movie's part
-of :math:`x`, folded into the movie's vector in the store as :math:`N(i)` is. On ml-latest-small
-(five random 80/20 splits, seeds 0-4) it lowers the test RMSE from 0.8183 to 0.8081 (lower on
-every seed, by 0.0102 on average); myFM on the same six groups, seed 0: 0.8036. It is off by
-default, so the published ``bfm`` rows are the five groups. Then
+sparse feature vector :math:`x_n` of six groups (`recsys_jax.data.relational`): the user id,
+the movie id, the day (one-hot over the training days; a day outside them has no feature),
+the movies the user rated :math:`N(u)` and the users who rated the movie :math:`N(i)`, each
+of those two sets valued :math:`1/\sqrt{|N|}` (these five built from the training rows
+only), and the movie's genres :math:`G(i)` from the data's movies table, valued
+:math:`1/\sqrt{|G(i)|}`. The genres are metadata, not ratings, so they reach every movie,
+rated in training or not; they are the movie's part of :math:`x`, folded into the movie's
+vector in the store as :math:`N(i)` is. ``genres="auto"`` (the default) adds them where the
+movies table lists any, ``"on"`` requires them and ``"off"`` leaves the five groups of
+Rendle, Zhang & Koren 2019 (``recsys-jax train --model bfm --option genres=off``). On
+ml-latest-small (five random 80/20 splits, seeds 0-4) the genres lower the test RMSE from
+0.8183 to 0.8081, on every seed (by 0.0102 on average); myFM on the same six groups, seed 0:
+0.8036. Then
 
 .. math::
 
@@ -110,8 +112,8 @@ with :math:`P(y = \ell_c)` the mean over the kept samples of :math:`\Phi(\gamma_
 \Phi(\gamma_{c-1} - \hat y)` (`level_probs`; ``recsys-jax predict --distribution`` prints
 them), and `predict_std` the standard deviation of the level under those probabilities.
 
-How it relates to BPMF (`recsys_jax.models.bpmf`). With the id groups alone, no day and no
-sets, :math:`\hat y = w_0 + w_u + w_i + v_u^\top v_i`: biased matrix factorization, which
+How it relates to BPMF (`recsys_jax.models.bpmf`). With the id groups alone, no day, no
+sets and no genres, :math:`\hat y = w_0 + w_u + w_i + v_u^\top v_i`: biased matrix factorization, which
 BPMF samples by rows (each user's factor vector at once, under a full Gaussian-Wishart
 prior); the FM samples coordinate by coordinate under a diagonal Normal-Gamma prior per
 factor, which is what lets it add the sets and the day at the cost of their size.
@@ -133,11 +135,12 @@ import numpy as np
 from jax import Array
 
 from recsys_jax.data.ratings import MAX_LEVELS
-from recsys_jax.data.relational import build_features, day_numbers
+from recsys_jax.data.relational import build_features, day_numbers, has_genres
 from recsys_jax.models.spec import ModelSpec
 
 GROUPS = ("user", "item", "day", "rated", "raters", "genres")  # the feature groups, in the sweep's order
-BASE_GROUPS = 5  # every chain has the first five (a group that is off stays at 0); "genres" only when asked
+BASE_GROUPS = 5  # every chain has the first five (a group that is off stays at 0); "genres" only where built
+GENRE_MODES = ("auto", "on", "off")  # Config.genres
 PRIOR = {"a0": 1.0, "b0": 1.0, "gamma0": 1.0, "mu0": 0.0, "lambda0": 1.0}
 
 
@@ -148,12 +151,12 @@ class Config(NamedTuple):
     thin: int = 0  # keep a sample every `thin` sweeps; 0: spread num_samples over the sweeps after burn-in
     day: bool = True  # the rating's day as a feature group
     implicit: bool = True  # the sets N(u) and N(i) as feature groups
-    genres: bool = False  # the movies' genres as a sixth group (needs the data's movies table)
+    genres: str = "auto"  # the genres as a sixth group: "auto" (where the movies table lists any), "on", "off"
     init_scale: float = 0.1  # v starts N(0, init_scale^2)
     num_days: int = 0  # D, the training days: set from the training data (configure)
     ordinal: bool = False  # ordinal probit over the rating levels instead of Gaussian noise (`--loss ordinal`)
     num_levels: int = 0  # C, the training rating levels when ordinal: set from the training data (configure)
-    num_genres: int = 0  # the genres when `genres`: set from the movies table (configure)
+    num_genres: int = 0  # G, the genres of the sixth group (0: no such group): set from the movies table (configure)
     mean_rating: float = 3.5  # set by `fit` to the training mean: w_0 starts there
     y_range: tuple[float, float] | None = None  # not supported
 
@@ -169,7 +172,7 @@ class Aux(NamedTuple):
     raters_users: Array  # int32[nnz]
     raters_values: Array  # float32[nnz]
     levels: Array  # float32[C]: the training rating levels, sorted (the ordinal classes)
-    genres_indptr: Array  # int32[I + 1]: G(i), CSR over genres (all empty unless `genres`)
+    genres_indptr: Array  # int32[I + 1]: G(i), CSR over genres (all empty without the genre group)
     genres_ids: Array  # int32[nnz]
     genres_values: Array  # float32[nnz]: 1 / sqrt(|G(i)|)
 
@@ -191,8 +194,10 @@ class Params(NamedTuple):
 
 def prepare(train, config: Config = Config()) -> Aux:
     """The training days and the implicit sets, from the training rows only; the genres from
-    the movies table when ``config.genres``."""
-    f = build_features(train, genres=bool(config.genres))
+    the movies table (``config.genres``: "on", or "auto" where it lists them)."""
+    if config.genres not in GENRE_MODES:
+        raise ValueError(f"bfm: genres must be one of {', '.join(GENRE_MODES)}; got {config.genres!r}")
+    f = build_features(train, genres=config.genres == "on" or (config.genres == "auto" and has_genres(train)))
     vocab = np.unique(day_numbers(train.timestamps))  # floor(days(t)): the day `day_slots` finds at prediction
     b, c = f.rated_by_user, f.raters_of_item
     levels = np.unique(np.asarray(train.ratings, np.float32))
@@ -210,19 +215,19 @@ def prepare(train, config: Config = Config()) -> Aux:
 
 def configure(config: Config, aux: Aux) -> Config:
     """``num_days``: the number of distinct training days (the day group's size); ``num_levels``:
-    the number of training rating levels when ordinal (else 0); ``num_genres``: the genres of
-    the movies table when ``genres`` (else 0)."""
+    the number of training rating levels when ordinal (else 0); ``num_genres``: the genres
+    `prepare` found (0: no genre group)."""
     ids = np.asarray(aux.genres_ids)
     return config._replace(num_days=int(aux.day_vocab.shape[0]),
                            num_levels=int(aux.levels.shape[0]) if config.ordinal else 0,
-                           num_genres=int(ids.max()) + 1 if config.genres and ids.size else 0)
+                           num_genres=int(ids.max()) + 1 if ids.size else 0)
 
 
 def group_sizes(num_users: int, num_items: int, config: Config) -> tuple:
-    """The features of each group (`GROUPS`; "genres" only with ``config.genres``), for a
+    """The features of each group (`GROUPS`; "genres" only where `prepare` built it), for a
     ``config`` that `configure` has set."""
     base = (int(num_users), int(num_items), int(config.num_days), int(num_items), int(num_users))
-    return base + ((int(config.num_genres),) if config.genres else ())
+    return base + ((int(config.num_genres),) if config.num_genres > 0 else ())
 
 
 def init(key: Array, num_users: int, num_items: int, config: Config = Config()) -> Params:

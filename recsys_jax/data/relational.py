@@ -93,27 +93,28 @@ def _sets(own: np.ndarray, other: np.ndarray, num_rows: int, num_other: int) -> 
     return indptr, cols, values
 
 
-def has_genres(ratings: Ratings) -> bool:
-    """Whether ``ratings.movies`` lists a genre for one of its movies (`genre_sets` would not fail)."""
+def _listed_genres(ratings: Ratings) -> list[list[str]] | None:
+    """Each movie's genres (by movie index, sorted), or None without a movies table of genres."""
     movies = ratings.movies
     if movies is None or "genres" not in getattr(movies, "columns", ()):
-        return False
+        return None
     listed = movies["genres"]
-    return any(movie_genres(listed.get(raw) if raw in listed.index else None)
-               for raw in np.asarray(ratings.item_ids).tolist())
+    return [sorted(set(movie_genres(listed.get(raw) if raw in listed.index else None)))
+            for raw in np.asarray(ratings.item_ids).tolist()]
+
+
+def has_genres(ratings: Ratings) -> bool:
+    """Whether ``ratings.movies`` lists a genre for one of its movies (`genre_sets` would not fail)."""
+    return any(_listed_genres(ratings) or ())
 
 
 def genre_sets(ratings: Ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """Each movie's genres (rows: movie indices of ``ratings``), CSR valued 1/sqrt(#genres),
     and the genre names, sorted (feature g is ``names[g]``), from ``ratings.movies``."""
-    movies = ratings.movies
-    if movies is None or "genres" not in getattr(movies, "columns", ()):
+    per_movie = _listed_genres(ratings)
+    if per_movie is None:
         raise ValueError(f"genres: the data {ratings.name!r} has no movies table with genres (MovieLens' "
                          "movies.csv, movies.dat or u.item); a ratings file alone has none")
-    listed = movies["genres"]
-    per_movie = []
-    for raw in np.asarray(ratings.item_ids).tolist():
-        per_movie.append(sorted(set(movie_genres(listed.get(raw) if raw in listed.index else None))))
     names = tuple(sorted({g for gs in per_movie for g in gs}))
     if not names:
         raise ValueError(f"genres: no movie of {ratings.name!r} lists a genre")

@@ -217,10 +217,14 @@ def configure(config: Config, aux: Aux) -> Config:
     """``num_days``: the number of distinct training days (the day group's size); ``num_levels``:
     the number of training rating levels when ordinal (else 0); ``num_genres``: the genres
     `prepare` found (0: no genre group)."""
-    ids = np.asarray(aux.genres_ids)
     return config._replace(num_days=int(aux.day_vocab.shape[0]),
                            num_levels=int(aux.levels.shape[0]) if config.ordinal else 0,
-                           num_genres=int(ids.max()) + 1 if ids.size else 0)
+                           num_genres=_num_genres(aux))
+
+
+def _num_genres(aux: Aux) -> int:
+    """The genres of the genre block (every one is some movie's: `genre_sets`); 0 without it."""
+    return int(np.asarray(aux.genres_ids).max(initial=-1)) + 1
 
 
 def group_sizes(num_users: int, num_items: int, config: Config) -> tuple:
@@ -363,7 +367,7 @@ def make_design(train, aux: Aux) -> Design:
     vocab = np.asarray(aux.day_vocab)
     day = np.searchsorted(vocab, day_numbers(train.timestamps)).astype(np.int32)
     parts = []
-    num_genres = int(np.asarray(aux.genres_ids).max(initial=-1)) + 1
+    num_genres = _num_genres(aux)
     for indptr, feats, vals, num_rows, num_feats in (
             (aux.rated_indptr, aux.rated_items, aux.rated_values, train.num_users, train.num_items),
             (aux.raters_indptr, aux.raters_users, aux.raters_values, train.num_items, train.num_users),
@@ -590,7 +594,7 @@ def _sweep(r: Draws, state: State, d: Design, sizes: tuple, use_day: bool, use_i
     num_users, num_items = sizes[0], sizes[1]
     onehot = ((0, d.user), (1, d.item), (2, d.day))
     blocks = ((3, "rated", d.user, num_users), (4, "raters", d.item, num_items),
-              (5, "genres", d.item, num_items))[:len(sizes) - 3]
+              (5, "genres", d.item, num_items))[:len(sizes) - len(onehot)]
     zw, zv = r.z_w, r.z_v
     # linear terms: one-hot groups at once, block features one after another
     w = list(state.w)

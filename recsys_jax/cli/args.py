@@ -83,7 +83,7 @@ def parse_model_options(pairs: list[str] | None, model: str) -> dict:
         return {}
     fields = get_model(model).Config._field_defaults
     out = {}
-    for pair in pairs or ():
+    for pair in pairs:
         key, eq, text = pair.partition("=")
         key, text = key.strip().replace("-", "_"), text.strip()
         if not eq or not key:

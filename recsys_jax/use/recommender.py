@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recsys_jax.data.ratings import Ratings, UnknownIdError, days, lookup_ids
+from recsys_jax.data.relational import movie_genres
 from recsys_jax.objectives.losses import get_param_loss, ordinal_probs, param_loss_name
 from recsys_jax.models import get_model, make_apply, static_config
 from recsys_jax.eval.predict import predict_indices
@@ -665,8 +666,8 @@ def to_recommender(ratings: Ratings, result: FitResult, *, train_split: Ratings 
         rated = set(ratings.item_ids.tolist())
         titles = {int(i): str(t) for i, t in ratings.movies["title"].items() if i in rated}
         if "genres" in ratings.movies.columns:
-            genres = {int(i): tuple(g for g in str(gs).split("|") if g and g != "(no genres listed)")
-                      for i, gs in ratings.movies["genres"].items() if i in rated}
+            genres = {int(i): tuple(movie_genres(str(gs))) for i, gs in ratings.movies["genres"].items()
+                      if i in rated}
     rated_pairs = {}
     if train_split is not None:
         from recsys_jax.eval.metrics import pairs_by_user

@@ -47,6 +47,18 @@ def test_model_overrides_go_over_the_presets_options_and_val_frac_over_its_share
     assert val_frac == 0.25
 
 
+def test_a_cap_that_the_patience_ends_needs_the_validation_slice():
+    cap = get_preset("default", "glocalk")
+    assert cap.patience is not None and cap.epochs > 50  # epochs are a cap; the patience ends the run
+    assert resolve("default", "glocalk").val_frac > 0
+    with pytest.raises(ValueError, match=r"patience 3, at most 100 epochs.*val_frac 0.*--epochs"):
+        resolve("default", "glocalk", val_frac=0.0)
+    tc, _, val_frac = resolve("default", "glocalk", val_frac=0.0, epochs=12)
+    assert (tc.epochs, val_frac) == (12, 0.0)
+    # a patience asked for on a preset without one leaves its epochs as they are
+    assert resolve("default", "bias", val_frac=0.0, patience=2).train_config.epochs == get_preset("default", "bias").epochs
+
+
 def test_bad_names_are_clear_errors():
     with pytest.raises(ValueError, match="no field"):
         resolve("default", "bias", learning_rate=0.1)

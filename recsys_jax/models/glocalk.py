@@ -109,7 +109,10 @@ Departures from the paper, each measured or forced (defaults: see `Config` and
 ``TrainConfig.epochs`` epochs the first ``config.pretrain_epochs`` pre-train, the rest fine-tune; the model is yielded after every
 epoch, so `recsys_jax.training.fit.fit` picks the best epoch over both stages on the validation slice,
 and a refit for that many epochs repeats exactly the same stages (no schedule depends on the
-total). TrainConfig fields read: ``epochs``, ``lr`` (Adam's; L-BFGS has none), ``loss`` (must be
+total). The default preset's 100 epochs are a cap that its patience (3 epochs) ends: on
+ml-latest-small it stops every split seed by epoch 15, on planted data of ML-100K's size
+(943 x 1,682) fine-tuning runs to epoch 90, where a cap of 14 had stopped it with the
+validation RMSE still falling (test RMSE 0.6521 against 0.7771). TrainConfig fields read: ``epochs``, ``lr`` (Adam's; L-BFGS has none), ``loss`` (must be
 ``"mse"``); the schedule, batch size and optimizer fields do not apply (full batch, constant rate).
 ``TrainConfig.l2`` and ``bias_l2`` do not enter training: they are the per-rating ridge of a
 folded-in row (`recsys_jax.use.foldin`, the library's name-based L2 on the factor form:
